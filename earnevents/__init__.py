@@ -1,0 +1,78 @@
+"""earnevents: named domain events from async Python, handled by Celery workers.
+
+Application code::
+
+    from earnevents import init, event_bus, Event, event_handler
+
+    await init(redis_uri="redis://localhost:6379/0", event_config={"queue_name": "app:events"})
+    await event_bus.publish(Event(name="user.created", data={"email": "a@example.com"}))
+
+Workers: ``celery -A earnevents worker`` (``earnevents.app`` is the Celery app; it
+is built on first access, so publishing processes never import the worker side).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .bus import EventBus, event_bus
+from .config import EventConfig, Settings
+from .errors import (
+    ConfigError,
+    EarnEventsError,
+    HandlerNotFoundError,
+    JobNotFoundError,
+    NotInitializedError,
+    PublishError,
+)
+from .event import Event
+from .failures import FailedJob
+from .handlers import event_handler, model_event_handler
+from .retry import RetryPolicy
+from .runtime import Environment, close, init
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    app: Celery
+    celery: Celery
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # setup
+    "init",
+    "close",
+    "Environment",
+    "EventConfig",
+    "Settings",
+    # publishing
+    "Event",
+    "EventBus",
+    "event_bus",
+    # handling
+    "event_handler",
+    "model_event_handler",
+    "RetryPolicy",
+    # failed jobs
+    "FailedJob",
+    # errors
+    "EarnEventsError",
+    "ConfigError",
+    "NotInitializedError",
+    "PublishError",
+    "JobNotFoundError",
+    "HandlerNotFoundError",
+    # worker entry point (lazy)
+    "app",
+    "celery",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A earnevents` looks up `earnevents.app`, then `earnevents.celery`.
+    if name in ("app", "celery"):
+        from .worker import app
+
+        return app
+    raise AttributeError(f"module 'earnevents' has no attribute {name!r}")

@@ -1,0 +1,207 @@
+"""The event bus: publish events, and inspect, retry or remove failed jobs.
+
+Publishing puts a Celery task message for ``earnevents.dispatch`` on the Redis
+list named after the queue (or, with a delay, in the Redis delay schedule) with
+an asyncio Redis client: nothing blocks the caller's event loop, and a batch is a
+single round trip. The bus knows the worker's task by name only and never
+imports the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.exceptions as redis_errors
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from . import message, schedule
+from .config import Settings
+from .connections import Connections
+from .errors import JobNotFoundError, NotInitializedError, PublishError
+from .event import Event
+from .failures import FailedJob, FailureStore
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    settings: Settings
+    connections: Connections
+    failures: FailureStore
+
+
+class EventBus:
+    """Publishes events and manages failed jobs; usable once ``init()`` has run."""
+
+    def __init__(self) -> None:
+        self._bound: _Bound | None = None
+
+    # --- wiring (called by earnevents.runtime) ----------------------------------
+
+    def bind(self, settings: Settings, connections: Connections, failures: FailureStore) -> None:
+        self._bound = _Bound(settings, connections, failures)
+
+    def unbind(self) -> None:
+        self._bound = None
+
+    def _state(self) -> _Bound:
+        if self._bound is None:
+            raise NotInitializedError(
+                "earnevents is not initialized: call `await earnevents.init(redis_uri=...)` "
+                "before publishing or managing failed jobs"
+            )
+        return self._bound
+
+    # --- publishing ---------------------------------------------------------------
+
+    async def publish(self, event: Event, delay: float | None = None) -> str:
+        """Send ``event`` to every handler subscribed to its name; return its id.
+
+        With ``delay`` (seconds), no handler starts before that much time has passed.
+        Raises TypeError/ValueError on bad input (nothing is sent) and PublishError
+        when Redis cannot take the event within ``publish_timeout`` seconds.
+        """
+        return (await self.publish_batch([event], delay=delay))[0]
+
+    async def publish_batch(self, events: Iterable[Event], delay: float | None = None) -> list[str]:
+        """Publish many events in one Redis round trip; return their ids in order.
+
+        Every event is checked and encoded before anything is sent: one bad event
+        rejects the whole batch.
+        """
+        state = self._state()
+        if isinstance(events, Event):
+            raise TypeError("publish_batch takes a list of Events; use publish() for one")
+        events = list(events)
+        delay = _check_delay(delay)
+        settings = state.settings
+        policy = settings.event.retry_policy
+        policy_dict = policy.model_dump() if policy is not None else None
+        messages = []
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"publish takes earnevents.Event objects, got {type(event).__name__}")
+            messages.append(
+                (event.id, message.build(event.to_wire(), queue=settings.queue_name, task_id=event.id,
+                                         retry_policy=policy_dict))
+            )
+        if messages:
+            await self.enqueue(messages, queue=settings.queue_name, delay=delay or None)
+        return [event.id for event in events]
+
+    async def enqueue(
+        self, messages: Sequence[tuple[str, str]], *, queue: str, delay: float | None = None
+    ) -> None:
+        """Put built ``(id, message)`` pairs on ``queue`` now, or (``delay`` not None) in
+        the delay schedule, due ``delay`` seconds from now by Redis' clock. Scheduling
+        the same id twice keeps one message.
+
+        Retries transient Redis errors for at most ``publish_timeout`` seconds, then
+        raises PublishError. Used by publish and by workers scheduling retries.
+        """
+        state = self._state()
+        timeout = state.settings.event.publish_timeout
+
+        async def send_once() -> None:
+            client = state.connections.redis()
+            if delay is not None:
+                script_keys, argv = schedule.add_args(queue, delay, messages)
+                await client.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+            else:
+                # LPUSH + the worker's BRPOP keep the batch in publish order.
+                await client.lpush(queue, *(payload for _, payload in messages))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            retry=retry_if_exception_type(_TRANSIENT),
+            reraise=True,
+        )
+        try:
+            # wait_for is the hard bound: an attempt stuck inside a socket call is cut off too.
+            await asyncio.wait_for(retrying(send_once), timeout=timeout)
+        except (asyncio.TimeoutError, *_TRANSIENT) as exc:
+            raise PublishError(
+                f"could not publish {len(messages)} message(s) to queue {queue!r} at "
+                f"{_redact(state.settings.redis_uri)} within {timeout:g}s: {exc!r}. "
+                "Is Redis running? (publish_timeout sets how long to keep trying)"
+            ) from exc
+
+    # --- failed jobs --------------------------------------------------------------
+
+    async def get_failed_jobs(
+        self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
+    ) -> list[FailedJob]:
+        """Failed jobs, newest first, optionally filtered by event name and/or handler."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        return await self._state().failures.list(limit, offset, event_name, handler)
+
+    async def count_failed_jobs(self, event_name: str | None = None, handler: str | None = None) -> int:
+        """How many failed jobs :meth:`get_failed_jobs` pages through."""
+        return await self._state().failures.count(event_name, handler)
+
+    async def get_failed_job(self, job_id: str) -> FailedJob:
+        """One failed job; JobNotFoundError when there is none with that id."""
+        job = await self._state().failures.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no failed job with id {job_id!r}")
+        return job
+
+    async def retry_job(self, job_id: str) -> str:
+        """Re-run that job's handler for its event now and take it off the failed list.
+
+        The handler gets a fresh round of retries under this process' retry policy.
+        Returns the id of the message sent. JobNotFoundError for an unknown id.
+        """
+        state = self._state()
+        job = await state.failures.take(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no failed job with id {job_id!r} (already retried or removed?)")
+        policy = state.settings.event.retry_policy
+        task_id = message.new_task_id()
+        payload = message.build(
+            job.event.to_wire(), queue=job.queue, task_id=task_id, handler=job.handler,
+            retry_policy=policy.model_dump() if policy is not None else None,
+        )
+        try:
+            await self.enqueue([(task_id, payload)], queue=job.queue)
+        except BaseException:
+            await state.failures.add(job)  # not sent: keep it on the list
+            raise
+        return task_id
+
+    async def remove_job(self, job_id: str) -> None:
+        """Delete a failed job for good. JobNotFoundError for an unknown id."""
+        if not await self._state().failures.remove(job_id):
+            raise JobNotFoundError(f"no failed job with id {job_id!r}")
+
+
+def _check_delay(delay: Any) -> float:
+    if delay is None:
+        return 0.0
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise TypeError(f"delay must be a number of seconds, got {type(delay).__name__}")
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    return float(delay)
+
+
+def _redact(uri: str) -> str:
+    """Hide a password in a redis URL for error messages."""
+    if "@" not in uri:
+        return uri
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+event_bus = EventBus()
+"""The process' event bus: ``from earnevents import event_bus``."""

@@ -1,0 +1,144 @@
+"""Settings: what init() is given, else the EARNEVENTS_* environment, else defaults.
+
+The same resolution serves application processes (``init()``) and workers (which
+only have the environment), so both sides agree on the queue and on where failed
+jobs live. ``config/earnevents.env`` in the repository lists every variable with
+its default; a test keeps it equal to :data:`DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .retry import RetryPolicy
+
+ENV_PREFIX = "EARNEVENTS_"
+
+DEFAULTS: dict[str, str] = {
+    "EARNEVENTS_REDIS_URI": "redis://localhost:6379/0",
+    "EARNEVENTS_MONGO_URI": "",
+    "EARNEVENTS_DATABASE": "earnevents",
+    "EARNEVENTS_QUEUE": "earnevents",
+    "EARNEVENTS_HANDLER_MODULES": "",
+    "EARNEVENTS_RETRY_POLICY": "",
+    "EARNEVENTS_PUBLISH_TIMEOUT": "10",
+    "EARNEVENTS_VISIBILITY_TIMEOUT": "3600",
+    "EARNEVENTS_SCHEDULER_INTERVAL": "0.2",
+}
+"""Every environment variable earnevents reads, with its default ("" means unset)."""
+
+
+class EventConfig(BaseModel):
+    """The ``event_config`` dict of ``init()``; every key is optional."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue_name: str = Field(default=DEFAULTS["EARNEVENTS_QUEUE"], min_length=1)
+    """Celery queue (on Redis, a list of this name) events are published to."""
+    retry_policy: RetryPolicy | None = None
+    """Policy carried by every message this process publishes; None: the worker's."""
+    publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0)
+    """Seconds publish() keeps retrying an unreachable Redis before PublishError."""
+
+    @field_validator("retry_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> RetryPolicy | None:
+        return RetryPolicy.coerce(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to publish, handle and inspect events."""
+
+    redis_uri: str
+    mongo_uri: str | None
+    database: str
+    event: EventConfig
+    handler_modules: tuple[str, ...] = ()
+    visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
+    scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
+
+    @property
+    def queue_name(self) -> str:
+        return self.event.queue_name
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        redis_uri: str | None = None,
+        mongo_uri: str | None = None,
+        database: str | None = None,
+        event_config: Mapping[str, Any] | EventConfig | None = None,
+        handler_modules: tuple[str, ...] | list[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Merge explicit arguments over the environment over :data:`DEFAULTS`."""
+        env = os.environ if environ is None else environ
+
+        def pick(value: Any, var: str) -> str:
+            if value is not None:
+                return str(value)
+            return env.get(var) or DEFAULTS[var]
+
+        if isinstance(event_config, EventConfig):
+            event = event_config
+        else:
+            given = dict(event_config or {})
+            if "queue_name" not in given:
+                given["queue_name"] = pick(None, "EARNEVENTS_QUEUE")
+            if "retry_policy" not in given:
+                given["retry_policy"] = _json_env(env, "EARNEVENTS_RETRY_POLICY")
+            if "publish_timeout" not in given:
+                given["publish_timeout"] = _float_env(env, "EARNEVENTS_PUBLISH_TIMEOUT")
+            try:
+                event = EventConfig(**given)
+            except (ValidationError, TypeError, ValueError) as exc:
+                raise ConfigError(f"invalid event_config: {exc}") from exc
+
+        if handler_modules is None:
+            raw = pick(None, "EARNEVENTS_HANDLER_MODULES")
+            handler_modules = [m.strip() for m in raw.split(",") if m.strip()]
+        mongo = pick(mongo_uri, "EARNEVENTS_MONGO_URI")
+        redis = pick(redis_uri, "EARNEVENTS_REDIS_URI")
+        if not redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis_uri must be a redis:// URL, got {redis!r}")
+        if mongo and not mongo.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError(f"mongo_uri must be a mongodb:// URL, got {mongo!r}")
+        return cls(
+            redis_uri=redis,
+            mongo_uri=mongo or None,
+            database=pick(database, "EARNEVENTS_DATABASE"),
+            event=event,
+            handler_modules=tuple(handler_modules),
+            visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
+            scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
+        )
+
+
+def _float_env(env: Mapping[str, str], var: str) -> float:
+    raw = env.get(var) or DEFAULTS[var]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{var} must be positive, got {raw!r}")
+    return value
+
+
+def _json_env(env: Mapping[str, str], var: str) -> Any:
+    raw = env.get(var) or DEFAULTS[var]
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{var} must be JSON such as '{{\"max_retries\": 3}}': {exc}") from exc

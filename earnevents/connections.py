@@ -1,0 +1,81 @@
+"""Async Redis and MongoDB clients, created lazily and bound to the running loop.
+
+Neither client connects at creation, so ``init()`` works while the servers are
+down. asyncio clients belong to the event loop they were first used on; when the
+running loop changes (a new ``asyncio.run``, a test's fresh loop) a new client is
+made for it instead of failing with "attached to a different loop".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+REDIS_SOCKET_TIMEOUT = 5.0
+"""Seconds one Redis command may take; publish retries around it (tenacity)."""
+
+
+class Connections:
+    """The process' clients for one :class:`~earnevents.config.Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._redis: tuple[asyncio.AbstractEventLoop, aioredis.Redis] | None = None
+        self._mongo: tuple[asyncio.AbstractEventLoop, AsyncMongoClient[Any]] | None = None
+
+    def redis(self) -> aioredis.Redis:
+        """The Redis client for the running loop (bytes responses)."""
+        loop = asyncio.get_running_loop()
+        if self._redis is None or self._redis[0] is not loop:
+            timeout = min(REDIS_SOCKET_TIMEOUT, self.settings.event.publish_timeout)
+            client = aioredis.Redis.from_url(
+                self.settings.redis_uri,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                # Retrying is tenacity's job (bounded by publish_timeout), not the pool's.
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=30,
+            )
+            self._redis = (loop, client)
+        return self._redis[1]
+
+    @property
+    def has_mongo(self) -> bool:
+        return self.settings.mongo_uri is not None
+
+    def mongo(self) -> AsyncMongoClient[Any]:
+        """The MongoDB client for the running loop; only when a mongo_uri is configured."""
+        if self.settings.mongo_uri is None:
+            raise RuntimeError("no mongo_uri configured: pass mongo_uri to init() or set EARNEVENTS_MONGO_URI")
+        loop = asyncio.get_running_loop()
+        if self._mongo is None or self._mongo[0] is not loop:
+            client: AsyncMongoClient[Any] = AsyncMongoClient(
+                self.settings.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=10_000
+            )
+            self._mongo = (loop, client)
+        return self._mongo[1]
+
+    def db(self) -> AsyncDatabase[Any]:
+        """The configured MongoDB database."""
+        return self.mongo()[self.settings.database]
+
+    async def aclose(self) -> None:
+        """Close the clients that belong to the running loop; forget the others."""
+        loop = asyncio.get_running_loop()
+        redis_entry, mongo_entry = self._redis, self._mongo
+        self._redis = self._mongo = None
+        if redis_entry is not None and redis_entry[0] is loop:
+            await redis_entry[1].aclose()
+        if mongo_entry is not None and mongo_entry[0] is loop:
+            await mongo_entry[1].close()

@@ -1,0 +1,42 @@
+"""Errors raised by earnevents.
+
+Every error derives from :class:`EarnEventsError`, so ``except EarnEventsError``
+catches anything the library raises on purpose::
+
+    EarnEventsError
+    ├── ConfigError (ValueError)          bad init() arguments or environment
+    ├── NotInitializedError (RuntimeError) publish/query before init()
+    ├── PublishError                      the broker could not take the event in time
+    ├── JobNotFoundError (LookupError)    no failed job with that id
+    └── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
+
+Bad event input (not an Event, empty name, unserializable data, negative delay)
+raises the built-in ``TypeError``/``ValueError`` at publish time, before anything
+is sent.
+"""
+
+from __future__ import annotations
+
+
+class EarnEventsError(Exception):
+    """Root of every error earnevents raises on purpose."""
+
+
+class ConfigError(EarnEventsError, ValueError):
+    """Raised when init() arguments or EARNEVENTS_* variables are invalid."""
+
+
+class NotInitializedError(EarnEventsError, RuntimeError):
+    """Raised when the event bus is used before ``await earnevents.init(...)``."""
+
+
+class PublishError(EarnEventsError):
+    """Raised when an event could not be handed to Redis within ``publish_timeout``."""
+
+
+class JobNotFoundError(EarnEventsError, LookupError):
+    """Raised when no failed job has the given id (it was retried or removed)."""
+
+
+class HandlerNotFoundError(EarnEventsError, LookupError):
+    """Raised when a message names a handler that no imported module registered."""

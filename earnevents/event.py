@@ -1,0 +1,167 @@
+"""The Event value object and its wire codec.
+
+Events travel as JSON. Values JSON cannot carry keep their Python type through a
+small tagged form, ``{"__ee__": <tag>, "v": <json value>}``, so a handler gets back
+exactly the types that were published: datetime, date, time, timedelta, UUID,
+Decimal, bson ObjectId, bytes and tuple, at any depth. A user dict that happens to
+contain the tag key is wrapped too, so nothing published is ever misread.
+Anything else (sets, arbitrary objects, non-string dict keys) is refused with a
+TypeError when the event is encoded, which happens at publish time.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from bson import ObjectId
+
+TAG = "__ee__"
+"""Key marking a tagged (typed) value in the wire form."""
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A named domain event: what happened (``name``) and its facts (``data``).
+
+    ``id`` (a unique hex string) and ``timestamp`` (aware UTC) are filled in when
+    the event is created; ``metadata`` holds context that is not domain data
+    (tracing ids, the model's changed fields, ...) and defaults to an empty dict.
+    """
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
+    id: str = field(default_factory=_new_id)
+    timestamp: dt.datetime = field(default_factory=_utcnow)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"Event name must be a str, got {type(self.name).__name__}")
+        if not self.name.strip():
+            raise ValueError("Event name must be a non-empty string such as 'user.created'")
+        if not isinstance(self.data, Mapping):
+            raise TypeError(f"Event data must be a dict, got {type(self.data).__name__}")
+        if self.metadata is None:
+            object.__setattr__(self, "metadata", {})
+        elif not isinstance(self.metadata, Mapping):
+            raise TypeError(f"Event metadata must be a dict or None, got {type(self.metadata).__name__}")
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError("Event id must be a non-empty string")
+        if not isinstance(self.timestamp, dt.datetime) or self.timestamp.tzinfo is None:
+            raise ValueError("Event timestamp must be a timezone-aware datetime")
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the JSON-safe form of this event; raises TypeError on unserializable data."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "timestamp": self.timestamp.isoformat(),
+            "data": encode(self.data, "data"),
+            "metadata": encode(self.metadata, "metadata"),
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Event:
+        """Rebuild an event from :meth:`to_wire` output; raises ValueError on malformed input."""
+        try:
+            return cls(
+                name=wire["name"],
+                data=decode(wire["data"]),
+                metadata=decode(wire.get("metadata") or {}),
+                id=wire["id"],
+                timestamp=dt.datetime.fromisoformat(wire["timestamp"]),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed event on the wire: {exc!r}") from exc
+
+
+# --- the typed-value codec ---------------------------------------------------------
+
+_Encoder = Callable[[Any], Any]
+_Decoder = Callable[[Any], Any]
+
+# Order matters: datetime is a subclass of date, bool of int.
+_ENCODERS: tuple[tuple[type, str, _Encoder], ...] = (
+    (dt.datetime, "datetime", lambda v: v.isoformat()),
+    (dt.date, "date", lambda v: v.isoformat()),
+    (dt.time, "time", lambda v: v.isoformat()),
+    (dt.timedelta, "timedelta", lambda v: [v.days, v.seconds, v.microseconds]),
+    (uuid.UUID, "uuid", str),
+    (Decimal, "decimal", str),
+    (ObjectId, "objectid", str),
+    (bytes, "bytes", lambda v: base64.b64encode(v).decode("ascii")),
+)
+
+_DECODERS: dict[str, _Decoder] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+    "uuid": uuid.UUID,
+    "decimal": Decimal,
+    "objectid": ObjectId,
+    "bytes": base64.b64decode,
+    "tuple": lambda v: tuple(decode(x) for x in v),
+    "dict": lambda v: {k: decode(x) for k, x in v.items()},
+}
+
+
+def encode(value: Any, path: str = "value") -> Any:
+    """Return ``value`` in JSON-safe wire form, keeping supported types tagged.
+
+    ``path`` names the position in error messages (``data['when'][2]``).
+    """
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{path} has a {type(key).__name__} key {key!r}; event dict keys must be str"
+                )
+            out[key] = encode(item, f"{path}[{key!r}]")
+        return {TAG: "dict", "v": out} if TAG in out else out
+    if isinstance(value, list):
+        return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        return {TAG: "tuple", "v": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+    for typ, tag, to_json in _ENCODERS:
+        if isinstance(value, typ):
+            return {TAG: tag, "v": to_json(value)}
+    raise TypeError(
+        f"{path} is a {type(value).__name__}, which an event cannot carry; use JSON types, "
+        "datetime, date, time, timedelta, UUID, Decimal, ObjectId, bytes or tuple"
+    )
+
+
+def decode(value: Any) -> Any:
+    """Inverse of :func:`encode`."""
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    if isinstance(value, dict):
+        tag = value.get(TAG)
+        if tag is not None and len(value) == 2 and "v" in value:
+            try:
+                decoder = _DECODERS[tag]
+            except KeyError:
+                raise ValueError(f"unknown wire type tag {tag!r}") from None
+            return decoder(value["v"])
+        return {key: decode(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,6 @@
+"""The seed's import paths: ``from earnevents.events import Event, event_handler``."""
+
+from ..event import Event
+from ..handlers import event_handler, model_event_handler
+
+__all__ = ["Event", "event_handler", "model_event_handler"]

@@ -1,0 +1,77 @@
+"""Failed jobs in a MongoDB collection (PyMongo's async API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from .. import keys
+from .record import FailedJob
+
+
+class MongoFailureStore:
+    """Used when a mongo_uri is configured; documents keyed by job id."""
+
+    def __init__(self, db: Callable[[], AsyncDatabase[Any]], collection: str = keys.MONGO_FAILED_COLLECTION) -> None:
+        self._db = db
+        self._name = collection
+        self._indexed: set[int] = set()
+
+    async def _col(self) -> AsyncCollection[Any]:
+        col = self._db()[self._name]
+        if id(col.database.client) not in self._indexed:
+            await col.create_index([("failed_at", DESCENDING)])
+            await col.create_index([("event_name", ASCENDING), ("failed_at", DESCENDING)])
+            await col.create_index([("handler", ASCENDING), ("failed_at", DESCENDING)])
+            self._indexed.add(id(col.database.client))
+        return col
+
+    @staticmethod
+    def _filter(event_name: str | None, handler: str | None) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if event_name is not None:
+            query["event_name"] = event_name
+        if handler is not None:
+            query["handler"] = handler
+        return query
+
+    async def add(self, job: FailedJob) -> None:
+        col = await self._col()
+        await col.replace_one({"_id": job.id}, job.to_doc(), upsert=True)
+
+    async def list(
+        self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
+    ) -> list[FailedJob]:
+        if limit <= 0:
+            return []
+        col = await self._col()
+        cursor = col.find(
+            self._filter(event_name, handler),
+            sort=[("failed_at", DESCENDING), ("_id", DESCENDING)],
+            skip=offset,
+            limit=limit,
+        )
+        return [FailedJob.from_doc(doc) async for doc in cursor]
+
+    async def count(self, event_name: str | None = None, handler: str | None = None) -> int:
+        col = await self._col()
+        return await col.count_documents(self._filter(event_name, handler))
+
+    async def get(self, job_id: str) -> FailedJob | None:
+        col = await self._col()
+        doc = await col.find_one({"_id": job_id})
+        return None if doc is None else FailedJob.from_doc(doc)
+
+    async def take(self, job_id: str) -> FailedJob | None:
+        col = await self._col()
+        doc = await col.find_one_and_delete({"_id": job_id})
+        return None if doc is None else FailedJob.from_doc(doc)
+
+    async def remove(self, job_id: str) -> bool:
+        col = await self._col()
+        result = await col.delete_one({"_id": job_id})
+        return result.deleted_count == 1

@@ -1,0 +1,81 @@
+"""Failed jobs in Redis: one JSON string per job plus sorted-set indexes by time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .. import keys
+from .record import FailedJob
+
+
+def _dumps(job: FailedJob) -> str:
+    doc = job.to_doc()
+    doc["failed_at"] = job.failed_at.isoformat()
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class RedisFailureStore:
+    """Used when no MongoDB is configured. Indexes: all, by event name, by handler."""
+
+    def __init__(self, client: Callable[[], aioredis.Redis]) -> None:
+        self._client = client
+
+    async def add(self, job: FailedJob) -> None:
+        score = job.failed_at.timestamp()
+        pipe = self._client().pipeline(transaction=True)
+        pipe.set(keys.failed_job(job.id), _dumps(job))
+        pipe.zadd(keys.FAILED_INDEX, {job.id: score})
+        pipe.zadd(keys.failed_by_event(job.event.name), {job.id: score})
+        pipe.zadd(keys.failed_by_handler(job.handler), {job.id: score})
+        pipe.zadd(keys.failed_by_event_handler(job.event.name, job.handler), {job.id: score})
+        await pipe.execute()
+
+    @staticmethod
+    def _index(event_name: str | None, handler: str | None) -> str:
+        if event_name is not None and handler is not None:
+            return keys.failed_by_event_handler(event_name, handler)
+        if event_name is not None:
+            return keys.failed_by_event(event_name)
+        if handler is not None:
+            return keys.failed_by_handler(handler)
+        return keys.FAILED_INDEX
+
+    async def list(
+        self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
+    ) -> list[FailedJob]:
+        if limit <= 0:
+            return []
+        client = self._client()
+        ids = await client.zrevrange(self._index(event_name, handler), offset, offset + limit - 1)
+        if not ids:
+            return []
+        raw = await client.mget([keys.failed_job(i.decode()) for i in ids])
+        return [FailedJob.from_doc(json.loads(r)) for r in raw if r is not None]
+
+    async def count(self, event_name: str | None = None, handler: str | None = None) -> int:
+        return int(await self._client().zcard(self._index(event_name, handler)))
+
+    async def get(self, job_id: str) -> FailedJob | None:
+        raw = await self._client().get(keys.failed_job(job_id))
+        return None if raw is None else FailedJob.from_doc(json.loads(raw))
+
+    async def take(self, job_id: str) -> FailedJob | None:
+        job = await self.get(job_id)
+        if job is None:
+            return None
+        pipe = self._client().pipeline(transaction=True)
+        pipe.delete(keys.failed_job(job_id))
+        pipe.zrem(keys.FAILED_INDEX, job_id)
+        pipe.zrem(keys.failed_by_event(job.event.name), job_id)
+        pipe.zrem(keys.failed_by_handler(job.handler), job_id)
+        pipe.zrem(keys.failed_by_event_handler(job.event.name, job.handler), job_id)
+        deleted: list[Any] = await pipe.execute()
+        # The DEL inside MULTI decides between concurrent takers.
+        return job if deleted[0] == 1 else None
+
+    async def remove(self, job_id: str) -> bool:
+        return await self.take(job_id) is not None

@@ -1,0 +1,129 @@
+"""The handler registry: ``@event_handler`` and ``@model_event_handler``.
+
+Decorating a function records it under an event name; nothing else happens at
+import time. Workers import the modules named in ``EARNEVENTS_HANDLER_MODULES``
+and look handlers up here, by event name or by dotted handler name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import HandlerNotFoundError
+from .retry import RetryPolicy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One subscriber: the function, its dotted name and its own retry policy."""
+
+    event_name: str
+    func: Callable[..., Any]
+    name: str
+    retry_policy: RetryPolicy | None
+    is_async: bool
+
+
+class HandlerRegistry:
+    """Handlers by event name (in registration order) and by dotted name."""
+
+    def __init__(self) -> None:
+        self._by_event: dict[str, list[Handler]] = {}
+        self._by_name: dict[str, Handler] = {}
+
+    def register(
+        self,
+        event_name: str,
+        func: Callable[..., Any],
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+    ) -> Handler:
+        if not isinstance(event_name, str) or not event_name.strip():
+            raise ValueError("event_handler needs a non-empty event name such as 'user.created'")
+        if not callable(func):
+            raise TypeError(f"event_handler decorates functions, got {type(func).__name__}")
+        name = f"{func.__module__}.{func.__qualname__}"
+        handler = Handler(
+            event_name=event_name,
+            func=func,
+            name=name,
+            retry_policy=RetryPolicy.coerce(retry_policy),
+            is_async=inspect.iscoroutinefunction(func),
+        )
+        existing = self._by_name.get(name)
+        if existing is not None and existing.event_name == event_name:
+            # A module imported twice (e.g. as __main__ and by name) re-registers.
+            self.unregister(name)
+        elif existing is not None:
+            raise ValueError(
+                f"{name} already handles {existing.event_name!r}; one function handles one event"
+            )
+        self._by_event.setdefault(event_name, []).append(handler)
+        self._by_name[name] = handler
+        return handler
+
+    def unregister(self, name: str) -> None:
+        handler = self._by_name.pop(name)
+        self._by_event[handler.event_name].remove(handler)
+
+    def for_event(self, event_name: str) -> list[Handler]:
+        return list(self._by_event.get(event_name, ()))
+
+    def get(self, name: str) -> Handler:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise HandlerNotFoundError(
+                f"no handler named {name!r} is registered; is its module in "
+                "EARNEVENTS_HANDLER_MODULES?"
+            ) from None
+
+    def event_names(self) -> list[str]:
+        return sorted(name for name, handlers in self._by_event.items() if handlers)
+
+
+registry = HandlerRegistry()
+"""The process-wide registry the decorators write to and workers read."""
+
+
+def event_handler(
+    event_name: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None
+) -> Callable[[F], F]:
+    """Subscribe an ``async def`` or plain ``def`` function to ``event_name``.
+
+    The function receives the :class:`~earnevents.Event`. ``retry_policy`` (a dict
+    of RetryPolicy fields or a RetryPolicy) overrides every other policy for it.
+    """
+    policy = RetryPolicy.coerce(retry_policy)
+
+    def decorate(func: F) -> F:
+        registry.register(event_name, func, policy)
+        return func
+
+    return decorate
+
+
+def model_event_name(model: str | type, action: str) -> str:
+    """``("User", "created")`` -> ``"user.created"``; ``OrderItem`` -> ``order_item``."""
+    model_name = model if isinstance(model, str) else model.__name__
+    if not model_name or not action:
+        raise ValueError("a model event needs a model name and an action")
+    return f"{snake_case(model_name)}.{action}"
+
+
+def snake_case(name: str) -> str:
+    """``OrderItem`` -> ``order_item``; ``HTTPLog`` -> ``http_log``."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def model_event_handler(
+    model: str | type, action: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None
+) -> Callable[[F], F]:
+    """Subscribe to ``<model>.<action>``: ``@model_event_handler("User", "created")``."""
+    return event_handler(model_event_name(model, action), retry_policy)

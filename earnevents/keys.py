@@ -1,0 +1,50 @@
+"""Names shared by publishers and workers: the task name and every Redis key.
+
+All Redis keys earnevents writes (besides the Celery queue list itself, which is
+named after ``queue_name``) start with :data:`PREFIX`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "earnevents"
+
+TASK_NAME = "earnevents.dispatch"
+"""The Celery task that runs an event's handlers. Publishers know it by name only."""
+
+
+def scheduled_zset(queue: str) -> str:
+    """Sorted set of message ids due later on ``queue``, scored by due time (unix seconds)."""
+    return f"{PREFIX}:{queue}:scheduled"
+
+
+def scheduled_payloads(queue: str) -> str:
+    """Hash of message id -> Celery message waiting in :func:`scheduled_zset`."""
+    return f"{PREFIX}:{queue}:scheduled:messages"
+
+
+FAILED_INDEX = f"{PREFIX}:failed"
+"""Sorted set of failed job ids scored by failure time (the Redis failure store)."""
+
+
+def failed_job(job_id: str) -> str:
+    """String key holding one failed job record as JSON."""
+    return f"{PREFIX}:failed:job:{job_id}"
+
+
+def failed_by_event(event_name: str) -> str:
+    """Sorted set of failed job ids of one event name."""
+    return f"{PREFIX}:failed:event:{event_name}"
+
+
+def failed_by_handler(handler: str) -> str:
+    """Sorted set of failed job ids of one handler."""
+    return f"{PREFIX}:failed:handler:{handler}"
+
+
+def failed_by_event_handler(event_name: str, handler: str) -> str:
+    """Sorted set of failed job ids of one handler for one event name."""
+    return f"{PREFIX}:failed:event-handler:{event_name}:{handler}"
+
+
+MONGO_FAILED_COLLECTION = "earnevents_failed_jobs"
+"""Collection of failed job records (the MongoDB failure store)."""

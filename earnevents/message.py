@@ -1,0 +1,88 @@
+"""Celery task messages (protocol 2) for the one task workers run, built without Celery.
+
+Publishers only need to put a message on a Redis list, so they build the same
+envelope ``celery.app.amqp`` + ``kombu.transport.redis`` would, in microseconds and
+without a synchronous broker connection. The worker side is plain Celery.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from .keys import TASK_NAME
+
+_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_NAMESPACE = uuid.UUID("5d1c3c2e-7a52-4a38-9b1e-4b0f3c7e2a10")
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def build(
+    event_wire: dict[str, Any],
+    *,
+    queue: str,
+    task_id: str,
+    handler: str | None = None,
+    attempt: int = 0,
+    retry_policy: dict[str, Any] | None = None,
+) -> str:
+    """Return the JSON text of one ``earnevents.dispatch`` message for ``queue``.
+
+    ``handler`` set: run only that handler (a retry); None: every handler of the event.
+    ``attempt`` counts earlier tries of that handler (0 for a fresh event).
+    """
+    kwargs = {"handler": handler, "attempt": attempt, "retry_policy": retry_policy}
+    body = json.dumps([[event_wire], kwargs, _EMBED], separators=(",", ":"))
+    label = f"{event_wire['name']} {event_wire['id']}"
+    envelope = {
+        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": TASK_NAME,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": attempt,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": f"[{label!r}]",
+            "kwargsrepr": repr({"handler": handler, "attempt": attempt}),
+            "origin": _ORIGIN,
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def derived_id(kind: str, event_id: str, handler: str, attempt: int) -> str:
+    """The same id for the same (kind, event, handler, attempt).
+
+    Workers use it for retry messages and failed-job records, so settling one
+    failure twice (after a Redis hiccup) schedules one retry and keeps one record.
+    """
+    return uuid.uuid5(_NAMESPACE, f"{kind}/{event_id}/{handler}/{attempt}").hex

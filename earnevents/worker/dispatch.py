@@ -1,0 +1,183 @@
+"""Running one message's handlers and deciding what happens to each failure.
+
+Free of Celery: the Celery task in ``worker.app`` only decodes the message and
+calls :func:`handle`. A job is one (event, handler) pair: every handler runs, a
+failure never re-runs or blocks another handler; a failed handler is retried on
+its own (through the delay schedule) until its policy is spent, then recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from .. import message
+from ..bus import EventBus
+from ..errors import HandlerNotFoundError
+from ..event import Event
+from ..failures import FailedJob, FailureStore
+from ..handlers import Handler, HandlerRegistry
+from ..retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Loop(Protocol):
+    """Where async work runs: the worker's per-process loop thread."""
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]: ...
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one handler fared: ``error`` is None on success."""
+
+    handler: str
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message: an event for all its handlers, or for one (a retry)."""
+
+    event: Event
+    handler: str | None
+    attempt: int
+    retry_policy: RetryPolicy | None
+    queue: str
+
+    @classmethod
+    def from_message(cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str) -> Job:
+        """Decode the task's arguments; ValueError/TypeError when they are malformed."""
+        handler = kwargs.get("handler")
+        attempt = kwargs.get("attempt", 0)
+        if handler is not None and not isinstance(handler, str):
+            raise TypeError(f"handler must be a str, got {type(handler).__name__}")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+            raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")
+        if not isinstance(event, Mapping):
+            raise TypeError(f"event must be a dict, got {type(event).__name__}")
+        return cls(
+            event=Event.from_wire(event),
+            handler=handler,
+            attempt=attempt,
+            retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
+            queue=queue,
+        )
+
+
+def select_handlers(registry: HandlerRegistry, job: Job) -> list[Handler]:
+    """The handlers this message runs (HandlerNotFoundError for an unknown retry target)."""
+    if job.handler is not None:
+        return [registry.get(job.handler)]
+    return registry.for_event(job.event.name)
+
+
+def choose_policy(handler: Handler | None, job: Job, worker_policy: RetryPolicy | None) -> RetryPolicy:
+    """The handler's own policy, else the publisher's, else the worker's, else the default."""
+    if handler is not None and handler.retry_policy is not None:
+        return handler.retry_policy
+    return job.retry_policy or worker_policy or RetryPolicy()
+
+
+def retry_delay(policy: RetryPolicy, attempt: int) -> float | None:
+    """Seconds until the next try after try number ``attempt`` (0-based) failed; None: give up."""
+    next_retry = attempt + 1
+    if next_retry > policy.max_retries:
+        return None
+    return policy.delay_for(next_retry)
+
+
+def run_sync(handler: Handler, event: Event) -> Outcome:
+    """Call a plain ``def`` handler in the calling thread."""
+    try:
+        handler.func(event)
+    except Exception as exc:  # a handler's failure is data here, not a crash
+        return Outcome(handler.name, exc)
+    return Outcome(handler.name)
+
+
+async def run_async(handlers: list[Handler], event: Event) -> list[Outcome]:
+    """Run ``async def`` handlers concurrently; one failing does not cancel the others."""
+    results = await asyncio.gather(*(h.func(event) for h in handlers), return_exceptions=True)
+    return [
+        Outcome(h.name, r if isinstance(r, BaseException) else None)
+        for h, r in zip(handlers, results)
+    ]
+
+
+async def settle(
+    job: Job,
+    outcomes: list[Outcome],
+    registry: HandlerRegistry,
+    bus: EventBus,
+    failures: FailureStore,
+    worker_policy: RetryPolicy | None,
+) -> None:
+    """Schedule a retry for, or record, every failed outcome. Raises if Redis/Mongo fail."""
+    for outcome in outcomes:
+        if outcome.error is None:
+            continue
+        try:
+            handler: Handler | None = registry.get(outcome.handler)
+        except HandlerNotFoundError:
+            handler = None
+        policy = choose_policy(handler, job, worker_policy)
+        delay = None if handler is None else retry_delay(policy, job.attempt)
+        err = outcome.error
+        if delay is None:
+            log.error("handler %s failed for %s %s after %d tries: %r; recorded as a failed job",
+                      outcome.handler, job.event.name, job.event.id, job.attempt + 1, err,
+                      exc_info=(type(err), err, err.__traceback__))
+            record = FailedJob.from_exception(
+                job.event, outcome.handler, err, job.attempt + 1, job.queue,
+                job_id=message.derived_id("failed", job.event.id, outcome.handler, job.attempt + 1),
+            )
+            await failures.add(record)
+            continue
+        log.warning("handler %s failed for %s %s (try %d): %r; retrying in %.3gs",
+                    outcome.handler, job.event.name, job.event.id, job.attempt + 1, err, delay)
+        task_id = message.derived_id("retry", job.event.id, outcome.handler, job.attempt + 1)
+        payload = message.build(
+            job.event.to_wire(), queue=job.queue, task_id=task_id, handler=outcome.handler,
+            attempt=job.attempt + 1,
+            retry_policy=job.retry_policy.model_dump() if job.retry_policy is not None else None,
+        )
+        await bus.enqueue([(task_id, payload)], queue=job.queue, delay=delay)
+
+
+def handle(
+    job: Job,
+    registry: HandlerRegistry,
+    loop: Loop,
+    settle_with: Callable[[Job, list[Outcome]], Coroutine[Any, Any, None]],
+) -> list[Outcome]:
+    """Run the job's handlers and settle failures; returns every handler's outcome.
+
+    Async handlers run concurrently on ``loop`` while sync ones run here, in the
+    calling (task) thread, as plain calls; then ``settle_with`` runs on ``loop``.
+    """
+    try:
+        handlers = select_handlers(registry, job)
+    except HandlerNotFoundError as exc:
+        outcomes = [Outcome(job.handler or "?", exc)]
+    else:
+        if not handlers:
+            log.info("no handler subscribes to %r; event %s acknowledged", job.event.name, job.event.id)
+            return []
+        async_handlers = [h for h in handlers if h.is_async]
+        pending = loop.submit(run_async(async_handlers, job.event)) if async_handlers else None
+        outcomes = [run_sync(h, job.event) for h in handlers if not h.is_async]
+        if pending is not None:
+            outcomes = pending.result() + outcomes
+    if any(o.error is not None for o in outcomes):
+        loop.run(settle_with(job, outcomes))
+    return outcomes

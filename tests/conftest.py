@@ -1,0 +1,131 @@
+"""Fixtures: a private redis-server and MongoDB stand-in per session, workers per test.
+
+Set EARNEVENTS_TEST_MONGO_URI to run every Mongo test against a real MongoDB
+(docker-compose gives one); otherwise an nx-27017 server is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import earnevents
+from earnevents.testing import MongoServer, RedisServer, WorkerProcess, wait_for
+
+TESTS_DIR = Path(__file__).parent
+sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    external = os.environ.get("EARNEVENTS_TEST_MONGO_URI")
+    if external:
+        yield external
+        return
+    with MongoServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def mongo_db(mongo_url: str) -> Iterator[str]:
+    """A database name of this test's own, dropped afterwards."""
+    from pymongo import MongoClient
+
+    name = f"ee_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    client: MongoClient[Any] = MongoClient(mongo_url, serverSelectionTimeoutMS=2000)
+    try:
+        client.drop_database(name)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own, so tests never see each other's messages."""
+    return f"q-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def bus(redis_url: str, queue: str) -> AsyncIterator[earnevents.EventBus]:
+    """earnevents initialized for this test's queue (Redis failure store)."""
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+    yield earnevents.event_bus
+    await earnevents.close()
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(redis_url: str, queue: str, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start ``celery -A earnevents worker`` subprocesses for this test's queue."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        modules: str = "e2e_handlers", pool: str = "prefork", concurrency: int = 2,
+        wait: bool = True, env: dict[str, str] | None = None, **kwargs: Any,
+    ) -> WorkerProcess:
+        worker_env = {
+            "EARNEVENTS_REDIS_URI": redis_url,
+            "EARNEVENTS_QUEUE": queue,
+            "EARNEVENTS_HANDLER_MODULES": modules,
+            "EARNEVENTS_MONGO_URI": "",
+            "EARNEVENTS_SCHEDULER_INTERVAL": "0.05",
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
+        }
+        worker = WorkerProcess(
+            worker_env, pool=pool, concurrency=concurrency,
+            log_path=str(tmp_path / f"worker-{len(started)}.log"), **kwargs,
+        )
+        started.append(worker)
+        worker.start(wait=wait)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+def results(client: redis.Redis, tok: str) -> list[dict[str, Any]]:
+    """What e2e_handlers recorded for events carrying ``tok``."""
+    return [json.loads(raw) for raw in client.lrange(f"results:{tok}", 0, -1)]
+
+
+def wait_results(client: redis.Redis, tok: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    """Poll until at least ``count`` records exist for ``tok``."""
+    return wait_for(
+        lambda: (r := results(client, tok)) and len(r) >= count and r, timeout,
+        f"{count} handler record(s) for token {tok}",
+    )

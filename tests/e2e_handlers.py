@@ -1,0 +1,106 @@
+"""Handlers the end-to-end tests' workers import (EARNEVENTS_HANDLER_MODULES=e2e_handlers).
+
+Each handler records what it saw to the Redis list ``results:<event.data["token"]>``,
+so a test observes the worker through Redis only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import redis
+
+from earnevents import Event, event_handler, model_event_handler, runtime
+
+_sync = redis.Redis.from_url(os.environ["EARNEVENTS_REDIS_URI"])
+
+
+def _record(event: Event, handler: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "handler": handler,
+        "id": event.id,
+        "name": event.name,
+        "pid": os.getpid(),
+        "at": time.time(),
+        "types": {k: type(v).__name__ for k, v in event.data.items()},
+        "repr": {k: repr(v) for k, v in event.data.items()},
+        "metadata": repr(event.metadata),
+        "timestamp": event.timestamp.isoformat(),
+        **extra,
+    }
+
+
+async def arecord(event: Event, handler: str, **extra: Any) -> None:
+    # Through the worker's own earnevents connection, on the worker's loop.
+    client = runtime.current().redis
+    await client.rpush(f"results:{event.data['token']}", json.dumps(_record(event, handler, **extra)))
+
+
+def srecord(event: Event, handler: str, **extra: Any) -> None:
+    _sync.rpush(f"results:{event.data['token']}", json.dumps(_record(event, handler, **extra)))
+
+
+def tries(event: Event, handler: str) -> int:
+    """How many times ``handler`` has started for this event (1 on the first try)."""
+    return int(_sync.incr(f"tries:{event.id}:{handler}"))
+
+
+@event_handler("t.record")
+async def record_async(event: Event) -> None:
+    await arecord(event, "record_async")
+
+
+@event_handler("t.record")
+def record_sync(event: Event) -> None:
+    srecord(event, "record_sync")
+
+
+@event_handler("t.flaky")
+async def flaky(event: Event) -> None:
+    n = tries(event, "flaky")
+    await arecord(event, "flaky", attempt=n)
+    if n <= event.data.get("fail_times", 0):
+        raise RuntimeError(f"flaky failure {n}")
+
+
+@event_handler("t.always_fails")
+def always_fails(event: Event) -> None:
+    n = tries(event, "always_fails")
+    srecord(event, "always_fails", attempt=n)
+    raise ValueError(f"always fails ({n})")
+
+
+@event_handler("t.always_fails")
+async def steady_sibling(event: Event) -> None:
+    await arecord(event, "steady_sibling")
+
+
+@event_handler("t.own_policy", retry_policy={"max_retries": 1, "interval_start": 0.3})
+async def own_policy(event: Event) -> None:
+    await arecord(event, "own_policy", attempt=tries(event, "own_policy"))
+    raise RuntimeError("own policy failure")
+
+
+@event_handler("t.slow")
+async def slow(event: Event) -> None:
+    """Records its start, then waits until the test sets ``release:<token>``."""
+    await arecord(event, "slow_started")
+    client = runtime.current().redis
+    while not await client.exists(f"release:{event.data['token']}"):
+        await asyncio.sleep(0.05)
+    await arecord(event, "slow_done")
+
+
+@event_handler("t.sleepy")
+async def sleepy(event: Event) -> None:
+    await asyncio.sleep(event.data.get("seconds", 0.2))
+    await arecord(event, "sleepy")
+
+
+@model_event_handler("Thing", "made")
+async def thing_made(event: Event) -> None:
+    await arecord(event, "thing_made")
