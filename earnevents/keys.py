@@ -22,28 +22,29 @@ def scheduled_payloads(queue: str) -> str:
     return f"{PREFIX}:{queue}:scheduled:messages"
 
 
-FAILED_INDEX = f"{PREFIX}:failed"
-"""Sorted set of failed job ids scored by failure time (the Redis failure store)."""
+def failed_index(queue: str) -> str:
+    """Sorted set of the ids of ``queue``'s failed jobs scored by failure time (Redis store)."""
+    return f"{PREFIX}:{queue}:failed"
+
+
+def failed_by_event(queue: str, event_name: str) -> str:
+    """Sorted set of failed job ids of one event name."""
+    return f"{PREFIX}:{queue}:failed:event:{event_name}"
+
+
+def failed_by_handler(queue: str, handler: str) -> str:
+    """Sorted set of failed job ids of one handler."""
+    return f"{PREFIX}:{queue}:failed:handler:{handler}"
+
+
+def failed_by_event_handler(queue: str, event_name: str, handler: str) -> str:
+    """Sorted set of failed job ids of one handler for one event name."""
+    return f"{PREFIX}:{queue}:failed:event-handler:{event_name}:{handler}"
 
 
 def failed_job(job_id: str) -> str:
-    """String key holding one failed job record as JSON."""
-    return f"{PREFIX}:failed:job:{job_id}"
-
-
-def failed_by_event(event_name: str) -> str:
-    """Sorted set of failed job ids of one event name."""
-    return f"{PREFIX}:failed:event:{event_name}"
-
-
-def failed_by_handler(handler: str) -> str:
-    """Sorted set of failed job ids of one handler."""
-    return f"{PREFIX}:failed:handler:{handler}"
-
-
-def failed_by_event_handler(event_name: str, handler: str) -> str:
-    """Sorted set of failed job ids of one handler for one event name."""
-    return f"{PREFIX}:failed:event-handler:{event_name}:{handler}"
+    """String key holding one failed job record as JSON (ids are unique across queues)."""
+    return f"{PREFIX}:failed-job:{job_id}"
 
 
 MONGO_FAILED_COLLECTION = "earnevents_failed_jobs"

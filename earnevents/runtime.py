@@ -27,9 +27,9 @@ class Environment:
         self.settings = settings
         self.connections = Connections(settings)
         self.failures: FailureStore = (
-            MongoFailureStore(self.connections.db)
+            MongoFailureStore(self.connections.db, settings.queue_name)
             if self.connections.has_mongo
-            else RedisFailureStore(self.connections.redis)
+            else RedisFailureStore(self.connections.redis, settings.queue_name)
         )
         self.event_bus = bus
 

@@ -33,8 +33,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class GaveUp(RuntimeError):
+    """Raised by a :func:`wait_for` check when waiting longer cannot help (a process died)."""
+
+
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call ``check`` until it returns something truthy; TimeoutError after ``timeout`` s."""
+    """Call ``check`` until it returns something truthy; TimeoutError after ``timeout`` s.
+
+    Exceptions from ``check`` count as "not yet", except :class:`GaveUp`, which ends the wait.
+    """
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:
@@ -42,6 +49,8 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
             result = check()
             if result:
                 return result
+        except GaveUp:
+            raise
         except Exception as exc:  # the thing we wait for is not up yet
             last_exc = exc
         if time.monotonic() > deadline:
@@ -117,7 +126,7 @@ class RedisServer(_Server):
 
     def _alive(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log")
+            raise GaveUp(f"redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log")
         return True
 
     def cleanup(self) -> None:
@@ -154,7 +163,7 @@ class MongoServer(_Server):
 
         def ping() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"nx-27017 exited with {self.proc.returncode}; see {data / 'nx.log'}")
+                raise GaveUp(f"nx-27017 exited with {self.proc.returncode}; see {data / 'nx.log'}")
             return bool(client.admin.command("ping").get("ok"))
 
         try:
@@ -218,7 +227,7 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+                raise GaveUp(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             return " ready." in self.log()
 
         try:

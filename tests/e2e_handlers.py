@@ -104,3 +104,17 @@ async def sleepy(event: Event) -> None:
 @model_event_handler("Thing", "made")
 async def thing_made(event: Event) -> None:
     await arecord(event, "thing_made")
+
+
+@event_handler("t.fixable")
+async def fixable(event: Event) -> None:
+    """Fails until the test sets ``fixed:<token>``."""
+    n = tries(event, "fixable")
+    if not await runtime.current().redis.exists(f"fixed:{event.data['token']}"):
+        raise ConnectionError(f"downstream unavailable ({n})")
+    await arecord(event, "fixable", attempt=n)
+
+
+@event_handler("t.fixable")
+async def fixable_sibling(event: Event) -> None:
+    await arecord(event, "fixable_sibling")

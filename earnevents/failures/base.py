@@ -8,7 +8,11 @@ from .record import FailedJob
 
 
 class FailureStore(Protocol):
-    """Where failed jobs wait for an operator: newest first, filterable, removable."""
+    """Where failed jobs wait for an operator: newest first, filterable, removable.
+
+    A store serves one queue: list and count show that queue's jobs; ids are
+    unique across queues, so get, take and remove work by id alone.
+    """
 
     async def add(self, job: FailedJob) -> None:
         """Keep ``job`` (idempotent for the same id)."""

@@ -14,25 +14,27 @@ from .record import FailedJob
 
 
 class MongoFailureStore:
-    """Used when a mongo_uri is configured; documents keyed by job id."""
+    """Used when a mongo_uri is configured; documents keyed by job id, lists show ``queue``'s."""
 
-    def __init__(self, db: Callable[[], AsyncDatabase[Any]], collection: str = keys.MONGO_FAILED_COLLECTION) -> None:
+    def __init__(
+        self, db: Callable[[], AsyncDatabase[Any]], queue: str, collection: str = keys.MONGO_FAILED_COLLECTION
+    ) -> None:
         self._db = db
+        self.queue = queue
         self._name = collection
         self._indexed: set[int] = set()
 
     async def _col(self) -> AsyncCollection[Any]:
         col = self._db()[self._name]
         if id(col.database.client) not in self._indexed:
-            await col.create_index([("failed_at", DESCENDING)])
-            await col.create_index([("event_name", ASCENDING), ("failed_at", DESCENDING)])
-            await col.create_index([("handler", ASCENDING), ("failed_at", DESCENDING)])
+            await col.create_index([("queue", ASCENDING), ("failed_at", DESCENDING)])
+            await col.create_index([("queue", ASCENDING), ("event_name", ASCENDING), ("failed_at", DESCENDING)])
+            await col.create_index([("queue", ASCENDING), ("handler", ASCENDING), ("failed_at", DESCENDING)])
             self._indexed.add(id(col.database.client))
         return col
 
-    @staticmethod
-    def _filter(event_name: str | None, handler: str | None) -> dict[str, Any]:
-        query: dict[str, Any] = {}
+    def _filter(self, event_name: str | None, handler: str | None) -> dict[str, Any]:
+        query: dict[str, Any] = {"queue": self.queue}
         if event_name is not None:
             query["event_name"] = event_name
         if handler is not None:

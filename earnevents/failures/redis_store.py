@@ -19,30 +19,35 @@ def _dumps(job: FailedJob) -> str:
 
 
 class RedisFailureStore:
-    """Used when no MongoDB is configured. Indexes: all, by event name, by handler."""
+    """Used when no MongoDB is configured. Lists show ``queue``'s jobs, newest first."""
 
-    def __init__(self, client: Callable[[], aioredis.Redis]) -> None:
+    def __init__(self, client: Callable[[], aioredis.Redis], queue: str) -> None:
         self._client = client
+        self.queue = queue
+
+    @staticmethod
+    def _indexes(job: FailedJob) -> list[str]:
+        q, name, handler = job.queue, job.event.name, job.handler
+        return [keys.failed_index(q), keys.failed_by_event(q, name), keys.failed_by_handler(q, handler),
+                keys.failed_by_event_handler(q, name, handler)]
 
     async def add(self, job: FailedJob) -> None:
         score = job.failed_at.timestamp()
         pipe = self._client().pipeline(transaction=True)
         pipe.set(keys.failed_job(job.id), _dumps(job))
-        pipe.zadd(keys.FAILED_INDEX, {job.id: score})
-        pipe.zadd(keys.failed_by_event(job.event.name), {job.id: score})
-        pipe.zadd(keys.failed_by_handler(job.handler), {job.id: score})
-        pipe.zadd(keys.failed_by_event_handler(job.event.name, job.handler), {job.id: score})
+        for index in self._indexes(job):
+            pipe.zadd(index, {job.id: score})
         await pipe.execute()
 
-    @staticmethod
-    def _index(event_name: str | None, handler: str | None) -> str:
+    def _index(self, event_name: str | None, handler: str | None) -> str:
+        q = self.queue
         if event_name is not None and handler is not None:
-            return keys.failed_by_event_handler(event_name, handler)
+            return keys.failed_by_event_handler(q, event_name, handler)
         if event_name is not None:
-            return keys.failed_by_event(event_name)
+            return keys.failed_by_event(q, event_name)
         if handler is not None:
-            return keys.failed_by_handler(handler)
-        return keys.FAILED_INDEX
+            return keys.failed_by_handler(q, handler)
+        return keys.failed_index(q)
 
     async def list(
         self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
@@ -69,10 +74,8 @@ class RedisFailureStore:
             return None
         pipe = self._client().pipeline(transaction=True)
         pipe.delete(keys.failed_job(job_id))
-        pipe.zrem(keys.FAILED_INDEX, job_id)
-        pipe.zrem(keys.failed_by_event(job.event.name), job_id)
-        pipe.zrem(keys.failed_by_handler(job.handler), job_id)
-        pipe.zrem(keys.failed_by_event_handler(job.event.name, job.handler), job_id)
+        for index in self._indexes(job):
+            pipe.zrem(index, job_id)
         deleted: list[Any] = await pipe.execute()
         # The DEL inside MULTI decides between concurrent takers.
         return job if deleted[0] == 1 else None

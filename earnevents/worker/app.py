@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("earnevents")
     app.conf.update(
         broker_url=settings.redis_uri,
+        # kombu's redis transport, but a malformed item on the queue is dropped, not fatal.
+        broker_transport="earnevents.worker.transport:Transport",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_transport_options={

@@ -1,0 +1,168 @@
+"""Publishing: validation before anything is sent, batching, delays, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+import earnevents
+from earnevents import Event, NotInitializedError, PublishError, event_bus, keys
+from earnevents.testing import free_port
+
+
+async def test_publish_before_init_says_to_call_init():
+    await earnevents.close()
+    with pytest.raises(NotInitializedError, match=r"earnevents\.init"):
+        await event_bus.publish(Event("a.b", {}))
+
+
+async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclient, queue):
+    event = Event("user.created", {"email": "a@example.com"})
+    assert await bus.publish(event) == event.id
+    assert rclient.llen(queue) == 1
+    envelope = json.loads(rclient.lindex(queue, 0))
+    assert envelope["headers"]["id"] == event.id
+
+
+@pytest.mark.parametrize(("call", "exc", "match"), [
+    (lambda b: b.publish({"name": "a.b"}), TypeError, "Event"),
+    (lambda b: b.publish(Event("a.b", {}), delay=-1), ValueError, "delay"),
+    (lambda b: b.publish(Event("a.b", {}), delay=float("nan")), ValueError, "delay"),
+    (lambda b: b.publish(Event("a.b", {}), delay="5"), TypeError, "delay"),
+    (lambda b: b.publish(Event("a.b", {"s": {1}})), TypeError, "set"),
+    (lambda b: b.publish_batch([Event("a.b", {}), Event("a.c", {"f": object()})]), TypeError, "object"),
+    (lambda b: b.publish_batch(Event("a.b", {})), TypeError, "list"),
+])
+async def test_bad_input_is_refused_and_nothing_is_enqueued(bus, rclient, queue, call, exc, match):
+    with pytest.raises(exc, match=match):
+        await call(bus)
+    assert rclient.llen(queue) == 0
+    assert rclient.zcard(keys.scheduled_zset(queue)) == 0
+
+
+async def test_publish_batch_is_one_redis_command_in_order(bus, rclient, queue):
+    events = [Event("t.n", {"i": i}) for i in range(50)]
+    before = rclient.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+    ids = await bus.publish_batch(events)
+    after = rclient.info("commandstats")["cmdstat_lpush"]["calls"]
+    assert ids == [e.id for e in events]
+    assert after - before == 1
+    popped = [json.loads(rclient.rpop(queue))["headers"]["id"] for _ in range(50)]
+    assert popped == ids  # the worker's BRPOP end yields publish order
+
+
+async def test_delay_parks_the_message_in_the_schedule_due_later(bus, rclient, queue):
+    t0 = time.time()
+    event_id = await bus.publish(Event("t.later", {}), delay=30)
+    assert rclient.llen(queue) == 0
+    due = rclient.zscore(keys.scheduled_zset(queue), event_id)
+    assert due is not None and t0 + 29 < due < time.time() + 31
+    assert rclient.hexists(keys.scheduled_payloads(queue), event_id)
+
+
+async def test_zero_delay_publishes_immediately(bus, rclient, queue):
+    await bus.publish(Event("t.now", {}), delay=0)
+    assert rclient.llen(queue) == 1
+
+
+async def test_init_needs_no_redis_and_publish_fails_in_bounded_time():
+    port = free_port()  # nothing listens here
+    await earnevents.init(redis_uri=f"redis://127.0.0.1:{port}/0", event_config={"publish_timeout": 1})
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PublishError, match="within 1s"):
+            await event_bus.publish(Event("a.b", {}))
+        assert time.monotonic() - t0 < 3
+    finally:
+        await earnevents.close()
+
+
+class BlackHole:
+    """Accepts TCP connections and never answers: the worst case for a blocking client."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+async def test_publishing_never_stalls_the_event_loop_even_when_redis_hangs():
+    hole = BlackHole()
+    await earnevents.init(redis_uri=f"redis://127.0.0.1:{hole.port}/0", event_config={"publish_timeout": 1})
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            worst = max(worst, time.perf_counter() - t - 0.005)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PublishError):
+            await event_bus.publish(Event("a.b", {}))
+        elapsed = time.monotonic() - t0
+    finally:
+        done.set()
+        await tick
+        await earnevents.close()
+        hole.close()
+    assert 0.9 < elapsed < 2.5
+    assert worst < 0.1, f"event loop stalled {worst * 1000:.0f} ms"
+
+
+async def test_close_then_init_again_works(redis_url, rclient, queue):
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+    await earnevents.close()
+    with pytest.raises(NotInitializedError):
+        await event_bus.publish(Event("a.b", {}))
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+    try:
+        await event_bus.publish(Event("a.b", {}))
+    finally:
+        await earnevents.close()
+    assert rclient.llen(queue) == 1
+
+
+async def test_mongodb_uri_is_an_alias_of_mongo_uri(redis_url):
+    env = await earnevents.init(redis_uri=redis_url, mongodb_uri="mongodb://127.0.0.1:1/")
+    try:
+        assert env.settings.mongo_uri == "mongodb://127.0.0.1:1/"
+    finally:
+        await earnevents.close()
+
+
+async def test_publisher_retry_policy_travels_with_the_message(redis_url, rclient, queue):
+    policy = {"max_retries": 5, "interval_start": 1, "interval_step": 2, "interval_max": 9}
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue, "retry_policy": policy})
+    try:
+        await event_bus.publish(Event("a.b", {}))
+    finally:
+        await earnevents.close()
+    import base64
+    body = json.loads(base64.b64decode(json.loads(rclient.rpop(queue))["body"]))
+    assert body[1]["retry_policy"] == {**policy, "interval_start": 1.0, "interval_step": 2.0, "interval_max": 9.0}

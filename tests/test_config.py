@@ -1,0 +1,69 @@
+"""Settings resolution: init() arguments over EARNEVENTS_* over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from earnevents import ConfigError, RetryPolicy
+from earnevents.config import DEFAULTS, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_env_file_lists_exactly_the_defaults():
+    pairs = {}
+    for line in (ROOT / "config" / "earnevents.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key] = value
+    assert pairs == DEFAULTS
+
+
+def test_defaults_apply_with_an_empty_environment():
+    s = Settings.resolve(environ={})
+    assert s.redis_uri == "redis://localhost:6379/0"
+    assert s.mongo_uri is None and s.database == "earnevents" and s.queue_name == "earnevents"
+    assert s.event.retry_policy is None and s.event.publish_timeout == 10
+    assert s.handler_modules == () and s.visibility_timeout == 3600
+
+
+def test_environment_is_read():
+    env = {
+        "EARNEVENTS_REDIS_URI": "redis://r:1/2", "EARNEVENTS_MONGO_URI": "mongodb://m:3",
+        "EARNEVENTS_DATABASE": "db", "EARNEVENTS_QUEUE": "q", "EARNEVENTS_HANDLER_MODULES": "a.b, c",
+        "EARNEVENTS_RETRY_POLICY": '{"max_retries": 7}', "EARNEVENTS_VISIBILITY_TIMEOUT": "30",
+        "EARNEVENTS_PUBLISH_TIMEOUT": "2.5",
+    }
+    s = Settings.resolve(environ=env)
+    assert (s.redis_uri, s.mongo_uri, s.database, s.queue_name) == ("redis://r:1/2", "mongodb://m:3", "db", "q")
+    assert s.handler_modules == ("a.b", "c")
+    assert s.event.retry_policy == RetryPolicy(max_retries=7)
+    assert s.visibility_timeout == 30 and s.event.publish_timeout == 2.5
+
+
+def test_arguments_win_over_environment():
+    env = {"EARNEVENTS_REDIS_URI": "redis://env:1/0", "EARNEVENTS_QUEUE": "envq"}
+    s = Settings.resolve(redis_uri="redis://arg:1/0", event_config={"queue_name": "argq"}, environ=env)
+    assert s.redis_uri == "redis://arg:1/0" and s.queue_name == "argq"
+
+
+def test_event_config_retry_policy_accepts_the_seed_dict():
+    policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+    s = Settings.resolve(event_config={"queue_name": "my_app:events", "retry_policy": policy}, environ={})
+    assert s.event.retry_policy == RetryPolicy(**policy)
+
+
+@pytest.mark.parametrize(("kwargs", "env", "match"), [
+    ({"event_config": {"queue": "x"}}, {}, "queue"),
+    ({"event_config": {"retry_policy": {"max_retries": -1}}}, {}, "max_retries"),
+    ({"event_config": {"publish_timeout": 0}}, {}, "publish_timeout"),
+    ({"redis_uri": "localhost:6379"}, {}, "redis://"),
+    ({"mongo_uri": "localhost"}, {}, "mongodb://"),
+    ({}, {"EARNEVENTS_RETRY_POLICY": "{nope"}, "JSON"),
+    ({}, {"EARNEVENTS_VISIBILITY_TIMEOUT": "soon"}, "number"),
+])
+def test_bad_configuration_is_a_config_error(kwargs, env, match):
+    with pytest.raises(ConfigError, match=match):
+        Settings.resolve(environ=env, **kwargs)

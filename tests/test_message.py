@@ -1,0 +1,51 @@
+"""The Celery message earnevents builds matches what Celery itself puts on Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from celery import Celery
+
+from earnevents import Event, message
+from earnevents.keys import TASK_NAME
+
+
+def celery_envelope(redis_url: str, rclient, queue: str) -> dict:
+    app = Celery("reference", broker=redis_url)
+    app.conf.task_default_queue = queue
+    app.send_task(TASK_NAME, args=[{"x": 1}], kwargs={"handler": None}, task_id="ref")
+    app.close()
+    return json.loads(rclient.rpop(queue))
+
+
+def test_envelope_has_every_field_celery_sets(redis_url, rclient, queue):
+    reference = celery_envelope(redis_url, rclient, queue)
+    ours = json.loads(message.build(Event("a.b", {}).to_wire(), queue=queue, task_id="t1"))
+    assert set(ours) == set(reference)
+    assert set(ours["headers"]) == set(reference["headers"])
+    assert set(ours["properties"]) - {"reply_to"} <= set(reference["properties"])
+    assert ours["properties"]["delivery_info"] == reference["properties"]["delivery_info"]
+    assert ours["headers"]["task"] == TASK_NAME and ours["headers"]["id"] == "t1"
+
+
+def test_body_is_args_kwargs_embed():
+    event = Event("a.b", {"k": 1})
+    env = json.loads(message.build(event.to_wire(), queue="q", task_id="t", handler="m.h", attempt=2,
+                                   retry_policy={"max_retries": 1}))
+    args, kwargs, embed = json.loads(base64.b64decode(env["body"]))
+    assert args == [event.to_wire()]
+    assert kwargs == {"handler": "m.h", "attempt": 2, "retry_policy": {"max_retries": 1}}
+    assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+    assert env["headers"]["retries"] == 2
+
+
+def test_each_message_gets_its_own_delivery_tag():
+    wire = Event("a.b", {}).to_wire()
+    tags = {json.loads(message.build(wire, queue="q", task_id="t"))["properties"]["delivery_tag"] for _ in range(3)}
+    assert len(tags) == 3
+
+
+def test_derived_ids_are_stable_and_distinct_per_kind_and_attempt():
+    assert message.derived_id("retry", "e", "h", 1) == message.derived_id("retry", "e", "h", 1)
+    assert len({message.derived_id(k, "e", "h", a) for k in ("retry", "failed") for a in (1, 2)}) == 4

@@ -1,0 +1,219 @@
+"""End to end: publish from asyncio, real `celery -A earnevents worker` subprocesses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+from bson import ObjectId
+from conftest import results, token, wait_results
+
+import earnevents
+from earnevents import Event, event_bus
+from earnevents.testing import wait_for
+
+pytestmark = pytest.mark.worker
+
+FAST = {"max_retries": 3, "interval_start": 0.3, "interval_step": 0.3, "interval_max": 0.6}
+
+
+async def failed_jobs(**filters):
+    return await event_bus.get_failed_jobs(**filters)
+
+
+async def wait_failed(count: int = 1, timeout: float = 20, **filters):
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = await failed_jobs(**filters)
+        if len(jobs) >= count:
+            return jobs
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"expected {count} failed job(s), have {len(jobs)}")
+        await _sleep(0.05)
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def fast_bus(redis_url, queue):
+    await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue, "retry_policy": FAST})
+    yield event_bus
+    await earnevents.close()
+
+
+async def test_failing_handler_is_retried_at_policy_intervals_then_recorded(fast_bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    event = Event("t.always_fails", {"token": tok, "when": dt.date(2026, 3, 1)}, metadata={"trace": "abc"})
+    await fast_bus.publish(event)
+    [job] = await wait_failed()
+    tries = [r for r in results(rclient, tok) if r["handler"] == "always_fails"]
+    assert [r["attempt"] for r in tries] == [1, 2, 3, 4]
+    gaps = [b["at"] - a["at"] for a, b in zip(tries, tries[1:])]
+    for gap, expected in zip(gaps, [0.3, 0.6, 0.6]):
+        assert expected - 0.05 <= gap <= expected + 0.5, gaps
+    assert job.handler == "e2e_handlers.always_fails"
+    assert job.error == "ValueError: always fails (4)"
+    assert job.attempts == 4 and "Traceback" in job.traceback
+    assert job.event == event  # the whole event, typed data and metadata included
+    assert job.failed_at.tzinfo is not None
+
+
+async def test_one_failing_handler_never_reruns_its_sibling(fast_bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    await fast_bus.publish(Event("t.always_fails", {"token": tok}))
+    await wait_failed()
+    siblings = [r for r in results(rclient, tok) if r["handler"] == "steady_sibling"]
+    assert len(siblings) == 1
+
+
+async def test_handler_that_recovers_leaves_no_failed_job(fast_bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    await fast_bus.publish(Event("t.flaky", {"token": tok, "fail_times": 2}))
+    recs = wait_results(rclient, tok, 3)
+    assert [r["attempt"] for r in recs] == [1, 2, 3]
+    time.sleep(0.5)  # a wrong extra retry would show up within the policy's intervals
+    assert len(results(rclient, tok)) == 3
+    assert await failed_jobs() == []
+
+
+async def test_handler_policy_wins_over_the_publishers(fast_bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    await fast_bus.publish(Event("t.own_policy", {"token": tok}))
+    [job] = await wait_failed()
+    assert job.attempts == 2  # its own max_retries=1, not the publisher's 3
+    recs = results(rclient, tok)
+    assert len(recs) == 2 and 0.25 <= recs[1]["at"] - recs[0]["at"] <= 0.8
+
+
+async def test_worker_policy_applies_when_the_publisher_sets_none(bus, start_worker, rclient):
+    start_worker(env={"EARNEVENTS_RETRY_POLICY": json.dumps({"max_retries": 1, "interval_start": 0.1})})
+    tok = token()
+    await bus.publish(Event("t.always_fails", {"token": tok}))
+    [job] = await wait_failed()
+    assert job.attempts == 2
+
+
+async def test_default_policy_is_three_retries(bus, start_worker):
+    start_worker()
+    await bus.publish(Event("t.always_fails", {"token": token()}))
+    [job] = await wait_failed()
+    assert job.attempts == 4
+
+
+async def test_retry_job_reruns_only_that_handler_and_clears_the_record(fast_bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    await fast_bus.publish(Event("t.fixable", {"token": tok}))
+    [job] = await wait_failed()
+    assert job.handler == "e2e_handlers.fixable" and job.error.startswith("ConnectionError")
+    rclient.set(f"fixed:{tok}", 1)
+    await fast_bus.retry_job(job.id)
+    assert await failed_jobs() == []
+    recs = wait_results(rclient, tok, 2)
+    assert sorted(r["handler"] for r in recs) == ["fixable", "fixable_sibling"]
+    assert recs[-1]["handler"] == "fixable" and recs[-1]["attempt"] == 5
+
+
+async def test_no_handler_starts_before_the_delay(bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    t0 = time.time()
+    await bus.publish(Event("t.record", {"token": tok}), delay=1.5)
+    recs = wait_results(rclient, tok, 2)
+    assert min(r["at"] for r in recs) >= t0 + 1.5
+    assert max(r["at"] for r in recs) <= t0 + 1.5 + 2
+
+
+async def test_typed_values_reach_the_handler_with_their_types(bus, start_worker, rclient):
+    start_worker()
+    tok = token()
+    data = {
+        "token": tok, "when": dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc), "day": dt.date(2026, 1, 2),
+        "uid": uuid.uuid4(), "price": Decimal("19.99"), "oid": ObjectId(),
+        "nested": [{"at": dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)}],
+    }
+    event = Event("t.record", data, metadata={"source": "test"})
+    await bus.publish(event)
+    rec = next(r for r in wait_results(rclient, tok, 2) if r["handler"] == "record_async")
+    assert rec["types"] == {"token": "str", "when": "datetime", "day": "date", "uid": "UUID",
+                            "price": "Decimal", "oid": "ObjectId", "nested": "list"}
+    assert rec["repr"]["nested"] == repr(data["nested"])
+    assert rec["id"] == event.id and rec["metadata"] == repr({"source": "test"})
+    assert rec["timestamp"] == event.timestamp.isoformat()
+
+
+async def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_serving(bus, start_worker, rclient, queue):
+    worker = start_worker()
+    good = json.loads(__import__("earnevents").message.build(Event("t.record", {}).to_wire(), queue=queue,
+                                                             task_id="x"))
+    unknown_task = {**good, "headers": {**good["headers"], "task": "no.such.task", "id": "unknown-1"}}
+    import base64
+    bad_args = {**good, "body": base64.b64encode(b'[["not an event"], {}, {}]').decode(),
+                "headers": {**good["headers"], "id": "bad-args-1"}}
+    bad_kwargs = {**good, "body": base64.b64encode(b'[[{"name": "t.record"}], {"attempt": -3}, {}]').decode(),
+                  "headers": {**good["headers"], "id": "bad-kwargs-1"}}
+    for garbage in (b"\x00not json at all", b'{"body": "%%%"}', b"[1, 2, 3]",
+                    json.dumps(unknown_task), json.dumps(bad_args), json.dumps(bad_kwargs)):
+        rclient.lpush(queue, garbage)
+    tok = token()
+    await bus.publish(Event("t.record", {"token": tok}))
+    wait_results(rclient, tok, 2)
+    assert worker.proc.poll() is None
+    log = worker.log()
+    assert log.count("dropped an item on") == 3
+    assert "no.such.task" in log and "bad-args-1" in log and "bad-kwargs-1" in log
+    assert "Connection to broker lost" not in log and "Unrecoverable" not in log
+
+
+async def test_handler_killed_mid_run_is_handled_after_a_restart(redis_url, queue, start_worker, rclient):
+    env = {"EARNEVENTS_VISIBILITY_TIMEOUT": "3"}
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+    try:
+        worker = start_worker(env=env)
+        tok = token()
+        await event_bus.publish(Event("t.slow", {"token": tok}))
+        wait_results(rclient, tok, 1)
+        worker.kill()
+        rclient.set(f"release:{tok}", 1)
+        killed_at = time.monotonic()
+        start_worker(env=env)
+        recs = wait_results(rclient, tok, 3, timeout=30)
+        assert [r["handler"] for r in recs] == ["slow_started", "slow_started", "slow_done"]
+        assert time.monotonic() - killed_at < 3 + 10
+    finally:
+        await earnevents.close()
+
+
+def test_handler_module_that_fails_to_import_stops_the_worker(start_worker):
+    with pytest.raises(RuntimeError, match="worker exited") as info:
+        start_worker(modules="e2e_handlers,no_such_handler_module")
+    assert "no_such_handler_module" in str(info.value)
+    assert "ModuleNotFoundError" in str(info.value)
+
+
+async def test_failed_jobs_go_to_mongodb_when_configured(redis_url, mongo_url, mongo_db, queue, start_worker):
+    start_worker(env={"EARNEVENTS_MONGO_URI": mongo_url, "EARNEVENTS_DATABASE": mongo_db,
+                      "EARNEVENTS_RETRY_POLICY": json.dumps({"max_retries": 0})})
+    env = await earnevents.init(redis_uri=redis_url, mongo_uri=mongo_url, database=mongo_db,
+                                event_config={"queue_name": queue})
+    try:
+        event = Event("t.always_fails", {"token": token(), "oid": ObjectId()})
+        await event_bus.publish(event)
+        [job] = await wait_failed()
+        assert job.event == event and job.attempts == 1
+        assert await env.db["earnevents_failed_jobs"].count_documents({}) == 1
+        assert not [k async for k in env.redis.scan_iter(f"earnevents:{queue}:failed*")]
+    finally:
+        await earnevents.close()
