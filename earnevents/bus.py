@@ -90,16 +90,18 @@ class EventBus:
             if not isinstance(event, Event):
                 raise TypeError(f"publish takes earnevents.Event objects, got {type(event).__name__}")
             messages.append(
-                (event.id, message.build(event.to_wire(), queue=settings.queue_name, task_id=event.id,
-                                         retry_policy=policy_dict))
+                (
+                    event.id,
+                    message.build(
+                        event.to_wire(), queue=settings.queue_name, task_id=event.id, retry_policy=policy_dict
+                    ),
+                )
             )
         if messages:
             await self.enqueue(messages, queue=settings.queue_name, delay=delay or None)
         return [event.id for event in events]
 
-    async def enqueue(
-        self, messages: Sequence[tuple[str, str]], *, queue: str, delay: float | None = None
-    ) -> None:
+    async def enqueue(self, messages: Sequence[tuple[str, str]], *, queue: str, delay: float | None = None) -> None:
         """Put built ``(id, message)`` pairs on ``queue`` now, or (``delay`` not None) in
         the delay schedule, due ``delay`` seconds from now by Redis' clock. Scheduling
         the same id twice keeps one message.
@@ -169,7 +171,10 @@ class EventBus:
         policy = state.settings.event.retry_policy
         task_id = message.new_task_id()
         payload = message.build(
-            job.event.to_wire(), queue=job.queue, task_id=task_id, handler=job.handler,
+            job.event.to_wire(),
+            queue=job.queue,
+            task_id=task_id,
+            handler=job.handler,
             retry_policy=policy.model_dump() if policy is not None else None,
         )
         try:

@@ -56,8 +56,10 @@ async def _run(args: argparse.Namespace) -> int:
                 total = await event_bus.count_failed_jobs(args.event, args.handler)
                 print(f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else ""))
                 for job in jobs:
-                    print(f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {job.event.name}  "
-                          f"{job.handler}  x{job.attempts}  {job.error}")
+                    print(
+                        f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {job.event.name}  "
+                        f"{job.handler}  x{job.attempts}  {job.error}"
+                    )
             return 0
         if args.command == "show":
             print(json.dumps(_job_dict(await event_bus.get_failed_job(args.job_id), full=True), indent=2))
@@ -94,8 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     show = failed.add_parser("show", help="one job with its data and traceback, as JSON")
     show.add_argument("job_id")
-    for name, what in (("retry", "re-run the handler now and take the job off the list"),
-                       ("remove", "delete the job")):
+    for name, what in (("retry", "re-run the handler now and take the job off the list"), ("remove", "delete the job")):
         sub = failed.add_parser(name, help=what)
         sub.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     return parser

@@ -133,9 +133,7 @@ def encode(value: Any, path: str = "value") -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(
-                    f"{path} has a {type(key).__name__} key {key!r}; event dict keys must be str"
-                )
+                raise TypeError(f"{path} has a {type(key).__name__} key {key!r}; event dict keys must be str")
             out[key] = encode(item, f"{path}[{key!r}]")
         return {TAG: "dict", "v": out} if TAG in out else out
     if isinstance(value, list):

@@ -60,9 +60,7 @@ class HandlerRegistry:
             # A module imported twice (e.g. as __main__ and by name) re-registers.
             self.unregister(name)
         elif existing is not None:
-            raise ValueError(
-                f"{name} already handles {existing.event_name!r}; one function handles one event"
-            )
+            raise ValueError(f"{name} already handles {existing.event_name!r}; one function handles one event")
         self._by_event.setdefault(event_name, []).append(handler)
         self._by_name[name] = handler
         return handler
@@ -79,8 +77,7 @@ class HandlerRegistry:
             return self._by_name[name]
         except KeyError:
             raise HandlerNotFoundError(
-                f"no handler named {name!r} is registered; is its module in "
-                "EARNEVENTS_HANDLER_MODULES?"
+                f"no handler named {name!r} is registered; is its module in EARNEVENTS_HANDLER_MODULES?"
             ) from None
 
     def event_names(self) -> list[str]:
@@ -91,9 +88,7 @@ registry = HandlerRegistry()
 """The process-wide registry the decorators write to and workers read."""
 
 
-def event_handler(
-    event_name: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None
-) -> Callable[[F], F]:
+def event_handler(event_name: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None) -> Callable[[F], F]:
     """Subscribe an ``async def`` or plain ``def`` function to ``event_name``.
 
     The function receives the :class:`~earnevents.Event`. ``retry_policy`` (a dict

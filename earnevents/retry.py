@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class RetryPolicy(BaseModel):
@@ -23,6 +23,16 @@ class RetryPolicy(BaseModel):
     interval_step: float = Field(default=0.2, ge=0)
     interval_max: float = Field(default=0.5, ge=0)
 
+    @model_validator(mode="after")
+    def _max_not_below_start(self) -> RetryPolicy:
+        # Otherwise every wait would silently be cut to interval_max.
+        if self.interval_max < self.interval_start:
+            raise ValueError(
+                f"interval_max ({self.interval_max}) is below interval_start ({self.interval_start}); "
+                "raise interval_max too"
+            )
+        return self
+
     def delay_for(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
         return backoff(retry, self.interval_start, self.interval_step, self.interval_max)
@@ -33,9 +43,7 @@ class RetryPolicy(BaseModel):
         if value is None or isinstance(value, RetryPolicy):
             return value
         if not isinstance(value, Mapping):
-            raise TypeError(
-                f"retry_policy must be a dict or RetryPolicy, got {type(value).__name__}"
-            )
+            raise TypeError(f"retry_policy must be a dict or RetryPolicy, got {type(value).__name__}")
         try:
             return cls(**value)
         except ValidationError as exc:

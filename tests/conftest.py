@@ -89,8 +89,12 @@ def start_worker(redis_url: str, queue: str, tmp_path: Path) -> Iterator[WorkerF
     started: list[WorkerProcess] = []
 
     def start(
-        modules: str = "e2e_handlers", pool: str = "prefork", concurrency: int = 2,
-        wait: bool = True, env: dict[str, str] | None = None, **kwargs: Any,
+        modules: str = "e2e_handlers",
+        pool: str = "prefork",
+        concurrency: int = 2,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> WorkerProcess:
         worker_env = {
             "EARNEVENTS_REDIS_URI": redis_url,
@@ -102,8 +106,11 @@ def start_worker(redis_url: str, queue: str, tmp_path: Path) -> Iterator[WorkerF
             **(env or {}),
         }
         worker = WorkerProcess(
-            worker_env, pool=pool, concurrency=concurrency,
-            log_path=str(tmp_path / f"worker-{len(started)}.log"), **kwargs,
+            worker_env,
+            pool=pool,
+            concurrency=concurrency,
+            log_path=str(tmp_path / f"worker-{len(started)}.log"),
+            **kwargs,
         )
         started.append(worker)
         worker.start(wait=wait)
@@ -126,6 +133,7 @@ def results(client: redis.Redis, tok: str) -> list[dict[str, Any]]:
 def wait_results(client: redis.Redis, tok: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
     """Poll until at least ``count`` records exist for ``tok``."""
     return wait_for(
-        lambda: (r := results(client, tok)) and len(r) >= count and r, timeout,
+        lambda: (r := results(client, tok)) and len(r) >= count and r,
+        timeout,
         f"{count} handler record(s) for token {tok}",
     )

@@ -29,15 +29,18 @@ async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclien
     assert envelope["headers"]["id"] == event.id
 
 
-@pytest.mark.parametrize(("call", "exc", "match"), [
-    (lambda b: b.publish({"name": "a.b"}), TypeError, "Event"),
-    (lambda b: b.publish(Event("a.b", {}), delay=-1), ValueError, "delay"),
-    (lambda b: b.publish(Event("a.b", {}), delay=float("nan")), ValueError, "delay"),
-    (lambda b: b.publish(Event("a.b", {}), delay="5"), TypeError, "delay"),
-    (lambda b: b.publish(Event("a.b", {"s": {1}})), TypeError, "set"),
-    (lambda b: b.publish_batch([Event("a.b", {}), Event("a.c", {"f": object()})]), TypeError, "object"),
-    (lambda b: b.publish_batch(Event("a.b", {})), TypeError, "list"),
-])
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda b: b.publish({"name": "a.b"}), TypeError, "Event"),
+        (lambda b: b.publish(Event("a.b", {}), delay=-1), ValueError, "delay"),
+        (lambda b: b.publish(Event("a.b", {}), delay=float("nan")), ValueError, "delay"),
+        (lambda b: b.publish(Event("a.b", {}), delay="5"), TypeError, "delay"),
+        (lambda b: b.publish(Event("a.b", {"s": {1}})), TypeError, "set"),
+        (lambda b: b.publish_batch([Event("a.b", {}), Event("a.c", {"f": object()})]), TypeError, "object"),
+        (lambda b: b.publish_batch(Event("a.b", {})), TypeError, "list"),
+    ],
+)
 async def test_bad_input_is_refused_and_nothing_is_enqueued(bus, rclient, queue, call, exc, match):
     with pytest.raises(exc, match=match):
         await call(bus)
@@ -164,5 +167,27 @@ async def test_publisher_retry_policy_travels_with_the_message(redis_url, rclien
     finally:
         await earnevents.close()
     import base64
+
     body = json.loads(base64.b64decode(json.loads(rclient.rpop(queue))["body"]))
     assert body[1]["retry_policy"] == {**policy, "interval_start": 1.0, "interval_step": 2.0, "interval_max": 9.0}
+
+
+async def test_publish_succeeds_when_redis_comes_back_within_the_timeout(queue):
+    from earnevents.testing import RedisServer
+
+    server = RedisServer()  # port reserved, not started yet
+    await earnevents.init(redis_uri=server.url, event_config={"queue_name": queue, "publish_timeout": 10})
+    try:
+        publishing = asyncio.create_task(event_bus.publish(Event("a.b", {})))
+        await asyncio.sleep(0.5)
+        assert not publishing.done()
+        await asyncio.to_thread(server.start)
+        event_id = await asyncio.wait_for(publishing, 10)
+        import redis as redis_sync
+
+        client = redis_sync.Redis.from_url(server.url)
+        assert json.loads(client.rpop(queue))["headers"]["id"] == event_id
+        client.close()
+    finally:
+        await earnevents.close()
+        server.cleanup()

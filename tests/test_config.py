@@ -31,9 +31,13 @@ def test_defaults_apply_with_an_empty_environment():
 
 def test_environment_is_read():
     env = {
-        "EARNEVENTS_REDIS_URI": "redis://r:1/2", "EARNEVENTS_MONGO_URI": "mongodb://m:3",
-        "EARNEVENTS_DATABASE": "db", "EARNEVENTS_QUEUE": "q", "EARNEVENTS_HANDLER_MODULES": "a.b, c",
-        "EARNEVENTS_RETRY_POLICY": '{"max_retries": 7}', "EARNEVENTS_VISIBILITY_TIMEOUT": "30",
+        "EARNEVENTS_REDIS_URI": "redis://r:1/2",
+        "EARNEVENTS_MONGO_URI": "mongodb://m:3",
+        "EARNEVENTS_DATABASE": "db",
+        "EARNEVENTS_QUEUE": "q",
+        "EARNEVENTS_HANDLER_MODULES": "a.b, c",
+        "EARNEVENTS_RETRY_POLICY": '{"max_retries": 7}',
+        "EARNEVENTS_VISIBILITY_TIMEOUT": "30",
         "EARNEVENTS_PUBLISH_TIMEOUT": "2.5",
     }
     s = Settings.resolve(environ=env)
@@ -55,15 +59,18 @@ def test_event_config_retry_policy_accepts_the_seed_dict():
     assert s.event.retry_policy == RetryPolicy(**policy)
 
 
-@pytest.mark.parametrize(("kwargs", "env", "match"), [
-    ({"event_config": {"queue": "x"}}, {}, "queue"),
-    ({"event_config": {"retry_policy": {"max_retries": -1}}}, {}, "max_retries"),
-    ({"event_config": {"publish_timeout": 0}}, {}, "publish_timeout"),
-    ({"redis_uri": "localhost:6379"}, {}, "redis://"),
-    ({"mongo_uri": "localhost"}, {}, "mongodb://"),
-    ({}, {"EARNEVENTS_RETRY_POLICY": "{nope"}, "JSON"),
-    ({}, {"EARNEVENTS_VISIBILITY_TIMEOUT": "soon"}, "number"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "env", "match"),
+    [
+        ({"event_config": {"queue": "x"}}, {}, "queue"),
+        ({"event_config": {"retry_policy": {"max_retries": -1}}}, {}, "max_retries"),
+        ({"event_config": {"publish_timeout": 0}}, {}, "publish_timeout"),
+        ({"redis_uri": "localhost:6379"}, {}, "redis://"),
+        ({"mongo_uri": "localhost"}, {}, "mongodb://"),
+        ({}, {"EARNEVENTS_RETRY_POLICY": "{nope"}, "JSON"),
+        ({}, {"EARNEVENTS_VISIBILITY_TIMEOUT": "soon"}, "number"),
+    ],
+)
 def test_bad_configuration_is_a_config_error(kwargs, env, match):
     with pytest.raises(ConfigError, match=match):
         Settings.resolve(environ=env, **kwargs)

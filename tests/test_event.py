@@ -35,30 +35,36 @@ def test_empty_name_is_a_value_error(name):
         Event(name, {})
 
 
-@pytest.mark.parametrize(("kwargs", "exc"), [
-    ({"name": 5, "data": {}}, TypeError),
-    ({"name": "a", "data": [1]}, TypeError),
-    ({"name": "a", "data": {}, "metadata": "m"}, TypeError),
-    ({"name": "a", "data": {}, "timestamp": dt.datetime(2020, 1, 1)}, ValueError),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"name": 5, "data": {}}, TypeError),
+        ({"name": "a", "data": [1]}, TypeError),
+        ({"name": "a", "data": {}, "metadata": "m"}, TypeError),
+        ({"name": "a", "data": {}, "timestamp": dt.datetime(2020, 1, 1)}, ValueError),
+    ],
+)
 def test_bad_fields_are_refused(kwargs, exc):
     with pytest.raises(exc):
         Event(**kwargs)
 
 
-@pytest.mark.parametrize("value", [
-    dt.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=dt.timezone.utc),
-    dt.datetime(2026, 1, 2, 3, 4, 5),
-    dt.datetime(2026, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
-    dt.date(2026, 1, 2),
-    dt.time(3, 4, 5),
-    dt.timedelta(days=-1, seconds=5, microseconds=7),
-    uuid.UUID("12345678-1234-5678-1234-567812345678"),
-    Decimal("1.10"),
-    ObjectId(),
-    b"\x00\xffbytes",
-    (1, "a", None),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=dt.timezone.utc),
+        dt.datetime(2026, 1, 2, 3, 4, 5),
+        dt.datetime(2026, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        dt.date(2026, 1, 2),
+        dt.time(3, 4, 5),
+        dt.timedelta(days=-1, seconds=5, microseconds=7),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        Decimal("1.10"),
+        ObjectId(),
+        b"\x00\xffbytes",
+        (1, "a", None),
+    ],
+)
 def test_typed_values_keep_type_and_value(value):
     out = roundtrip({"v": value})["v"]
     assert type(out) is type(value)
@@ -76,12 +82,15 @@ def test_user_dict_with_the_tag_key_is_not_misread():
     assert roundtrip(data) == data
 
 
-@pytest.mark.parametrize(("data", "where"), [
-    ({"s": {1, 2}}, "data['s'] is a set"),
-    ({"o": object()}, "data['o'] is a object"),
-    ({"deep": [{"x": 1j}]}, "data['deep'][0]['x'] is a complex"),
-    ({"k": {1: "int key"}}, "data['k'] has a int key 1"),
-])
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ({"s": {1, 2}}, "data['s'] is a set"),
+        ({"o": object()}, "data['o'] is a object"),
+        ({"deep": [{"x": 1j}]}, "data['deep'][0]['x'] is a complex"),
+        ({"k": {1: "int key"}}, "data['k'] has a int key 1"),
+    ],
+)
 def test_unserializable_data_is_a_type_error_naming_the_place(data, where):
     with pytest.raises(TypeError, match="^" + re.escape(where)):
         Event("x.y", data).to_wire()

@@ -19,8 +19,9 @@ async def env(request, redis_url, queue):
     if request.param == "mongo":
         mongo_url = request.getfixturevalue("mongo_url")
         database = request.getfixturevalue("mongo_db")
-        environment = await earnevents.init(redis_uri=redis_url, mongo_uri=mongo_url, database=database,
-                                            event_config={"queue_name": queue})
+        environment = await earnevents.init(
+            redis_uri=redis_url, mongo_uri=mongo_url, database=database, event_config={"queue_name": queue}
+        )
     else:
         environment = await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
     yield environment
@@ -115,6 +116,7 @@ async def test_retry_job_enqueues_that_handler_and_takes_the_record_off(env, job
     assert await event_bus.get_failed_jobs() == []
     import base64
     import json
+
     envelope = json.loads(rclient.rpop(queue))
     args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
     assert args[0]["id"] == j.event.id and kwargs["handler"] == j.handler and kwargs["attempt"] == 0

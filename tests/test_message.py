@@ -31,8 +31,11 @@ def test_envelope_has_every_field_celery_sets(redis_url, rclient, queue):
 
 def test_body_is_args_kwargs_embed():
     event = Event("a.b", {"k": 1})
-    env = json.loads(message.build(event.to_wire(), queue="q", task_id="t", handler="m.h", attempt=2,
-                                   retry_policy={"max_retries": 1}))
+    env = json.loads(
+        message.build(
+            event.to_wire(), queue="q", task_id="t", handler="m.h", attempt=2, retry_policy={"max_retries": 1}
+        )
+    )
     args, kwargs, embed = json.loads(base64.b64decode(env["body"]))
     assert args == [event.to_wire()]
     assert kwargs == {"handler": "m.h", "attempt": 2, "retry_policy": {"max_retries": 1}}

@@ -24,7 +24,16 @@ def test_policy_defaults_follow_the_documentation():
     assert [policy.delay_for(n) for n in (1, 2, 3)] == [0, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("bad", [{"max_retries": -1}, {"interval_step": -0.1}, {"retries": 3}, {"max_retries": "x"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_retries": -1},
+        {"interval_step": -0.1},
+        {"retries": 3},
+        {"max_retries": "x"},
+        {"interval_start": 5},  # above the default interval_max: would be cut silently
+    ],
+)
 def test_invalid_policy_dict_is_a_value_error(bad):
     with pytest.raises(ValueError, match="invalid retry_policy"):
         RetryPolicy.coerce(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import time
 import uuid
@@ -14,7 +15,6 @@ from conftest import results, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus
-from earnevents.testing import wait_for
 
 pytestmark = pytest.mark.worker
 
@@ -57,8 +57,8 @@ async def test_failing_handler_is_retried_at_policy_intervals_then_recorded(fast
     [job] = await wait_failed()
     tries = [r for r in results(rclient, tok) if r["handler"] == "always_fails"]
     assert [r["attempt"] for r in tries] == [1, 2, 3, 4]
-    gaps = [b["at"] - a["at"] for a, b in zip(tries, tries[1:])]
-    for gap, expected in zip(gaps, [0.3, 0.6, 0.6]):
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(tries)]
+    for gap, expected in zip(gaps, [0.3, 0.6, 0.6], strict=True):
         assert expected - 0.05 <= gap <= expected + 0.5, gaps
     assert job.handler == "e2e_handlers.always_fails"
     assert job.error == "ValueError: always fails (4)"
@@ -140,15 +140,26 @@ async def test_typed_values_reach_the_handler_with_their_types(bus, start_worker
     start_worker()
     tok = token()
     data = {
-        "token": tok, "when": dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc), "day": dt.date(2026, 1, 2),
-        "uid": uuid.uuid4(), "price": Decimal("19.99"), "oid": ObjectId(),
+        "token": tok,
+        "when": dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc),
+        "day": dt.date(2026, 1, 2),
+        "uid": uuid.uuid4(),
+        "price": Decimal("19.99"),
+        "oid": ObjectId(),
         "nested": [{"at": dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)}],
     }
     event = Event("t.record", data, metadata={"source": "test"})
     await bus.publish(event)
     rec = next(r for r in wait_results(rclient, tok, 2) if r["handler"] == "record_async")
-    assert rec["types"] == {"token": "str", "when": "datetime", "day": "date", "uid": "UUID",
-                            "price": "Decimal", "oid": "ObjectId", "nested": "list"}
+    assert rec["types"] == {
+        "token": "str",
+        "when": "datetime",
+        "day": "date",
+        "uid": "UUID",
+        "price": "Decimal",
+        "oid": "ObjectId",
+        "nested": "list",
+    }
     assert rec["repr"]["nested"] == repr(data["nested"])
     assert rec["id"] == event.id and rec["metadata"] == repr({"source": "test"})
     assert rec["timestamp"] == event.timestamp.isoformat()
@@ -156,16 +167,28 @@ async def test_typed_values_reach_the_handler_with_their_types(bus, start_worker
 
 async def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_serving(bus, start_worker, rclient, queue):
     worker = start_worker()
-    good = json.loads(__import__("earnevents").message.build(Event("t.record", {}).to_wire(), queue=queue,
-                                                             task_id="x"))
+    good = json.loads(__import__("earnevents").message.build(Event("t.record", {}).to_wire(), queue=queue, task_id="x"))
     unknown_task = {**good, "headers": {**good["headers"], "task": "no.such.task", "id": "unknown-1"}}
     import base64
-    bad_args = {**good, "body": base64.b64encode(b'[["not an event"], {}, {}]').decode(),
-                "headers": {**good["headers"], "id": "bad-args-1"}}
-    bad_kwargs = {**good, "body": base64.b64encode(b'[[{"name": "t.record"}], {"attempt": -3}, {}]').decode(),
-                  "headers": {**good["headers"], "id": "bad-kwargs-1"}}
-    for garbage in (b"\x00not json at all", b'{"body": "%%%"}', b"[1, 2, 3]",
-                    json.dumps(unknown_task), json.dumps(bad_args), json.dumps(bad_kwargs)):
+
+    bad_args = {
+        **good,
+        "body": base64.b64encode(b'[["not an event"], {}, {}]').decode(),
+        "headers": {**good["headers"], "id": "bad-args-1"},
+    }
+    bad_kwargs = {
+        **good,
+        "body": base64.b64encode(b'[[{"name": "t.record"}], {"attempt": -3}, {}]').decode(),
+        "headers": {**good["headers"], "id": "bad-kwargs-1"},
+    }
+    for garbage in (
+        b"\x00not json at all",
+        b'{"body": "%%%"}',
+        b"[1, 2, 3]",
+        json.dumps(unknown_task),
+        json.dumps(bad_args),
+        json.dumps(bad_kwargs),
+    ):
         rclient.lpush(queue, garbage)
     tok = token()
     await bus.publish(Event("t.record", {"token": tok}))
@@ -204,10 +227,16 @@ def test_handler_module_that_fails_to_import_stops_the_worker(start_worker):
 
 
 async def test_failed_jobs_go_to_mongodb_when_configured(redis_url, mongo_url, mongo_db, queue, start_worker):
-    start_worker(env={"EARNEVENTS_MONGO_URI": mongo_url, "EARNEVENTS_DATABASE": mongo_db,
-                      "EARNEVENTS_RETRY_POLICY": json.dumps({"max_retries": 0})})
-    env = await earnevents.init(redis_uri=redis_url, mongo_uri=mongo_url, database=mongo_db,
-                                event_config={"queue_name": queue})
+    start_worker(
+        env={
+            "EARNEVENTS_MONGO_URI": mongo_url,
+            "EARNEVENTS_DATABASE": mongo_db,
+            "EARNEVENTS_RETRY_POLICY": json.dumps({"max_retries": 0}),
+        }
+    )
+    env = await earnevents.init(
+        redis_uri=redis_url, mongo_uri=mongo_url, database=mongo_db, event_config={"queue_name": queue}
+    )
     try:
         event = Event("t.always_fails", {"token": token(), "oid": ObjectId()})
         await event_bus.publish(event)

@@ -28,8 +28,12 @@ class RedisFailureStore:
     @staticmethod
     def _indexes(job: FailedJob) -> list[str]:
         q, name, handler = job.queue, job.event.name, job.handler
-        return [keys.failed_index(q), keys.failed_by_event(q, name), keys.failed_by_handler(q, handler),
-                keys.failed_by_event_handler(q, name, handler)]
+        return [
+            keys.failed_index(q),
+            keys.failed_by_event(q, name),
+            keys.failed_by_handler(q, handler),
+            keys.failed_by_event_handler(q, name, handler),
+        ]
 
     async def add(self, job: FailedJob) -> None:
         score = job.failed_at.timestamp()
@@ -58,7 +62,7 @@ class RedisFailureStore:
         ids = await client.zrevrange(self._index(event_name, handler), offset, offset + limit - 1)
         if not ids:
             return []
-        raw = await client.mget([keys.failed_job(i.decode()) for i in ids])
+        raw = await client.mget([keys.failed_job(i.decode() if isinstance(i, bytes) else str(i)) for i in ids])
         return [FailedJob.from_doc(json.loads(r)) for r in raw if r is not None]
 
     async def count(self, event_name: str | None = None, handler: str | None = None) -> int:

@@ -109,8 +109,7 @@ async def run_async(handlers: list[Handler], event: Event) -> list[Outcome]:
     """Run ``async def`` handlers concurrently; one failing does not cancel the others."""
     results = await asyncio.gather(*(h.func(event) for h in handlers), return_exceptions=True)
     return [
-        Outcome(h.name, r if isinstance(r, BaseException) else None)
-        for h, r in zip(handlers, results)
+        Outcome(h.name, r if isinstance(r, BaseException) else None) for h, r in zip(handlers, results, strict=True)
     ]
 
 
@@ -134,20 +133,40 @@ async def settle(
         delay = None if handler is None else retry_delay(policy, job.attempt)
         err = outcome.error
         if delay is None:
-            log.error("handler %s failed for %s %s after %d tries: %r; recorded as a failed job",
-                      outcome.handler, job.event.name, job.event.id, job.attempt + 1, err,
-                      exc_info=(type(err), err, err.__traceback__))
+            log.error(
+                "handler %s failed for %s %s after %d tries: %r; recorded as a failed job",
+                outcome.handler,
+                job.event.name,
+                job.event.id,
+                job.attempt + 1,
+                err,
+                exc_info=(type(err), err, err.__traceback__),
+            )
             record = FailedJob.from_exception(
-                job.event, outcome.handler, err, job.attempt + 1, job.queue,
+                job.event,
+                outcome.handler,
+                err,
+                job.attempt + 1,
+                job.queue,
                 job_id=message.derived_id("failed", job.event.id, outcome.handler, job.attempt + 1),
             )
             await failures.add(record)
             continue
-        log.warning("handler %s failed for %s %s (try %d): %r; retrying in %.3gs",
-                    outcome.handler, job.event.name, job.event.id, job.attempt + 1, err, delay)
+        log.warning(
+            "handler %s failed for %s %s (try %d): %r; retrying in %.3gs",
+            outcome.handler,
+            job.event.name,
+            job.event.id,
+            job.attempt + 1,
+            err,
+            delay,
+        )
         task_id = message.derived_id("retry", job.event.id, outcome.handler, job.attempt + 1)
         payload = message.build(
-            job.event.to_wire(), queue=job.queue, task_id=task_id, handler=outcome.handler,
+            job.event.to_wire(),
+            queue=job.queue,
+            task_id=task_id,
+            handler=outcome.handler,
             attempt=job.attempt + 1,
             retry_policy=job.retry_policy.model_dump() if job.retry_policy is not None else None,
         )

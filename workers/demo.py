@@ -1,0 +1,136 @@
+"""`make demo`: publish events to a real worker and show results and failed jobs.
+
+Uses EARNEVENTS_REDIS_URI / EARNEVENTS_MONGO_URI when set; otherwise starts a
+private redis-server and the nx-27017 MongoDB stand-in on free ports, and stops
+them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import earnevents
+from earnevents import Event, event_bus
+from earnevents.testing import MongoServer, RedisServer, WorkerProcess
+
+from .example_handlers import FIXED_KEY, LOG_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = "earnevents-demo"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@contextlib.contextmanager
+def services() -> Iterator[tuple[str, str]]:
+    """Redis and MongoDB URLs: from the environment, else embedded servers."""
+    with contextlib.ExitStack() as stack:
+        redis_url = os.environ.get("EARNEVENTS_REDIS_URI")
+        if not redis_url:
+            redis_url = stack.enter_context(RedisServer()).url
+            say(f"started embedded redis-server at {redis_url}")
+        mongo_url = os.environ.get("EARNEVENTS_MONGO_URI")
+        if not mongo_url:
+            mongo_url = stack.enter_context(MongoServer()).url
+            say(f"started embedded MongoDB stand-in (nx-27017) at {mongo_url}")
+        yield redis_url, mongo_url
+
+
+async def wait_log(count: int, timeout: float = 20) -> list[str]:
+    client = earnevents.runtime.current().redis
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [x.decode() for x in await client.lrange(LOG_KEY, 0, -1)]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        await asyncio.sleep(0.1)
+
+
+async def show_new(seen: int, count: int) -> int:
+    lines = await wait_log(seen + count)
+    for line in lines[seen:]:
+        say(f"    {line}")
+    return len(lines)
+
+
+async def run(redis_url: str, mongo_url: str) -> None:
+    env = await earnevents.init(
+        mongo_uri=mongo_url,
+        database="earnevents_demo",
+        redis_uri=redis_url,
+        event_config={"queue_name": QUEUE, "retry_policy": {"max_retries": 2, "interval_start": 0.5}},
+    )
+    await env.redis.delete(LOG_KEY, FIXED_KEY)
+    seen = 0
+
+    say("\n1. publish user.created: an async and a sync handler run in the worker")
+    await event_bus.publish(Event(name="user.created", data={"email": "ada@example.com"}))
+    seen = await show_new(seen, 2)
+
+    say("\n2. publish with delay=2: the reminder waits in Redis, not in worker memory")
+    await event_bus.publish(Event(name="user.welcome_reminder", data={"email": "ada@example.com"}), delay=2)
+    seen = await show_new(seen, 1)
+
+    say("\n3. publish order.paid: one handler works, the other fails and is retried (max_retries=2)")
+    await event_bus.publish(Event(name="order.paid", data={"order_id": 42, "total": Decimal("19.90")}))
+    seen = await show_new(seen, 4)
+    jobs: list[earnevents.FailedJob] = []
+    deadline = time.monotonic() + 20
+    while not jobs and time.monotonic() < deadline:
+        jobs = await event_bus.get_failed_jobs(event_name="order.paid")
+        await asyncio.sleep(0.1)
+
+    say("\n4. the failed job, as an operator sees it (stored in MongoDB)")
+    for job in jobs:
+        say(
+            f"    id={job.id} handler={job.handler}\n    error={job.error} attempts={job.attempts} "
+            f"failed_at={job.failed_at:%H:%M:%S}"
+        )
+    if not jobs:
+        raise SystemExit("demo: expected a failed job, found none")
+
+    say(
+        f"    (from a shell: EARNEVENTS_MONGO_URI={mongo_url} EARNEVENTS_DATABASE=earnevents_demo "
+        f"EARNEVENTS_QUEUE={QUEUE} earnevents failed list)"
+    )
+
+    say("\n5. fix the invoicing service and retry the job")
+    await env.redis.set(FIXED_KEY, 1)
+    await event_bus.retry_job(jobs[0].id)
+    seen = await show_new(seen, 1)
+    left = await event_bus.get_failed_jobs(event_name="order.paid")
+    say(f"    failed jobs left for order.paid: {len(left)}")
+    await earnevents.close()
+
+
+def main() -> int:
+    with services() as (redis_url, mongo_url):
+        worker_env = {
+            "EARNEVENTS_REDIS_URI": redis_url,
+            "EARNEVENTS_MONGO_URI": mongo_url,
+            "EARNEVENTS_DATABASE": "earnevents_demo",
+            "EARNEVENTS_QUEUE": QUEUE,
+            "EARNEVENTS_HANDLER_MODULES": "workers.example_handlers",
+            "PYTHONPATH": str(ROOT),
+        }
+        log_path = ROOT / ".run" / "demo-worker.log"
+        log_path.parent.mkdir(exist_ok=True)
+        log_path.unlink(missing_ok=True)
+        say(f"starting `celery -A earnevents worker` (log: {log_path.relative_to(ROOT)})")
+        with WorkerProcess(worker_env, concurrency=2, cwd=str(ROOT), log_path=str(log_path)):
+            asyncio.run(run(redis_url, mongo_url))
+    say("\ndone: worker stopped" + ("" if os.environ.get("EARNEVENTS_REDIS_URI") else ", embedded servers stopped"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Example handlers: what `make demo` and the docker-compose worker run.
+
+Start a worker on them with::
+
+    EARNEVENTS_HANDLER_MODULES=workers.example_handlers celery -A earnevents worker
+
+Each handler appends a line to the Redis list ``earnevents:demo:log`` so the demo
+can show what ran, where and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import redis
+
+from earnevents import Event, event_handler, runtime
+
+LOG_KEY = "earnevents:demo:log"
+FIXED_KEY = "earnevents:demo:invoicing-fixed"
+
+
+def _line(text: str) -> str:
+    return f"{time.strftime('%H:%M:%S')} [pid {os.getpid()}] {text}"
+
+
+async def log(text: str) -> None:
+    """From async handlers: the worker's own asyncio Redis client, on the worker's loop."""
+    await runtime.current().redis.rpush(LOG_KEY, _line(text))
+
+
+_sync_redis: redis.Redis | None = None
+
+
+def log_sync(text: str) -> None:
+    """From plain-function handlers: an ordinary blocking client."""
+    global _sync_redis
+    if _sync_redis is None:
+        _sync_redis = redis.Redis.from_url(runtime.current().settings.redis_uri)
+    _sync_redis.rpush(LOG_KEY, _line(text))
+
+
+@event_handler("user.created")
+async def send_welcome_email(event: Event) -> None:
+    await asyncio.sleep(0.05)  # stands in for an SMTP call; other handlers run meanwhile
+    await log(f"send_welcome_email: welcome mail to {event.data['email']}")
+
+
+@event_handler("user.created")
+def add_to_crm(event: Event) -> None:
+    """A plain function handler: runs as a normal call in the worker."""
+    log_sync(f"add_to_crm: contact {event.data['email']} added (sync handler)")
+
+
+@event_handler("user.welcome_reminder")
+async def remind(event: Event) -> None:
+    waited = (event.timestamp.now(event.timestamp.tzinfo) - event.timestamp).total_seconds()
+    await log(f"remind: reminder for {event.data['email']} ({waited:.1f}s after publish)")
+
+
+@event_handler("order.paid", retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_max": 1})
+async def issue_invoice(event: Event) -> None:
+    """Fails until the invoicing service is 'fixed', to show retries and failed jobs."""
+    if not await runtime.current().redis.exists(FIXED_KEY):
+        await log(f"issue_invoice: invoicing service down for order {event.data['order_id']}")
+        raise ConnectionError("invoicing service unavailable")
+    await log(f"issue_invoice: invoice for order {event.data['order_id']}, total {event.data['total']!r}")
+
+
+@event_handler("order.paid")
+async def update_stats(event: Event) -> None:
+    await log(f"update_stats: +{event.data['total']} ({type(event.data['total']).__name__})")
