@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ def _record(event: Event, handler: str, **extra: Any) -> dict[str, Any]:
         "repr": {k: repr(v) for k, v in event.data.items()},
         "metadata": repr(event.metadata),
         "timestamp": event.timestamp.isoformat(),
+        "thread": threading.current_thread().name,
         **extra,
     }
 
@@ -51,7 +53,7 @@ def tries(event: Event, handler: str) -> int:
 
 @event_handler("t.record")
 async def record_async(event: Event) -> None:
-    await arecord(event, "record_async")
+    await arecord(event, "record_async", loop=id(asyncio.get_running_loop()))
 
 
 @event_handler("t.record")

@@ -246,3 +246,16 @@ async def test_failed_jobs_go_to_mongodb_when_configured(redis_url, mongo_url, m
         assert not [k async for k in env.redis.scan_iter(f"earnevents:{queue}:failed*")]
     finally:
         await earnevents.close()
+
+
+async def test_async_handlers_share_one_loop_per_pool_process_created_after_fork(bus, start_worker, rclient):
+    worker = start_worker(concurrency=1)
+    tok = token()
+    await bus.publish_batch([Event("t.record", {"token": tok, "i": i}) for i in range(5)])
+    recs = wait_results(rclient, tok, 10)
+    async_recs = [r for r in recs if r["handler"] == "record_async"]
+    sync_recs = [r for r in recs if r["handler"] == "record_sync"]
+    assert len({r["loop"] for r in async_recs}) == 1  # not a new loop per message
+    assert {r["thread"] for r in async_recs} == {"earnevents-loop"}
+    assert {r["thread"] for r in sync_recs} == {"MainThread"}  # plain calls in the pool process
+    assert {r["pid"] for r in recs} != {worker.proc.pid}  # the pool child, after fork
