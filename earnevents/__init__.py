@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
+from .context import JobContext, current_job
 from .errors import (
     ConfigError,
     EarnEventsError,
@@ -54,6 +55,8 @@ __all__ = [
     "event_handler",
     "model_event_handler",
     "RetryPolicy",
+    "current_job",
+    "JobContext",
     # failed jobs
     "FailedJob",
     # errors

@@ -10,21 +10,23 @@ imports the worker.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import message, schedule
+from . import keys, message, schedule
 from .config import Settings
 from .connections import Connections
 from .errors import JobNotFoundError, NotInitializedError, PublishError
 from .event import Event
 from .failures import FailedJob, FailureStore
+from .schedule import ScheduledEvent
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +64,19 @@ class EventBus:
 
     # --- publishing ---------------------------------------------------------------
 
-    async def publish(self, event: Event, delay: float | None = None) -> str:
+    async def publish(self, event: Event, delay: float | None = None, at: dt.datetime | None = None) -> str:
         """Send ``event`` to every handler subscribed to its name; return its id.
 
-        With ``delay`` (seconds), no handler starts before that much time has passed.
-        Raises TypeError/ValueError on bad input (nothing is sent) and PublishError
-        when Redis cannot take the event within ``publish_timeout`` seconds.
+        With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
+        before then; the event waits in Redis, and ``cancel(event.id)`` can still
+        withdraw it. Raises TypeError/ValueError on bad input (nothing is sent) and
+        PublishError when Redis cannot take the event within ``publish_timeout`` s.
         """
-        return (await self.publish_batch([event], delay=delay))[0]
+        return (await self.publish_batch([event], delay=delay, at=at))[0]
 
-    async def publish_batch(self, events: Iterable[Event], delay: float | None = None) -> list[str]:
+    async def publish_batch(
+        self, events: Iterable[Event], delay: float | None = None, at: dt.datetime | None = None
+    ) -> list[str]:
         """Publish many events in one Redis round trip; return their ids in order.
 
         Every event is checked and encoded before anything is sent: one bad event
@@ -82,6 +87,9 @@ class EventBus:
             raise TypeError("publish_batch takes a list of Events; use publish() for one")
         events = list(events)
         delay = _check_delay(delay)
+        due_at = _check_at(at)
+        if due_at is not None and delay:
+            raise ValueError("give delay or at, not both")
         settings = state.settings
         policy = settings.event.retry_policy
         policy_dict = policy.model_dump() if policy is not None else None
@@ -89,22 +97,25 @@ class EventBus:
         for event in events:
             if not isinstance(event, Event):
                 raise TypeError(f"publish takes earnevents.Event objects, got {type(event).__name__}")
-            messages.append(
-                (
-                    event.id,
-                    message.build(
-                        event.to_wire(), queue=settings.queue_name, task_id=event.id, retry_policy=policy_dict
-                    ),
-                )
+            payload = message.build(
+                event.to_wire(), queue=settings.queue_name, task_id=event.id, retry_policy=policy_dict
             )
+            messages.append((event.id, event.name, payload))
         if messages:
-            await self.enqueue(messages, queue=settings.queue_name, delay=delay or None)
+            await self.enqueue(messages, queue=settings.queue_name, delay=delay or None, at=due_at)
         return [event.id for event in events]
 
-    async def enqueue(self, messages: Sequence[tuple[str, str]], *, queue: str, delay: float | None = None) -> None:
-        """Put built ``(id, message)`` pairs on ``queue`` now, or (``delay`` not None) in
-        the delay schedule, due ``delay`` seconds from now by Redis' clock. Scheduling
-        the same id twice keeps one message.
+    async def enqueue(
+        self,
+        messages: Sequence[tuple[str, str, str]],
+        *,
+        queue: str,
+        delay: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Put built ``(id, event name, message)`` triples on ``queue`` now, or in the
+        delay schedule: due ``delay`` seconds from now by Redis' clock, or at unix
+        time ``at``. Scheduling the same id twice keeps one message.
 
         Retries transient Redis errors for at most ``publish_timeout`` seconds, then
         raises PublishError. Used by publish and by workers scheduling retries.
@@ -114,12 +125,12 @@ class EventBus:
 
         async def send_once() -> None:
             client = state.connections.redis()
-            if delay is not None:
-                script_keys, argv = schedule.add_args(queue, delay, messages)
+            if delay is not None or at is not None:
+                script_keys, argv = schedule.add_args(queue, messages, delay=delay, at=at)
                 await client.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
             else:
                 # LPUSH + the worker's BRPOP keep the batch in publish order.
-                await client.lpush(queue, *(payload for _, payload in messages))
+                await client.lpush(queue, *(payload for _, _, payload in messages))
 
         retrying = AsyncRetrying(
             stop=stop_after_delay(timeout),
@@ -136,6 +147,47 @@ class EventBus:
                 f"{_redact(state.settings.redis_uri)} within {timeout:g}s: {exc!r}. "
                 "Is Redis running? (publish_timeout sets how long to keep trying)"
             ) from exc
+
+    # --- the delay schedule -------------------------------------------------------
+
+    async def cancel(self, event_id: str) -> bool:
+        """Withdraw a delayed event that is still waiting: True if it was pending."""
+        state = self._state()
+        script_keys, argv = schedule.cancel_args(state.settings.queue_name, event_id)
+        client = state.connections.redis()
+        return bool(await client.eval(schedule.CANCEL_SCRIPT, len(script_keys), *script_keys, *argv))
+
+    async def get_scheduled(
+        self, limit: int = 100, offset: int = 0, event_name: str | None = None
+    ) -> list[ScheduledEvent]:
+        """Pending delayed events and handler retries of this queue, soonest first."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        if limit == 0:
+            return []
+        state = self._state()
+        queue = state.settings.queue_name
+        index = keys.scheduled_zset(queue) if event_name is None else keys.scheduled_by_event(queue, event_name)
+        client = state.connections.redis()
+        entries = cast(
+            "list[tuple[bytes, float]]", await client.zrange(index, offset, offset + limit - 1, withscores=True)
+        )
+        if not entries:
+            return []
+        ids = [member.decode() for member, _ in entries]
+        payloads = await client.hmget(keys.scheduled_payloads(queue), ids)
+        return [
+            ScheduledEvent.from_message(message_id, payload, score)
+            for message_id, (_, score), payload in zip(ids, entries, payloads, strict=True)
+            if payload is not None  # moved to the queue between the two reads
+        ]
+
+    async def count_scheduled(self, event_name: str | None = None) -> int:
+        """How many messages :meth:`get_scheduled` pages through."""
+        state = self._state()
+        queue = state.settings.queue_name
+        index = keys.scheduled_zset(queue) if event_name is None else keys.scheduled_by_event(queue, event_name)
+        return int(await state.connections.redis().zcard(index))
 
     # --- failed jobs --------------------------------------------------------------
 
@@ -178,7 +230,7 @@ class EventBus:
             retry_policy=policy.model_dump() if policy is not None else None,
         )
         try:
-            await self.enqueue([(task_id, payload)], queue=job.queue)
+            await self.enqueue([(task_id, job.event.name, payload)], queue=job.queue)
         except BaseException:
             await state.failures.add(job)  # not sent: keep it on the list
             raise
@@ -198,6 +250,16 @@ def _check_delay(delay: Any) -> float:
     if not math.isfinite(delay) or delay < 0:
         raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return float(delay)
+
+
+def _check_at(at: Any) -> float | None:
+    if at is None:
+        return None
+    if not isinstance(at, dt.datetime):
+        raise TypeError(f"at must be a datetime, got {type(at).__name__}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("at must be timezone-aware (e.g. datetime.now(timezone.utc) + timedelta(hours=1))")
+    return at.timestamp()
 
 
 def _redact(uri: str) -> str:

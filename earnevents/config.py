@@ -29,8 +29,9 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_HANDLER_MODULES": "",
     "EARNEVENTS_RETRY_POLICY": "",
     "EARNEVENTS_PUBLISH_TIMEOUT": "10",
-    "EARNEVENTS_VISIBILITY_TIMEOUT": "3600",
+    "EARNEVENTS_VISIBILITY_TIMEOUT": "40",
     "EARNEVENTS_SCHEDULER_INTERVAL": "0.2",
+    "EARNEVENTS_DEDUP_WINDOW": "86400",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -64,6 +65,7 @@ class Settings:
     handler_modules: tuple[str, ...] = ()
     visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
     scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
+    dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
 
     @property
     def queue_name(self) -> str:
@@ -120,17 +122,18 @@ class Settings:
             handler_modules=tuple(handler_modules),
             visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
+            dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
         )
 
 
-def _float_env(env: Mapping[str, str], var: str) -> float:
+def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> float:
     raw = env.get(var) or DEFAULTS[var]
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{var} must be positive, got {raw!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{var} must be {'>= 0' if allow_zero else 'positive'}, got {raw!r}")
     return value
 
 

@@ -56,11 +56,16 @@ class HandlerRegistry:
             is_async=inspect.iscoroutinefunction(func),
         )
         existing = self._by_name.get(name)
-        if existing is not None and existing.event_name == event_name:
-            # A module imported twice (e.g. as __main__ and by name) re-registers.
-            self.unregister(name)
-        elif existing is not None:
-            raise ValueError(f"{name} already handles {existing.event_name!r}; one function handles one event")
+        if existing is not None:
+            if existing.event_name == event_name and _location(existing.func) == _location(func):
+                # The same definition imported again (e.g. as __main__ and by name).
+                self.unregister(name)
+            else:
+                raise ValueError(
+                    f"another handler is already registered as {name} (for {existing.event_name!r}); "
+                    "retries find handlers by this dotted name, so give each handler function a name "
+                    "of its own (lambdas all share '<lambda>')"
+                )
         self._by_event.setdefault(event_name, []).append(handler)
         self._by_name[name] = handler
         return handler
@@ -82,6 +87,11 @@ class HandlerRegistry:
 
     def event_names(self) -> list[str]:
         return sorted(name for name, handlers in self._by_event.items() if handlers)
+
+
+def _location(func: Callable[..., Any]) -> tuple[str, int] | None:
+    code = getattr(func, "__code__", None)
+    return None if code is None else (code.co_filename, code.co_firstlineno)
 
 
 registry = HandlerRegistry()

@@ -22,6 +22,21 @@ def scheduled_payloads(queue: str) -> str:
     return f"{PREFIX}:{queue}:scheduled:messages"
 
 
+def scheduled_names(queue: str) -> str:
+    """Hash of message id -> event name for messages in :func:`scheduled_zset`."""
+    return f"{PREFIX}:{queue}:scheduled:names"
+
+
+def scheduled_by_event(queue: str, event_name: str) -> str:
+    """Sorted set of scheduled message ids of one event name, scored by due time."""
+    return f"{PREFIX}:{queue}:scheduled:event:{event_name}"
+
+
+def completed(event_id: str, handler: str) -> str:
+    """Set (with a TTL) once ``handler`` completed for the event, so redeliveries skip it."""
+    return f"{PREFIX}:done:{event_id}:{handler}"
+
+
 def failed_index(queue: str) -> str:
     """Sorted set of the ids of ``queue``'s failed jobs scored by failure time (Redis store)."""
     return f"{PREFIX}:{queue}:failed"

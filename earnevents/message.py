@@ -75,6 +75,13 @@ def build(
     return json.dumps(envelope, separators=(",", ":"))
 
 
+def parse(payload: str | bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The event (wire form) and keyword arguments of a message :func:`build` made."""
+    envelope = json.loads(payload)
+    args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    return args[0], kwargs
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 

@@ -1,54 +1,120 @@
 """The delay schedule: messages parked in Redis until due, then moved to the queue.
 
-A delayed message lives in a sorted set (score: due time) plus a hash (id ->
-message), never in a worker's memory as a Celery ETA. Both scripts read Redis'
-own clock (TIME), so publishers and workers on machines with skewed clocks agree
-on when a message is due. Moving is one Lua script, so with many workers each due
-message reaches the queue exactly once.
+A delayed message lives in Redis, never in a worker's memory as a Celery ETA:
+
+- ``scheduled`` (sorted set): message id -> due time (unix seconds);
+- ``scheduled:messages`` (hash): message id -> the Celery message;
+- ``scheduled:names`` (hash): message id -> event name, and one sorted set per
+  event name, so pending events can be listed by name.
+
+Relative delays are measured on Redis' own clock (TIME), so publishers and
+workers with skewed clocks agree on when a message is due. Adding, moving and
+cancelling are each one Lua script: with many workers each due message reaches
+the queue exactly once, and a cancelled one never does.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from . import keys, message
+from .event import Event
 
-# KEYS: zset, hash. ARGV: delay seconds, then (id, message) pairs.
+# KEYS: zset, messages, names. ARGV: name-index prefix, "rel"|"abs", seconds, then (id, name, message) triples.
 ADD_SCRIPT = """
-local t = redis.call('TIME')
-local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
+local due = tonumber(ARGV[3])
+if ARGV[2] == 'rel' then
+  local t = redis.call('TIME')
+  due = due + tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+for i = 4, #ARGV, 3 do
   redis.call('ZADD', KEYS[1], due, ARGV[i])
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', ARGV[1] .. ARGV[i + 1], due, ARGV[i])
 end
 return tostring(due)
 """
 
-# KEYS: zset, hash, queue list. ARGV: most messages to move.
+# KEYS: zset, messages, names, queue list. ARGV: name-index prefix, most messages to move.
 MOVE_DUE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 if #ids == 0 then return 0 end
 for _, id in ipairs(ids) do
-  local message = redis.call('HGET', KEYS[2], id)
-  if message then redis.call('LPUSH', KEYS[3], message) end
+  local msg = redis.call('HGET', KEYS[2], id)
+  if msg then redis.call('LPUSH', KEYS[4], msg) end
+  local name = redis.call('HGET', KEYS[3], id)
+  if name then redis.call('ZREM', ARGV[1] .. name, id) end
 end
 redis.call('ZREM', KEYS[1], unpack(ids))
 redis.call('HDEL', KEYS[2], unpack(ids))
+redis.call('HDEL', KEYS[3], unpack(ids))
 return #ids
 """
 
+# KEYS: zset, messages, names. ARGV: name-index prefix, id. Returns 1 if it was pending.
+CANCEL_SCRIPT = """
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+local name = redis.call('HGET', KEYS[3], ARGV[2])
+if name then redis.call('ZREM', ARGV[1] .. name, ARGV[2]) end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+"""
 
-def add_args(queue: str, delay: float, messages: Sequence[tuple[str, str]]) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for :data:`ADD_SCRIPT`: park ``(id, message)`` pairs ``delay`` seconds."""
-    argv: list[Any] = [repr(float(delay))]
-    for message_id, message in messages:
-        argv.extend((message_id, message))
-    return [keys.scheduled_zset(queue), keys.scheduled_payloads(queue)], argv
+
+def schedule_keys(queue: str) -> list[str]:
+    return [keys.scheduled_zset(queue), keys.scheduled_payloads(queue), keys.scheduled_names(queue)]
 
 
-def move_keys(queue: str) -> list[str]:
-    """KEYS for :data:`MOVE_DUE_SCRIPT`."""
-    return [keys.scheduled_zset(queue), keys.scheduled_payloads(queue), queue]
+def add_args(
+    queue: str, messages: Sequence[tuple[str, str, str]], *, delay: float | None = None, at: float | None = None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for :data:`ADD_SCRIPT`: park ``(id, event name, message)`` triples
+    ``delay`` seconds from now (Redis' clock) or at unix time ``at``."""
+    if (delay is None) == (at is None):
+        raise ValueError("give exactly one of delay and at")
+    mode, when = ("rel", delay) if delay is not None else ("abs", at)
+    argv: list[Any] = [keys.scheduled_by_event(queue, ""), mode, repr(float(when))]  # type: ignore[arg-type]
+    for triple in messages:
+        argv.extend(triple)
+    return schedule_keys(queue), argv
+
+
+def move_args(queue: str, batch: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for :data:`MOVE_DUE_SCRIPT`."""
+    return [*schedule_keys(queue), queue], [keys.scheduled_by_event(queue, ""), batch]
+
+
+def cancel_args(queue: str, message_id: str) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for :data:`CANCEL_SCRIPT`."""
+    return schedule_keys(queue), [keys.scheduled_by_event(queue, ""), message_id]
+
+
+@dataclass(frozen=True)
+class ScheduledEvent:
+    """A message waiting in the schedule: a delayed event, or a handler's pending retry."""
+
+    id: str
+    """The message id; for a delayed event, the event's id (what ``cancel`` takes)."""
+    event: Event
+    due_at: dt.datetime
+    handler: str | None
+    """None: every handler of the event; else the one handler a retry is for."""
+    attempt: int
+
+    @classmethod
+    def from_message(cls, message_id: str, payload: str | bytes, due: float) -> ScheduledEvent:
+        event_wire, kwargs = message.parse(payload)
+        return cls(
+            id=message_id,
+            event=Event.from_wire(event_wire),
+            due_at=dt.datetime.fromtimestamp(due, dt.timezone.utc),
+            handler=kwargs.get("handler"),
+            attempt=int(kwargs.get("attempt") or 0),
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import socket
 import threading
@@ -191,3 +192,48 @@ async def test_publish_succeeds_when_redis_comes_back_within_the_timeout(queue):
     finally:
         await earnevents.close()
         server.cleanup()
+
+
+async def test_at_schedules_for_that_moment(bus, rclient, queue):
+    at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    event_id = await bus.publish(Event("t.at", {}), at=at)
+    assert rclient.zscore(keys.scheduled_zset(queue), event_id) == pytest.approx(at.timestamp(), abs=0.001)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"at": dt.datetime(2030, 1, 1)}, ValueError, "timezone-aware"),
+        ({"at": "2030-01-01"}, TypeError, "datetime"),
+        ({"at": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc), "delay": 5}, ValueError, "not both"),
+    ],
+)
+async def test_bad_at_is_refused(bus, rclient, queue, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        await bus.publish(Event("t.at", {}), **kwargs)
+    assert rclient.zcard(keys.scheduled_zset(queue)) == 0
+
+
+async def test_get_scheduled_lists_pending_events_soonest_first_and_by_name(bus):
+    later = await bus.publish(Event("t.b", {"n": 2}), delay=300)
+    sooner = await bus.publish(Event("t.a", {"n": 1, "when": dt.date(2026, 1, 1)}), delay=100)
+    other = await bus.publish(Event("t.b", {"n": 3}), delay=200)
+    listed = await bus.get_scheduled()
+    assert [s.id for s in listed] == [sooner, other, later]
+    first = listed[0]
+    assert first.event.name == "t.a" and first.event.data == {"n": 1, "when": dt.date(2026, 1, 1)}
+    assert first.handler is None and first.attempt == 0
+    assert 95 < (first.due_at - dt.datetime.now(dt.timezone.utc)).total_seconds() <= 100
+    assert [s.id for s in await bus.get_scheduled(event_name="t.b")] == [other, later]
+    assert [s.id for s in await bus.get_scheduled(limit=1, offset=1)] == [other]
+    assert await bus.count_scheduled() == 3 and await bus.count_scheduled(event_name="t.a") == 1
+
+
+async def test_cancel_withdraws_a_pending_event_once(bus, rclient, queue):
+    keep = await bus.publish(Event("t.c", {}), delay=60)
+    drop = await bus.publish(Event("t.c", {}), delay=60)
+    assert await bus.cancel(drop) is True
+    assert await bus.cancel(drop) is False
+    assert await bus.cancel("never-published") is False
+    assert [s.id for s in await bus.get_scheduled(event_name="t.c")] == [keep]
+    assert not rclient.hexists(keys.scheduled_payloads(queue), drop)

@@ -26,7 +26,7 @@ def test_defaults_apply_with_an_empty_environment():
     assert s.redis_uri == "redis://localhost:6379/0"
     assert s.mongo_uri is None and s.database == "earnevents" and s.queue_name == "earnevents"
     assert s.event.retry_policy is None and s.event.publish_timeout == 10
-    assert s.handler_modules == () and s.visibility_timeout == 3600
+    assert s.handler_modules == () and s.visibility_timeout == 40
 
 
 def test_environment_is_read():

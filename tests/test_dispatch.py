@@ -12,7 +12,7 @@ import pytest
 from earnevents import Event, RetryPolicy
 from earnevents.failures import FailedJob
 from earnevents.handlers import HandlerRegistry
-from earnevents.worker.dispatch import Job, Outcome, choose_policy, handle, retry_delay, settle
+from earnevents.worker.dispatch import Job, Outcome, choose_policy, handle, retry_delay, settle_failures
 
 
 class InlineLoop:
@@ -46,6 +46,24 @@ class FakeStore:
         self.added.append(job)
 
 
+class FakeBooks:
+    """Remembers completions in memory; records every settle call."""
+
+    def __init__(self, done: set[str] | None = None, settle_failures_with=None) -> None:
+        self.done = set(done or ())
+        self.settled: list[list[Outcome]] = []
+        self._failures = settle_failures_with
+
+    async def already_done(self, job, handlers):
+        return self.done & set(handlers)
+
+    async def settle(self, job, outcomes):
+        self.settled.append(outcomes)
+        self.done |= {o.handler for o in outcomes if o.error is None}
+        if self._failures is not None:
+            await self._failures(job, [o for o in outcomes if o.error is not None])
+
+
 def job_for(event: Event, handler: str | None = None, attempt: int = 0, policy: RetryPolicy | None = None) -> Job:
     return Job(event=event, handler=handler, attempt=attempt, retry_policy=policy, queue="q")
 
@@ -57,8 +75,15 @@ def registry() -> HandlerRegistry:
 
 def test_policy_precedence_handler_then_message_then_worker_then_default(registry):
     own, msg, worker = RetryPolicy(max_retries=1), RetryPolicy(max_retries=2), RetryPolicy(max_retries=5)
-    with_own = registry.register("e.x", lambda e: None, own)
-    plain = registry.register("e.x", lambda e: 1, None)
+
+    def own_handler(e):
+        pass
+
+    def plain_handler(e):
+        pass
+
+    with_own = registry.register("e.x", own_handler, own)
+    plain = registry.register("e.x", plain_handler, None)
     event = Event("e.x", {})
     assert choose_policy(with_own, job_for(event, policy=msg), worker) is own
     assert choose_policy(plain, job_for(event, policy=msg), worker) is msg
@@ -89,28 +114,33 @@ def test_every_handler_runs_and_a_failure_does_not_stop_the_others(registry):
 
     for fn in (a_ok, a_bad, s_bad, s_ok):
         registry.register("e.x", fn)
-    settled: list[list[Outcome]] = []
-
-    async def record(job, outcomes):
-        settled.append(outcomes)
-
-    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), record)
+    books = FakeBooks()
+    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
     assert sorted(ran) == ["a_ok", f"s_ok:{threading.current_thread().name}"]
     errors = {o.handler.rsplit(".", 1)[-1]: type(o.error).__name__ if o.error else None for o in outcomes}
     assert errors == {"a_ok": None, "a_bad": "RuntimeError", "s_bad": "KeyError", "s_ok": None}
-    assert settled == [outcomes]
+    assert books.settled == [outcomes]
 
 
 def test_a_retry_message_runs_only_its_handler(registry):
     ran: list[str] = []
-    registry.register("e.x", lambda e: ran.append("first"))
-    second = registry.register("e.x", lambda e: ran.append("second"))
-    handle(job_for(Event("e.x", {}), handler=second.name, attempt=1), registry, InlineLoop(), None)  # type: ignore[arg-type]
+
+    def first(e):
+        ran.append("first")
+
+    def second_handler(e):
+        ran.append("second")
+
+    registry.register("e.x", first)
+    second = registry.register("e.x", second_handler)
+    handle(job_for(Event("e.x", {}), handler=second.name, attempt=1), registry, InlineLoop(), FakeBooks())
     assert ran == ["second"]
 
 
 def test_no_handlers_means_nothing_to_settle(registry):
-    assert handle(job_for(Event("nobody.listens", {})), registry, InlineLoop(), None) == []  # type: ignore[arg-type]
+    books = FakeBooks()
+    assert handle(job_for(Event("nobody.listens", {})), registry, InlineLoop(), books) == []
+    assert books.settled == []
 
 
 def test_settle_schedules_a_retry_for_the_failed_handler_only(registry):
@@ -119,7 +149,7 @@ def test_settle_schedules_a_retry_for_the_failed_handler_only(registry):
     event = Event("e.x", {})
     job = job_for(event, policy=RetryPolicy(max_retries=2, interval_start=0.7, interval_max=1))
     outcomes = [Outcome(h.name, RuntimeError("x")), Outcome("other.ok")]
-    asyncio.run(settle(job, outcomes, registry, bus, store, None))  # type: ignore[arg-type]
+    asyncio.run(settle_failures(job, outcomes, registry, bus, store, None))  # type: ignore[arg-type]
     [(messages, queue, delay)] = bus.enqueued
     assert queue == "q" and delay == 0.7 and len(messages) == 1 and store.added == []
 
@@ -129,7 +159,7 @@ def test_settle_records_the_failure_when_retries_are_spent(registry):
     bus, store = FakeBus(), FakeStore()
     event = Event("e.x", {"k": 1})
     job = job_for(event, attempt=2, policy=RetryPolicy(max_retries=2))
-    asyncio.run(settle(job, [Outcome(h.name, ValueError("bad"))], registry, bus, store, None))  # type: ignore[arg-type]
+    asyncio.run(settle_failures(job, [Outcome(h.name, ValueError("bad"))], registry, bus, store, None))  # type: ignore[arg-type]
     [record] = store.added
     assert bus.enqueued == []
     assert (record.event, record.handler, record.error, record.attempts) == (event, h.name, "ValueError: bad", 3)
@@ -141,7 +171,7 @@ def test_settling_the_same_failure_twice_keeps_the_same_ids(registry):
     store1, store2, bus1, bus2 = FakeStore(), FakeStore(), FakeBus(), FakeBus()
     for bus, store in ((bus1, store1), (bus2, store2)):
         asyncio.run(
-            settle(
+            settle_failures(
                 job_for(event, policy=RetryPolicy(max_retries=0)),
                 [Outcome(h.name, ValueError())],
                 registry,
@@ -157,10 +187,10 @@ def test_unknown_handler_in_a_retry_is_recorded_without_retrying(registry):
     bus, store = FakeBus(), FakeStore()
     job = job_for(Event("e.x", {}), handler="gone.module.handler")
 
-    async def settle_with(j, outcomes):
-        await settle(j, outcomes, registry, bus, store, None)  # type: ignore[arg-type]
+    async def failures(j, failed):
+        await settle_failures(j, failed, registry, bus, store, None)  # type: ignore[arg-type]
 
-    handle(job, registry, InlineLoop(), settle_with)
+    handle(job, registry, InlineLoop(), FakeBooks(settle_failures_with=failures))
     [record] = store.added
     assert record.handler == "gone.module.handler" and record.error.startswith("HandlerNotFoundError")
     assert bus.enqueued == []
@@ -179,3 +209,87 @@ def test_unknown_handler_in_a_retry_is_recorded_without_retrying(registry):
 def test_malformed_task_arguments_are_value_or_type_errors(event, kwargs):
     with pytest.raises((ValueError, TypeError)):
         Job.from_message(event, kwargs, "q")
+
+
+def test_handlers_completed_before_are_skipped_and_the_rest_run(registry):
+    ran: list[str] = []
+
+    def first_handler(e):
+        ran.append("first")
+
+    def second_handler(e):
+        ran.append("second")
+
+    first = registry.register("e.x", first_handler)
+    registry.register("e.x", second_handler)
+    books = FakeBooks(done={first.name})
+    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
+    assert ran == ["second"] and len(outcomes) == 1
+
+
+def test_a_redelivered_message_reruns_nothing_that_completed(registry):
+    ran: list[str] = []
+
+    async def ok(e):
+        ran.append("ok")
+
+    def bad(e):
+        ran.append("bad")
+        raise RuntimeError
+
+    registry.register("e.x", ok)
+    registry.register("e.x", bad)
+    books, job = FakeBooks(), job_for(Event("e.x", {}))
+    handle(job, registry, InlineLoop(), books)
+    handle(job, registry, InlineLoop(), books)  # the same message again
+    assert ran == ["ok", "bad", "bad"]
+
+
+def test_handlers_see_their_job_through_current_job(registry):
+    import earnevents
+
+    seen: list[earnevents.JobContext] = []
+
+    async def a(e):
+        seen.append(earnevents.current_job())
+
+    def s(e):
+        seen.append(earnevents.current_job())
+
+    registry.register("e.x", a)
+    registry.register("e.x", s)
+    event = Event("e.x", {})
+    handle(job_for(event, attempt=2), registry, InlineLoop(), FakeBooks())
+    retry = handle(job_for(event, attempt=3), registry, InlineLoop(), FakeBooks())
+    assert len(retry) == 2
+    assert {c.handler for c in seen} == {
+        f"{__name__}.{n}"
+        for n in (
+            "test_handlers_see_their_job_through_current_job.<locals>.a",
+            "test_handlers_see_their_job_through_current_job.<locals>.s",
+        )
+    }
+    assert [c.attempt for c in seen] == [3, 3, 4, 4] or sorted(c.attempt for c in seen) == [3, 3, 4, 4]
+    by_handler: dict[str, set[str]] = {}
+    for c in seen:
+        by_handler.setdefault(c.handler, set()).add(c.job_id)
+    assert all(len(ids) == 1 for ids in by_handler.values())  # stable across tries
+    assert len({next(iter(ids)) for ids in by_handler.values()}) == 2  # distinct per handler
+    assert all(c.event_id == event.id and c.queue == "q" for c in seen)
+    with pytest.raises(LookupError):
+        earnevents.current_job()
+
+
+def test_two_different_functions_cannot_share_a_handler_name(registry):
+    registry.register("e.x", lambda e: None)
+    with pytest.raises(ValueError, match="name of its own"):
+        registry.register("e.x", lambda e: None)
+
+
+def test_importing_the_same_definition_again_replaces_it(registry):
+    def handler(e):
+        pass
+
+    registry.register("e.x", handler)
+    registry.register("e.x", handler)
+    assert len(registry.for_event("e.x")) == 1

@@ -11,7 +11,7 @@ from earnevents.worker.scheduler import Mover
 
 def park(rclient, queue: str, delay: float, n: int, prefix: str = "m") -> list[str]:
     ids = [f"{prefix}{i}" for i in range(n)]
-    script_keys, argv = schedule.add_args(queue, delay, [(i, json.dumps({"id": i})) for i in ids])
+    script_keys, argv = schedule.add_args(queue, [(i, "t.x", json.dumps({"id": i})) for i in ids], delay=delay)
     rclient.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
     return ids
 
@@ -38,6 +38,8 @@ def test_two_movers_racing_enqueue_each_due_message_once(redis_url, rclient, que
     assert sum(moved) == 3000
     assert rclient.zcard(keys.scheduled_zset(queue)) == 0
     assert rclient.hlen(keys.scheduled_payloads(queue)) == 0
+    assert rclient.hlen(keys.scheduled_names(queue)) == 0
+    assert rclient.zcard(keys.scheduled_by_event(queue, "t.x")) == 0
 
 
 def test_messages_not_yet_due_stay_parked(redis_url, rclient, queue):

@@ -4,7 +4,8 @@ Configured from the EARNEVENTS_* environment. Messages are acknowledged only
 after their handlers finished or their failures were scheduled for retry or
 recorded (``acks_late``); a worker killed mid-handler leaves the message
 unacknowledged, and kombu puts it back on the queue once ``visibility_timeout``
-has passed.
+has passed. Live workers keep their messages fresh (``keepalive``), so only a
+dead worker's messages are redelivered, however long a handler runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from .. import runtime
 from ..config import Settings
 from ..handlers import registry
 from ..keys import TASK_NAME
-from .dispatch import Job, Outcome, handle, settle
+from .completions import Completions
+from .dispatch import Job, Outcome, handle, settle_failures
+from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
 from .scheduler import SchedulerStep
 
@@ -49,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             # (100 s by default); tie the sweep to the visibility timeout instead.
             "unacked_restore_interval": max(1, min(10, int(visibility // 4) or 1)),
             "unacked_restore_throttle": 1,
+            # A worker that died while restoring must not block restores for kombu's default 5 min.
+            "unacked_mutex_expire": max(10, int(visibility)),
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "health_check_interval": 10,
@@ -64,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         earnevents_scheduler_interval=settings.scheduler_interval,
     )
     app.steps["worker"].add(SchedulerStep)
+    app.steps["worker"].add(KeepAliveStep)
 
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -75,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             return
         worker = WorkerRuntime.get()
         try:
-            handle(job, registry, worker.loop, worker.settle)
+            handle(job, registry, worker.loop, worker)
         except SettleError as exc:
             # Nothing was lost yet: hand the message back to be run again.
             raise Reject(str(exc), requeue=True) from exc
@@ -96,6 +102,7 @@ class WorkerRuntime:
     def __init__(self, loop: LoopThread, env: runtime.Environment) -> None:
         self.loop = loop
         self.env = env
+        self.completions = Completions(env.connections.redis, env.settings.dedup_window)
 
     @classmethod
     def get(cls) -> WorkerRuntime:
@@ -117,14 +124,23 @@ class WorkerRuntime:
                 log.debug("closing earnevents connections failed", exc_info=True)
             stop_process_loop()
 
+    async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
+        return await self.completions.done(job.event.id, handlers)
+
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
         env = self.env
+        succeeded = [o.handler for o in outcomes if o.error is None]
+        failed = [o for o in outcomes if o.error is not None]
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(SETTLE_TIMEOUT), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
             ):
                 with attempt:
-                    await settle(job, outcomes, registry, env.event_bus, env.failures, env.settings.event.retry_policy)
+                    await self.completions.mark(job.event.id, succeeded)
+                    if failed:
+                        await settle_failures(
+                            job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
+                        )
         except Exception as exc:
             raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .. import message
 from ..bus import EventBus
+from ..context import JobContext
+from ..context import _current as _current_job
 from ..errors import HandlerNotFoundError
 from ..event import Event
 from ..failures import FailedJob, FailureStore
@@ -96,24 +98,44 @@ def retry_delay(policy: RetryPolicy, attempt: int) -> float | None:
     return policy.delay_for(next_retry)
 
 
-def run_sync(handler: Handler, event: Event) -> Outcome:
+def job_context(job: Job, handler: str) -> JobContext:
+    """What ``earnevents.current_job()`` returns inside ``handler`` for this message."""
+    return JobContext(
+        job_id=message.derived_id("job", job.event.id, handler, 0),
+        event_id=job.event.id,
+        handler=handler,
+        attempt=job.attempt + 1,
+        queue=job.queue,
+    )
+
+
+def run_sync(handler: Handler, job: Job) -> Outcome:
     """Call a plain ``def`` handler in the calling thread."""
+    token = _current_job.set(job_context(job, handler.name))
     try:
-        handler.func(event)
+        handler.func(job.event)
     except Exception as exc:  # a handler's failure is data here, not a crash
         return Outcome(handler.name, exc)
+    finally:
+        _current_job.reset(token)
     return Outcome(handler.name)
 
 
-async def run_async(handlers: list[Handler], event: Event) -> list[Outcome]:
+async def _run_one(handler: Handler, job: Job) -> None:
+    # Each gathered coroutine runs in a task of its own, so this setting stays in it.
+    _current_job.set(job_context(job, handler.name))
+    await handler.func(job.event)
+
+
+async def run_async(handlers: list[Handler], job: Job) -> list[Outcome]:
     """Run ``async def`` handlers concurrently; one failing does not cancel the others."""
-    results = await asyncio.gather(*(h.func(event) for h in handlers), return_exceptions=True)
+    results = await asyncio.gather(*(_run_one(h, job) for h in handlers), return_exceptions=True)
     return [
         Outcome(h.name, r if isinstance(r, BaseException) else None) for h, r in zip(handlers, results, strict=True)
     ]
 
 
-async def settle(
+async def settle_failures(
     job: Job,
     outcomes: list[Outcome],
     registry: HandlerRegistry,
@@ -121,7 +143,11 @@ async def settle(
     failures: FailureStore,
     worker_policy: RetryPolicy | None,
 ) -> None:
-    """Schedule a retry for, or record, every failed outcome. Raises if Redis/Mongo fail."""
+    """Schedule a retry for, or record, every failed outcome. Raises if Redis/Mongo fail.
+
+    Idempotent: retry messages and failure records get ids derived from
+    (event, handler, attempt), so settling twice schedules and records once.
+    """
     for outcome in outcomes:
         if outcome.error is None:
             continue
@@ -170,19 +196,25 @@ async def settle(
             attempt=job.attempt + 1,
             retry_policy=job.retry_policy.model_dump() if job.retry_policy is not None else None,
         )
-        await bus.enqueue([(task_id, payload)], queue=job.queue, delay=delay)
+        await bus.enqueue([(task_id, job.event.name, payload)], queue=job.queue, delay=delay)
 
 
-def handle(
-    job: Job,
-    registry: HandlerRegistry,
-    loop: Loop,
-    settle_with: Callable[[Job, list[Outcome]], Coroutine[Any, Any, None]],
-) -> list[Outcome]:
-    """Run the job's handlers and settle failures; returns every handler's outcome.
+class Bookkeeper(Protocol):
+    """The worker's Redis/Mongo side of handling a message."""
 
-    Async handlers run concurrently on ``loop`` while sync ones run here, in the
-    calling (task) thread, as plain calls; then ``settle_with`` runs on ``loop``.
+    async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
+        """Which of ``handlers`` completed for this event before (a redelivery)."""
+
+    async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
+        """Remember successes; schedule retries for, or record, failures."""
+
+
+def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
+    """Run the job's handlers and settle the outcomes; returns the outcomes of those that ran.
+
+    Handlers that already completed for this event are skipped. Async handlers
+    run concurrently on ``loop`` while sync ones run here, in the calling (task)
+    thread, as plain calls; then ``books.settle`` runs on ``loop``.
     """
     try:
         handlers = select_handlers(registry, job)
@@ -192,11 +224,15 @@ def handle(
         if not handlers:
             log.info("no handler subscribes to %r; event %s acknowledged", job.event.name, job.event.id)
             return []
+        done = loop.run(books.already_done(job, [h.name for h in handlers]))
+        if done:
+            log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
+            handlers = [h for h in handlers if h.name not in done]
         async_handlers = [h for h in handlers if h.is_async]
-        pending = loop.submit(run_async(async_handlers, job.event)) if async_handlers else None
-        outcomes = [run_sync(h, job.event) for h in handlers if not h.is_async]
+        pending = loop.submit(run_async(async_handlers, job)) if async_handlers else None
+        outcomes = [run_sync(h, job) for h in handlers if not h.is_async]
         if pending is not None:
             outcomes = pending.result() + outcomes
-    if any(o.error is not None for o in outcomes):
-        loop.run(settle_with(job, outcomes))
+    if outcomes:
+        loop.run(books.settle(job, outcomes))
     return outcomes

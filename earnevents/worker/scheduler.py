@@ -49,7 +49,8 @@ class Mover:
         moved = 0
         for queue in self.queues:
             while True:
-                count = int(self._script(keys=schedule.move_keys(queue), args=[BATCH]))
+                script_keys, argv = schedule.move_args(queue, BATCH)
+                count = int(self._script(keys=script_keys, args=argv))
                 moved += count
                 if count < BATCH:
                     break

@@ -1,0 +1,105 @@
+"""Worker bootstep that keeps the messages this worker holds visibly alive.
+
+kombu's Redis transport gives a message back to the queue when it has been
+unacknowledged for ``visibility_timeout`` seconds, assuming its worker died. That
+forces a choice between slow recovery (a long timeout) and long handlers running
+twice (a short one). This step removes the dilemma: every ``visibility_timeout/4``
+seconds it re-stamps, in kombu's ``unacked_index``, the delivery time of each
+message this worker has reserved or is running. Only messages of dead workers
+age past the timeout, so it can be short (default 40 s) while a ten-minute
+handler is never redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import bootsteps
+from celery.worker import state
+
+log = logging.getLogger(__name__)
+
+# kombu's default name for the sorted set of unacknowledged delivery tags.
+UNACKED_INDEX = "unacked_index"
+
+
+def held_delivery_tags() -> list[str]:
+    """Delivery tags of the messages this worker process has reserved or is running."""
+    for _ in range(3):
+        try:
+            requests = list(state.requests.values())
+            break
+        except RuntimeError:  # the consumer changed the dict mid-copy; try again
+            continue
+    else:
+        return []
+    tags = []
+    for request in requests:
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if isinstance(tag, str):
+            tags.append(tag)
+    return tags
+
+
+class KeepAlive:
+    """Re-stamps held messages every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, redis_uri: str, index_key: str, interval: float) -> None:
+        self.interval = interval
+        self.index_key = index_key
+        self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="earnevents-keepalive", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._client.close()
+
+    def refresh(self) -> int:
+        """Stamp every held message with the current time; returns how many were held."""
+        tags = held_delivery_tags()
+        if tags:
+            # XX: never re-create an entry kombu removed on acknowledgement.
+            self._client.zadd(self.index_key, dict.fromkeys(tags, time.time()), xx=True)
+        return len(tags)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except redis.RedisError as exc:
+                log.warning("could not refresh in-flight messages' visibility: %r", exc)
+
+
+class KeepAliveStep(bootsteps.StartStopStep):
+    """Celery worker bootstep owning one :class:`KeepAlive`."""
+
+    label = "earnevents keep-alive"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.keepalive: KeepAlive | None = None
+
+    def start(self, worker: Any) -> None:
+        conf = worker.app.conf
+        options = conf.broker_transport_options or {}
+        visibility = float(options.get("visibility_timeout", 3600))
+        index_key = options.get("unacked_index_key", UNACKED_INDEX)
+        self.keepalive = KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4))
+        self.keepalive.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()
+            self.keepalive = None
+
+    shutdown = stop
