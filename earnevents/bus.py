@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,7 +21,7 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import keys, message, schedule
+from . import keys, message, outbox, schedule
 from .config import Settings
 from .connections import Connections
 from .errors import JobNotFoundError, NotInitializedError, PublishError
@@ -117,11 +118,17 @@ class EventBus:
         delay schedule: due ``delay`` seconds from now by Redis' clock, or at unix
         time ``at``. Scheduling the same id twice keeps one message.
 
-        Retries transient Redis errors for at most ``publish_timeout`` seconds, then
-        raises PublishError. Used by publish and by workers scheduling retries.
+        When Redis stays unreachable: with an outbox (MongoDB configured) the
+        messages are stored there for workers to relay; otherwise PublishError.
+
+        Retries transient Redis errors, bounded by ``publish_timeout`` seconds in all.
+        Used by publish and by workers scheduling retries.
         """
         state = self._state()
-        timeout = state.settings.event.publish_timeout
+        settings = state.settings
+        timeout = settings.event.publish_timeout
+        # With an outbox, stop trying Redis early and keep the rest of the time for MongoDB.
+        redis_budget = min(timeout, outbox.REDIS_BUDGET) if settings.outbox else timeout
 
         async def send_once() -> None:
             client = state.connections.redis()
@@ -133,20 +140,39 @@ class EventBus:
                 await client.lpush(queue, *(payload for _, _, payload in messages))
 
         retrying = AsyncRetrying(
-            stop=stop_after_delay(timeout),
+            stop=stop_after_delay(redis_budget),
             wait=wait_exponential(multiplier=0.05, max=1.0),
             retry=retry_if_exception_type(_TRANSIENT),
             reraise=True,
         )
+        started = time.monotonic()
         try:
             # wait_for is the hard bound: an attempt stuck inside a socket call is cut off too.
-            await asyncio.wait_for(retrying(send_once), timeout=timeout)
+            await asyncio.wait_for(retrying(send_once), timeout=redis_budget)
+            return
         except (asyncio.TimeoutError, *_TRANSIENT) as exc:
+            redis_error: BaseException = exc
+        where = f"queue {queue!r} at {_redact(settings.redis_uri)}"
+        if not settings.outbox:
             raise PublishError(
-                f"could not publish {len(messages)} message(s) to queue {queue!r} at "
-                f"{_redact(state.settings.redis_uri)} within {timeout:g}s: {exc!r}. "
+                f"could not publish {len(messages)} message(s) to {where} within {timeout:g}s: {redis_error!r}. "
                 "Is Redis running? (publish_timeout sets how long to keep trying)"
+            ) from redis_error
+        due = at if at is not None else (time.time() + delay if delay is not None else None)
+        remaining = max(0.5, timeout - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(outbox.store(state.connections.db(), messages, queue, due), timeout=remaining)
+        except Exception as exc:
+            raise PublishError(
+                f"could not publish {len(messages)} message(s): Redis ({where}) failed with {redis_error!r} "
+                f"and the MongoDB outbox with {exc!r}"
             ) from exc
+        log.warning(
+            "Redis unreachable (%r): %d message(s) for %s kept in the MongoDB outbox until a worker relays them",
+            redis_error,
+            len(messages),
+            queue,
+        )
 
     # --- the delay schedule -------------------------------------------------------
 

@@ -47,6 +47,8 @@ class EventConfig(BaseModel):
     """Policy carried by every message this process publishes; None: the worker's."""
     publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0)
     """Seconds publish() keeps retrying an unreachable Redis before PublishError."""
+    outbox: bool | None = None
+    """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""
 
     @field_validator("retry_policy", mode="before")
     @classmethod
@@ -70,6 +72,11 @@ class Settings:
     @property
     def queue_name(self) -> str:
         return self.event.queue_name
+
+    @property
+    def outbox(self) -> bool:
+        """Whether publish falls back to the MongoDB outbox when Redis is unreachable."""
+        return self.mongo_uri is not None and self.event.outbox is not False
 
     @classmethod
     def resolve(
@@ -114,6 +121,8 @@ class Settings:
             raise ConfigError(f"redis_uri must be a redis:// URL, got {redis!r}")
         if mongo and not mongo.startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"mongo_uri must be a mongodb:// URL, got {mongo!r}")
+        if event.outbox and not mongo:
+            raise ConfigError("event_config['outbox'] needs a mongo_uri: the outbox is a MongoDB collection")
         return cls(
             redis_uri=redis,
             mongo_uri=mongo or None,

@@ -43,8 +43,9 @@ class Connections:
                 self.settings.redis_uri,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
-                # Retrying is tenacity's job (bounded by publish_timeout), not the pool's.
-                retry=Retry(NoBackoff(), 0),
+                # One immediate retry replaces a pooled connection the server closed (a Redis
+                # restart); longer outages are tenacity's job, bounded by publish_timeout.
+                retry=Retry(NoBackoff(), 1),
                 health_check_interval=30,
             )
             self._redis = (loop, client)

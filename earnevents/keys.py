@@ -32,6 +32,11 @@ def scheduled_by_event(queue: str, event_name: str) -> str:
     return f"{PREFIX}:{queue}:scheduled:event:{event_name}"
 
 
+def outbox_lock(queue: str) -> str:
+    """Held (with a TTL) by the one worker relaying ``queue``'s MongoDB outbox, to keep order."""
+    return f"{PREFIX}:{queue}:outbox-lock"
+
+
 def completed(event_id: str, handler: str) -> str:
     """Set (with a TTL) once ``handler`` completed for the event, so redeliveries skip it."""
     return f"{PREFIX}:done:{event_id}:{handler}"

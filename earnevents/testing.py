@@ -142,6 +142,13 @@ class RedisServer(_Server):
             raise GaveUp(f"redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log")
         return True
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; its data directory stays for a restart."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
     def cleanup(self) -> None:
         """Stop the server and delete its data (stop() alone keeps it for a restart)."""
         self.stop()

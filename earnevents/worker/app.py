@@ -17,6 +17,8 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.exceptions import Reject
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from .. import runtime
@@ -27,9 +29,13 @@ from .completions import Completions
 from .dispatch import Job, Outcome, handle, settle_failures
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
+from .relay import RelayStep
 from .scheduler import SchedulerStep
 
 log = logging.getLogger(__name__)
+
+RELAY_INTERVAL = 1.0
+"""Seconds between a worker's checks of the MongoDB outbox."""
 
 SETTLE_TIMEOUT = 30.0
 """Seconds a worker keeps trying to schedule retries / record failures before requeueing."""
@@ -61,15 +67,22 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_queue=settings.queue_name,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # Keep handlers running through a broker reconnect: acknowledging on Redis works on
+        # any connection (the unacked state lives in Redis keys), so nothing must be killed.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
         accept_content=["json"],
         task_serializer="json",
         include=list(settings.handler_modules),
         earnevents_scheduler_interval=settings.scheduler_interval,
+        earnevents_mongo_uri=settings.mongo_uri,
+        earnevents_database=settings.database,
+        earnevents_relay_interval=RELAY_INTERVAL,
     )
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
+    app.steps["worker"].add(RelayStep)
 
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -82,8 +95,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker = WorkerRuntime.get()
         try:
             handle(job, registry, worker.loop, worker)
-        except SettleError as exc:
-            # Nothing was lost yet: hand the message back to be run again.
+        except (SettleError, RedisError, PyMongoError, OSError) as exc:
+            # Our own bookkeeping failed (handler errors never get here): acknowledging
+            # would lose the event, so hand the message back to be run again.
+            log.warning("requeueing %s: %r", self.request.id, exc)
             raise Reject(str(exc), requeue=True) from exc
 
     return app
@@ -124,17 +139,27 @@ class WorkerRuntime:
                 log.debug("closing earnevents connections failed", exc_info=True)
             stop_process_loop()
 
+    @staticmethod
+    def _retrying() -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_delay(SETTLE_TIMEOUT), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
+        )
+
     async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
-        return await self.completions.done(job.event.id, handlers)
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    return await self.completions.done(job.event.id, handlers)
+        except Exception as exc:
+            raise SettleError(f"could not read completed handlers: {exc!r}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
         env = self.env
         succeeded = [o.handler for o in outcomes if o.error is None]
         failed = [o for o in outcomes if o.error is not None]
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(SETTLE_TIMEOUT), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     await self.completions.mark(job.event.id, succeeded)
                     if failed:

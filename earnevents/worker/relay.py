@@ -1,0 +1,137 @@
+"""Worker bootstep that relays the MongoDB outbox to Redis once Redis is reachable.
+
+Events published while Redis was down wait in MongoDB (``earnevents.outbox``).
+Every worker with a MongoDB configured polls for them; one at a time per queue
+(a Redis lock) pushes them in publish order, immediate ones onto the queue and
+delayed ones into the delay schedule, then deletes them from the outbox. The
+relay runs in a thread of the worker's main process, so it uses PyMongo's and
+redis-py's blocking clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import bootsteps
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from .. import keys, outbox, schedule
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+LOCK_MS = 30_000
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Relay:
+    """Moves ``queues``' outbox documents to Redis every ``interval`` seconds."""
+
+    def __init__(self, redis_uri: str, mongo_uri: str, database: str, queues: list[str], interval: float) -> None:
+        self.queues = queues
+        self.interval = interval
+        self._redis = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._add = self._redis.register_script(schedule.ADD_SCRIPT)
+        self._release = self._redis.register_script(_RELEASE)
+        self._mongo: MongoClient[Any] = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+        self._col = self._mongo[database][outbox.COLLECTION]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="earnevents-outbox-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._redis.close()
+        self._mongo.close()
+
+    def relay_once(self) -> int:
+        """Relay every waiting document of every queue; returns how many were relayed."""
+        return sum(self._relay_queue(queue) for queue in self.queues)
+
+    def _relay_queue(self, queue: str) -> int:
+        if self._col.find_one({"queue": queue}, {"_id": 1}) is None:
+            return 0
+        token = uuid.uuid4().hex
+        lock = keys.outbox_lock(queue)
+        if not self._redis.set(lock, token, nx=True, px=LOCK_MS):
+            return 0  # another worker is relaying this queue
+        relayed = 0
+        try:
+            while not self._stop.is_set():
+                docs = list(self._col.find({"queue": queue}).sort(outbox.ORDER).limit(BATCH))
+                if not docs:
+                    break
+                self._push(queue, docs)
+                # Pushed first, deleted second: a crash in between relays again (at least once).
+                self._col.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+                relayed += len(docs)
+                self._redis.pexpire(lock, LOCK_MS)
+        finally:
+            self._release(keys=[lock], args=[token])
+        if relayed:
+            log.info("relayed %d event(s) from the MongoDB outbox to %s", relayed, queue)
+        return relayed
+
+    def _push(self, queue: str, docs: list[dict[str, Any]]) -> None:
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=True)
+        for doc in docs:
+            due = doc.get("due")
+            if due is not None and due > now:
+                script_keys, argv = schedule.add_args(queue, [(doc["_id"], doc["name"], doc["message"])], at=due)
+                self._add(keys=script_keys, args=argv, client=pipe)
+            else:
+                pipe.lpush(queue, doc["message"])
+        pipe.execute()
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.wait(self.interval):
+            try:
+                self.relay_once()
+            except (redis.RedisError, PyMongoError) as exc:
+                if not failing:
+                    log.warning("outbox relay waiting for Redis/MongoDB: %r", exc)
+                failing = True
+            else:
+                failing = False
+
+
+class RelayStep(bootsteps.StartStopStep):
+    """Celery worker bootstep owning one :class:`Relay`, when a MongoDB is configured."""
+
+    label = "earnevents outbox relay"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.relay: Relay | None = None
+
+    def start(self, worker: Any) -> None:
+        conf = worker.app.conf
+        mongo_uri = conf.get("earnevents_mongo_uri")
+        if not mongo_uri:
+            return
+        queues = sorted(worker.app.amqp.queues.consume_from or [conf.task_default_queue])
+        self.relay = Relay(conf.broker_url, mongo_uri, conf.earnevents_database, queues, conf.earnevents_relay_interval)
+        self.relay.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+
+    shutdown = stop
