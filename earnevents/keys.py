@@ -69,3 +69,18 @@ def failed_job(job_id: str) -> str:
 
 MONGO_FAILED_COLLECTION = "earnevents_failed_jobs"
 """Collection of failed job records (the MongoDB failure store)."""
+
+
+def inflight_list(queue: str, consumer: str) -> str:
+    """List holding what ``consumer`` took from ``queue`` but has not yet recorded as unacked."""
+    return f"{PREFIX}:{queue}:inflight:{consumer}"
+
+
+def inflight_consumers(queue: str) -> str:
+    """Set of consumer ids that have an :func:`inflight_list` for ``queue``."""
+    return f"{PREFIX}:{queue}:inflight-consumers"
+
+
+def consumer_alive(consumer: str) -> str:
+    """Key a live consumer keeps fresh (TTL); when it expires, its in-flight lists are returned."""
+    return f"{PREFIX}:consumer-alive:{consumer}"

@@ -232,3 +232,29 @@ async def test_outbox_can_be_turned_off(own_redis, mongo_url, mongo_db, queue):
             await event_bus.publish(Event("t.record", {"token": token()}))
     finally:
         await earnevents.close()
+
+
+async def test_a_message_taken_by_a_consumer_that_died_is_returned_and_handled(bus, start_worker, rclient, queue):
+    # Given a message some consumer took off the queue and died holding (its alive key is gone)
+    tok = token()
+    event = Event("t.record", {"token": tok})
+    rclient.sadd(keys.inflight_consumers(queue), "dead-host:1:abc")
+    rclient.lpush(
+        keys.inflight_list(queue, "dead-host:1:abc"), message.build(event.to_wire(), queue=queue, task_id=event.id)
+    )
+    # When a worker runs, Then it puts the message back on the queue and handles it
+    start_worker(env={"EARNEVENTS_VISIBILITY_TIMEOUT": "2"})
+    recs = wait_results(rclient, tok, 2)
+    assert {r["id"] for r in recs} == {event.id}
+    assert rclient.llen(keys.inflight_list(queue, "dead-host:1:abc")) == 0
+    assert not rclient.sismember(keys.inflight_consumers(queue), "dead-host:1:abc")
+
+
+async def test_a_live_consumer_is_registered_and_kept_alive(bus, start_worker, rclient, queue):
+    start_worker(env={"EARNEVENTS_VISIBILITY_TIMEOUT": "2"})
+    tok = token()
+    await bus.publish(Event("t.record", {"token": tok}))
+    wait_results(rclient, tok, 2)
+    [consumer] = [c.decode() for c in rclient.smembers(keys.inflight_consumers(queue))]
+    assert stays(lambda: rclient.exists(keys.consumer_alive(consumer)) == 1, 3)  # beyond its 2 s TTL
+    assert rclient.llen(keys.inflight_list(queue, consumer)) == 0  # nothing left in flight

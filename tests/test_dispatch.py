@@ -57,6 +57,9 @@ class FakeBooks:
     async def already_done(self, job, handlers):
         return self.done & set(handlers)
 
+    async def completed(self, job, handler):
+        self.done.add(handler)
+
     async def settle(self, job, outcomes):
         self.settled.append(outcomes)
         self.done |= {o.handler for o in outcomes if o.error is None}
@@ -293,3 +296,22 @@ def test_importing_the_same_definition_again_replaces_it(registry):
     registry.register("e.x", handler)
     registry.register("e.x", handler)
     assert len(registry.for_event("e.x")) == 1
+
+
+def test_success_is_recorded_at_once_and_settle_catches_up_when_that_fails(registry):
+    def ok(e):
+        pass
+
+    registry.register("e.x", ok)
+
+    class FlakyBooks(FakeBooks):
+        async def completed(self, job, handler):
+            raise ConnectionError("redis blinked")
+
+    books = FakeBooks()
+    [outcome] = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
+    assert outcome.recorded and books.settled == []  # nothing left to settle
+
+    flaky = FlakyBooks()
+    [outcome] = handle(job_for(Event("e.x", {})), registry, InlineLoop(), flaky)
+    assert not outcome.recorded and flaky.settled == [[outcome]]

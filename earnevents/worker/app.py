@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("earnevents")
     app.conf.update(
         broker_url=settings.redis_uri,
-        # kombu's redis transport, but a malformed item on the queue is dropped, not fatal.
+        # kombu's redis transport with reliable fetch; a malformed item is dropped, not fatal.
         broker_transport="earnevents.worker.transport:Transport",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             # (100 s by default); tie the sweep to the visibility timeout instead.
             "unacked_restore_interval": max(1, min(10, int(visibility // 4) or 1)),
             "unacked_restore_throttle": 1,
+            # One list per queue (earnevents does not use priorities): needed for reliable fetch.
+            "priority_steps": [0],
             # A worker that died while restoring must not block restores for kombu's default 5 min.
             "unacked_mutex_expire": max(10, int(visibility)),
             "socket_timeout": 10,
@@ -154,9 +156,12 @@ class WorkerRuntime:
             raise SettleError(f"could not read completed handlers: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def completed(self, job: Job, handler: str) -> None:
+        await self.completions.mark(job.event.id, [handler])
+
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
         env = self.env
-        succeeded = [o.handler for o in outcomes if o.error is None]
+        succeeded = [o.handler for o in outcomes if o.error is None and not o.recorded]
         failed = [o for o in outcomes if o.error is not None]
         try:
             async for attempt in self._retrying():

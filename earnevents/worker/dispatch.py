@@ -44,6 +44,8 @@ class Outcome:
 
     handler: str
     error: BaseException | None = None
+    recorded: bool = False
+    """A success already remembered as completed (so a redelivery skips it)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,18 @@ def job_context(job: Job, handler: str) -> JobContext:
     )
 
 
-def run_sync(handler: Handler, job: Job) -> Outcome:
+async def _record(books: Bookkeeper, job: Job, handler: str) -> Outcome:
+    # Remembered right away, to keep the crash window between "done" and "remembered"
+    # small; if Redis fails here, settle() remembers it (recorded=False).
+    try:
+        await books.completed(job, handler)
+    except Exception:
+        log.debug("could not record %s as completed yet", handler, exc_info=True)
+        return Outcome(handler)
+    return Outcome(handler, recorded=True)
+
+
+def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outcome:
     """Call a plain ``def`` handler in the calling thread."""
     token = _current_job.set(job_context(job, handler.name))
     try:
@@ -118,20 +131,25 @@ def run_sync(handler: Handler, job: Job) -> Outcome:
         return Outcome(handler.name, exc)
     finally:
         _current_job.reset(token)
-    return Outcome(handler.name)
+    return loop.run(_record(books, job, handler.name))
 
 
-async def _run_one(handler: Handler, job: Job) -> None:
+async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
     # Each gathered coroutine runs in a task of its own, so this setting stays in it.
     _current_job.set(job_context(job, handler.name))
-    await handler.func(job.event)
+    try:
+        await handler.func(job.event)
+    except Exception as exc:  # a handler's failure is data here, not a crash
+        return Outcome(handler.name, exc)
+    return await _record(books, job, handler.name)
 
 
-async def run_async(handlers: list[Handler], job: Job) -> list[Outcome]:
+async def run_async(handlers: list[Handler], job: Job, books: Bookkeeper) -> list[Outcome]:
     """Run ``async def`` handlers concurrently; one failing does not cancel the others."""
-    results = await asyncio.gather(*(_run_one(h, job) for h in handlers), return_exceptions=True)
+    results = await asyncio.gather(*(_run_one(h, job, books) for h in handlers), return_exceptions=True)
     return [
-        Outcome(h.name, r if isinstance(r, BaseException) else None) for h, r in zip(handlers, results, strict=True)
+        r if isinstance(r, Outcome) else Outcome(h.name, r)  # BaseException such as CancelledError
+        for h, r in zip(handlers, results, strict=True)
     ]
 
 
@@ -205,8 +223,11 @@ class Bookkeeper(Protocol):
     async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
         """Which of ``handlers`` completed for this event before (a redelivery)."""
 
+    async def completed(self, job: Job, handler: str) -> None:
+        """Remember that ``handler`` completed for this event (may raise; settle retries)."""
+
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
-        """Remember successes; schedule retries for, or record, failures."""
+        """Remember unrecorded successes; schedule retries for, or record, failures."""
 
 
 def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
@@ -229,10 +250,10 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
             log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
             handlers = [h for h in handlers if h.name not in done]
         async_handlers = [h for h in handlers if h.is_async]
-        pending = loop.submit(run_async(async_handlers, job)) if async_handlers else None
-        outcomes = [run_sync(h, job) for h in handlers if not h.is_async]
+        pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
+        outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
         if pending is not None:
             outcomes = pending.result() + outcomes
-    if outcomes:
+    if any(o.error is not None or not o.recorded for o in outcomes):
         loop.run(books.settle(job, outcomes))
     return outcomes

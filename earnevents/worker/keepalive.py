@@ -1,4 +1,4 @@
-"""Worker bootstep that keeps the messages this worker holds visibly alive.
+"""Worker bootstep that keeps this worker's messages and consumers visibly alive.
 
 kombu's Redis transport gives a message back to the queue when it has been
 unacknowledged for ``visibility_timeout`` seconds, assuming its worker died. That
@@ -8,6 +8,9 @@ seconds it re-stamps, in kombu's ``unacked_index``, the delivery time of each
 message this worker has reserved or is running. Only messages of dead workers
 age past the timeout, so it can be short (default 40 s) while a ten-minute
 handler is never redelivered.
+
+The same thread refreshes the "alive" keys of this process' consumers and returns
+the in-flight lists of consumers that died (``worker.transport``) to the queue.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any
 import redis
 from celery import bootsteps
 from celery.worker import state
+
+from .. import keys
+from .transport import RETURN_ORPHANS, live_consumers, return_orphans_args
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +54,12 @@ def held_delivery_tags() -> list[str]:
 class KeepAlive:
     """Re-stamps held messages every ``interval`` seconds in a daemon thread."""
 
-    def __init__(self, redis_uri: str, index_key: str, interval: float) -> None:
+    def __init__(self, redis_uri: str, index_key: str, interval: float, queues: list[str]) -> None:
         self.interval = interval
         self.index_key = index_key
+        self.queues = queues
         self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._return_orphans = self._client.register_script(RETURN_ORPHANS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="earnevents-keepalive", daemon=True)
 
@@ -67,15 +75,30 @@ class KeepAlive:
     def refresh(self) -> int:
         """Stamp every held message with the current time; returns how many were held."""
         tags = held_delivery_tags()
+        pipe = self._client.pipeline(transaction=False)
         if tags:
             # XX: never re-create an entry kombu removed on acknowledgement.
-            self._client.zadd(self.index_key, dict.fromkeys(tags, time.time()), xx=True)
+            pipe.zadd(self.index_key, dict.fromkeys(tags, time.time()), xx=True)
+        for consumer, ttl in live_consumers().items():
+            pipe.set(keys.consumer_alive(consumer), 1, px=int(ttl * 1000))
+        pipe.execute()
         return len(tags)
+
+    def return_orphans(self) -> int:
+        """Put back on their queue the in-flight messages of consumers that died."""
+        returned = 0
+        for queue in self.queues:
+            script_keys, argv = return_orphans_args(queue)
+            returned += int(self._return_orphans(keys=script_keys, args=argv))
+        if returned:
+            log.warning("returned %d message(s) taken by dead consumers to the queue", returned)
+        return returned
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.refresh()
+                self.return_orphans()
             except redis.RedisError as exc:
                 log.warning("could not refresh in-flight messages' visibility: %r", exc)
 
@@ -94,7 +117,8 @@ class KeepAliveStep(bootsteps.StartStopStep):
         options = conf.broker_transport_options or {}
         visibility = float(options.get("visibility_timeout", 3600))
         index_key = options.get("unacked_index_key", UNACKED_INDEX)
-        self.keepalive = KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4))
+        queues = sorted(worker.app.amqp.queues.consume_from or [conf.task_default_queue])
+        self.keepalive = KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4), queues)
         self.keepalive.start()
 
     def stop(self, worker: Any) -> None:

@@ -1,10 +1,18 @@
-"""kombu's Redis transport, hardened against items that are not messages.
+"""kombu's Redis transport with two repairs: reliable fetch, and malformed items dropped.
 
-Plain kombu parses what BRPOP returns inside the worker's event loop; an item
-that is not a kombu message (not JSON, not an envelope, a broken body) raises
-there and Celery stops the whole worker with "Unrecoverable error". BRPOP has
-already removed such an item, so the only sound choice left is to log it and
-keep serving, which is what this transport does. Everything else is kombu's.
+**Reliable fetch.** kombu takes a message with BRPOP and only afterwards records it
+as unacknowledged; a worker killed in between (the reply can sit unread in its
+socket for milliseconds) loses the message for good. Here a consumer of a single
+queue takes messages with ``BLMOVE queue -> in-flight list``, which is atomic,
+and removes a message from its in-flight list only once kombu has recorded it
+as unacknowledged. Every consumer registers its in-flight list and keeps an
+"alive" key fresh (from the keep-alive thread); live workers return the
+in-flight lists of consumers whose key expired to the queue (:func:`return_orphans`).
+A worker consuming several queues falls back to kombu's BRPOP.
+
+**Malformed items.** Plain kombu parses queue items inside the worker's event
+loop; an item that is not a kombu message raises there and Celery stops the
+whole worker ("Unrecoverable error"). Such items are logged and dropped instead.
 """
 
 from __future__ import annotations
@@ -12,11 +20,48 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import loads
+
+from .. import keys
 
 log = logging.getLogger(__name__)
+
+_live_lock = threading.Lock()
+_live: dict[str, float] = {}
+"""Consumer ids of this process -> their alive TTL in seconds (for the keep-alive thread)."""
+
+
+def live_consumers() -> dict[str, float]:
+    with _live_lock:
+        return dict(_live)
+
+
+# KEYS: consumers set, queue. ARGV: alive-key prefix, in-flight-list prefix.
+RETURN_ORPHANS = """
+local returned = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    local list = ARGV[2] .. id
+    while redis.call('LMOVE', list, KEYS[2], 'LEFT', 'RIGHT') do returned = returned + 1 end
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return returned
+"""
+
+
+def return_orphans_args(queue: str) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV for :data:`RETURN_ORPHANS` on ``queue``."""
+    return [keys.inflight_consumers(queue), queue], [keys.consumer_alive(""), keys.inflight_list(queue, "")]
 
 
 def envelope_problem(message: Any) -> str | None:
@@ -40,11 +85,80 @@ def envelope_problem(message: Any) -> str | None:
 
 
 class Channel(kombu_redis.Channel):
-    """A Redis channel whose BRPOP reader drops items that are not JSON."""
+    """A Redis channel with reliable fetch for a single queue and malformed items dropped."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handlers = {**self.handlers, "BRPOP": self._read_or_drop}
+        self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._reliable_queue: str | None = None
+        self._inflight_queues: set[str] = set()
+
+    # --- reliable fetch ------------------------------------------------------------
+
+    def _register_inflight(self, queue: str) -> None:
+        if queue in self._inflight_queues:
+            return
+        ttl = max(2.0, float(self.visibility_timeout))
+        with self.conn_or_acquire() as client:
+            client.set(keys.consumer_alive(self.consumer_id), 1, px=int(ttl * 1000))
+            client.sadd(keys.inflight_consumers(queue), self.consumer_id)
+        with _live_lock:
+            _live[self.consumer_id] = ttl
+        self._inflight_queues.add(queue)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if len(self.active_queues) != 1 or len(self.priority_steps) != 1 or self.global_keyprefix:
+            self._reliable_queue = None
+            return super()._brpop_start(timeout)  # type: ignore[no-any-return]
+        queues = self._queue_cycle.consume(1)
+        if not queues:
+            return None
+        queue = queues[0]
+        self._register_inflight(queue)
+        self._reliable_queue = queue
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's own use
+        wait = self.brpop_timeout if timeout is None else timeout
+        self.client.connection.send_command(
+            "BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait or 0
+        )
+        return None
+
+    def _brpop_read(self, **options: Any) -> bool:
+        queue = self._reliable_queue
+        if queue is None:
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if item is None:
+                raise Empty()
+            self._queue_cycle.rotate(queue)
+            try:
+                self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
+            except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
+                log.error("dropped an item on the queue that is not a message: %r", exc)
+            # Recorded as unacknowledged by kombu (or dropped): no longer in flight.
+            with self.conn_or_acquire() as client:
+                client.lrem(keys.inflight_list(queue, self.consumer_id), 1, item)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own use
+            self._reliable_queue = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def close(self) -> None:
+        with _live_lock:
+            _live.pop(self.consumer_id, None)
+        super().close()
+
+    # --- malformed items -------------------------------------------------------------
 
     def _read_or_drop(self, **options: Any) -> bool:
         try:

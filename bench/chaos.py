@@ -1,0 +1,183 @@
+"""`make chaos`: publish 10,000 events while workers are killed and Redis restarts.
+
+Half the events are delayed by 0-5 s. During publishing and handling, one of two
+workers is SIGKILLed and restarted every few seconds, and Redis (appendonly
+everysec) is SIGKILLed and restarted once. At the end it prints how many events
+were published, how many (event, handler) jobs completed, how many were lost
+(must be 0), how many ran more than once, and how many failed. Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+import earnevents
+from earnevents import Event, event_bus
+from earnevents.testing import RedisServer, WorkerProcess
+
+from .chaos_handlers import DONE, STARTS
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = "chaos"
+HANDLERS = ("first", "second")
+
+
+def log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+class Chaos(threading.Thread):
+    """Kills one of the workers every ``period`` s (restarting it) and Redis once."""
+
+    def __init__(self, workers: list[WorkerProcess], server: RedisServer, period: float) -> None:
+        super().__init__(daemon=True)
+        self.workers, self.server, self.period = workers, server, period
+        self.stop_event = threading.Event()
+        self.kills = 0
+        self.redis_restarted = False
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        while not self.stop_event.wait(self.period):
+            victim = rng.choice(self.workers)
+            victim.kill()
+            self.kills += 1
+            if self.kills == 2 and not self.redis_restarted:
+                log("chaos: SIGKILL redis-server, restart it")
+                self.server.kill()
+                self.server.start()
+                self.redis_restarted = True
+            victim.start(wait=False)
+            log(f"chaos: SIGKILLed and restarted a worker ({self.kills})")
+
+
+async def publish_all(redis_url: str, total: int) -> list[str]:
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": QUEUE, "publish_timeout": 60})
+    rng = random.Random(1)
+    ids: list[str] = []
+    try:
+        for start in range(0, total, 100):
+            batch = [Event("chaos.tick", {"n": n}) for n in range(start, min(start + 100, total))]
+            if (start // 100) % 2:
+                for event in batch:  # delayed ones one by one, each with its own delay
+                    ids.append(await event_bus.publish(event, delay=rng.uniform(0, 5)))
+            else:
+                ids += await event_bus.publish_batch(batch)
+    finally:
+        await earnevents.close()
+    return ids
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every job")
+    parser.add_argument("--stall", type=float, default=45, help="stop waiting after this long without progress")
+    args = parser.parse_args()
+
+    server = RedisServer(appendonly=True)
+    server.start()
+    env = {
+        "EARNEVENTS_REDIS_URI": server.url,
+        "EARNEVENTS_QUEUE": QUEUE,
+        "EARNEVENTS_MONGO_URI": "",
+        "EARNEVENTS_HANDLER_MODULES": "bench.chaos_handlers",
+        "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
+        "PYTHONPATH": str(ROOT),
+    }
+    logs = ROOT / ".run"
+    logs.mkdir(exist_ok=True)
+    workers = [
+        WorkerProcess(env, concurrency=2, cwd=str(ROOT), log_path=str(logs / f"chaos-worker-{i}.log")) for i in range(2)
+    ]
+    client = redis.Redis.from_url(server.url)
+    try:
+        for worker in workers:
+            worker.start()
+        chaos = Chaos(workers, server, args.kill_every)
+        chaos.start()
+        log(f"publishing {args.events} events (half delayed 0-5 s) to {server.url}")
+        ids = asyncio.run(publish_all(server.url, args.events))
+        log(f"published {len(ids)}; waiting for every job while the chaos goes on")
+        expected = {f"{i}:{h}" for i in ids for h in HANDLERS}
+        deadline = time.monotonic() + args.timeout
+        done: dict[bytes, bytes] = {}
+        last_progress, last_count = time.monotonic(), -1
+        while time.monotonic() < deadline and time.monotonic() - last_progress < args.stall:
+            try:
+                done = client.hgetall(DONE)
+            except redis.ConnectionError:
+                time.sleep(0.5)
+                continue
+            if len(done) >= len(expected):
+                break
+            if len(done) != last_count:
+                last_progress, last_count = time.monotonic(), len(done)
+            time.sleep(1)
+        chaos.stop_event.set()
+        chaos.join()
+        for worker in workers:
+            if worker.proc is None or worker.proc.poll() is not None:
+                worker.start()
+        time.sleep(3)  # let a last redelivery show up in the counts
+        done = client.hgetall(DONE)
+        starts = client.hgetall(STARTS)
+        completed = {k.decode() for k in done}
+        twice = sum(1 for v in done.values() if int(v) > 1)
+        restarted = sum(1 for v in starts.values() if int(v) > 1)
+        asyncio.run(_failed_count(server.url))
+        print()
+        print(f"events published:                  {len(ids)}")
+        print(f"(event, handler) jobs expected:    {len(expected)}")
+        print(f"jobs completed:                    {len(completed & expected)}")
+        print(f"lost:                              {len(expected - completed)}")
+        print(f"completed more than once:          {twice}")
+        print(f"started more than once:            {restarted}  (killed mid-handler, then redelivered)")
+        print(f"failed jobs:                       {FAILED[0]}")
+        print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
+        for field in sorted(expected - completed)[:20]:
+            print("  lost:", field, where_is(client, field.split(":")[0]), "starts:", starts.get(field.encode()))
+        return 0 if not expected - completed else 1
+    finally:
+        for worker in workers:
+            worker.stop()
+        client.close()
+        server.cleanup()
+
+
+FAILED = [0]
+
+
+def where_is(client: redis.Redis, event_id: str) -> str:
+    """Where a lost event's message still is, if anywhere (for diagnosis)."""
+    from earnevents import keys
+
+    places = []
+    if client.zscore(keys.scheduled_zset(QUEUE), event_id) is not None:
+        places.append("scheduled")
+    if any(event_id.encode() in m for m in client.lrange(QUEUE, 0, -1)):
+        places.append("queue")
+    if any(event_id.encode() in m for m in client.hvals("unacked")):
+        places.append("unacked")
+    return ",".join(places) or "nowhere"
+
+
+async def _failed_count(redis_url: str) -> None:
+    await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": QUEUE})
+    try:
+        FAILED[0] = await event_bus.count_failed_jobs()
+    finally:
+        await earnevents.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

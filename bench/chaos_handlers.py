@@ -1,0 +1,28 @@
+"""Handlers for bench/chaos.py: count every start and every completion per (event, handler)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from earnevents import Event, event_handler, runtime
+
+STARTS = "chaos:starts"
+DONE = "chaos:done"
+
+
+async def _run(event: Event, handler: str) -> None:
+    client = runtime.current().redis
+    field = f"{event.id}:{handler}"
+    await client.hincrby(STARTS, field, 1)
+    await asyncio.sleep(0.002)  # a window in which a SIGKILL can land mid-handler
+    await client.hincrby(DONE, field, 1)
+
+
+@event_handler("chaos.tick")
+async def first(event: Event) -> None:
+    await _run(event, "first")
+
+
+@event_handler("chaos.tick")
+async def second(event: Event) -> None:
+    await _run(event, "second")
