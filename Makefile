@@ -35,7 +35,7 @@ bench-quick: venv
 	$(BIN)/python -m bench.run --quick
 
 chaos: venv
-	$(BIN)/python -m bench.chaos
+	$(BIN)/python -m bench.chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
