@@ -258,3 +258,17 @@ async def test_a_live_consumer_is_registered_and_kept_alive(bus, start_worker, r
     [consumer] = [c.decode() for c in rclient.smembers(keys.inflight_consumers(queue))]
     assert stays(lambda: rclient.exists(keys.consumer_alive(consumer)) == 1, 3)  # beyond its 2 s TTL
     assert rclient.llen(keys.inflight_list(queue, consumer)) == 0  # nothing left in flight
+
+
+async def test_with_default_settings_a_killed_workers_event_is_handled_within_60_seconds(bus, start_worker, rclient):
+    workers = [start_worker(), start_worker()]  # default EARNEVENTS_VISIBILITY_TIMEOUT
+    tok = token()
+    await bus.publish(Event("t.slow", {"token": tok}))
+    [started] = wait_results(rclient, tok, 1)
+    killed_at = time.monotonic()
+    _holder(workers, started["pid"]).kill()
+    rclient.set(f"release:{tok}", 1)  # the redelivered run may finish
+    recs = wait_results(rclient, tok, 3, timeout=70)
+    handled_after = time.monotonic() - killed_at
+    assert [r["handler"] for r in recs][-1] == "slow_done"
+    assert handled_after < 60, handled_after
