@@ -23,12 +23,15 @@ from .errors import (
     EarnEventsError,
     HandlerNotFoundError,
     JobNotFoundError,
+    ModelStateError,
+    ModelValidationError,
     NotInitializedError,
     PublishError,
 )
 from .event import Event
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler
+from .models import BaseModel, dispatch_model_event
 from .retry import RetryPolicy
 from .runtime import Environment, close, init
 
@@ -57,6 +60,9 @@ __all__ = [
     "RetryPolicy",
     "current_job",
     "JobContext",
+    # models
+    "BaseModel",
+    "dispatch_model_event",
     # failed jobs
     "FailedJob",
     # errors
@@ -66,6 +72,8 @@ __all__ = [
     "PublishError",
     "JobNotFoundError",
     "HandlerNotFoundError",
+    "ModelValidationError",
+    "ModelStateError",
     # worker entry point (lazy)
     "app",
     "celery",

@@ -62,7 +62,7 @@ class Connections:
         loop = asyncio.get_running_loop()
         if self._mongo is None or self._mongo[0] is not loop:
             client: AsyncMongoClient[Any] = AsyncMongoClient(
-                self.settings.mongo_uri, tz_aware=True, serverSelectionTimeoutMS=10_000
+                self.settings.mongo_uri, tz_aware=True, uuidRepresentation="standard", serverSelectionTimeoutMS=10_000
             )
             self._mongo = (loop, client)
         return self._mongo[1]

@@ -8,7 +8,9 @@ catches anything the library raises on purpose::
     ├── NotInitializedError (RuntimeError) publish/query before init()
     ├── PublishError                      the broker could not take the event in time
     ├── JobNotFoundError (LookupError)    no failed job with that id
-    └── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
+    ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
+    ├── ModelValidationError (ValueError) a model field got a value of the wrong type
+    └── ModelStateError (RuntimeError)    update/delete of a model that was never stored
 
 Bad event input (not an Event, empty name, unserializable data, negative delay)
 raises the built-in ``TypeError``/``ValueError`` at publish time, before anything
@@ -40,3 +42,12 @@ class JobNotFoundError(EarnEventsError, LookupError):
 
 class HandlerNotFoundError(EarnEventsError, LookupError):
     """Raised when a message names a handler that no imported module registered."""
+
+
+class ModelValidationError(EarnEventsError, ValueError):
+    """Raised when a model field is given a value its annotation refuses, or a required
+    field is still missing when the model is written; nothing is written."""
+
+
+class ModelStateError(EarnEventsError, RuntimeError):
+    """Raised when a model operation does not fit its state (deleting one never stored)."""
