@@ -21,6 +21,7 @@ from earnevents import Event, event_bus
 from earnevents.testing import MongoServer, RedisServer, WorkerProcess
 
 from .example_handlers import FIXED_KEY, LOG_KEY
+from .example_models import Customer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "earnevents-demo"
@@ -70,6 +71,7 @@ async def run(redis_url: str, mongo_url: str) -> None:
         event_config={"queue_name": QUEUE, "retry_policy": {"max_retries": 2, "interval_start": 0.5}},
     )
     await env.redis.delete(LOG_KEY, FIXED_KEY)
+    await env.db["customers"].delete_many({})
     seen = 0
 
     say("\n1. publish user.created: an async and a sync handler run in the worker")
@@ -109,6 +111,15 @@ async def run(redis_url: str, mongo_url: str) -> None:
     seen = await show_new(seen, 1)
     left = await event_bus.get_failed_jobs(event_name="order.paid")
     say(f"    failed jobs left for order.paid: {len(left)}")
+
+    say("\n6. a model: creating a Customer in MongoDB publishes customer.created, a handler reacts")
+    customer = Customer(name="Grace", email="grace@example.com")
+    await customer.create()
+    seen = await show_new(seen, 1)
+    customer.plan = "pro"
+    await customer.save()  # $set of the changed field only; publishes customer.updated
+    seen = await show_new(seen, 1)
+    say(f"    customers in MongoDB: {await Customer.count()}")
     await earnevents.close()
 
 

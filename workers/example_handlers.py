@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from earnevents import Event, event_handler, runtime
+from earnevents import Event, event_handler, model_event_handler, runtime
 
 LOG_KEY = "earnevents:demo:log"
 FIXED_KEY = "earnevents:demo:invoicing-fixed"
@@ -72,3 +72,14 @@ async def issue_invoice(event: Event) -> None:
 @event_handler("order.paid")
 async def update_stats(event: Event) -> None:
     await log(f"update_stats: +{event.data['total']} ({type(event.data['total']).__name__})")
+
+
+@model_event_handler("Customer", "created")
+async def welcome_customer(event: Event) -> None:
+    signed_up = event.data["signed_up_at"]  # a datetime again, not a string
+    await log(f"welcome_customer: {event.data['name']} <{event.data['email']}> signed up {signed_up:%H:%M:%S}")
+
+
+@model_event_handler("Customer", "updated")
+async def sync_plan(event: Event) -> None:
+    await log(f"sync_plan: {event.data['name']} changed {event.metadata['changed_fields']} -> {event.data['plan']}")
