@@ -1,10 +1,16 @@
-"""The plain-Celery side of the benchmarks: the same Redis, a trivial task, Celery's defaults
-for what earnevents sets on purpose (acks_late, prefetch 1, json, no results)."""
+"""The plain-Celery side of the benchmarks: same Redis, same work as bench/handlers.py.
+
+Celery is configured as earnevents configures it where that is a choice of
+semantics (late acknowledgement, prefetch 1, json, no results).
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
+import redis
 from celery import Celery
 
 app = Celery("plain", broker=os.environ.get("BENCH_REDIS_URI", "redis://localhost:6379/0"))
@@ -18,7 +24,35 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 
+_redis: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URI", "redis://localhost:6379/0"))
+    return _redis
+
+
+@app.task(name="plain.noop")
+def noop(payload: dict[str, Any]) -> None:
+    """One Redis round trip: count the message (same as bench.handlers.noop)."""
+    client().incr(payload["key"])
+
+
+@app.task(name="plain.io")
+def io(payload: dict[str, Any]) -> None:
+    """10 ms of I/O wait, then count (same as bench.handlers.io)."""
+    time.sleep(0.01)
+    client().incr(payload["key"])
+
+
+@app.task(name="plain.latency")
+def latency(payload: dict[str, Any]) -> None:
+    """Record how long after publishing the task started (same as bench.handlers.latency)."""
+    client().rpush(payload["key"], time.time() - payload["published_at"])
+
 
 @app.task(name="plain.tick")
-def tick(payload: dict) -> None:  # type: ignore[type-arg]
-    """Does nothing: the benchmarks measure the framework, not the work."""
+def tick(payload: dict[str, Any]) -> None:
+    """Does nothing: what countdown tasks run in the memory figure (never, within it)."""

@@ -10,11 +10,13 @@ imports the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -139,19 +141,29 @@ class EventBus:
                 # LPUSH + the worker's BRPOP keep the batch in publish order.
                 await client.lpush(queue, *(payload for _, _, payload in messages))
 
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(redis_budget),
-            wait=wait_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception_type(_TRANSIENT),
-            reraise=True,
-        )
         started = time.monotonic()
         try:
-            # wait_for is the hard bound: an attempt stuck inside a socket call is cut off too.
-            await asyncio.wait_for(retrying(send_once), timeout=redis_budget)
+            # Fast path: one attempt under a deadline (asyncio.timeout creates no task, unlike
+            # wait_for); the retry machinery only runs when Redis misbehaves.
+            async with _deadline(redis_budget):
+                await send_once()
             return
         except (asyncio.TimeoutError, *_TRANSIENT) as exc:
             redis_error: BaseException = exc
+        remaining = redis_budget - (time.monotonic() - started)
+        if remaining > 0:
+            retrying = AsyncRetrying(
+                stop=stop_after_delay(remaining),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                retry=retry_if_exception_type(_TRANSIENT),
+                reraise=True,
+            )
+            try:
+                # wait_for is the hard bound: an attempt stuck inside a socket call is cut off too.
+                await asyncio.wait_for(retrying(send_once), timeout=remaining)
+                return
+            except (asyncio.TimeoutError, *_TRANSIENT) as exc:
+                redis_error = exc
         where = f"queue {queue!r} at {_redact(settings.redis_uri)}"
         if not settings.outbox:
             raise PublishError(
@@ -266,6 +278,23 @@ class EventBus:
         """Delete a failed job for good. JobNotFoundError for an unknown id."""
         if not await self._state().failures.remove(job_id):
             raise JobNotFoundError(f"no failed job with id {job_id!r}")
+
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _deadline(seconds: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError as exc:
+            raise asyncio.TimeoutError from exc
+        finally:
+            handle.cancel()
 
 
 def _check_delay(delay: Any) -> float:

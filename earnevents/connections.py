@@ -17,8 +17,10 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import Settings
+from .outbox import REDIS_BUDGET as OUTBOX_REDIS_BUDGET
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,18 @@ class Connections:
         """The Redis client for the running loop (bytes responses)."""
         loop = asyncio.get_running_loop()
         if self._redis is None or self._redis[0] is not loop:
-            timeout = min(REDIS_SOCKET_TIMEOUT, self.settings.event.publish_timeout)
+            # One command never outlasts publish's budget (shorter with an outbox to fall back to).
+            budget = self.settings.event.publish_timeout
+            if self.settings.outbox:
+                budget = min(budget, OUTBOX_REDIS_BUDGET)
+            timeout = min(REDIS_SOCKET_TIMEOUT, budget)
             client = aioredis.Redis.from_url(
                 self.settings.redis_uri,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
                 # One immediate retry replaces a pooled connection the server closed (a Redis
                 # restart); longer outages are tenacity's job, bounded by publish_timeout.
-                retry=Retry(NoBackoff(), 1),
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 health_check_interval=30,
             )
             self._redis = (loop, client)

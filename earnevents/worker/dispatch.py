@@ -230,6 +230,25 @@ class Bookkeeper(Protocol):
         """Remember unrecorded successes; schedule retries for, or record, failures."""
 
 
+def _not_done(job: Job, handlers: list[Handler], done: set[str]) -> list[Handler]:
+    if done:
+        log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
+    return [h for h in handlers if h.name not in done]
+
+
+def _needs_settling(outcomes: list[Outcome]) -> bool:
+    return any(o.error is not None or not o.recorded for o in outcomes)
+
+
+async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) -> list[Outcome]:
+    """The whole job on the loop, for events whose handlers are all async: one thread hop."""
+    handlers = _not_done(job, handlers, await books.already_done(job, [h.name for h in handlers]))
+    outcomes = await run_async(handlers, job, books)
+    if _needs_settling(outcomes):
+        await books.settle(job, outcomes)
+    return outcomes
+
+
 def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """Run the job's handlers and settle the outcomes; returns the outcomes of those that ran.
 
@@ -241,19 +260,19 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         handlers = select_handlers(registry, job)
     except HandlerNotFoundError as exc:
         outcomes = [Outcome(job.handler or "?", exc)]
-    else:
-        if not handlers:
-            log.info("no handler subscribes to %r; event %s acknowledged", job.event.name, job.event.id)
-            return []
-        done = loop.run(books.already_done(job, [h.name for h in handlers]))
-        if done:
-            log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
-            handlers = [h for h in handlers if h.name not in done]
-        async_handlers = [h for h in handlers if h.is_async]
-        pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
-        outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
-        if pending is not None:
-            outcomes = pending.result() + outcomes
-    if any(o.error is not None or not o.recorded for o in outcomes):
+        loop.run(books.settle(job, outcomes))
+        return outcomes
+    if not handlers:
+        log.info("no handler subscribes to %r; event %s acknowledged", job.event.name, job.event.id)
+        return []
+    if all(h.is_async for h in handlers):
+        return loop.run(_handle_async(job, handlers, books))
+    handlers = _not_done(job, handlers, loop.run(books.already_done(job, [h.name for h in handlers])))
+    async_handlers = [h for h in handlers if h.is_async]
+    pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
+    outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
+    if pending is not None:
+        outcomes = pending.result() + outcomes
+    if _needs_settling(outcomes):
         loop.run(books.settle(job, outcomes))
     return outcomes

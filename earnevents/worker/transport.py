@@ -29,7 +29,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 from .. import keys
 
@@ -84,14 +84,39 @@ def envelope_problem(message: Any) -> str | None:
     return None
 
 
+class QoS(kombu_redis.QoS):
+    """Records a message as unacknowledged and takes it off the in-flight list in one
+    MULTI/EXEC, so the hand-over is atomic and costs no extra round trip."""
+
+    channel: Channel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        taken, self.channel._taken = self.channel._taken, None
+        if taken is None:  # kombu's own fetch (several queues)
+            super().append(message, delivery_tag)
+            return
+        inflight, item = taken
+        info = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
+            pipe.lrem(inflight, 1, item)
+            pipe.execute()
+        # What kombu's append does after its own writes: the in-memory bookkeeping.
+        super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
     """A Redis channel with reliable fetch for a single queue and malformed items dropped."""
+
+    QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handlers = {**self.handlers, "BRPOP": self._read_or_drop}
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reliable_queue: str | None = None
+        self._taken: tuple[str, bytes] | None = None  # (in-flight list, item) until QoS.append
         self._inflight_queues: set[str] = set()
 
     # --- reliable fetch ------------------------------------------------------------
@@ -138,13 +163,16 @@ class Channel(kombu_redis.Channel):
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(queue)
+            inflight = keys.inflight_list(queue, self.consumer_id)
+            self._taken = (inflight, item)
             try:
                 self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
             except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
                 log.error("dropped an item on the queue that is not a message: %r", exc)
-            # Recorded as unacknowledged by kombu (or dropped): no longer in flight.
-            with self.conn_or_acquire() as client:
-                client.lrem(keys.inflight_list(queue, self.consumer_id), 1, item)
+            if self._taken is not None:  # dropped, not delivered: QoS.append did not take it off
+                self._taken = None
+                with self.conn_or_acquire() as client:
+                    client.lrem(inflight, 1, item)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's own use

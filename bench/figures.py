@@ -1,0 +1,195 @@
+"""The benchmark figures. Each takes a Redis URL and a size, and returns metrics for one side.
+
+Both sides do the same work: the same payload, the same Redis round trip in the
+handler/task, the same warm-up. Nothing is cached between runs: every run uses
+fresh queue and counter names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import statistics
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+import earnevents
+from earnevents import Event, event_bus
+
+from .common import StallTicker, celery_worker, earnevents_worker, payload, unique, wait_count
+
+WARMUP = 50
+Metrics = dict[str, float]
+
+
+def celery_app(redis_url: str, queue: str) -> Celery:
+    app = Celery("bench-publisher", broker=redis_url)
+    app.conf.update(task_default_queue=queue, task_serializer="json", broker_connection_retry_on_startup=True)
+    return app
+
+
+def drop(redis_url: str, *keys: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*keys)
+    client.close()
+
+
+# --- 1-3: publishing ------------------------------------------------------------------
+
+
+async def _ee_publish(redis_url: str, n: int, mode: str) -> Metrics:
+    queue = unique("pub-ee")
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+    try:
+        for _ in range(WARMUP):
+            await event_bus.publish(Event("bench.noop", payload("k")))
+        async with StallTicker() as ticker:
+            t0 = time.perf_counter()
+            if mode == "sequential":
+                for _ in range(n):
+                    await event_bus.publish(Event("bench.noop", payload("k")))
+            elif mode == "gather":
+                for _ in range(n // 100):
+                    await asyncio.gather(*(event_bus.publish(Event("bench.noop", payload("k"))) for _ in range(100)))
+            else:
+                for _ in range(n // 100):
+                    await event_bus.publish_batch([Event("bench.noop", payload("k")) for _ in range(100)])
+            elapsed = time.perf_counter() - t0
+    finally:
+        await earnevents.close()
+        drop(redis_url, queue)
+    return {"rate": n / elapsed, "stall_ms": ticker.worst * 1000}
+
+
+async def _celery_publish(redis_url: str, n: int, mode: str) -> Metrics:
+    queue = unique("pub-celery")
+    app = celery_app(redis_url, queue)
+    send = functools.partial(app.send_task, "plain.noop")
+    try:
+        for _ in range(WARMUP):
+            send(args=[payload("k")])
+        loop = asyncio.get_running_loop()
+        async with StallTicker() as ticker:
+            t0 = time.perf_counter()
+            if mode == "gather":
+                for _ in range(n // 100):
+                    await asyncio.gather(
+                        *(loop.run_in_executor(None, lambda: send(args=[payload("k")])) for _ in range(100))
+                    )
+            else:  # sequential, and the reference for publish_batch (Celery has no batch publish)
+                for _ in range(n):
+                    send(args=[payload("k")])
+            elapsed = time.perf_counter() - t0
+    finally:
+        app.close()
+        drop(redis_url, queue)
+    return {"rate": n / elapsed, "stall_ms": ticker.worst * 1000}
+
+
+def publish(side: str, redis_url: str, n: int, mode: str) -> Metrics:
+    run = _ee_publish if side == "earnevents" else _celery_publish
+    return asyncio.run(run(redis_url, n, mode))
+
+
+# --- 4-5: end to end --------------------------------------------------------------------
+
+
+def _prepublish(side: str, redis_url: str, queue: str, name: str, key: str, n: int) -> None:
+    if side == "earnevents":
+
+        async def go() -> None:
+            await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+            try:
+                for start in range(0, n, 1000):
+                    await event_bus.publish_batch(
+                        [Event(f"bench.{name}", payload(key)) for _ in range(min(1000, n - start))]
+                    )
+            finally:
+                await earnevents.close()
+
+        asyncio.run(go())
+    else:
+        app = celery_app(redis_url, queue)
+        with app.producer_or_acquire() as producer:
+            for _ in range(n):
+                app.send_task(f"plain.{name}", args=[payload(key)], producer=producer)
+        app.close()
+
+
+def end_to_end(
+    side: str,
+    redis_url: str,
+    n: int,
+    name: str = "noop",
+    pool: str = "prefork",
+    concurrency: int = 2,
+    processes: int = 1,
+) -> Metrics:
+    """Pre-publish ``n`` messages, start the worker(s), time until all are handled."""
+    queue, key = unique(f"e2e-{side}"), unique("count")
+    _prepublish(side, redis_url, queue, name, key, n)
+    make = earnevents_worker if side == "earnevents" else celery_worker
+    workers = [make(redis_url, queue, pool, concurrency) for _ in range(processes)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        t_start = time.perf_counter()
+        for worker in workers:
+            worker.start(wait=False)
+        for worker in workers:
+            worker.wait_ready(120)
+        t_ready = time.perf_counter()
+        t_done = wait_count(client, key, n, timeout=600)
+    finally:
+        for worker in workers:
+            worker.stop()
+        client.delete(queue, key)
+        client.close()
+    return {"rate": n / (t_done - t_ready), "startup_s": t_ready - t_start}
+
+
+# --- 6: latency ---------------------------------------------------------------------------
+
+
+def latency(side: str, redis_url: str, rate: float, seconds: float) -> Metrics:
+    queue, key = unique(f"lat-{side}"), unique("lat")
+    make = earnevents_worker if side == "earnevents" else celery_worker
+    worker = make(redis_url, queue)
+    client = redis.Redis.from_url(redis_url)
+    total = int(rate * seconds)
+    try:
+        worker.start()
+
+        async def publish_paced() -> None:
+            if side == "earnevents":
+                await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+                send: Any = None
+            else:
+                app = celery_app(redis_url, queue)
+                send = functools.partial(app.send_task, "plain.latency")
+            t0 = time.perf_counter()
+            for i in range(total):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                body = payload(key, published_at=time.time())
+                if send is None:
+                    await event_bus.publish(Event("bench.latency", body))
+                else:
+                    send(args=[body])
+            if send is None:
+                await earnevents.close()
+
+        asyncio.run(publish_paced())
+        from earnevents.testing import wait_for
+
+        wait_for(lambda: client.llen(key) >= total, 120, "every latency sample", interval=0.05)
+        samples = sorted(float(x) * 1000 for x in client.lrange(key, 0, -1))
+    finally:
+        worker.stop()
+        client.delete(queue, key)
+        client.close()
+    q = statistics.quantiles(samples, n=100)
+    return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98]}
