@@ -16,15 +16,14 @@ the in-flight lists of consumers that died (``worker.transport``) to the queue.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 import redis
-from celery import bootsteps
 from celery.worker import state
 
 from .. import keys
+from .periodic import PeriodicThread, ThreadStep, consumed_queues
 from .transport import RETURN_ORPHANS, live_consumers, return_orphans_args
 
 log = logging.getLogger(__name__)
@@ -51,25 +50,19 @@ def held_delivery_tags() -> list[str]:
     return tags
 
 
-class KeepAlive:
-    """Re-stamps held messages every ``interval`` seconds in a daemon thread."""
+class KeepAlive(PeriodicThread):
+    """Re-stamps held messages and live consumers, returns dead consumers' messages."""
+
+    what = "keep-alive"
 
     def __init__(self, redis_uri: str, index_key: str, interval: float, queues: list[str]) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.index_key = index_key
         self.queues = queues
         self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._return_orphans = self._client.register_script(RETURN_ORPHANS)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="earnevents-keepalive", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+    def close(self) -> None:
         self._client.close()
 
     def refresh(self) -> int:
@@ -94,36 +87,19 @@ class KeepAlive:
             log.warning("returned %d message(s) taken by dead consumers to the queue", returned)
         return returned
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.refresh()
-                self.return_orphans()
-            except redis.RedisError as exc:
-                log.warning("could not refresh in-flight messages' visibility: %r", exc)
+    def tick(self) -> None:
+        self.refresh()
+        self.return_orphans()
 
 
-class KeepAliveStep(bootsteps.StartStopStep):
+class KeepAliveStep(ThreadStep):
     """Celery worker bootstep owning one :class:`KeepAlive`."""
 
     label = "earnevents keep-alive"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.keepalive: KeepAlive | None = None
-
-    def start(self, worker: Any) -> None:
+    def create(self, worker: Any) -> KeepAlive:
         conf = worker.app.conf
         options = conf.broker_transport_options or {}
         visibility = float(options.get("visibility_timeout", 3600))
         index_key = options.get("unacked_index_key", UNACKED_INDEX)
-        queues = sorted(worker.app.amqp.queues.consume_from or [conf.task_default_queue])
-        self.keepalive = KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4), queues)
-        self.keepalive.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.keepalive is not None:
-            self.keepalive.stop()
-            self.keepalive = None
-
-    shutdown = stop
+        return KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4), consumed_queues(worker))

@@ -11,17 +11,15 @@ redis-py's blocking clients.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from typing import Any
 
 import redis
-from celery import bootsteps
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from .. import keys, outbox, schedule
+from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +32,26 @@ return 0
 """
 
 
-class Relay:
+class Relay(PeriodicThread):
     """Moves ``queues``' outbox documents to Redis every ``interval`` seconds."""
 
+    what = "outbox relay"
+
     def __init__(self, redis_uri: str, mongo_uri: str, database: str, queues: list[str], interval: float) -> None:
+        super().__init__(interval)
         self.queues = queues
-        self.interval = interval
         self._redis = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._add = self._redis.register_script(schedule.ADD_SCRIPT)
         self._release = self._redis.register_script(_RELEASE)
         self._mongo: MongoClient[Any] = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
         self._col = self._mongo[database][outbox.COLLECTION]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="earnevents-outbox-relay", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+    def close(self) -> None:
         self._redis.close()
         self._mongo.close()
+
+    def tick(self) -> None:
+        self.relay_once()
 
     def relay_once(self) -> int:
         """Relay every waiting document of every queue; returns how many were relayed."""
@@ -98,40 +93,21 @@ class Relay:
                 pipe.lpush(queue, doc["message"])
         pipe.execute()
 
-    def _loop(self) -> None:
-        failing = False
-        while not self._stop.wait(self.interval):
-            try:
-                self.relay_once()
-            except (redis.RedisError, PyMongoError) as exc:
-                if not failing:
-                    log.warning("outbox relay waiting for Redis/MongoDB: %r", exc)
-                failing = True
-            else:
-                failing = False
 
-
-class RelayStep(bootsteps.StartStopStep):
+class RelayStep(ThreadStep):
     """Celery worker bootstep owning one :class:`Relay`, when a MongoDB is configured."""
 
     label = "earnevents outbox relay"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.relay: Relay | None = None
-
-    def start(self, worker: Any) -> None:
+    def create(self, worker: Any) -> Relay | None:
         conf = worker.app.conf
         mongo_uri = conf.get("earnevents_mongo_uri")
         if not mongo_uri:
-            return
-        queues = sorted(worker.app.amqp.queues.consume_from or [conf.task_default_queue])
-        self.relay = Relay(conf.broker_url, mongo_uri, conf.earnevents_database, queues, conf.earnevents_relay_interval)
-        self.relay.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.relay is not None:
-            self.relay.stop()
-            self.relay = None
-
-    shutdown = stop
+            return None
+        return Relay(
+            conf.broker_url,
+            mongo_uri,
+            conf.earnevents_database,
+            consumed_queues(worker),
+            conf.earnevents_relay_interval,
+        )

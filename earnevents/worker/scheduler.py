@@ -9,13 +9,12 @@ script, so each due message is enqueued once.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import redis
-from celery import bootsteps
 
 from .. import schedule
+from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +22,16 @@ BATCH = 500
 """Most messages moved by one script call; a full batch is followed at once by another."""
 
 
-class Mover:
-    """Polls the schedules of ``queues`` every ``interval`` seconds in a daemon thread."""
+class Mover(PeriodicThread):
+    """Moves the due messages of ``queues``' schedules every ``interval`` seconds."""
+
+    what = "delay scheduler"
 
     def __init__(self, redis_uri: str, queues: list[str], interval: float) -> None:
+        super().__init__(interval)
         self.queues = queues
-        self.interval = interval
         self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._script = self._client.register_script(schedule.MOVE_DUE_SCRIPT)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="earnevents-scheduler", daemon=True)
-        self._failing = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self._client.close()
 
     def move_due(self) -> int:
         """Move every due message now; returns how many were moved."""
@@ -56,43 +45,22 @@ class Mover:
                     break
         return moved
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                moved = self.move_due()
-            except redis.RedisError as exc:
-                if not self._failing:
-                    log.warning("delay scheduler cannot reach Redis (%r); retrying every %gs", exc, self.interval)
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("delay scheduler reached Redis again")
-                self._failing = False
-                if moved:
-                    log.debug("delay scheduler enqueued %d due message(s)", moved)
-            self._stop.wait(self.interval)
+    def tick(self) -> None:
+        moved = self.move_due()
+        if moved:
+            log.debug("delay scheduler enqueued %d due message(s)", moved)
+
+    def close(self) -> None:
+        self._client.close()
 
 
-class SchedulerStep(bootsteps.StartStopStep):
+class SchedulerStep(ThreadStep):
     """Celery worker bootstep owning one :class:`Mover`."""
 
     label = "earnevents scheduler"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.mover: Mover | None = None
-
-    def start(self, worker: Any) -> None:
-        app = worker.app
-        queues = sorted(app.amqp.queues.consume_from or [app.conf.task_default_queue])
-        interval = app.conf.get("earnevents_scheduler_interval", 0.2)
-        self.mover = Mover(app.conf.broker_url, queues, interval)
-        self.mover.start()
+    def create(self, worker: Any) -> Mover:
+        queues = consumed_queues(worker)
+        interval = worker.app.conf.get("earnevents_scheduler_interval", 0.2)
         log.info("delay scheduler serving %s every %gs", ", ".join(queues), interval)
-
-    def stop(self, worker: Any) -> None:
-        if self.mover is not None:
-            self.mover.stop()
-            self.mover = None
-
-    shutdown = stop
+        return Mover(worker.app.conf.broker_url, queues, interval)

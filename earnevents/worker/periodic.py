@@ -1,0 +1,92 @@
+"""What the worker's background threads share.
+
+The delay scheduler, the keep-alive and the outbox relay each call ``tick()``
+every few seconds in a daemon thread of the worker's main process, log one
+warning per Redis/MongoDB outage (not one per tick), and are started and
+stopped by a Celery worker bootstep.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from celery import bootsteps
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicThread:
+    """Calls :meth:`tick` every ``interval`` seconds until :meth:`stop`."""
+
+    what = "background thread"
+    """How log lines name it."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"earnevents-{self.what}", daemon=True)
+
+    def tick(self) -> None:
+        """One round of work; Redis/MongoDB errors are logged and retried next interval."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release clients once the thread has stopped."""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.close()
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except (redis.RedisError, PyMongoError) as exc:
+                if not failing:
+                    log.warning("%s cannot reach Redis/MongoDB (%r); retrying every %gs", self.what, exc, self.interval)
+                failing = True
+            else:
+                if failing:
+                    log.info("%s reached Redis/MongoDB again", self.what)
+                failing = False
+            self._stop.wait(self.interval)
+
+
+class ThreadStep(bootsteps.StartStopStep):
+    """A worker bootstep owning the :class:`PeriodicThread` that :meth:`create` builds."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.thread: PeriodicThread | None = None
+
+    def create(self, worker: Any) -> PeriodicThread | None:
+        """The thread to run for ``worker``, or None when it has nothing to do."""
+        raise NotImplementedError
+
+    def start(self, worker: Any) -> None:
+        self.thread = self.create(worker)
+        if self.thread is not None:
+            self.thread.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
+
+    shutdown = stop
+
+
+def consumed_queues(worker: Any) -> list[str]:
+    """The queues ``worker`` consumes (``-Q``, else the default queue)."""
+    app = worker.app
+    return sorted(app.amqp.queues.consume_from or [app.conf.task_default_queue])
