@@ -85,9 +85,6 @@ class HandlerRegistry:
                 f"no handler named {name!r} is registered; is its module in EARNEVENTS_HANDLER_MODULES?"
             ) from None
 
-    def event_names(self) -> list[str]:
-        return sorted(name for name, handlers in self._by_event.items() if handlers)
-
 
 def _location(func: Callable[..., Any]) -> tuple[str, int] | None:
     code = getattr(func, "__code__", None)
