@@ -237,3 +237,27 @@ async def test_cancel_withdraws_a_pending_event_once(bus, rclient, queue):
     assert await bus.cancel("never-published") is False
     assert [s.id for s in await bus.get_scheduled(event_name="t.c")] == [keep]
     assert not rclient.hexists(keys.scheduled_payloads(queue), drop)
+
+
+async def test_concurrent_publishes_share_round_trips_and_keep_call_order(bus, rclient, queue):
+    events = [Event("t.n", {"i": i}) for i in range(200)]
+    before = rclient.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+    ids = await asyncio.gather(*(bus.publish(e) for e in events))
+    calls = rclient.info("commandstats")["cmdstat_lpush"]["calls"] - before
+    assert ids == [e.id for e in events]
+    assert calls < 20, calls  # group commit: one LPUSH carries everything that queued up meanwhile
+    popped = [json.loads(rclient.rpop(queue))["headers"]["id"] for _ in range(200)]
+    assert popped == ids
+
+
+async def test_a_failed_group_commit_fails_every_publish_in_it(queue):
+    await earnevents.init(
+        redis_uri=f"redis://127.0.0.1:{free_port()}/0", event_config={"queue_name": queue, "publish_timeout": 1}
+    )
+    try:
+        results = await asyncio.gather(
+            *(event_bus.publish(Event("a.b", {})) for _ in range(20)), return_exceptions=True
+        )
+    finally:
+        await earnevents.close()
+    assert all(isinstance(r, PublishError) for r in results)
