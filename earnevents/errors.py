@@ -10,7 +10,7 @@ catches anything the library raises on purpose::
     ├── JobNotFoundError (LookupError)    no failed job with that id
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
-    └── ModelStateError (RuntimeError)    update/delete of a model that was never stored
+    └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
 
 Bad event input (not an Event, empty name, unserializable data, negative delay)
 raises the built-in ``TypeError``/``ValueError`` at publish time, before anything
@@ -50,4 +50,5 @@ class ModelValidationError(EarnEventsError, ValueError):
 
 
 class ModelStateError(EarnEventsError, RuntimeError):
-    """Raised when a model operation does not fit its state (deleting one never stored)."""
+    """Raised when a model operation does not fit its state: deleting one never stored,
+    creating one already stored, or saving one whose document was deleted elsewhere."""

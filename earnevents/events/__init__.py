@@ -2,5 +2,6 @@
 
 from ..event import Event
 from ..handlers import event_handler, model_event_handler
+from ..models.events import dispatch_model_event
 
-__all__ = ["Event", "event_handler", "model_event_handler"]
+__all__ = ["Event", "event_handler", "model_event_handler", "dispatch_model_event"]

@@ -1,7 +1,15 @@
-"""Async MongoDB models with lifecycle hooks and model events."""
+"""Async MongoDB models with lifecycle hooks and model events.
 
-from .base import BaseModel, Query
+- ``base``: :class:`BaseModel` (fields, CRUD, changed-field saves, collection names)
+- ``hooks``: the lifecycle decorators, the hook registry and the runner around writes
+- ``events``: :func:`dispatch_model_event` and the automatic ``_events``
+- ``query``: what ``Model.find()`` returns
+- ``fields``: the MISSING marker, BSON conversions, validation messages
+"""
+
+from .base import BaseModel
 from .events import dispatch_model_event
+from .fields import MISSING
 from .hooks import (
     after_create,
     after_delete,
@@ -14,10 +22,12 @@ from .hooks import (
     before_update,
     before_write,
 )
+from .query import Query
 
 __all__ = [
     "BaseModel",
     "Query",
+    "MISSING",
     "dispatch_model_event",
     "before_create",
     "after_create",

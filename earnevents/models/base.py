@@ -1,4 +1,4 @@
-"""BaseModel: async documents on MongoDB whose writes run hooks and publish events.
+"""BaseModel: pydantic-validated documents on MongoDB whose writes run hooks and publish events.
 
 ::
 
@@ -12,35 +12,37 @@
     user.status = "active"
     await user.save()                  # $set of the changed fields only
 
-Writes run hooks in this order: before_create/before_update, before_write, the
-write, the automatic event (if any), after_create/after_update, after_write. A
-before-hook that raises aborts: nothing is written or published. An after-hook
-that raises does not undo the write (it stands, and its automatic event was
-sent); the exception reaches the caller.
+Fields are validated on construction and on assignment, and the whole model again
+before each write. A required field may stay unset until the write (a
+before_create hook may fill it). Writes run, via :func:`hooks.run_action`:
+before_create/before_update, before_write, the write, the automatic event (if
+any), after_create/after_update, after_write. A before-hook that raises aborts:
+nothing is written or published. An after-hook that raises does not undo the
+write (it stands, and its automatic event was sent); the exception reaches the caller.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, TypeVar
 
+import pydantic
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
+from pydantic import BeforeValidator, ConfigDict, PlainSerializer, PrivateAttr, WithJsonSchema
 from pymongo.asynchronous.collection import AsyncCollection
 
 from .. import runtime
 from ..errors import ModelStateError, ModelValidationError
 from ..event import Event
 from ..handlers import snake_case
-from . import fields as fieldlib
 from . import hooks
-from .events import ACTIONS, publish_model_event
+from .events import ACTIONS, publish_automatic
+from .fields import MISSING, from_bson, object_id, to_bson, validation_error
+from .query import Query, SortSpec, sort_spec
 
 M = TypeVar("M", bound="BaseModel")
-
-SortSpec = str | Sequence[str] | Sequence[tuple[str, int]] | None
 
 
 def plural(name: str) -> str:
@@ -52,232 +54,271 @@ def plural(name: str) -> str:
     return name + "s"
 
 
-def sort_spec(sort: SortSpec) -> list[tuple[str, int]] | None:
-    """PyMongo's ``[(field, direction)]`` from that, a field name, ``-name`` or a list of names."""
-    if sort is None:
-        return None
-    items: Sequence[Any] = [sort] if isinstance(sort, str) else sort
-    spec: list[tuple[str, int]] = []
-    for item in items:
-        if isinstance(item, str):
-            spec.append((item[1:], DESCENDING) if item.startswith("-") else (item, ASCENDING))
-        else:
-            field, direction = item
-            spec.append((field, direction))
-    return spec
+def collection_name(model: type) -> str:
+    """The default ``_collection``: ``OrderItem`` -> ``order_items``."""
+    return plural(snake_case(model.__name__))
 
 
-class BaseModel:
-    """Base class of earnevents' MongoDB models; fields come from annotations."""
+class BaseModel(pydantic.BaseModel):
+    """Base class of earnevents' MongoDB models: a pydantic model with an ``id`` and CRUD.
+
+    Class settings: ``_collection`` (the MongoDB collection) and ``_events`` (which of
+    ``created``/``updated``/``deleted`` to publish automatically).
+    """
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid", arbitrary_types_allowed=True)
 
     _collection: ClassVar[str]
     _events: ClassVar[tuple[str, ...]] = ()
-    __fields__: ClassVar[dict[str, fieldlib.Field]] = {}
-    __hooks__: ClassVar[dict[str, tuple[str, ...]]] = {}
+    __hooks__: ClassVar[hooks.Registry] = {kind: () for kind in hooks.KINDS}
 
-    id: ObjectId | None
-    _snapshot: dict[str, Any] | None
+    id: Annotated[
+        ObjectId | None,
+        BeforeValidator(object_id),
+        PlainSerializer(lambda v: v if v is None else str(v), when_used="json"),
+        WithJsonSchema({"anyOf": [{"type": "string", "pattern": "^[0-9a-f]{24}$"}, {"type": "null"}]}),
+    ] = None
+    """The stored ``_id``; None until the model is created (or set it yourself first)."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
+    _snapshot: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
         if "_collection" not in vars(cls):
-            cls._collection = plural(snake_case(cls.__name__))
-        unknown = set(cls._events) - set(ACTIONS)
+            cls._collection = collection_name(cls)
+        if not isinstance(cls._collection, str) or not cls._collection:
+            raise TypeError(f"{cls.__name__}._collection must be a non-empty collection name")
+        cls._events = tuple(cls._events)
+        unknown = sorted(set(cls._events) - set(ACTIONS))
         if unknown:
-            raise ValueError(f"{cls.__name__}._events: unknown {sorted(unknown)}; choose from {ACTIONS}")
-        cls.__fields__ = fieldlib.collect(cls)
+            raise ValueError(f"{cls.__name__}._events: unknown {unknown}; choose from {ACTIONS}")
         cls.__hooks__ = hooks.collect(cls)
+        if _default_required_to_missing(cls) and cls.__pydantic_complete__:
+            cls.model_rebuild(force=True)
+        # else: an unresolved forward reference; pydantic rebuilds later, through model_rebuild below
 
-    def __init__(self, **values: Any) -> None:
-        cls = type(self)
-        unknown = set(values) - set(cls.__fields__) - {"id"}
-        if unknown:
-            raise ModelValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
-        object.__setattr__(self, "id", values.pop("id", None))
-        object.__setattr__(self, "_snapshot", None)
-        for name, field in cls.__fields__.items():
-            if name in values:
-                setattr(self, name, values[name])
-            else:
-                object.__setattr__(self, name, field.initial())
+    @classmethod
+    def model_rebuild(
+        cls,
+        *,
+        force: bool = False,
+        raise_errors: bool = True,
+        _parent_namespace_depth: int = 2,
+        _types_namespace: Any = None,
+    ) -> bool | None:
+        """pydantic's rebuild, keeping required fields' MISSING defaults (a rebuild of a model
+        whose forward references are now defined collects its fields again)."""
+        depth = _parent_namespace_depth + 1 if _parent_namespace_depth > 0 else 0  # one frame more: this one
+        options: dict[str, Any] = {"_parent_namespace_depth": depth, "_types_namespace": _types_namespace}
+        result = super().model_rebuild(force=force, raise_errors=raise_errors, **options)
+        if cls.__pydantic_complete__ and _default_required_to_missing(cls):
+            super().model_rebuild(force=True, raise_errors=raise_errors, **options)
+        return result
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise validation_error(type(self).__name__, exc) from exc
 
     def __setattr__(self, name: str, value: Any) -> None:
-        field = type(self).__fields__.get(name)
-        if field is not None:
-            value = field.validate(type(self).__name__, value)
-        elif name != "id" and not name.startswith("_"):
+        if not name.startswith("_") and name not in type(self).model_fields:
             raise ModelValidationError(f"{type(self).__name__} has no field {name!r}")
-        object.__setattr__(self, name, value)
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
-        return f"{type(self).__name__}({shown})"
+        try:
+            super().__setattr__(name, value)
+        except pydantic.ValidationError as exc:
+            raise validation_error(type(self).__name__, exc) from exc
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, BaseModel) and type(other) is type(self) and other.to_dict() == self.to_dict()
+        """Same model class and the same field values (what was loaded or written does not matter)."""
+        return type(other) is type(self) and isinstance(other, BaseModel) and other.to_dict() == self.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
 
-    # --- environment --------------------------------------------------------------
+    # --- environment ------------------------------------------------------------------
 
     @property
     def _env(self) -> runtime.Environment:
-        """What ``init()`` set up: ``event_bus``, ``db``, ``settings``, ``redis``."""
+        """What ``init()`` set up: ``event_bus``, ``db``, ``redis``, ``settings``."""
         return runtime.current()
 
     @classmethod
-    def collection(cls) -> AsyncCollection[Any]:
-        """This model's MongoDB collection in the configured database."""
+    def get_collection(cls) -> AsyncCollection[Any]:
+        """This model's collection in the database ``init()`` configured (for the running loop)."""
         return runtime.current().db[cls._collection]
 
-    # --- data ---------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """Field values plus ``id``, with their Python types (required fields not set yet left out)."""
-        out = {"id": self.id}
-        for name in type(self).__fields__:
-            value = getattr(self, name)
-            if value is not fieldlib.MISSING:
-                out[name] = value
-        return out
-
-    def _document(self) -> dict[str, Any]:
-        cls = type(self)
-        missing = [n for n, f in cls.__fields__.items() if getattr(self, n) is fieldlib.MISSING]
-        if missing:
-            raise ModelValidationError(f"{cls.__name__}: required field(s) {missing} not set")
-        return {name: fieldlib.to_bson(getattr(self, name)) for name in cls.__fields__}
+    # --- data -------------------------------------------------------------------------
 
     @classmethod
-    def _from_document(cls: type[M], doc: Mapping[str, Any]) -> M:
-        instance = cls.__new__(cls)
-        object.__setattr__(instance, "id", doc.get("_id"))
-        for name, field in cls.__fields__.items():
-            raw = fieldlib.from_bson(doc[name]) if name in doc else field.initial()
-            object.__setattr__(instance, name, field.validate(cls.__name__, raw) if name in doc else raw)
+    def field_names(cls) -> list[str]:
+        """The model's data fields (``id`` not included), in declaration order."""
+        return [name for name in cls.model_fields if name != "id"]
+
+    def missing_fields(self) -> list[str]:
+        """Required fields that have no value yet."""
+        return [name for name in self.field_names() if getattr(self, name) is MISSING]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``id`` and the field values with their Python types (datetime, ObjectId, ...); unset
+        required fields are left out. This is the data model events carry."""
+        return self.model_dump(exclude=set(self.missing_fields()))
+
+    def _document(self) -> dict[str, Any]:
+        """The BSON document to write, after validating the whole model again."""
+        name = type(self).__name__
+        missing = self.missing_fields()
+        if missing:
+            raise ModelValidationError(
+                f"{name}: required field(s) {missing} not set; give them values (a before_create hook may) "
+                "before writing"
+            )
+        try:  # catches in-place changes assignment could not see (user.tags.append(5))
+            type(self).model_validate({n: getattr(self, n) for n in type(self).model_fields})
+        except pydantic.ValidationError as exc:
+            raise validation_error(name, exc) from exc
+        data = self.to_dict()
+        data.pop("id", None)
+        return {key: to_bson(value) for key, value in data.items()}
+
+    @classmethod
+    def from_document(cls: type[M], doc: Mapping[str, Any]) -> M:
+        """A stored model from its MongoDB document (as ``find`` returns them); keys that are
+        not fields are ignored, fields the document lacks get their defaults."""
+        values = {name: from_bson(doc[name]) for name in cls.field_names() if name in doc}
+        values["id"] = doc.get("_id")
+        try:
+            instance = cls.model_validate(values)
+        except pydantic.ValidationError as exc:
+            raise validation_error(cls.__name__, exc) from exc
         instance._take_snapshot()
         return instance
 
     def _take_snapshot(self) -> None:
-        object.__setattr__(self, "_snapshot", copy.deepcopy({n: getattr(self, n) for n in type(self).__fields__}))
+        self._snapshot = copy.deepcopy({name: getattr(self, name) for name in self.field_names()})
 
     def changed_fields(self) -> list[str]:
-        """Fields whose value differs from what was last loaded or written."""
+        """Fields whose value differs from what was last loaded or written (all of them if never stored)."""
         snapshot = self._snapshot
         if snapshot is None:
-            return list(type(self).__fields__)
-        return [n for n in type(self).__fields__ if getattr(self, n) != snapshot.get(n)]
+            return self.field_names()
+        return [name for name in self.field_names() if getattr(self, name) != snapshot.get(name, MISSING)]
 
     @property
     def is_stored(self) -> bool:
+        """Whether this instance was loaded from or written to MongoDB (and not deleted since)."""
         return self.id is not None and self._snapshot is not None
 
-    # --- writes -------------------------------------------------------------------
+    def _set_id(self, value: Any) -> None:
+        self.__dict__["id"] = value  # the database's own value: no validation, no validators re-run
+        self.__pydantic_fields_set__.add("id")
+
+    # --- writes -----------------------------------------------------------------------
 
     async def create(self: M, *, skip_hooks: bool = False) -> M:
-        """Insert this document; runs create and write hooks. Returns self."""
+        """Insert this model (create and write hooks around it) and return it; ``id`` is set."""
         if self.is_stored:
-            raise ModelStateError(f"{type(self).__name__} {self.id} is stored already; use save()")
-        if not skip_hooks:
-            await hooks.run_hooks(self, "before_create")
-            await hooks.run_hooks(self, "before_write")
+            raise ModelStateError(f"{type(self).__name__} {self.id} is stored already; use save() to update it")
+        await hooks.run_action(self, "create", self._insert, skip_hooks=skip_hooks)
+        return self
+
+    async def _insert(self) -> None:
         doc = self._document()
         if self.id is not None:
             doc["_id"] = self.id
-        result = await self.collection().insert_one(doc)
-        object.__setattr__(self, "id", result.inserted_id)
+        result = await self.get_collection().insert_one(doc)
+        self._set_id(result.inserted_id)
         self._take_snapshot()
-        if "created" in type(self)._events:
-            await publish_model_event(self, "created")
-        if not skip_hooks:
-            await hooks.run_hooks(self, "after_create")
-            await hooks.run_hooks(self, "after_write")
-        return self
+        await publish_automatic(self, "created")
 
     async def save(self, *, skip_hooks: bool = False) -> list[str]:
-        """Create when new, else ``$set`` the changed fields (none: nothing is sent).
+        """Create when new, else ``$set`` only the changed fields; returns the fields written.
 
-        Returns the names of the fields written.
+        Unchanged: nothing is sent, no hook runs, no event. A new model is created through
+        ``self.create()``, so a subclass' create override runs (not with ``skip_hooks=True``).
         """
         if not self.is_stored:
             if skip_hooks:
                 await BaseModel.create(self, skip_hooks=True)
             else:
-                await self.create()  # a subclass' create() override runs too
-            return list(type(self).__fields__)
+                await self.create()
+            return self.field_names()
         if not self.changed_fields():
             return []
-        if not skip_hooks:
-            await hooks.run_hooks(self, "before_update")
-            await hooks.run_hooks(self, "before_write")
-        changed = self.changed_fields()  # hooks may have changed more
+        return await hooks.run_action(self, "update", self._update, skip_hooks=skip_hooks)
+
+    async def _update(self) -> list[str]:
+        changed = self.changed_fields()  # again: before-hooks may have changed more
+        if not changed:
+            return []
         doc = self._document()
-        await self.collection().update_one({"_id": self.id}, {"$set": {n: doc[n] for n in changed}})
+        result = await self.get_collection().update_one(
+            {"_id": self.id}, {"$set": {name: doc[name] for name in changed if name in doc}}
+        )
+        if result.matched_count == 0:
+            raise ModelStateError(
+                f"{type(self).__name__} {self.id} is no longer in {self._collection!r} (deleted elsewhere?); "
+                "nothing was updated; call create() to store it again"
+            )
         self._take_snapshot()
-        if "updated" in type(self)._events:
-            await publish_model_event(self, "updated", changed_fields=changed)
-        if not skip_hooks:
-            await hooks.run_hooks(self, "after_update")
-            await hooks.run_hooks(self, "after_write")
+        await publish_automatic(self, "updated", changed)
         return changed
 
-    async def delete(self, *, skip_hooks: bool = False) -> None:
-        """Delete this document; runs delete hooks."""
+    async def delete(self, *, skip_hooks: bool = False) -> bool:
+        """Delete this model's document (delete hooks around it).
+
+        Returns whether a document was removed; the automatic ``deleted`` event is sent only then.
+        """
         if self.id is None:
-            raise ModelStateError(f"this {type(self).__name__} was never stored; nothing to delete")
-        if not skip_hooks:
-            await hooks.run_hooks(self, "before_delete")
-        await self.collection().delete_one({"_id": self.id})
-        object.__setattr__(self, "_snapshot", None)
-        if "deleted" in type(self)._events:
-            await publish_model_event(self, "deleted")
-        if not skip_hooks:
-            await hooks.run_hooks(self, "after_delete")
+            raise ModelStateError(f"this {type(self).__name__} was never stored; there is nothing to delete")
+        return await hooks.run_action(self, "delete", self._remove, skip_hooks=skip_hooks)
 
-    async def _publish(self, name: str) -> None:
-        """Publish an event called ``name`` with this model's data (``@before_save`` etc.)."""
-        await runtime.current().event_bus.publish(Event(name=name, data=self.to_dict()))
+    async def _remove(self) -> bool:
+        result = await self.get_collection().delete_one({"_id": self.id})
+        self._snapshot = None
+        if not result.deleted_count:
+            return False
+        await publish_automatic(self, "deleted")
+        return True
 
-    # --- reads --------------------------------------------------------------------
+    async def publish_event(self, name: str, delay: float | None = None) -> str:
+        """Publish an event called ``name`` whose data is this model's :meth:`to_dict`; returns its id."""
+        return await runtime.current().event_bus.publish(Event(name=name, data=self.to_dict()), delay=delay)
+
+    # --- reads ------------------------------------------------------------------------
 
     @classmethod
     async def get(cls: type[M], id: Any) -> M | None:
-        """The document with that ``_id`` (an ObjectId or its hex string), or None."""
-        doc = await cls.collection().find_one({"_id": fieldlib.object_id(id)})
-        return None if doc is None else cls._from_document(doc)
+        """The model stored with that ``_id`` (an ObjectId or its hex string), or None."""
+        doc = await cls.get_collection().find_one({"_id": object_id(id)})
+        return None if doc is None else cls.from_document(doc)
 
     @classmethod
     async def find_one(cls: type[M], filter: Mapping[str, Any] | None = None, sort: SortSpec = None) -> M | None:
-        doc = await cls.collection().find_one(dict(filter or {}), sort=sort_spec(sort))
-        return None if doc is None else cls._from_document(doc)
+        """The first model matching ``filter`` (in ``sort`` order), or None."""
+        doc = await cls.get_collection().find_one(dict(filter or {}), sort=sort_spec(sort))
+        return None if doc is None else cls.from_document(doc)
 
     @classmethod
     def find(
         cls: type[M], filter: Mapping[str, Any] | None = None, sort: SortSpec = None, skip: int = 0, limit: int = 0
     ) -> Query[M]:
-        """Matching documents: ``await`` it for a list, or ``async for`` over it."""
-        return Query(cls, dict(filter or {}), sort_spec(sort), skip, limit)
+        """Matching models: ``await`` it for a list, or ``async for`` over it.
+
+        ``sort``: ``"name"``, ``"-name"`` (descending), a list of those, or PyMongo's ``[("name", 1)]``.
+        """
+        return Query(cls, filter, sort, skip, limit)
 
     @classmethod
     async def count(cls, filter: Mapping[str, Any] | None = None) -> int:
-        return await cls.collection().count_documents(dict(filter or {}))
+        """How many stored documents match ``filter``."""
+        return await cls.get_collection().count_documents(dict(filter or {}))
 
 
-class Query(Generic[M]):
-    """A find() result: awaitable to a list and async-iterable."""
-
-    def __init__(
-        self, model: type[M], filter: dict[str, Any], sort: list[tuple[str, int]] | None, skip: int, limit: int
-    ) -> None:
-        self.model, self.filter, self.sort, self.skip, self.limit = model, filter, sort, skip, limit
-
-    async def __aiter__(self) -> AsyncIterator[M]:
-        cursor = self.model.collection().find(self.filter, sort=self.sort, skip=self.skip, limit=self.limit)
-        async for doc in cursor:
-            yield self.model._from_document(doc)
-
-    async def to_list(self) -> list[M]:
-        return [item async for item in self]
-
-    def __await__(self) -> Generator[Any, None, list[M]]:
-        return self.to_list().__await__()
+def _default_required_to_missing(cls: type[BaseModel]) -> bool:
+    """Let required fields start as MISSING (pydantic does not validate defaults), so a
+    before-hook can fill them before the write, where they are checked. True if any changed."""
+    required = [field for field in cls.model_fields.values() if field.is_required()]
+    for field in required:
+        field.default = MISSING
+    return bool(required)

@@ -1,7 +1,8 @@
-"""Model events: ``dispatch_model_event`` and the opt-in automatic events."""
+"""Model events: ``dispatch_model_event`` and the opt-in automatic events of ``_events``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import runtime
@@ -17,8 +18,8 @@ ACTIONS = ("created", "updated", "deleted")
 
 
 def model_data(instance: BaseModel | None, record_id: Any) -> dict[str, Any]:
-    """The instance's fields (with their types) plus ``id``."""
-    data = {} if instance is None else {k: v for k, v in instance.to_dict().items() if k != "id"}
+    """The instance's fields, with their Python types, plus ``id``."""
+    data = {} if instance is None else instance.to_dict()
     data["id"] = record_id
     return data
 
@@ -31,20 +32,27 @@ async def dispatch_model_event(
     instance: BaseModel | None = None,
     delay: float | None = None,
 ) -> str:
-    """Publish ``<model>.<action>`` (``User`` -> ``user.created``) with the instance's
-    fields plus ``id``; returns the event id. ``model`` is a class or its name."""
+    """Publish ``<model>.<action>`` (``OrderItem`` -> ``order_item.shipped``) with the
+    instance's fields plus ``id`` = ``record_id``; ``model`` is a class or its name.
+
+    Returns the event id. ``delay`` (seconds) schedules it, as for ``event_bus.publish``.
+    """
     event = Event(name=model_event_name(model, action), data=model_data(instance, record_id))
     return await event_bus.publish(event, delay=delay)
 
 
-async def publish_model_event(instance: BaseModel, action: str, changed_fields: list[str] | None = None) -> str:
-    """An automatic event (the model lists ``action`` in ``_events``)."""
-    metadata: dict[str, Any] = {"model": type(instance).__name__}
+async def publish_automatic(instance: BaseModel, action: str, changed_fields: Sequence[str] | None = None) -> None:
+    """Publish ``<model>.<action>`` if the model lists ``action`` in ``_events``.
+
+    ``id`` is the stored id as a string, as the seed's ``dispatch_model_event(..., str(self.id), ...)``
+    sends it, so a handler sees the same ``id`` from either; metadata names the model and,
+    for updates, the changed fields.
+    """
+    model = type(instance)
+    if action not in model._events:
+        return
+    metadata: dict[str, Any] = {"model": model.__name__}
     if changed_fields is not None:
-        metadata["changed_fields"] = changed_fields
-    event = Event(
-        name=model_event_name(type(instance), action),
-        data=model_data(instance, str(instance.id)),
-        metadata=metadata,
-    )
-    return await runtime.current().event_bus.publish(event)
+        metadata["changed_fields"] = list(changed_fields)
+    event = Event(name=model_event_name(model, action), data=model_data(instance, str(instance.id)), metadata=metadata)
+    await runtime.current().event_bus.publish(event)
