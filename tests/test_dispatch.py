@@ -315,3 +315,39 @@ def test_success_is_recorded_at_once_and_settle_catches_up_when_that_fails(regis
     flaky = FlakyBooks()
     [outcome] = handle(job_for(Event("e.x", {})), registry, InlineLoop(), flaky)
     assert not outcome.recorded and flaky.settled == [[outcome]]
+
+
+def test_a_single_async_handler_runs_without_leaking_its_job_context(registry):
+    import earnevents
+    from earnevents.worker.dispatch import run_async
+
+    seen: list[str] = []
+
+    async def only(e):
+        seen.append(earnevents.current_job().handler)
+
+    registry.register("e.x", only)
+    job = job_for(Event("e.x", {}))
+
+    async def run_and_look() -> tuple[list[Outcome], bool]:
+        outcomes = await run_async(registry.for_event("e.x"), job, FakeBooks())
+        try:
+            earnevents.current_job()
+        except LookupError:
+            return outcomes, False
+        return outcomes, True
+
+    outcomes, leaked = InlineLoop().run(run_and_look())
+    assert [o.error for o in outcomes] == [None] and seen == [outcomes[0].handler]
+    assert not leaked
+
+
+def test_a_single_handler_raising_cancelled_error_is_a_failure_not_a_crash(registry):
+    async def cancels(e):
+        raise asyncio.CancelledError()
+
+    registry.register("e.x", cancels)
+    books = FakeBooks()
+    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
+    assert len(outcomes) == 1 and isinstance(outcomes[0].error, asyncio.CancelledError)
+    assert books.settled == [outcomes]  # settled (retried or recorded), like any failure

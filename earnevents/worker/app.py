@@ -148,6 +148,10 @@ class WorkerRuntime:
         )
 
     async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
+        try:  # the usual case: one try, no retry machinery
+            return await self.completions.done(job.event.id, handlers)
+        except Exception:
+            log.debug("could not read completed handlers; retrying", exc_info=True)
         try:
             async for attempt in self._retrying():
                 with attempt:

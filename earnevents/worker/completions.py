@@ -35,7 +35,11 @@ class Completions:
         names = list(handlers)
         if not names or self.window <= 0:
             return
+        ttl = int(self.window * 1000)
+        if len(names) == 1:  # the usual case: one command, no pipeline object
+            await self._client().set(keys.completed(event_id, names[0]), 1, px=ttl)
+            return
         pipe = self._client().pipeline(transaction=False)
         for name in names:
-            pipe.set(keys.completed(event_id, name), 1, px=int(self.window * 1000))
+            pipe.set(keys.completed(event_id, name), 1, px=ttl)
         await pipe.execute()

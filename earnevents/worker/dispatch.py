@@ -135,17 +135,26 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
 
 
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
-    # Each gathered coroutine runs in a task of its own, so this setting stays in it.
-    _current_job.set(job_context(job, handler.name))
+    token = _current_job.set(job_context(job, handler.name))
     try:
         await handler.func(job.event)
     except Exception as exc:  # a handler's failure is data here, not a crash
         return Outcome(handler.name, exc)
+    finally:
+        _current_job.reset(token)
     return await _record(books, job, handler.name)
 
 
 async def run_async(handlers: list[Handler], job: Job, books: Bookkeeper) -> list[Outcome]:
     """Run ``async def`` handlers concurrently; one failing does not cancel the others."""
+    if len(handlers) == 1:  # the usual case: no task to create
+        try:
+            return [await _run_one(handlers[0], job, books)]
+        except asyncio.CancelledError as exc:  # the handler's own doing, unless we are cancelled
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return [Outcome(handlers[0].name, exc)]
     results = await asyncio.gather(*(_run_one(h, job, books) for h in handlers), return_exceptions=True)
     return [
         r if isinstance(r, Outcome) else Outcome(h.name, r)  # BaseException such as CancelledError
