@@ -151,8 +151,8 @@ async def run_async(handlers: list[Handler], job: Job, books: Bookkeeper) -> lis
         try:
             return [await _run_one(handlers[0], job, books)]
         except asyncio.CancelledError as exc:  # the handler's own doing, unless we are cancelled
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+            if cancelling is not None and cancelling():
                 raise
             return [Outcome(handlers[0].name, exc)]
     results = await asyncio.gather(*(_run_one(h, job, books) for h in handlers), return_exceptions=True)
