@@ -120,3 +120,8 @@ async def fixable(event: Event) -> None:
 @event_handler("t.fixable")
 async def fixable_sibling(event: Event) -> None:
     await arecord(event, "fixable_sibling")
+
+
+@event_handler("t.count")
+async def count(event: Event) -> None:
+    await runtime.current().redis.incr(f"count:{event.data['token']}")

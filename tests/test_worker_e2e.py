@@ -15,6 +15,7 @@ from conftest import results, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus
+from earnevents.testing import wait_for
 
 pytestmark = pytest.mark.worker
 
@@ -181,6 +182,7 @@ async def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_serving(bus,
         "body": base64.b64encode(b'[[{"name": "t.record"}], {"attempt": -3}, {}]').decode(),
         "headers": {**good["headers"], "id": "bad-kwargs-1"},
     }
+    bad_body = {**good, "body": "%%% not base64", "headers": {**good["headers"], "id": "bad-body-1"}}
     for garbage in (
         b"\x00not json at all",
         b'{"body": "%%%"}',
@@ -188,6 +190,7 @@ async def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_serving(bus,
         json.dumps(unknown_task),
         json.dumps(bad_args),
         json.dumps(bad_kwargs),
+        json.dumps(bad_body),  # a well-formed envelope, so taken as unacknowledged first
     ):
         rclient.lpush(queue, garbage)
     tok = token()
@@ -195,7 +198,9 @@ async def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_serving(bus,
     wait_results(rclient, tok, 2)
     assert worker.proc.poll() is None
     log = worker.log()
-    assert log.count("dropped an item on") == 3
+    assert log.count("dropped an item on") == 4
+    # Nothing of this queue is left unacknowledged: not the dropped item, not the others.
+    wait_for(lambda: not [v for v in rclient.hvals("unacked") if queue.encode() in v], 10, "no unacked entries")
     assert "no.such.task" in log and "bad-args-1" in log and "bad-kwargs-1" in log
     assert "Connection to broker lost" not in log and "Unrecoverable" not in log
 
@@ -259,3 +264,18 @@ async def test_async_handlers_share_one_loop_per_pool_process_created_after_fork
     assert {r["thread"] for r in async_recs} == {"earnevents-loop"}
     assert {r["thread"] for r in sync_recs} == {"MainThread"}  # plain calls in the pool process
     assert {r["pid"] for r in recs} != {worker.proc.pid}  # the pool child, after fork
+
+
+async def test_a_burst_is_handled_and_every_message_acknowledged_once_the_queue_is_empty(
+    bus, start_worker, rclient, queue
+):
+    # While messages flow, acknowledgements ride on the next fetch; once the queue is
+    # empty they must all have been sent, not left to the visibility timeout.
+    worker = start_worker(concurrency=2)
+    tok = token()
+    indexed_before = set(rclient.zrange("unacked_index", 0, -1))
+    await bus.publish_batch([Event("t.count", {"token": tok}) for _ in range(300)])
+    wait_for(lambda: int(rclient.get(f"count:{tok}") or 0) >= 300, 60, "300 events handled")
+    wait_for(lambda: not [v for v in rclient.hvals("unacked") if queue.encode() in v], 10, "no unacked entries")
+    wait_for(lambda: not set(rclient.zrange("unacked_index", 0, -1)) - indexed_before, 10, "an empty unacked index")
+    assert rclient.llen(queue) == 0 and worker.proc.poll() is None

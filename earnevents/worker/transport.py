@@ -10,6 +10,18 @@ as unacknowledged. Every consumer registers its in-flight list and keeps an
 in-flight lists of consumers whose key expired to the queue (:func:`return_orphans`).
 A worker consuming several queues falls back to kombu's BRPOP.
 
+**Fast fetch.** While the queue has messages, a consumer takes them with one Lua
+script per round trip (:data:`FETCH`): it pops as many as the prefetch limit
+allows, records them as unacknowledged in the same atomic step (no in-flight
+list needed), and applies the acknowledgements buffered since the last fetch.
+kombu spends two synchronous round trips per message on that bookkeeping (one
+to record it, one to acknowledge it); here the consumer thread never waits on
+Redis while messages flow. When the script finds the queue empty the consumer
+flushes its buffered acknowledgements and blocks in ``BLMOVE`` as above.
+An acknowledgement sits in the buffer at most until the next fetch; a worker
+killed in that moment leaves the message to be redelivered after the visibility
+timeout, where the completion records (``worker.completions``) skip its handlers.
+
 **Malformed items.** Plain kombu parses queue items inside the worker's event
 loop; an item that is not a kombu message raises there and Celery stops the
 whole worker ("Unrecoverable error"). Such items are logged and dropped instead.
@@ -61,6 +73,46 @@ return returned
 """
 
 
+# KEYS: queue, unacked hash, unacked index. ARGV: how many to take, then delivery tags
+# to acknowledge. Returns {item, delivery tag or ""} pairs: "" when the item is not a
+# message this script can record (kombu's own append then records it, or it is dropped).
+FETCH = """
+for i = 2, #ARGV do
+  redis.call('ZREM', KEYS[3], ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+local want = tonumber(ARGV[1])
+if want < 1 then return {} end
+local items = redis.call('RPOP', KEYS[1], want)
+if not items then return {} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for _, item in ipairs(items) do
+  local tag = ''
+  local ok, m = pcall(cjson.decode, item)
+  local props = ok and type(m) == 'table' and m.properties
+  local info = type(props) == 'table' and props.delivery_info
+  if type(info) == 'table' and type(props.delivery_tag) == 'string'
+      and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
+    tag = props.delivery_tag
+    redis.call('HSET', KEYS[2], tag,
+      '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
+    redis.call('ZADD', KEYS[3], now, tag)
+  end
+  out[#out + 1] = item
+  out[#out + 1] = tag
+end
+return out
+"""
+
+FETCH_MAX = 64
+"""At most this many messages per fetch (fewer when the prefetch limit is lower)."""
+
+_RECORDED = ("", b"")
+"""``Channel._taken`` for a message the fetch script already recorded as unacknowledged."""
+
+
 def return_orphans_args(queue: str) -> tuple[list[str], list[str]]:
     """KEYS and ARGV for :data:`RETURN_ORPHANS` on ``queue``."""
     return [keys.inflight_consumers(queue), queue], [keys.consumer_alive(""), keys.inflight_list(queue, "")]
@@ -94,8 +146,11 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         taken, self.channel._taken = self.channel._taken, None
-        if taken is None:  # kombu's own fetch (several queues)
+        if taken is None:  # kombu's own fetch (several queues), or not recordable by FETCH
             super().append(message, delivery_tag)
+            return
+        if taken is _RECORDED:  # FETCH recorded it: only kombu's in-memory bookkeeping
+            super(kombu_redis.QoS, self).append(message, delivery_tag)
             return
         inflight, item = taken
         info = message.delivery_info
@@ -106,6 +161,12 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
         # What kombu's append does after its own writes: the in-memory bookkeeping.
         super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if self.channel._buffer_ack(delivery_tag):  # sent with the next fetch
+            super(kombu_redis.QoS, self).ack(delivery_tag)
+        else:
+            super().ack(delivery_tag)
 
 
 class Channel(kombu_redis.Channel):
@@ -121,6 +182,11 @@ class Channel(kombu_redis.Channel):
         self._taken: tuple[str, bytes] | None = None  # (in-flight list, item) until QoS.append
         self._inflight_queues: set[str] = set()
         self._sync_client: Any = None
+        self._fast = False  # True: the next fetch is FETCH (the queue had messages)
+        self._acks: list[str] = []  # acknowledgements waiting for the next FETCH
+        self._acks_sent: list[str] = []  # those carried by the FETCH in flight
+        self._acks_lock = threading.Lock()  # acks come from pool threads with -P threads
+        self._fast_unavailable = False
 
     # --- one client per channel --------------------------------------------------
 
@@ -150,9 +216,30 @@ class Channel(kombu_redis.Channel):
             _live[self.consumer_id] = ttl
         self._inflight_queues.add(queue)
 
+    def _buffer_ack(self, delivery_tag: str) -> bool:
+        """Keep ``delivery_tag``'s acknowledgement for the next FETCH; False: ack it now."""
+        with self._acks_lock:
+            if not self._fast:
+                return False
+            self._acks.append(delivery_tag)
+            return True
+
+    def _flush_acks(self) -> None:
+        """Acknowledge the buffered tags now (before blocking, and on close)."""
+        with self._acks_lock:
+            self._fast = False
+            tags, self._acks = self._acks, []
+        if tags:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                pipe.zrem(self.unacked_index_key, *tags)
+                pipe.hdel(self.unacked_key, *tags)
+                pipe.execute()
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if len(self.active_queues) != 1 or len(self.priority_steps) != 1 or self.global_keyprefix:
             self._reliable_queue = None
+            self._flush_acks()
             return super()._brpop_start(timeout)  # type: ignore[no-any-return]
         queues = self._queue_cycle.consume(1)
         if not queues:
@@ -160,12 +247,23 @@ class Channel(kombu_redis.Channel):
         queue = queues[0]
         self._register_inflight(queue)
         self._reliable_queue = queue
-        self._in_poll = self.client.connection
+        connection = self.client.connection
+        if self._fast:
+            want = self.qos.can_consume_max_estimate()
+            want = FETCH_MAX if want is None else max(1, min(FETCH_MAX, want))
+            with self._acks_lock:
+                self._acks_sent, self._acks = self._acks, []
+            connection.send_command(
+                "EVAL", FETCH, 3, queue, self.unacked_key, self.unacked_index_key, want, *self._acks_sent
+            )
+        else:
+            self._flush_acks()
+            wait = self.brpop_timeout if timeout is None else timeout
+            connection.send_command(
+                "BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait or 0
+            )
+        self._in_poll = connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's own use
-        wait = self.brpop_timeout if timeout is None else timeout
-        self.client.connection.send_command(
-            "BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait or 0
-        )
         return None
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -173,25 +271,9 @@ class Channel(kombu_redis.Channel):
         if queue is None:
             return bool(super()._brpop_read(**options))
         try:
-            try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            if item is None:
-                raise Empty()
-            self._queue_cycle.rotate(queue)
-            inflight = keys.inflight_list(queue, self.consumer_id)
-            self._taken = (inflight, item)
-            try:
-                self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
-            except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
-                log.error("dropped an item on the queue that is not a message: %r", exc)
-            if self._taken is not None:  # dropped, not delivered: QoS.append did not take it off
-                self._taken = None
-                with self.conn_or_acquire() as client:
-                    client.lrem(inflight, 1, item)
-            return True
+            if self._fast:
+                return self._read_fetched(queue, **options)
+            return self._read_moved(queue, **options)
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's own use
             self._reliable_queue = None
@@ -199,9 +281,71 @@ class Channel(kombu_redis.Channel):
             if flush is not None:
                 flush()
 
+    def _read_fetched(self, queue: str, **options: Any) -> bool:
+        """The reply of FETCH: up to ``want`` messages, already recorded as unacknowledged."""
+        try:
+            reply = self.client.parse_response(self.client.connection, "EVAL", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise  # the carried acks are lost: those messages come back and are skipped
+        except self.ResponseError as exc:  # e.g. Redis < 6.2 (no RPOP count): kombu's way from now on
+            log.warning("fast fetch unavailable (%s); taking one message per round trip", exc)
+            with self._acks_lock:  # the script did not run: its acks go out before the next BLMOVE
+                self._acks[:0] = self._acks_sent
+                self._fast = False
+                self._fast_unavailable = True
+            return False
+        finally:
+            self._acks_sent = []
+        if not reply:
+            with self._acks_lock:
+                self._fast = False  # empty: block in BLMOVE next (after flushing acks)
+            raise Empty()
+        self._queue_cycle.rotate(queue)
+        for item, tag in zip(reply[::2], reply[1::2], strict=True):
+            self._taken = _RECORDED if tag else None
+            try:
+                self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
+            except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
+                log.error("dropped an item on the queue that is not a message: %r", exc)
+            if self._taken is not None and tag:  # recorded, then dropped as malformed
+                with self.conn_or_acquire() as client:
+                    client.zrem(self.unacked_index_key, tag)
+                    client.hdel(self.unacked_key, tag)
+            self._taken = None
+        return True
+
+    def _read_moved(self, queue: str, **options: Any) -> bool:
+        """The reply of BLMOVE: one message, in this consumer's in-flight list."""
+        try:
+            item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        if item is None:
+            raise Empty()
+        self._queue_cycle.rotate(queue)
+        inflight = keys.inflight_list(queue, self.consumer_id)
+        self._taken = (inflight, item)
+        try:
+            self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
+        except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
+            log.error("dropped an item on the queue that is not a message: %r", exc)
+        if self._taken is not None:  # dropped, not delivered: QoS.append did not take it off
+            self._taken = None
+            with self.conn_or_acquire() as client:
+                client.lrem(inflight, 1, item)
+        with self._acks_lock:
+            self._fast = not self._fast_unavailable  # the queue had a message: try FETCH next
+        return True
+
     def close(self) -> None:
         with _live_lock:
             _live.pop(self.consumer_id, None)
+        try:
+            self._flush_acks()
+        except Exception:  # Redis gone: those messages come back and are skipped
+            log.warning("could not send buffered acknowledgements at close", exc_info=True)
         super().close()
 
     # --- malformed items -------------------------------------------------------------
