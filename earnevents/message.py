@@ -35,9 +35,41 @@ def build(
     ``handler`` set: run only that handler (a retry); None: every handler of the event.
     ``attempt`` counts earlier tries of that handler (0 for a fresh event).
     """
+    return _envelope([event_wire], queue, task_id, handler, attempt, retry_policy)
+
+
+def build_packed(
+    event_wires: list[dict[str, Any]], *, queue: str, task_id: str, retry_policy: dict[str, Any] | None = None
+) -> str:
+    """One message carrying several fresh events: a worker runs all their handlers.
+
+    Each (event, handler) pair stays a job of its own (completion record, retries,
+    failed-job record); only the trip through the queue is shared.
+    """
+    if not event_wires:
+        raise ValueError("a packed message needs at least one event")
+    return _envelope(event_wires, queue, task_id, None, 0, retry_policy)
+
+
+def packed_id(event_ids: list[str]) -> str:
+    """The id of the packed message for these events (the same for a re-send)."""
+    return uuid.uuid5(_NAMESPACE, "packed/" + "/".join(event_ids)).hex
+
+
+def _envelope(
+    event_wires: list[dict[str, Any]],
+    queue: str,
+    task_id: str,
+    handler: str | None,
+    attempt: int,
+    retry_policy: dict[str, Any] | None,
+) -> str:
     kwargs = {"handler": handler, "attempt": attempt, "retry_policy": retry_policy}
-    body = json.dumps([[event_wire], kwargs, _EMBED], separators=(",", ":"))
-    label = f"{event_wire['name']} {event_wire['id']}"
+    body = json.dumps([event_wires, kwargs, _EMBED], separators=(",", ":"))
+    first = event_wires[0]
+    label = f"{first['name']} {first['id']}"
+    if len(event_wires) > 1:
+        label += f" and {len(event_wires) - 1} more"
     envelope = {
         "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
         "content-encoding": "utf-8",
@@ -77,9 +109,15 @@ def build(
 
 def parse(payload: str | bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """The event (wire form) and keyword arguments of a message :func:`build` made."""
+    events, kwargs = parse_packed(payload)
+    return events[0], kwargs
+
+
+def parse_packed(payload: str | bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The events (wire form) and keyword arguments of any message this module built."""
     envelope = json.loads(payload)
     args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-    return args[0], kwargs
+    return args, kwargs
 
 
 def new_task_id() -> str:

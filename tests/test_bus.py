@@ -40,6 +40,10 @@ async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclien
         (lambda b: b.publish(Event("a.b", {"s": {1}})), TypeError, "set"),
         (lambda b: b.publish_batch([Event("a.b", {}), Event("a.c", {"f": object()})]), TypeError, "object"),
         (lambda b: b.publish_batch(Event("a.b", {})), TypeError, "list"),
+        (lambda b: b.publish_batch([Event("a.b", {})], events_per_message=0), ValueError, "events_per_message"),
+        (lambda b: b.publish_batch([Event("a.b", {})], events_per_message=2.0), TypeError, "events_per_message"),
+        (lambda b: b.publish_batch([Event("a.b", {})], events_per_message=True), TypeError, "events_per_message"),
+        (lambda b: b.publish_batch([Event("a.b", {})], delay=5, events_per_message=2), ValueError, "immediate"),
     ],
 )
 async def test_bad_input_is_refused_and_nothing_is_enqueued(bus, rclient, queue, call, exc, match):
@@ -58,6 +62,17 @@ async def test_publish_batch_is_one_redis_command_in_order(bus, rclient, queue):
     assert after - before == 1
     popped = [json.loads(rclient.rpop(queue))["headers"]["id"] for _ in range(50)]
     assert popped == ids  # the worker's BRPOP end yields publish order
+
+
+async def test_publish_batch_packs_events_per_message_in_order(bus, rclient, queue):
+    from earnevents import message
+
+    events = [Event("t.n", {"i": i}) for i in range(7)]
+    ids = await bus.publish_batch(events, events_per_message=3)
+    assert ids == [e.id for e in events]
+    packs = [message.parse_packed(rclient.rpop(queue))[0] for _ in range(rclient.llen(queue))]
+    assert [[w["id"] for w in pack] for pack in packs] == [ids[0:3], ids[3:6], ids[6:7]]
+    assert [w["data"] for w in packs[0]] == [{"i": 0}, {"i": 1}, {"i": 2}]
 
 
 async def test_delay_parks_the_message_in_the_schedule_due_later(bus, rclient, queue):

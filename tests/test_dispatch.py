@@ -12,7 +12,16 @@ import pytest
 from earnevents import Event, RetryPolicy
 from earnevents.failures import FailedJob
 from earnevents.handlers import HandlerRegistry
-from earnevents.worker.dispatch import Job, Outcome, choose_policy, handle, retry_delay, settle_failures
+from earnevents.worker.dispatch import (
+    Job,
+    Outcome,
+    SettleFailed,
+    choose_policy,
+    handle,
+    handle_message,
+    retry_delay,
+    settle_failures,
+)
 
 
 class InlineLoop:
@@ -51,11 +60,16 @@ class FakeBooks:
 
     def __init__(self, done: set[str] | None = None, settle_failures_with=None) -> None:
         self.done = set(done or ())
+        self.done_for: dict[str, set[str]] = {}  # event id -> handlers done (packed messages)
         self.settled: list[list[Outcome]] = []
         self._failures = settle_failures_with
 
     async def already_done(self, job, handlers):
         return self.done & set(handlers)
+
+    async def already_done_many(self, jobs):
+        self.checks = getattr(self, "checks", 0) + 1
+        return [self.done_for.get(job.event.id, set()) & set(handlers) for job, handlers in jobs]
 
     async def completed(self, job, handler):
         self.done.add(handler)
@@ -351,3 +365,80 @@ def test_a_single_handler_raising_cancelled_error_is_a_failure_not_a_crash(regis
     outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
     assert len(outcomes) == 1 and isinstance(outcomes[0].error, asyncio.CancelledError)
     assert books.settled == [outcomes]  # settled (retried or recorded), like any failure
+
+
+def test_a_packed_message_runs_every_events_async_handlers_at_once_with_one_check(registry):
+    running, most = 0, 0
+
+    async def slow(e):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    registry.register("e.x", slow)
+    books = FakeBooks()
+    jobs = [job_for(Event("e.x", {"i": i})) for i in range(20)]
+    outcomes = handle_message(jobs, registry, InlineLoop(), books)
+    assert len(outcomes) == 20 and all(o.error is None for o in outcomes)
+    assert most == 20  # all at once, not one after the other
+    assert books.checks == 1  # one completion check for the whole message
+
+
+def test_a_packed_message_skips_only_the_jobs_completed_before(registry):
+    ran: list[tuple[int, str]] = []
+
+    async def a(e):
+        ran.append((e.data["i"], "a"))
+
+    async def b(e):
+        ran.append((e.data["i"], "b"))
+
+    registry.register("e.x", a)
+    registry.register("e.x", b)
+    jobs = [job_for(Event("e.x", {"i": i})) for i in range(3)]
+    books = FakeBooks()
+    books.done_for[jobs[1].event.id] = {registry.for_event("e.x")[0].name}  # a completed for event 1
+    handle_message(jobs, registry, InlineLoop(), books)
+    assert sorted(ran) == [(0, "a"), (0, "b"), (1, "b"), (2, "a"), (2, "b")]
+
+
+def test_in_a_packed_message_a_failing_job_is_settled_alone_and_sync_events_run_too(registry):
+    ran: list[str] = []
+
+    async def flaky(e):
+        if e.data["i"] == 1:
+            raise RuntimeError("boom")
+        ran.append(f"async {e.data['i']}")
+
+    def plain(e):
+        ran.append(f"sync {e.data['i']}")
+
+    registry.register("e.x", flaky)
+    registry.register("e.s", plain)
+    jobs = [job_for(Event("e.x", {"i": 0})), job_for(Event("e.x", {"i": 1})), job_for(Event("e.s", {"i": 2}))]
+    books = FakeBooks()
+    outcomes = handle_message(jobs, registry, InlineLoop(), books)
+    assert sorted(ran) == ["async 0", "sync 2"]
+    assert [str(o.error) for o in outcomes if o.error is not None] == ["boom"]
+    assert [[str(o.error) for o in settled] for settled in books.settled] == [["boom"]]  # only event 1's job
+
+
+def test_when_settling_one_job_of_a_packed_message_fails_the_others_still_finish_first(registry):
+    finished: list[int] = []
+
+    async def handler(e):
+        if e.data["i"] == 0:
+            raise RuntimeError("boom")
+        await asyncio.sleep(0.01)
+        finished.append(e.data["i"])
+
+    async def cannot_settle(job, failed):
+        raise ConnectionError("redis went away")
+
+    registry.register("e.x", handler)
+    jobs = [job_for(Event("e.x", {"i": i})) for i in range(4)]
+    with pytest.raises(SettleFailed, match="redis went away"):
+        handle_message(jobs, registry, InlineLoop(), FakeBooks(settle_failures_with=cannot_settle))
+    assert sorted(finished) == [1, 2, 3]

@@ -279,3 +279,44 @@ async def test_a_burst_is_handled_and_every_message_acknowledged_once_the_queue_
     wait_for(lambda: not [v for v in rclient.hvals("unacked") if queue.encode() in v], 10, "no unacked entries")
     wait_for(lambda: not set(rclient.zrange("unacked_index", 0, -1)) - indexed_before, 10, "an empty unacked index")
     assert rclient.llen(queue) == 0 and worker.proc.poll() is None
+
+
+async def test_packed_messages_run_every_event_and_retry_a_failing_job_alone(fast_bus, start_worker, rclient, queue):
+    start_worker(concurrency=2)
+    tok = token()
+    events = [Event("t.sleepy", {"token": tok, "seconds": 0.3}) for _ in range(40)]
+    events.insert(7, Event("t.flaky", {"token": tok, "fail_times": 1}))
+    started = time.monotonic()
+    await fast_bus.publish_batch(events, events_per_message=41)  # one message for all
+    recs = wait_results(rclient, tok, 42, timeout=30)  # 40 sleepy + flaky twice (fail, retry)
+    # One worker process ran the 40 sleepy handlers at once, not one after the other (12 s).
+    assert time.monotonic() - started < 6
+    assert sorted(r["handler"] for r in recs).count("sleepy") == 40
+    assert [r["attempt"] for r in recs if r["handler"] == "flaky"] == [1, 2]
+    assert sorted(r["id"] for r in recs if r["handler"] == "sleepy") == sorted(
+        e.id for e in events if e.name == "t.sleepy"
+    )
+    time.sleep(0.5)
+    assert len(results(rclient, tok)) == 42  # nothing ran twice
+
+
+async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_jobs(
+    redis_url, queue, start_worker, rclient
+):
+    env = {"EARNEVENTS_VISIBILITY_TIMEOUT": "3"}
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+    try:
+        worker = start_worker(env=env)
+        tok = token()
+        events = [Event("t.count", {"token": tok}) for _ in range(30)] + [Event("t.slow", {"token": tok})]
+        await event_bus.publish_batch(events, events_per_message=len(events))
+        wait_results(rclient, tok, 1)  # slow started; the 30 counts run beside it
+        wait_for(lambda: int(rclient.get(f"count:{tok}") or 0) == 30, 10, "30 counted")
+        worker.kill()
+        rclient.set(f"release:{tok}", 1)
+        start_worker(env=env)
+        recs = wait_results(rclient, tok, 3, timeout=30)
+        assert [r["handler"] for r in recs] == ["slow_started", "slow_started", "slow_done"]
+        assert int(rclient.get(f"count:{tok}")) == 30  # the completed jobs were skipped
+    finally:
+        await earnevents.close()

@@ -26,7 +26,7 @@ from ..config import Settings
 from ..handlers import registry
 from ..keys import TASK_NAME
 from .completions import Completions
-from .dispatch import Job, Outcome, handle, settle_failures
+from .dispatch import Job, Outcome, SettleFailed, handle_message, settle_failures
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
 from .relay import RelayStep
@@ -90,14 +90,18 @@ def create_app(settings: Settings | None = None) -> Celery:
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
         try:
-            job = Job.from_message(args[0] if args else None, kwargs, queue)  # type: ignore[arg-type]
+            if not args:
+                raise ValueError("no event")
+            if len(args) > 1 and kwargs.get("handler") is not None:
+                raise ValueError("a retry message carries one event")
+            jobs = [Job.from_message(event, kwargs, queue) for event in args]
         except (TypeError, ValueError) as exc:
             log.error("dropping malformed message %s on %s: %s", self.request.id, queue, exc)
             return
         worker = WorkerRuntime.get()
         try:
-            handle(job, registry, worker.loop, worker)
-        except (SettleError, RedisError, PyMongoError, OSError) as exc:
+            handle_message(jobs, registry, worker.loop, worker)
+        except (SettleError, SettleFailed, RedisError, PyMongoError, OSError) as exc:
             # Our own bookkeeping failed (handler errors never get here): acknowledging
             # would lose the event, so hand the message back to be run again.
             log.warning("requeueing %s: %r", self.request.id, exc)
@@ -156,6 +160,20 @@ class WorkerRuntime:
             async for attempt in self._retrying():
                 with attempt:
                     return await self.completions.done(job.event.id, handlers)
+        except Exception as exc:
+            raise SettleError(f"could not read completed handlers: {exc!r}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
+        pairs = [(job.event.id, handlers) for job, handlers in jobs]
+        try:  # the usual case: one try, no retry machinery
+            return await self.completions.done_many(pairs)
+        except Exception:
+            log.debug("could not read completed handlers; retrying", exc_info=True)
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    return await self.completions.done_many(pairs)
         except Exception as exc:
             raise SettleError(f"could not read completed handlers: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover

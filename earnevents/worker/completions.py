@@ -8,6 +8,7 @@ handlers that did not complete run again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ class Completions:
     def __init__(self, client: Callable[[], aioredis.Redis], window: float) -> None:
         self._client = client
         self.window = window
+        self._waiting: list[tuple[list[str], asyncio.Future[None]]] | None = None
 
     async def done(self, event_id: str, handlers: Iterable[str]) -> set[str]:
         """Which of ``handlers`` already completed for ``event_id``."""
@@ -30,16 +32,61 @@ class Completions:
         flags = await self._client().mget([keys.completed(event_id, name) for name in names])
         return {name for name, flag in zip(names, flags, strict=True) if flag is not None}
 
+    async def done_many(self, pairs: list[tuple[str, list[str]]]) -> list[set[str]]:
+        """:meth:`done` for several (event id, handlers) pairs in one round trip."""
+        if self.window <= 0:
+            return [set() for _ in pairs]
+        names = [(event_id, name) for event_id, handlers in pairs for name in handlers]
+        if not names:
+            return [set() for _ in pairs]
+        flags = await self._client().mget([keys.completed(event_id, name) for event_id, name in names])
+        found = {pair for pair, flag in zip(names, flags, strict=True) if flag is not None}
+        return [{name for name in handlers if (event_id, name) in found} for event_id, handlers in pairs]
+
     async def mark(self, event_id: str, handlers: Iterable[str]) -> None:
-        """Remember that ``handlers`` completed for ``event_id``."""
+        """Remember that ``handlers`` completed for ``event_id``.
+
+        Concurrent calls share round trips (the handlers of a packed message finish
+        together): the first call writes at once, calls arriving meanwhile are
+        written together right after it, and each returns once its own are stored.
+        """
         names = list(handlers)
         if not names or self.window <= 0:
             return
+        keys_ = [keys.completed(event_id, name) for name in names]
+        if self._waiting is not None:  # a write is in flight: join the next one
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((keys_, future))
+            await future
+            return
+        waiting: list[tuple[list[str], asyncio.Future[None]]] = []
+        self._waiting = waiting
+        try:
+            await self._write(keys_)
+        finally:
+            while waiting:
+                batch = list(waiting)
+                waiting.clear()
+                try:
+                    await self._write([k for ks, _ in batch for k in ks])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+            self._waiting = None
+
+    async def _write(self, completed: list[str]) -> None:
         ttl = int(self.window * 1000)
-        if len(names) == 1:  # the usual case: one command, no pipeline object
-            await self._client().set(keys.completed(event_id, names[0]), 1, px=ttl)
+        if len(completed) == 1:  # the usual case: one command, no pipeline object
+            await self._client().set(completed[0], 1, px=ttl)
             return
         pipe = self._client().pipeline(transaction=False)
-        for name in names:
-            pipe.set(keys.completed(event_id, name), 1, px=ttl)
+        for key in completed:
+            pipe.set(key, 1, px=ttl)
         await pipe.execute()

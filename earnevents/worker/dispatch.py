@@ -232,6 +232,9 @@ class Bookkeeper(Protocol):
     async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
         """Which of ``handlers`` completed for this event before (a redelivery)."""
 
+    async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
+        """:meth:`already_done` for several events at once (a packed message)."""
+
     async def completed(self, job: Job, handler: str) -> None:
         """Remember that ``handler`` completed for this event (may raise; settle retries)."""
 
@@ -255,6 +258,59 @@ async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) ->
     outcomes = await run_async(handlers, job, books)
     if _needs_settling(outcomes):
         await books.settle(job, outcomes)
+    return outcomes
+
+
+class SettleFailed(Exception):
+    """Settling some jobs of a packed message failed; ``errors`` holds why."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        super().__init__(f"{len(errors)} job(s) could not be settled: {errors[0]!r}")
+        self.errors = errors
+
+
+async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Bookkeeper) -> list[Outcome]:
+    """All jobs of a packed message on the loop at once: one completion check for all."""
+    done = await books.already_done_many([(job, [h.name for h in handlers]) for job, handlers in pairs])
+
+    async def one(job: Job, handlers: list[Handler], done: set[str]) -> list[Outcome]:
+        outcomes = await run_async(_not_done(job, handlers, done), job, books)
+        if _needs_settling(outcomes):
+            await books.settle(job, outcomes)
+        return outcomes
+
+    results = await asyncio.gather(
+        *(one(job, handlers, d) for (job, handlers), d in zip(pairs, done, strict=True)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:  # every other job has finished and is settled: a redelivery skips those
+        raise SettleFailed(errors)
+    return [o for r in results if not isinstance(r, BaseException) for o in r]
+
+
+def handle_message(jobs: list[Job], registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
+    """Run every job of a message: one event (see :func:`handle`), or a packed message.
+
+    The events of a packed message whose handlers are all ``async def`` run at once
+    on ``loop``; the others one after the other, as :func:`handle` runs them.
+    """
+    if len(jobs) == 1:
+        return handle(jobs[0], registry, loop, books)
+    together: list[tuple[Job, list[Handler]]] = []
+    apart: list[Job] = []
+    for job in jobs:
+        try:
+            handlers = select_handlers(registry, job)
+        except HandlerNotFoundError:
+            apart.append(job)
+            continue
+        if handlers and all(h.is_async for h in handlers):
+            together.append((job, handlers))
+        else:
+            apart.append(job)
+    outcomes = loop.run(_handle_async_many(together, books)) if together else []
+    for job in apart:
+        outcomes += handle(job, registry, loop, books)
     return outcomes
 
 
