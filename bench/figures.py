@@ -97,7 +97,7 @@ def publish(side: str, redis_url: str, n: int, mode: str) -> Metrics:
 # --- 4-5: end to end --------------------------------------------------------------------
 
 
-def _prepublish(side: str, redis_url: str, queue: str, name: str, key: str, n: int) -> None:
+def _prepublish(side: str, redis_url: str, queue: str, name: str, key: str, n: int, per_message: int = 1) -> None:
     if side == "earnevents":
 
         async def go() -> None:
@@ -105,7 +105,8 @@ def _prepublish(side: str, redis_url: str, queue: str, name: str, key: str, n: i
             try:
                 for start in range(0, n, 1000):
                     await event_bus.publish_batch(
-                        [Event(f"bench.{name}", payload(key)) for _ in range(min(1000, n - start))]
+                        [Event(f"bench.{name}", payload(key)) for _ in range(min(1000, n - start))],
+                        events_per_message=per_message,
                     )
             finally:
                 await earnevents.close()
@@ -127,10 +128,14 @@ def end_to_end(
     pool: str = "prefork",
     concurrency: int = 2,
     processes: int = 1,
+    per_message: int = 1,
 ) -> Metrics:
-    """Pre-publish ``n`` messages, start the worker(s), time until all are handled."""
+    """Pre-publish ``n`` events, start the worker(s), time until all are handled.
+
+    ``per_message`` > 1 (earnevents only): that many events packed per queue message.
+    """
     queue, key = unique(f"e2e-{side}"), unique("count")
-    _prepublish(side, redis_url, queue, name, key, n)
+    _prepublish(side, redis_url, queue, name, key, n, per_message if side == "earnevents" else 1)
     make = earnevents_worker if side == "earnevents" else celery_worker
     workers = [make(redis_url, queue, pool, concurrency) for _ in range(processes)]
     client = redis.Redis.from_url(redis_url)
