@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from celery import Celery, signals
 from celery.exceptions import Reject
@@ -33,6 +34,8 @@ from .relay import RelayStep
 from .scheduler import SchedulerStep
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RELAY_INTERVAL = 1.0
 """Seconds between a worker's checks of the MongoDB outbox."""
@@ -152,28 +155,21 @@ class WorkerRuntime:
         )
 
     async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
-        try:  # the usual case: one try, no retry machinery
-            return await self.completions.done(job.event.id, handlers)
-        except Exception:
-            log.debug("could not read completed handlers; retrying", exc_info=True)
-        try:
-            async for attempt in self._retrying():
-                with attempt:
-                    return await self.completions.done(job.event.id, handlers)
-        except Exception as exc:
-            raise SettleError(f"could not read completed handlers: {exc!r}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._read_completions(lambda: self.completions.done(job.event.id, handlers))
 
     async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
+        return await self._read_completions(lambda: self.completions.done_many(pairs))
+
+    async def _read_completions(self, read: Callable[[], Awaitable[T]]) -> T:
         try:  # the usual case: one try, no retry machinery
-            return await self.completions.done_many(pairs)
+            return await read()
         except Exception:
             log.debug("could not read completed handlers; retrying", exc_info=True)
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    return await self.completions.done_many(pairs)
+                    return await read()
         except Exception as exc:
             raise SettleError(f"could not read completed handlers: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
