@@ -59,7 +59,7 @@ class Chaos(threading.Thread):
             log(f"chaos: SIGKILLed and restarted a worker ({self.kills})")
 
 
-async def publish_all(redis_url: str, total: int) -> list[str]:
+async def publish_all(redis_url: str, total: int, per_message: int = 1) -> list[str]:
     await earnevents.init(redis_uri=redis_url, event_config={"queue_name": QUEUE, "publish_timeout": 60})
     rng = random.Random(1)
     ids: list[str] = []
@@ -70,7 +70,7 @@ async def publish_all(redis_url: str, total: int) -> list[str]:
                 for event in batch:  # delayed ones one by one, each with its own delay
                     ids.append(await event_bus.publish(event, delay=rng.uniform(0, 5)))
             else:
-                ids += await event_bus.publish_batch(batch)
+                ids += await event_bus.publish_batch(batch, events_per_message=per_message)
     finally:
         await earnevents.close()
     return ids
@@ -82,6 +82,12 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every job")
     parser.add_argument("--stall", type=float, default=45, help="stop waiting after this long without progress")
+    parser.add_argument(
+        "--events-per-message",
+        type=int,
+        default=1,
+        help="pack the undelayed events (publish_batch) this many a message",
+    )
     args = parser.parse_args()
 
     server = RedisServer(appendonly=True)
@@ -106,7 +112,7 @@ def main() -> int:
         chaos = Chaos(workers, server, args.kill_every)
         chaos.start()
         log(f"publishing {args.events} events (half delayed 0-5 s) to {server.url}")
-        ids = asyncio.run(publish_all(server.url, args.events))
+        ids = asyncio.run(publish_all(server.url, args.events, args.events_per_message))
         log(f"published {len(ids)}; waiting for every job while the chaos goes on")
         expected = {f"{i}:{h}" for i in ids for h in HANDLERS}
         deadline = time.monotonic() + args.timeout
