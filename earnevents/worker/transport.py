@@ -277,6 +277,7 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's own use
             self._reliable_queue = None
+            self._taken = None  # never left over for a later delivery, even after an error
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
