@@ -230,11 +230,22 @@ class Channel(kombu_redis.Channel):
             self._fast = False
             tags, self._acks = self._acks, []
         if tags:
-            with self.conn_or_acquire() as client:
-                pipe = client.pipeline()
-                pipe.zrem(self.unacked_index_key, *tags)
-                pipe.hdel(self.unacked_key, *tags)
-                pipe.execute()
+            self._forget_unacked(tags)
+
+    def _forget_unacked(self, tags: list[str]) -> None:
+        """Remove ``tags`` from kombu's unacknowledged records (what an ack does)."""
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.execute()
+
+    def _deliver_item(self, item: bytes | str, queue: str) -> None:
+        """Hand a queue item to kombu; one that is not JSON is logged and dropped."""
+        try:
+            self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
+        except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
+            log.error("dropped an item on the queue that is not a message: %r", exc)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if len(self.active_queues) != 1 or len(self.priority_steps) != 1 or self.global_keyprefix:
@@ -305,14 +316,9 @@ class Channel(kombu_redis.Channel):
         self._queue_cycle.rotate(queue)
         for item, tag in zip(reply[::2], reply[1::2], strict=True):
             self._taken = _RECORDED if tag else None
-            try:
-                self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
-            except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
-                log.error("dropped an item on the queue that is not a message: %r", exc)
+            self._deliver_item(item, queue)
             if self._taken is not None and tag:  # recorded, then dropped as malformed
-                with self.conn_or_acquire() as client:
-                    client.zrem(self.unacked_index_key, tag)
-                    client.hdel(self.unacked_key, tag)
+                self._forget_unacked([tag])
             self._taken = None
         return True
 
@@ -328,10 +334,7 @@ class Channel(kombu_redis.Channel):
         self._queue_cycle.rotate(queue)
         inflight = keys.inflight_list(queue, self.consumer_id)
         self._taken = (inflight, item)
-        try:
-            self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
-        except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
-            log.error("dropped an item on the queue that is not a message: %r", exc)
+        self._deliver_item(item, queue)
         if self._taken is not None:  # dropped, not delivered: QoS.append did not take it off
             self._taken = None
             with self.conn_or_acquire() as client:
