@@ -30,14 +30,12 @@ from .connections import Connections
 from .errors import JobNotFoundError, NotInitializedError, PublishError
 from .event import Event
 from .failures import FailedJob, FailureStore
+from .groupcommit import GroupCommit
 from .schedule import ScheduledEvent
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-
-
-_Waiter = tuple[list[tuple[str, str, str]], "asyncio.Future[None]"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,10 @@ class EventBus:
 
     def __init__(self) -> None:
         self._bound: _Bound | None = None
-        # Group commit per (event loop, queue): publishes waiting while one is in flight.
-        self._waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[_Waiter]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Group commit per (event loop, queue).
+        self._committers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, GroupCommit[tuple[str, str, str]]]
+        ] = weakref.WeakKeyDictionary()
 
     # --- wiring (called by earnevents.runtime) ----------------------------------
 
@@ -152,38 +150,18 @@ class EventBus:
         return [event.id for event in events]
 
     async def _push_now(self, messages: list[tuple[str, str, str]], queue: str) -> None:
-        """Push to ``queue`` now; concurrent pushes share round trips (group commit).
+        """Push to ``queue`` now; concurrent pushes share one LPUSH (group commit), so
+        sequential publishing gets no added latency and concurrent publishing far
+        fewer round trips."""
+        by_queue = self._committers.setdefault(asyncio.get_running_loop(), {})
+        commit = by_queue.get(queue)
+        if commit is None:
 
-        The first caller sends at once. Callers arriving while a send is in flight
-        wait, and the first caller then sends all of theirs in one LPUSH (in arrival
-        order), so sequential publishing gets no added latency and concurrent
-        publishing far fewer round trips. A failure reaches every caller it concerns.
-        """
-        by_queue = self._waiting.setdefault(asyncio.get_running_loop(), {})
-        waiting = by_queue.get(queue)
-        if waiting is not None:  # a send is in flight: join the next one
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiting.append((messages, future))
-            await future
-            return
-        by_queue[queue] = waiting = []
-        try:
-            await self.enqueue(messages, queue=queue)
-        finally:
-            while waiting:
-                batch = list(waiting)
-                waiting.clear()
-                try:
-                    await self.enqueue([m for msgs, _ in batch for m in msgs], queue=queue)
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-            del by_queue[queue]
+            async def send(batch: list[tuple[str, str, str]]) -> None:
+                await self.enqueue(batch, queue=queue)
+
+            commit = by_queue[queue] = GroupCommit(send)
+        await commit(messages)
 
     async def enqueue(
         self,

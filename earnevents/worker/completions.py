@@ -8,12 +8,12 @@ handlers that did not complete run again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
 
 from .. import keys
+from ..groupcommit import GroupCommit
 
 
 class Completions:
@@ -22,7 +22,7 @@ class Completions:
     def __init__(self, client: Callable[[], aioredis.Redis], window: float) -> None:
         self._client = client
         self.window = window
-        self._waiting: list[tuple[list[str], asyncio.Future[None]]] | None = None
+        self._commit = GroupCommit(self._write)
 
     async def done(self, event_id: str, handlers: Iterable[str]) -> set[str]:
         """Which of ``handlers`` already completed for ``event_id``."""
@@ -53,33 +53,7 @@ class Completions:
         names = list(handlers)
         if not names or self.window <= 0:
             return
-        keys_ = [keys.completed(event_id, name) for name in names]
-        if self._waiting is not None:  # a write is in flight: join the next one
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append((keys_, future))
-            await future
-            return
-        waiting: list[tuple[list[str], asyncio.Future[None]]] = []
-        self._waiting = waiting
-        try:
-            await self._write(keys_)
-        finally:
-            while waiting:
-                batch = list(waiting)
-                waiting.clear()
-                try:
-                    await self._write([k for ks, _ in batch for k in ks])
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-            self._waiting = None
+        await self._commit([keys.completed(event_id, name) for name in names])
 
     async def _write(self, completed: list[str]) -> None:
         ttl = int(self.window * 1000)
