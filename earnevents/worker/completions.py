@@ -55,7 +55,7 @@ class Completions:
             return
         await self._commit([keys.completed(event_id, name) for name in names])
 
-    async def _write(self, completed: list[str]) -> None:
+    async def _write(self, completed: list[str], _deadline: float) -> None:
         ttl = int(self.window * 1000)
         if len(completed) == 1:  # the usual case: one command, no pipeline object
             await self._client().set(completed[0], 1, px=ttl)
