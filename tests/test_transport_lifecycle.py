@@ -1,0 +1,227 @@
+"""The worker transport closing, reconnecting and cancelling consumers, with a real kombu
+Connection against the real redis-server: nothing it took is lost or kept."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kombu
+import pytest
+import redis
+
+from earnevents import Event, keys, message
+from earnevents.worker.transport import Channel
+
+TRANSPORT = "earnevents.worker.transport:Transport"
+
+Connect = Callable[..., kombu.Connection]
+
+
+@pytest.fixture
+def connect(redis_url: str, queue: str) -> Iterator[Connect]:
+    """kombu Connections on the earnevents transport, with unacked keys of this test's own."""
+    made: list[kombu.Connection] = []
+
+    def make(**options: Any) -> kombu.Connection:
+        conn = kombu.Connection(
+            redis_url,
+            transport=TRANSPORT,
+            transport_options={
+                "priority_steps": [0],
+                "visibility_timeout": 30,
+                "unacked_key": f"{queue}:unacked",
+                "unacked_index_key": f"{queue}:unacked-index",
+                "unacked_mutex_key": f"{queue}:unacked-mutex",
+                **options,
+            },
+        )
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.release()
+
+
+def publish(rclient: redis.Redis, queue: str, n: int) -> list[str]:
+    """LPUSH ``n`` messages as the bus does; returns their task ids in queue order."""
+    ids = []
+    for i in range(n):
+        rclient.lpush(queue, message.build(Event("t.x", {"i": i}).to_wire(), queue=queue, task_id=f"task-{i}"))
+        ids.append(f"task-{i}")
+    return ids
+
+
+def queued_ids(rclient: redis.Redis, queue: str) -> list[str]:
+    return sorted(json.loads(item)["headers"]["id"] for item in rclient.lrange(queue, 0, -1))
+
+
+def consume(conn: kombu.Connection, queue: str, prefetch: int = 10) -> tuple[kombu.Consumer, list[Any]]:
+    """A consumer of ``queue`` collecting (not acknowledging) what it receives."""
+    got: list[Any] = []
+    consumer = kombu.Consumer(
+        conn.default_channel, queues=[kombu.Queue(queue)], on_message=got.append, prefetch_count=prefetch
+    )
+    consumer.consume()
+    return consumer, got
+
+
+def send_next_fetch(conn: kombu.Connection) -> Channel:
+    """What kombu does at the start of every poll: send the channel's next fetch command."""
+    channel = conn.default_channel
+    conn.transport.cycle.on_poll_start()
+    assert channel._in_poll
+    return channel
+
+
+def kill_fetch_connection(rclient: redis.Redis, command: str) -> None:
+    """Drop the channel's connection to Redis whose last command was ``command`` (the
+    reply, already computed by Redis, is then never read): a network failure."""
+    (client,) = [c for c in rclient.client_list() if c["cmd"] == command]
+    rclient.client_kill_filter(_id=client["id"])
+
+
+def assert_closed_by_kombu(conn: kombu.Connection, channel: Channel) -> None:
+    """kombu's own close steps ran: unregistered from the poller, channel closed and released."""
+    assert channel.closed and channel._in_poll is None
+    assert channel not in conn.transport.cycle._channels
+    assert channel not in conn.transport.channels and channel.connection is None
+
+
+def start_fast_fetching(conn: kombu.Connection, queue: str, prefetch: int = 10) -> tuple[kombu.Consumer, list[Any]]:
+    """Consume the first message (BLMOVE), after which the channel fetches with the script."""
+    consumer, got = consume(conn, queue, prefetch)
+    conn.drain_events(timeout=5)
+    assert len(got) == 1 and conn.default_channel._fast
+    return consumer, got
+
+
+def test_close_with_a_fetch_in_flight_hands_back_everything_it_took(connect, rclient, queue):
+    # Given a consumer that took one message and has a fetch script in flight for the rest
+    ids = publish(rclient, queue, 5)
+    conn = connect()
+    start_fast_fetching(conn, queue)
+    channel = send_next_fetch(conn)
+    # When the channel closes (warm shutdown) before the reply is read
+    channel.close()
+    # Then every message is back on the queue, none left recorded as taken
+    assert queued_ids(rclient, queue) == ids
+    assert rclient.hlen(f"{queue}:unacked") == 0
+    # And kombu's own close steps ran
+    assert_closed_by_kombu(conn, channel)
+
+
+def test_close_after_cancel_with_a_fetch_in_flight_hands_back_everything(connect, rclient, queue):
+    # Given a consumer with a fetch script in flight, cancelled as Celery's warm shutdown does
+    ids = publish(rclient, queue, 5)
+    conn = connect()
+    consumer, _ = start_fast_fetching(conn, queue)
+    channel = send_next_fetch(conn)
+    consumer.cancel()
+    # When the connection closes
+    channel.close()
+    # Then every message is back on the queue
+    assert queued_ids(rclient, queue) == ids
+    assert rclient.hlen(f"{queue}:unacked") == 0
+    assert_closed_by_kombu(conn, channel)
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_close_with_a_blocking_move_in_flight_returns_its_message(connect, rclient, queue, cancel):
+    # Given an idle consumer whose BLMOVE took a message into its in-flight list
+    conn = connect()
+    consumer, _ = consume(conn, queue)
+    channel = send_next_fetch(conn)
+    ids = publish(rclient, queue, 1)
+    inflight = keys.inflight_list(queue, channel.consumer_id)
+    assert rclient.brpoplpush(inflight, inflight, 5)  # (waits for the move)
+    if cancel:
+        consumer.cancel()
+    # When the channel closes before reading the reply
+    channel.close()
+    # Then the message is on the queue again, not in the in-flight list
+    assert queued_ids(rclient, queue) == ids and rclient.llen(inflight) == 0
+    assert_closed_by_kombu(conn, channel)
+
+
+def test_close_after_losing_a_blocking_move_reply_returns_the_message_at_once(connect, rclient, queue):
+    # Given a consumer whose BLMOVE took a message, and whose connection then broke
+    conn = connect()
+    consume(conn, queue)
+    channel = send_next_fetch(conn)
+    ids = publish(rclient, queue, 1)
+    inflight = keys.inflight_list(queue, channel.consumer_id)
+    assert rclient.brpoplpush(inflight, inflight, 5)
+    kill_fetch_connection(rclient, "blmove")
+    # When the channel closes (a reconnect does that)
+    channel.close()
+    # Then it raised nothing, the message is back on the queue now (not after the
+    # consumer's alive key expires), and kombu's close steps ran
+    assert queued_ids(rclient, queue) == ids and rclient.llen(inflight) == 0
+    assert not rclient.exists(keys.consumer_alive(channel.consumer_id))
+    assert_closed_by_kombu(conn, channel)
+
+
+def test_close_after_losing_a_fetch_reply_raises_nothing_and_leaves_the_messages_recorded(connect, rclient, queue):
+    # Given a consumer whose fetch script took messages, and whose connection then broke
+    ids = publish(rclient, queue, 4)
+    conn = connect()
+    start_fast_fetching(conn, queue)
+    channel = send_next_fetch(conn)
+    kill_fetch_connection(rclient, "eval")
+    # When the channel closes
+    channel.close()
+    # Then kombu's close steps ran, and what the script took is recorded as
+    # unacknowledged, so the visibility timeout returns it (nothing in neither place)
+    assert_closed_by_kombu(conn, channel)
+    recorded = {json.loads(json.loads(v)[0])["headers"]["id"] for v in rclient.hvals(f"{queue}:unacked")}
+    assert sorted(recorded | set(queued_ids(rclient, queue))) == ids
+
+
+def test_cancel_sends_the_buffered_acknowledgements(connect, rclient, queue):
+    # Given a consumer that fast-fetches and acknowledged a message (buffered for the next fetch)
+    publish(rclient, queue, 2)
+    conn = connect()
+    consumer, got = start_fast_fetching(conn, queue)
+    got[0].ack()
+    assert rclient.hexists(f"{queue}:unacked", got[0].delivery_tag)
+    # When the consumer is cancelled (`celery control cancel_consumer`)
+    consumer.cancel()
+    # Then the acknowledgement reached Redis: the message is not redelivered later
+    assert not rclient.hexists(f"{queue}:unacked", got[0].delivery_tag)
+    assert rclient.zscore(f"{queue}:unacked-index", got[0].delivery_tag) is None
+
+
+def test_after_cancel_acknowledgements_go_out_at_once(connect, rclient, queue):
+    # Given a consumer that fast-fetched two messages, then was cancelled while running them
+    publish(rclient, queue, 3)
+    conn = connect()
+    consumer, got = start_fast_fetching(conn, queue)
+    conn.drain_events(timeout=5)
+    assert len(got) == 3
+    consumer.cancel()
+    # When it acknowledges them afterwards
+    for m in got:
+        m.ack()
+    # Then no acknowledgement waits for a fetch that will never come
+    assert rclient.hlen(f"{queue}:unacked") == 0
+
+
+def test_cancel_with_a_fetch_in_flight_applies_its_acks_and_hands_back_its_messages(connect, rclient, queue):
+    # Given a consumer with an acknowledgement buffered and a fetch script in flight carrying it
+    ids = publish(rclient, queue, 4)
+    conn = connect()
+    consumer, got = start_fast_fetching(conn, queue)
+    got[0].ack()
+    channel = send_next_fetch(conn)
+    # When the consumer is cancelled, and the reply then arrives
+    consumer.cancel()
+    with contextlib.suppress(TimeoutError):
+        conn.drain_events(timeout=0.5)
+    # Then the acknowledged message is gone, the three it fetched are back on the queue
+    assert queued_ids(rclient, queue) == ids[1:]
+    assert rclient.hlen(f"{queue}:unacked") == 0
+    assert not channel._acks and not channel._in_poll
