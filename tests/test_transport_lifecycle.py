@@ -1,5 +1,6 @@
-"""The worker transport closing, reconnecting and cancelling consumers, with a real kombu
-Connection against the real redis-server: nothing it took is lost or kept."""
+"""The worker transport closing, reconnecting, cancelling consumers, and consumers that
+stall and come back, with a real kombu Connection against the real redis-server:
+nothing it took is lost or kept."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 import redis
 
 from earnevents import Event, keys, message
+from earnevents.testing import wait_for
+from earnevents.worker.consumers import RETURN_ORPHANS, return_orphans_args
+from earnevents.worker.keepalive import KeepAlive
 from earnevents.worker.transport import Channel
 
 TRANSPORT = "earnevents.worker.transport:Transport"
@@ -225,3 +229,97 @@ def test_cancel_with_a_fetch_in_flight_applies_its_acks_and_hands_back_its_messa
     assert queued_ids(rclient, queue) == ids[1:]
     assert rclient.hlen(f"{queue}:unacked") == 0
     assert not channel._acks and not channel._in_poll
+
+
+# --- consumers that stall past their alive-key TTL and come back ---------------------
+
+TTL = 2.0
+"""The alive-key TTL of these tests' consumers (the transport's minimum)."""
+
+
+def sweep(rclient: redis.Redis, queue: str) -> int:
+    """What another live worker's keep-alive does: return dead consumers' in-flight lists."""
+    script_keys, argv = return_orphans_args(queue)
+    return int(rclient.eval(RETURN_ORPHANS, len(script_keys), *script_keys, *argv))
+
+
+def listed(rclient: redis.Redis, queue: str, consumer: str) -> bool:
+    return bool(rclient.sismember(keys.inflight_consumers(queue), consumer))
+
+
+def stall_past_ttl(rclient: redis.Redis, consumer: str) -> None:
+    """Let the consumer's alive key expire as it does while its process is stopped."""
+    wait_for(lambda: not rclient.exists(keys.consumer_alive(consumer)), TTL + 3, "the alive key to expire")
+
+
+@pytest.fixture
+def keepalive(redis_url: str, queue: str) -> Iterator[KeepAlive]:
+    thread = KeepAlive(redis_url, f"{queue}:unacked-index", 60, [queue])
+    yield thread
+    thread.close()
+
+
+def test_the_keepalive_lists_a_swept_consumer_again(connect, rclient, queue, keepalive):
+    # Given a consumer that stalled past its TTL and was swept as dead by another worker
+    conn = connect(visibility_timeout=TTL)
+    consume(conn, queue)
+    channel = send_next_fetch(conn)
+    stall_past_ttl(rclient, channel.consumer_id)
+    sweep(rclient, queue)
+    assert not listed(rclient, queue, channel.consumer_id)
+    # When its keep-alive thread runs again
+    keepalive.refresh()
+    # Then it is alive and listed again: a later sweep does not treat it as dead
+    assert listed(rclient, queue, channel.consumer_id)
+    assert rclient.pttl(keys.consumer_alive(channel.consumer_id)) > 0
+
+
+def test_a_swept_consumer_registers_again_before_it_takes_another_message(connect, rclient, queue):
+    # Given a consumer swept as dead while it was stalled
+    conn = connect(visibility_timeout=TTL)
+    consume(conn, queue)
+    channel = send_next_fetch(conn)
+    stall_past_ttl(rclient, channel.consumer_id)
+    sweep(rclient, queue)
+    # When it comes back and blocks for the next message (before any keep-alive tick)
+    with contextlib.suppress(TimeoutError):
+        conn.drain_events(timeout=0.3)
+    # Then it is listed and alive again, before anything reaches its in-flight list
+    assert channel._in_poll and listed(rclient, queue, channel.consumer_id)
+    assert rclient.exists(keys.consumer_alive(channel.consumer_id))
+
+
+def test_a_message_taken_after_coming_back_is_returned_when_the_consumer_then_dies(connect, rclient, queue):
+    # Given a consumer that was swept as dead while stalled, came back, and took a message
+    conn = connect(visibility_timeout=TTL)
+    consume(conn, queue)
+    channel = send_next_fetch(conn)
+    stall_past_ttl(rclient, channel.consumer_id)
+    sweep(rclient, queue)
+    with contextlib.suppress(TimeoutError):
+        conn.drain_events(timeout=0.3)
+    ids = publish(rclient, queue, 1)
+    inflight = keys.inflight_list(queue, channel.consumer_id)
+    wait_for(lambda: rclient.llen(inflight) == 1, 5, "the message in the in-flight list")
+    # When the consumer dies before handing it to kombu (its alive key expires) and is swept
+    stall_past_ttl(rclient, channel.consumer_id)
+    returned = sweep(rclient, queue)
+    # Then the message is back on the queue, not stranded in a list nobody sweeps
+    assert returned == 1 and queued_ids(rclient, queue) == ids
+
+
+def test_a_message_a_stalled_consumer_held_is_returned_and_still_handled_once_it_is_back(connect, rclient, queue):
+    # Given a consumer whose BLMOVE took a message, then stalled past its TTL and was swept
+    conn = connect(visibility_timeout=TTL)
+    _, got = consume(conn, queue)
+    channel = send_next_fetch(conn)
+    ids = publish(rclient, queue, 1)
+    stall_past_ttl(rclient, channel.consumer_id)
+    assert sweep(rclient, queue) == 1
+    assert queued_ids(rclient, queue) == ids
+    # When it comes back and reads its reply
+    conn.drain_events(timeout=5)
+    # Then it handles the message (at least once: it is also back on the queue for others),
+    # and the message is recorded as unacknowledged, so nothing is in neither place
+    assert [m.headers["id"] for m in got] == ids
+    assert rclient.hexists(f"{queue}:unacked", got[0].delivery_tag)
