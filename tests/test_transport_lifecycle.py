@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import kombu
 import pytest
 import redis
+from kombu.transport import redis as kombu_redis
 
 from earnevents import Event, keys, message
 from earnevents.testing import wait_for
+from earnevents.worker import keepalive as keepalive_module
 from earnevents.worker.consumers import RETURN_ORPHANS, return_orphans_args
 from earnevents.worker.keepalive import KeepAlive
 from earnevents.worker.transport import Channel
@@ -323,3 +326,102 @@ def test_a_message_a_stalled_consumer_held_is_returned_and_still_handled_once_it
     # and the message is recorded as unacknowledged, so nothing is in neither place
     assert [m.headers["id"] for m in got] == ids
     assert rclient.hexists(f"{queue}:unacked", got[0].delivery_tag)
+
+
+# --- one clock: Redis' TIME for every visibility stamp and comparison --------------------
+
+SKEWS = [3600.0, -3600.0]
+"""A worker machine's clock an hour ahead of Redis', or an hour behind."""
+
+
+@pytest.fixture
+def skewed_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Make this process' wall clock (``time.time``, and kombu's copy of it) ``skew`` s off."""
+
+    def skew(seconds: float) -> None:
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + seconds)
+        monkeypatch.setattr(kombu_redis, "time", lambda: real() + seconds)
+
+    return skew
+
+
+def redis_now(rclient: redis.Redis) -> float:
+    seconds, microseconds = rclient.time()
+    return seconds + microseconds / 1_000_000
+
+
+def record_unacked(rclient: redis.Redis, queue: str, age: float) -> str:
+    """Record a message as a worker took it ``age`` seconds ago on Redis' clock; its tag."""
+    raw = message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="task-old")
+    tag = json.loads(raw)["properties"]["delivery_tag"]
+    rclient.hset(f"{queue}:unacked", tag, json.dumps([json.loads(raw), "", queue]))
+    rclient.zadd(f"{queue}:unacked-index", {tag: redis_now(rclient) - age})
+    return tag
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+def test_messages_taken_one_by_one_are_stamped_on_redis_clock(connect, rclient, queue, skewed_clock, skew):
+    # Given a worker whose clock is an hour off
+    skewed_clock(skew)
+    publish(rclient, queue, 1)
+    conn = connect()
+    # When it takes a message with BLMOVE (recorded by the transport, not the fetch script)
+    _, got = consume(conn, queue)
+    conn.drain_events(timeout=5)
+    # Then the stamp is Redis' time, not the worker's
+    assert abs(rclient.zscore(f"{queue}:unacked-index", got[0].delivery_tag) - redis_now(rclient)) < 5
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+def test_messages_taken_by_kombus_own_fetch_are_stamped_on_redis_clock(connect, rclient, queue, skewed_clock, skew):
+    # Given a worker whose clock is an hour off, consuming two queues (kombu's BRPOP and append)
+    skewed_clock(skew)
+    other = f"{queue}-b"
+    publish(rclient, queue, 1)
+    conn = connect()
+    got: list[Any] = []
+    consumer = kombu.Consumer(
+        conn.default_channel, queues=[kombu.Queue(queue), kombu.Queue(other)], on_message=got.append
+    )
+    consumer.consume()
+    # When it takes the message
+    conn.drain_events(timeout=5)
+    # Then the stamp is Redis' time
+    assert abs(rclient.zscore(f"{queue}:unacked-index", got[0].delivery_tag) - redis_now(rclient)) < 5
+
+
+def test_a_worker_with_a_clock_ahead_does_not_give_back_another_workers_fresh_message(
+    connect, rclient, queue, skewed_clock
+):
+    # Given a message another worker took a second ago, and a worker whose clock is an hour ahead
+    tag = record_unacked(rclient, queue, age=1)
+    skewed_clock(3600)
+    channel = connect(visibility_timeout=30).default_channel
+    # When that worker sweeps for messages unacknowledged longer than the visibility timeout
+    channel.qos.restore_visible(num=10, interval=1)
+    # Then the fresh message stays with its worker
+    assert rclient.hexists(f"{queue}:unacked", tag) and rclient.llen(queue) == 0
+
+
+def test_a_worker_with_a_clock_behind_gives_back_a_dead_workers_message_in_time(connect, rclient, queue, skewed_clock):
+    # Given a message taken 31 s ago by a worker that died, and a worker whose clock is an hour behind
+    tag = record_unacked(rclient, queue, age=31)
+    skewed_clock(-3600)
+    channel = connect(visibility_timeout=30).default_channel
+    # When that worker sweeps
+    channel.qos.restore_visible(num=10, interval=1)
+    # Then the message is back on the queue
+    assert not rclient.hexists(f"{queue}:unacked", tag) and queued_ids(rclient, queue) == ["task-old"]
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+def test_the_keepalive_stamps_held_messages_on_redis_clock(rclient, queue, keepalive, skewed_clock, skew, monkeypatch):
+    # Given a worker whose clock is an hour off, holding a message stamped a while ago
+    tag = record_unacked(rclient, queue, age=20)
+    monkeypatch.setattr(keepalive_module, "held_delivery_tags", lambda: [tag])
+    skewed_clock(skew)
+    # When its keep-alive re-stamps what it holds
+    keepalive.refresh()
+    # Then the new stamp is Redis' time
+    assert abs(rclient.zscore(f"{queue}:unacked-index", tag) - redis_now(rclient)) < 5

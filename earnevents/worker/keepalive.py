@@ -18,13 +18,13 @@ consumers that died (``worker.consumers``) to the queue.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
 from celery.worker import state
 
 from . import consumers
+from .clock import RedisClock
 from .consumers import RETURN_ORPHANS, return_orphans_args
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
@@ -63,17 +63,18 @@ class KeepAlive(PeriodicThread):
         self.queues = queues
         self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._return_orphans = self._client.register_script(RETURN_ORPHANS)
+        self._clock = RedisClock(self._client.time)  # the clock of every visibility stamp
 
     def close(self) -> None:
         self._client.close()
 
     def refresh(self) -> int:
-        """Stamp every held message with the current time; returns how many were held."""
+        """Stamp every held message with Redis' current time; returns how many were held."""
         tags = held_delivery_tags()
         pipe = self._client.pipeline(transaction=False)
         if tags:
             # XX: never re-create an entry kombu removed on acknowledgement.
-            pipe.zadd(self.index_key, dict.fromkeys(tags, time.time()), xx=True)
+            pipe.zadd(self.index_key, dict.fromkeys(tags, self._clock.now()), xx=True)
         for consumer, registration in consumers.live_consumers().items():
             consumers.register(pipe, consumer, registration)
         pipe.execute()

@@ -54,6 +54,7 @@ from kombu.utils.json import dumps, loads
 
 from .. import keys
 from . import consumers
+from .clock import RedisClock
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         taken, self.channel._taken = self.channel._taken, None
         if taken is None:  # kombu's own fetch (several queues), or not recordable by FETCH
-            super().append(message, delivery_tag)
+            self._append_as_kombu(message, delivery_tag)
             return
         if taken is _RECORDED:  # FETCH recorded it: only kombu's in-memory bookkeeping
             super(kombu_redis.QoS, self).append(message, delivery_tag)
@@ -135,12 +136,38 @@ class QoS(kombu_redis.QoS):
         inflight, item = taken
         info = message.delivery_info
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
             pipe.lrem(inflight, 1, item)
             pipe.execute()
         # What kombu's append does after its own writes: the in-memory bookkeeping.
         super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def _append_as_kombu(self, message: Any, delivery_tag: str) -> None:
+        """kombu's append (one MULTI recording the message), stamped on Redis' clock."""
+        info = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
+            pipe.execute()
+        super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Give back the messages unacknowledged for ``visibility_timeout`` on Redis' clock,
+        as kombu does on the local one (which may be skewed against the stamping worker's)."""
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):  # kombu's throttle: every interval-th call
+            return
+        with self.channel.conn_or_acquire() as client:
+            older_than = self.channel.clock.now() - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    limit = {"offset": start, "num": num} if num else {}  # kombu's unacked_restore_limit
+                    due = client.zrange(self.unacked_index_key, older_than, 0, desc=True, byscore=True, **limit)
+                    for tag in due:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:  # another worker is restoring
+                pass
 
     def ack(self, delivery_tag: str) -> None:
         if self.channel._buffer_ack(delivery_tag):  # sent with the next fetch
@@ -163,6 +190,7 @@ class Channel(kombu_redis.Channel):
         self._inflight_queues: frozenset[str] = frozenset()
         self._registered_at = float("-inf")  # time.monotonic() of the last registration
         self._sent: str | None = None  # the fetch command whose reply is awaited
+        self.clock = RedisClock(self._redis_time)  # for visibility stamps (QoS)
         self._sync_client: Any = None
         self._fast = False  # True: the next fetch is FETCH (the queue had messages)
         self._acks: list[str] = []  # acknowledgements waiting for the next FETCH
@@ -204,6 +232,10 @@ class Channel(kombu_redis.Channel):
         consumers.remember(self.consumer_id, registration)
         self._inflight_queues = registration.queues
         self._registered_at = now
+
+    def _redis_time(self) -> tuple[int, int]:
+        with self.conn_or_acquire() as client:
+            return client.time()  # type: ignore[no-any-return]
 
     def _buffer_ack(self, delivery_tag: str) -> bool:
         """Keep ``delivery_tag``'s acknowledgement for the next FETCH; False: ack it now."""
