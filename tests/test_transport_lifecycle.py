@@ -425,3 +425,25 @@ def test_the_keepalive_stamps_held_messages_on_redis_clock(rclient, queue, keepa
     keepalive.refresh()
     # Then the new stamp is Redis' time
     assert abs(rclient.zscore(f"{queue}:unacked-index", tag) - redis_now(rclient)) < 5
+
+
+def test_a_stalled_workers_late_ack_does_not_erase_the_record_of_the_worker_holding_the_restored_copy(
+    connect, rclient, queue
+):
+    # Given worker A took a message and stalled past the visibility timeout (its stamp aged)
+    publish(rclient, queue, 1)
+    conn_a = connect()
+    consumer_a, got_a = consume(conn_a, queue)
+    conn_a.drain_events(timeout=5)
+    rclient.zadd(f"{queue}:unacked-index", {got_a[0].delivery_tag: redis_now(rclient) - 60})
+    # And worker B gave the message back and took it
+    conn_b = connect()
+    conn_b.default_channel.qos.restore_visible(num=10, interval=1)
+    _, got_b = consume(conn_b, queue)
+    conn_b.drain_events(timeout=5)
+    # When A resumes, finishes and acknowledges its copy
+    got_a[0].ack()
+    consumer_a.cancel()
+    # Then B's copy is still recorded as unacknowledged: should B die, it comes back
+    assert got_b[0].headers["id"] == got_a[0].headers["id"]
+    assert rclient.hexists(f"{queue}:unacked", got_b[0].delivery_tag)

@@ -389,6 +389,17 @@ class Channel(kombu_redis.Channel):
             self._fast = not self._fast_unavailable  # the queue had a message: try FETCH next
         return True
 
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        """kombu's restore, under a new delivery tag. A worker that stalled past the
+        visibility timeout and then acknowledges its copy must not erase the record of
+        the worker that took the restored one (kombu reuses the tag for both)."""
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        if isinstance(properties, dict):
+            properties["delivery_tag"] = str(uuid.uuid4())
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+
     def _basic_cancel(self, consumer_tag: str) -> Any:
         try:
             return super()._basic_cancel(consumer_tag)
