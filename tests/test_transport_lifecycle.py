@@ -447,3 +447,43 @@ def test_a_stalled_workers_late_ack_does_not_erase_the_record_of_the_worker_hold
     # Then B's copy is still recorded as unacknowledged: should B die, it comes back
     assert got_b[0].headers["id"] == got_a[0].headers["id"]
     assert rclient.hexists(f"{queue}:unacked", got_b[0].delivery_tag)
+
+
+def test_a_swept_message_gets_a_new_delivery_tag_and_is_otherwise_unchanged(rclient, queue):
+    # Given a dead consumer's in-flight list holding a message and an item that is not one
+    raw = message.build(Event("t.x", {"n": 12345678901234567890}).to_wire(), queue=queue, task_id="task-0")
+    inflight = keys.inflight_list(queue, "dead:1:abc")
+    rclient.sadd(keys.inflight_consumers(queue), "dead:1:abc")
+    rclient.lpush(inflight, raw, b"\x00not json")
+    # When a live worker sweeps
+    assert sweep(rclient, queue) == 2
+    # Then both are back on the queue; the message under a new tag, every other byte as it was
+    returned = rclient.lrange(queue, 0, -1)
+    assert b"\x00not json" in returned
+    [copy] = [item for item in returned if item != b"\x00not json"]
+    old_tag = json.loads(raw)["properties"]["delivery_tag"]
+    new_tag = json.loads(copy)["properties"]["delivery_tag"]
+    assert new_tag != old_tag and copy.decode() == raw.replace(old_tag, new_tag)
+
+
+def test_a_stalled_consumers_ack_does_not_erase_the_record_of_the_worker_holding_the_swept_copy(
+    connect, rclient, queue
+):
+    # Given consumer A's BLMOVE took a message, A stalled past its TTL and was swept
+    conn_a = connect(visibility_timeout=TTL)
+    consumer_a, got_a = consume(conn_a, queue)
+    channel_a = send_next_fetch(conn_a)
+    publish(rclient, queue, 1)
+    stall_past_ttl(rclient, channel_a.consumer_id)
+    assert sweep(rclient, queue) == 1
+    # And worker B took the returned copy
+    conn_b = connect(visibility_timeout=TTL)
+    _, got_b = consume(conn_b, queue)
+    conn_b.drain_events(timeout=5)
+    # When A resumes, handles its copy and acknowledges it
+    conn_a.drain_events(timeout=5)
+    got_a[0].ack()
+    consumer_a.cancel()
+    # Then B's copy is still recorded as unacknowledged: should B die, it comes back
+    assert got_b[0].headers["id"] == got_a[0].headers["id"]
+    assert rclient.hexists(f"{queue}:unacked", got_b[0].delivery_tag)

@@ -63,18 +63,45 @@ def register(pipe: Any, consumer: str, registration: Registration) -> None:
         pipe.sadd(keys.inflight_consumers(queue), consumer)
 
 
+# A message returned to the queue gets a new delivery tag (the old one plus Redis' time):
+# should its consumer only have stalled, it records its own copy under the old tag when it
+# resumes, and its acknowledgement must not erase the record of whoever takes this copy.
+# The tag is replaced in the item's text, never re-encoded (cjson would round big numbers);
+# an item that is not such a message is returned as it is.
+_RETAG = """
+local function retag(item, suffix)
+  local ok, m = pcall(cjson.decode, item)
+  if not ok or type(m) ~= 'table' or type(m.properties) ~= 'table' then return item end
+  local tag = m.properties.delivery_tag
+  if type(tag) ~= 'string' or tag == '' or not tag:match('^[%w%-%.:~]+$') then return item end
+  local found = '("delivery_tag"%s*:%s*)"' .. tag:gsub('%p', '%%%0') .. '"'
+  local retagged = item:gsub(found, '%1"' .. tag .. '~' .. suffix .. '"', 1)
+  return retagged
+end
+"""
+
 # KEYS: consumers set, queue. ARGV: alive-key prefix, in-flight-list prefix.
-RETURN_ORPHANS = """
+RETURN_ORPHANS = (
+    _RETAG
+    + """
+local t = redis.call('TIME')
+local suffix = t[1] .. string.format('%06d', tonumber(t[2]))
 local returned = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[1] .. id) == 0 then
     local list = ARGV[2] .. id
-    while redis.call('LMOVE', list, KEYS[2], 'LEFT', 'RIGHT') do returned = returned + 1 end
+    local item = redis.call('LPOP', list)
+    while item do
+      redis.call('RPUSH', KEYS[2], retag(item, suffix))
+      returned = returned + 1
+      item = redis.call('LPOP', list)
+    end
     redis.call('SREM', KEYS[1], id)
   end
 end
 return returned
 """
+)
 
 
 def return_orphans_args(queue: str) -> tuple[list[str], list[str]]:
