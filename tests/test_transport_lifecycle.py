@@ -487,3 +487,13 @@ def test_a_stalled_consumers_ack_does_not_erase_the_record_of_the_worker_holding
     # Then B's copy is still recorded as unacknowledged: should B die, it comes back
     assert got_b[0].headers["id"] == got_a[0].headers["id"]
     assert rclient.hexists(f"{queue}:unacked", got_b[0].delivery_tag)
+
+
+def test_a_blocking_move_never_outlasts_half_the_alive_ttl(connect, rclient, queue):
+    # Given a consumer with a 2 s alive TTL and a polling interval of 10 s
+    conn = connect(visibility_timeout=TTL, polling_interval=10)
+    consume(conn, queue)
+    # When it blocks on the empty queue
+    channel = send_next_fetch(conn)
+    # Then Redis answers within a second: a move can only land while it is listed and alive
+    assert channel.client.connection.can_read(timeout=TTL * 0.75)

@@ -4,12 +4,12 @@ A consumer blocking in ``BLMOVE`` (``worker.transport``) keeps the message it to
 in an in-flight list of its own until kombu has recorded it as unacknowledged. It
 is listed in its queue's consumers set and keeps an "alive" key fresh: the channel
 before a ``BLMOVE`` when its last registration is older than a quarter of the TTL,
-the keep-alive thread every few seconds. When the key expires (the process died, or
-stalled longer than the TTL) any live worker returns the list to the queue and drops
-the consumer from the set (:data:`RETURN_ORPHANS`); a stalled consumer that comes
-back registers again before it takes anything more, so it is never swept while it
-holds a message it can still hand over. A closing channel returns its own list at
-once (:func:`hand_back`).
+the keep-alive thread every few seconds; a ``BLMOVE`` blocks at most half the TTL, so
+a message only lands in the list while its consumer is listed and alive. When the key
+expires (the process died, or stalled longer than the TTL) any live worker returns the
+list to the queue and drops the consumer from the set (:data:`RETURN_ORPHANS`); a
+stalled consumer that comes back registers again before it takes anything more. A
+closing channel returns its own list at once (:func:`hand_back`).
 """
 
 from __future__ import annotations

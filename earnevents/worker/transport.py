@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import os
 import socket
 import threading
@@ -220,7 +221,7 @@ class Channel(kombu_redis.Channel):
         done less than a quarter of the TTL ago. Called before each BLMOVE: a worker that
         stalled longer than the TTL was swept as dead, and must be listed again before it
         takes anything into its in-flight list (a BLMOVE ends well within the TTL)."""
-        ttl = max(2.0, float(self.visibility_timeout))
+        ttl = self._alive_ttl()
         now = time.monotonic()
         if queue in self._inflight_queues and now - self._registered_at < ttl / 4:
             return
@@ -232,6 +233,10 @@ class Channel(kombu_redis.Channel):
         consumers.remember(self.consumer_id, registration)
         self._inflight_queues = registration.queues
         self._registered_at = now
+
+    def _alive_ttl(self) -> float:
+        """Seconds this consumer's alive key lives unless refreshed."""
+        return max(2.0, float(self.visibility_timeout))
 
     def _redis_time(self) -> tuple[int, int]:
         with self.conn_or_acquire() as client:
@@ -311,6 +316,9 @@ class Channel(kombu_redis.Channel):
             self._flush_acks()
             self._register_inflight(queue)
             wait = self.brpop_timeout if timeout is None else timeout
+            # Never block past half the alive TTL (a long polling_interval would): the move must
+            # land while this consumer is surely listed and alive, or the sweep could miss it.
+            wait = min(wait or math.inf, self._alive_ttl() / 2)
             connection.send_command(
                 "BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait or 0
             )
