@@ -319,9 +319,7 @@ class Channel(kombu_redis.Channel):
             # Never block past half the alive TTL (a long polling_interval would): the move must
             # land while this consumer is surely listed and alive, or the sweep could miss it.
             wait = min(wait or math.inf, self._alive_ttl() / 2)
-            connection.send_command(
-                "BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait or 0
-            )
+            connection.send_command("BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait)
             self._sent = "BLMOVE"
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's own use
@@ -344,7 +342,7 @@ class Channel(kombu_redis.Channel):
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
-            if self._closing or not self._single_queue():  # cancelled while the fetch was in flight
+            if not self._single_queue():  # e.g. cancelled while the fetch was in flight
                 self._stop_fast_fetch()
 
     def _read_fetched(self, queue: str, **options: Any) -> bool:
