@@ -84,11 +84,11 @@ def send_next_fetch(conn: kombu.Connection) -> Channel:
     return channel
 
 
-def kill_fetch_connection(rclient: redis.Redis, command: str) -> None:
-    """Drop the channel's connection to Redis whose last command was ``command`` (the
-    reply, already computed by Redis, is then never read): a network failure."""
-    (client,) = [c for c in rclient.client_list() if c["cmd"] == command]
-    rclient.client_kill_filter(_id=client["id"])
+def kill_fetch_connection(rclient: redis.Redis, channel: Channel) -> None:
+    """Drop the channel's fetch connection to Redis (the reply, already computed by Redis,
+    is then never read): a network failure."""
+    host, port = channel.client.connection._sock.getsockname()[:2]
+    rclient.client_kill_filter(addr=f"{host}:{port}")
 
 
 def assert_closed_by_kombu(conn: kombu.Connection, channel: Channel) -> None:
@@ -162,7 +162,7 @@ def test_close_after_losing_a_blocking_move_reply_returns_the_message_at_once(co
     ids = publish(rclient, queue, 1)
     inflight = keys.inflight_list(queue, channel.consumer_id)
     assert rclient.brpoplpush(inflight, inflight, 5)
-    kill_fetch_connection(rclient, "blmove")
+    kill_fetch_connection(rclient, channel)
     # When the channel closes (a reconnect does that)
     channel.close()
     # Then it raised nothing, the message is back on the queue now (not after the
@@ -178,7 +178,7 @@ def test_close_after_losing_a_fetch_reply_raises_nothing_and_leaves_the_messages
     conn = connect()
     start_fast_fetching(conn, queue)
     channel = send_next_fetch(conn)
-    kill_fetch_connection(rclient, "eval")
+    kill_fetch_connection(rclient, channel)
     # When the channel closes
     channel.close()
     # Then kombu's close steps ran, and what the script took is recorded as
