@@ -12,6 +12,7 @@ from earnevents import Event, message
 from earnevents.worker.transport import FETCH
 
 UNACKED, INDEX = "t-unacked", "t-unacked-index"
+MAX_SIZE = 4 * 1024 * 1024
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def fetch(rclient, queue):
     script = rclient.register_script(FETCH)
 
     def run(want: int, *acks: str) -> list[tuple[bytes, str]]:
-        reply = script(keys=[queue, UNACKED, INDEX], args=[want, *acks])
+        reply = script(keys=[queue, UNACKED, INDEX], args=[want, MAX_SIZE, *acks])
         return [(item, tag.decode()) for item, tag in zip(reply[::2], reply[1::2], strict=True)]
 
     yield run
