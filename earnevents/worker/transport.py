@@ -168,8 +168,10 @@ class QoS(kombu_redis.QoS):
             super().reject(delivery_tag, requeue=requeue)
             return
         queue = (message.delivery_info or {}).get("routing_key") or ""
+        task_id = (message.headers or {}).get("id")
+        reason = "rejected by the worker without requeueing (see its log)"
         self.channel._drop(
-            dumps(message._raw), queue, "rejected by the worker without requeueing (see its log)", recorded=delivery_tag
+            dumps(message._raw), queue, reason, task_id if isinstance(task_id, str) else None, recorded=delivery_tag
         )
         self.ack_in_memory(delivery_tag)
 
