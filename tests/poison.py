@@ -93,8 +93,8 @@ def body_text(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def foreign(queue: str, other: str, data: dict[str, Any]) -> bytes:
+def foreign(queue: str, other: str, data: dict[str, Any], name: str = "t.record") -> bytes:
     """A valid message taken from ``queue`` whose routing key names ``other``."""
-    m = good(queue, data)
+    m = good(queue, data, name)
     m["properties"]["delivery_info"]["routing_key"] = other
     return json.dumps(m).encode()
