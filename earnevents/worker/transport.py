@@ -80,11 +80,13 @@ return returned
 """
 
 
-# KEYS: queue, unacked hash, unacked index. ARGV: how many to take, the maximum message
-# size, then delivery tags to acknowledge. Returns {item, delivery tag or ""} pairs: ""
-# when the item is not a message this script can record (it is then refused, or kombu's
-# own append records it). An item over the size limit is never decoded. A message is
-# recorded under the queue it was taken from (kombu's restore pushes it back there).
+# KEYS: queue, unacked hash, unacked index, this consumer's in-flight list. ARGV: how many
+# to take, the maximum message size, then delivery tags to acknowledge. Returns {item,
+# delivery tag or ""} pairs: "" when the item is not a message this script can record; it
+# then goes to the in-flight list, as BLMOVE would put it (refused, or recorded by QoS.append,
+# it is taken off there; if the worker dies first, it goes back to the queue). An item over
+# the size limit is never decoded. A message is recorded under the queue it was taken from
+# (kombu's restore pushes it back there).
 FETCH = """
 for i = 3, #ARGV do
   redis.call('ZREM', KEYS[3], ARGV[i])
@@ -112,6 +114,7 @@ for _, item in ipairs(items) do
       redis.call('ZADD', KEYS[3], now, tag)
     end
   end
+  if tag == '' then redis.call('LPUSH', KEYS[4], item) end
   out[#out + 1] = item
   out[#out + 1] = tag
 end
@@ -348,10 +351,11 @@ class Channel(kombu_redis.Channel):
             connection.send_command(
                 "EVAL",
                 FETCH,
-                3,
+                4,
                 queue,
                 self.unacked_key,
                 self.unacked_index_key,
+                keys.inflight_list(queue, self.consumer_id),
                 want,
                 int(self.max_message_size),
                 *self._acks_sent,
@@ -424,8 +428,12 @@ class Channel(kombu_redis.Channel):
                 self._fast = False  # empty: block in BLMOVE next (after flushing acks)
             raise Empty()
         self._queue_cycle.rotate(queue)
+        inflight = keys.inflight_list(queue, self.consumer_id)
         for item, tag in zip(reply[::2], reply[1::2], strict=True):
-            self._deliver_item(item, queue, recorded=tag.decode() if isinstance(tag, bytes) else tag)
+            if tag:
+                self._deliver_item(item, queue, recorded=tag.decode() if isinstance(tag, bytes) else tag)
+            else:  # not recordable by the script: in the in-flight list, as after BLMOVE
+                self._deliver_item(item, queue, inflight=inflight)
         return True
 
     def _read_moved(self, queue: str, **options: Any) -> bool:
