@@ -83,8 +83,10 @@ class EventBus:
 
         With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
         before then; the event waits in Redis, and ``cancel(event.id)`` can still
-        withdraw it. Raises TypeError/ValueError on bad input (nothing is sent) and
-        PublishError when Redis cannot take the event within ``publish_timeout`` s.
+        withdraw it. Raises TypeError/ValueError on bad input (nothing is sent), among
+        them EventTooLargeError when its message is larger than workers take
+        (``max_message_size``), and PublishError when Redis cannot take the event
+        within ``publish_timeout`` s.
         """
         return (await self.publish_batch([event], delay=delay, at=at))[0]
 
