@@ -148,7 +148,7 @@ class QoS(kombu_redis.QoS):
             super(kombu_redis.QoS, self).append(message, delivery_tag)
             return
         inflight, item = taken
-        info = message.delivery_info
+        info = message.delivery_info  # the consuming queue's (items.check set it), as FETCH records
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
