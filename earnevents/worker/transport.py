@@ -313,7 +313,7 @@ class Channel(kombu_redis.Channel):
         letter, forget its unacknowledged record and take it off the in-flight list."""
         dead = deadletters.DeadItem.new(item, queue, reason, task_id)
         log.error(
-            "dropped an item on queue %r (%s): task id %s, %d bytes; kept as dead item %s",
+            "dropped an item on queue %r (%r): task id %r, %d bytes; kept as dead item %s",
             queue,
             reason,
             task_id,
