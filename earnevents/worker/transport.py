@@ -294,7 +294,7 @@ class Channel(kombu_redis.Channel):
                 self._drop(item, queue, reason, checked["headers"]["id"], recorded=tag)
                 self.qos.ack_in_memory(tag)
             else:  # already acknowledged or rejected by the consumer
-                log.error("error after taking message %s from %r: %r", tag, queue, exc, exc_info=True)
+                log.error("error after taking message %r from %r: %r", tag, queue, exc, exc_info=True)
             return False
         finally:
             self._taken = None
