@@ -2,15 +2,21 @@
 
 Half the events are delayed by 0-5 s. During publishing and handling, one of two
 workers is SIGKILLed and restarted every few seconds, and Redis (appendonly
-everysec) is SIGKILLed and restarted once. At the end it prints how many events
-were published, how many (event, handler) jobs completed, how many were lost
-(must be 0), how many ran more than once, and how many failed. Not run by CI.
+everysec) is SIGKILLed and restarted once. With ``--poison N``, N queue items
+that are not valid messages (see :func:`poison_items`) are pushed between the
+events. At the end it prints how many events were published, how many (event,
+handler) jobs completed, how many were lost (must be 0), how many ran more than
+once, how many failed, and how many poison items were dead-lettered (must be all).
+Not run by CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import bz2
+import json
 import random
 import sys
 import threading
@@ -20,7 +26,7 @@ from pathlib import Path
 import redis
 
 import earnevents
-from earnevents import Event, event_bus
+from earnevents import Event, event_bus, message
 from earnevents.testing import RedisServer, WorkerProcess
 
 from .chaos_handlers import DONE, STARTS
@@ -59,19 +65,53 @@ class Chaos(threading.Thread):
             log(f"chaos: SIGKILLed and restarted a worker ({self.kills})")
 
 
-async def publish_all(redis_url: str, total: int, per_message: int = 1) -> list[str]:
+def poison_items(count: int) -> list[bytes]:
+    """``count`` queue items a worker must refuse, cycling through several shapes."""
+    good = json.loads(message.build(Event("chaos.tick", {"n": -1}).to_wire(), queue=QUEUE, task_id="poison"))
+
+    def changed(change: dict[str, object], properties: dict[str, object] | None = None) -> bytes:
+        m = {**good, "headers": {**good["headers"], **change}}
+        m["properties"] = {**good["properties"], **(properties or {})}
+        return json.dumps(m).encode()
+
+    shapes = [
+        b"\x00not json",
+        changed({}, {"body_encoding": "rot13"}),
+        changed({"id": None}),
+        changed({"task": ["x"]}),
+        changed({"timelimit": ["a", "b"]}),
+        changed({"eta": "2030-01-01T00:00:00+00:00"}),
+        changed({"compression": "application/x-bz2"}).replace(
+            good["body"].encode(), base64.b64encode(bz2.compress(b"[" * 1_000_000))
+        ),
+        changed({}, {"delivery_info": {}}),
+        ("[" * 50_000 + "]" * 50_000).encode(),
+    ]
+    return [shapes[i % len(shapes)] for i in range(count)]
+
+
+async def publish_all(redis_url: str, total: int, per_message: int = 1, poison: int = 0) -> list[str]:
     await earnevents.init(redis_uri=redis_url, event_config={"queue_name": QUEUE, "publish_timeout": 60})
     rng = random.Random(1)
     ids: list[str] = []
+    bad = poison_items(poison)
+    sync = redis.Redis.from_url(redis_url)
     try:
         for start in range(0, total, 100):
+            if bad:  # spread over the run: an equal share after each batch of 100
+                share = max(1, len(bad) * 100 // max(total, 1))
+                sync.lpush(QUEUE, *bad[:share])
+                del bad[:share]
             batch = [Event("chaos.tick", {"n": n}) for n in range(start, min(start + 100, total))]
             if (start // 100) % 2:
                 for event in batch:  # delayed ones one by one, each with its own delay
                     ids.append(await event_bus.publish(event, delay=rng.uniform(0, 5)))
             else:
                 ids += await event_bus.publish_batch(batch, events_per_message=per_message)
+        if bad:
+            sync.lpush(QUEUE, *bad)
     finally:
+        sync.close()
         await earnevents.close()
     return ids
 
@@ -88,6 +128,7 @@ def main() -> int:
         default=1,
         help="pack the undelayed events (publish_batch) this many a message",
     )
+    parser.add_argument("--poison", type=int, default=0, help="queue items that are not valid messages to push")
     args = parser.parse_args()
 
     server = RedisServer(appendonly=True)
@@ -112,7 +153,7 @@ def main() -> int:
         chaos = Chaos(workers, server, args.kill_every)
         chaos.start()
         log(f"publishing {args.events} events (half delayed 0-5 s) to {server.url}")
-        ids = asyncio.run(publish_all(server.url, args.events, args.events_per_message))
+        ids = asyncio.run(publish_all(server.url, args.events, args.events_per_message, args.poison))
         log(f"published {len(ids)}; waiting for every job while the chaos goes on")
         expected = {f"{i}:{h}" for i in ids for h in HANDLERS}
         deadline = time.monotonic() + args.timeout
@@ -149,10 +190,11 @@ def main() -> int:
         print(f"completed more than once:          {twice}")
         print(f"started more than once:            {restarted}  (killed mid-handler, then redelivered)")
         print(f"failed jobs:                       {FAILED[0]}")
+        print(f"poison items dead-lettered:        {DEAD[0]} of {args.poison} pushed")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
         for field in sorted(expected - completed)[:20]:
             print("  lost:", field, where_is(client, field.split(":")[0]), "starts:", starts.get(field.encode()))
-        return 0 if not expected - completed else 1
+        return 0 if not expected - completed and DEAD[0] == args.poison else 1
     finally:
         for worker in workers:
             worker.stop()
@@ -161,6 +203,7 @@ def main() -> int:
 
 
 FAILED = [0]
+DEAD = [0]
 
 
 def where_is(client: redis.Redis, event_id: str) -> str:
@@ -181,6 +224,7 @@ async def _failed_count(redis_url: str) -> None:
     await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": QUEUE})
     try:
         FAILED[0] = await event_bus.count_failed_jobs()
+        DEAD[0] = await event_bus.count_dead_items()
     finally:
         await earnevents.close()
 

@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
 from .context import JobContext, current_job
+from .deadletters import DeadItem
 from .errors import (
     ConfigError,
+    DeadItemNotFoundError,
     EarnEventsError,
+    EventTooLargeError,
     HandlerNotFoundError,
     JobNotFoundError,
     ModelStateError,
@@ -63,14 +66,17 @@ __all__ = [
     # models
     "BaseModel",
     "dispatch_model_event",
-    # failed jobs
+    # failed jobs, refused queue items
     "FailedJob",
+    "DeadItem",
     # errors
     "EarnEventsError",
     "ConfigError",
     "NotInitializedError",
     "PublishError",
+    "EventTooLargeError",
     "JobNotFoundError",
+    "DeadItemNotFoundError",
     "HandlerNotFoundError",
     "ModelValidationError",
     "ModelStateError",

@@ -24,10 +24,11 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import keys, message, outbox, schedule
+from . import deadletters, keys, message, outbox, schedule
 from .config import Settings
 from .connections import Connections
-from .errors import JobNotFoundError, NotInitializedError, PublishError
+from .deadletters import DeadItem
+from .errors import DeadItemNotFoundError, EventTooLargeError, JobNotFoundError, NotInitializedError, PublishError
 from .event import Event
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
@@ -36,6 +37,10 @@ from .schedule import ScheduledEvent
 log = logging.getLogger(__name__)
 
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+RETRY_HEADROOM = 1024
+"""Bytes of ``max_message_size`` a published message leaves free: a retry message of the
+same event also names its handler, and workers refuse items over the limit."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,10 @@ class EventBus:
 
         With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
         before then; the event waits in Redis, and ``cancel(event.id)`` can still
-        withdraw it. Raises TypeError/ValueError on bad input (nothing is sent) and
-        PublishError when Redis cannot take the event within ``publish_timeout`` s.
+        withdraw it. Raises TypeError/ValueError on bad input (nothing is sent), among
+        them EventTooLargeError when its message is larger than workers take
+        (``max_message_size``), and PublishError when Redis cannot take the event
+        within ``publish_timeout`` s.
         """
         return (await self.publish_batch([event], delay=delay, at=at))[0]
 
@@ -142,6 +149,7 @@ class EventBus:
                     retry_policy=policy_dict,
                 )
                 messages.append((task_id, pack[0].name, payload))
+        _check_sizes(messages, settings.max_message_size)
         if messages:
             if delay or due_at is not None:
                 await self.enqueue(messages, queue=settings.queue_name, delay=delay or None, at=due_at)
@@ -345,6 +353,34 @@ class EventBus:
         if not await self._state().failures.remove(job_id):
             raise JobNotFoundError(f"no failed job with id {job_id!r}")
 
+    # --- dead letters: queue items workers refused --------------------------------
+
+    async def get_dead_items(self, limit: int = 100, offset: int = 0) -> list[DeadItem]:
+        """Items workers refused from this queue (not valid messages), newest first."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        state = self._state()
+        return await deadletters.list_items(state.connections.redis(), state.settings.queue_name, limit, offset)
+
+    async def count_dead_items(self) -> int:
+        """How many items :meth:`get_dead_items` pages through."""
+        state = self._state()
+        return await deadletters.count(state.connections.redis(), state.settings.queue_name)
+
+    async def get_dead_item(self, item_id: str) -> DeadItem:
+        """One refused item; DeadItemNotFoundError when there is none with that id."""
+        state = self._state()
+        item = await deadletters.get(state.connections.redis(), state.settings.queue_name, item_id)
+        if item is None:
+            raise DeadItemNotFoundError(f"no dead item with id {item_id!r} on queue {state.settings.queue_name!r}")
+        return item
+
+    async def remove_dead_item(self, item_id: str) -> None:
+        """Delete a refused item's record. DeadItemNotFoundError for an unknown id."""
+        state = self._state()
+        if not await deadletters.remove(state.connections.redis(), state.settings.queue_name, item_id):
+            raise DeadItemNotFoundError(f"no dead item with id {item_id!r} on queue {state.settings.queue_name!r}")
+
 
 if sys.version_info >= (3, 11):
     _deadline = asyncio.timeout
@@ -361,6 +397,18 @@ else:  # pragma: no cover - Python 3.10
             raise asyncio.TimeoutError from exc
         finally:
             handle.cancel()
+
+
+def _check_sizes(messages: Sequence[tuple[str, str, str]], max_size: int) -> None:
+    """EventTooLargeError for a message workers would refuse (nothing is sent then)."""
+    limit = max_size - RETRY_HEADROOM
+    for message_id, name, payload in messages:
+        size = len(payload)  # JSON with ASCII escapes: characters are bytes
+        if size > limit:
+            raise EventTooLargeError(
+                f"the message for {name!r} ({message_id}) is {size} bytes, over the limit of {limit} bytes "
+                f"(max_message_size {max_size} less {RETRY_HEADROOM} kept for retries); nothing was sent"
+            )
 
 
 def _check_delay(delay: Any) -> float:

@@ -1,9 +1,13 @@
-"""``earnevents`` command line: look at, retry and remove failed jobs.
+"""``earnevents`` command line: look at, retry and remove failed jobs; look at and
+remove dead letters (queue items workers refused).
 
     earnevents failed list [--event NAME] [--handler DOTTED] [--limit N] [--offset N] [--json]
     earnevents failed show JOB_ID
     earnevents failed retry JOB_ID [JOB_ID ...]
     earnevents failed remove JOB_ID [JOB_ID ...]
+    earnevents dead list [--limit N] [--offset N] [--json]
+    earnevents dead show ID
+    earnevents dead remove ID [ID ...]
 
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Exit status: 0 done, 1 an id was not
@@ -21,7 +25,8 @@ from typing import Any
 
 from . import runtime
 from .bus import event_bus
-from .errors import EarnEventsError, JobNotFoundError
+from .deadletters import DeadItem
+from .errors import DeadItemNotFoundError, EarnEventsError, JobNotFoundError
 from .event import encode
 from .failures import FailedJob
 
@@ -44,9 +49,52 @@ def _job_dict(job: FailedJob, full: bool = False) -> dict[str, Any]:
     return out
 
 
+def _dead_dict(item: DeadItem, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": item.id,
+        "queue": item.queue,
+        "reason": item.reason,
+        "dropped_at": item.dropped_at.isoformat(),
+        "size": item.size,
+        "task_id": item.task_id,
+        "truncated": item.truncated,
+    }
+    if full:
+        out["raw"] = item.raw
+    return out
+
+
+async def _run_dead(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        items = await event_bus.get_dead_items(args.limit, args.offset)
+        if args.json:
+            for item in items:
+                print(json.dumps(_dead_dict(item)))
+        else:
+            total = await event_bus.count_dead_items()
+            print(f"{total} dead item(s)" + (f", showing {len(items)}" if len(items) < total else ""))
+            for item in items:
+                print(f"{item.id}  {item.dropped_at:%Y-%m-%d %H:%M:%S}  {item.size} bytes  {item.reason}")
+        return 0
+    if args.command == "show":
+        print(json.dumps(_dead_dict(await event_bus.get_dead_item(args.item_id), full=True), indent=2))
+        return 0
+    status = 0
+    for item_id in args.item_ids:
+        try:
+            await event_bus.remove_dead_item(item_id)
+            print(f"removed {item_id}")
+        except DeadItemNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
 async def _run(args: argparse.Namespace) -> int:
     await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
     try:
+        if args.group == "dead":
+            return await _run_dead(args)
         if args.command == "list":
             jobs = await event_bus.get_failed_jobs(args.limit, args.offset, args.event, args.handler)
             if args.json:
@@ -82,7 +130,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earnevents", description="Manage earnevents failed jobs.")
+    parser = argparse.ArgumentParser(prog="earnevents", description="Manage earnevents failed jobs and dead letters.")
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
@@ -99,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("retry", "re-run the handler now and take the job off the list"), ("remove", "delete the job")):
         sub = failed.add_parser(name, help=what)
         sub.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    dead = groups.add_parser("dead", help="queue items workers refused").add_subparsers(dest="command", required=True)
+    lst = dead.add_parser("list", help="newest first")
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--offset", type=int, default=0)
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = dead.add_parser("show", help="one item with its raw text, as JSON")
+    show.add_argument("item_id", metavar="ID")
+    remove = dead.add_parser("remove", help="delete the record")
+    remove.add_argument("item_ids", nargs="+", metavar="ID")
     return parser
 
 
@@ -106,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except JobNotFoundError as exc:
+    except (JobNotFoundError, DeadItemNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except EarnEventsError as exc:

@@ -21,6 +21,9 @@ from .retry import RetryPolicy
 
 ENV_PREFIX = "EARNEVENTS_"
 
+MIN_MESSAGE_SIZE = 4096
+"""The smallest EARNEVENTS_MAX_MESSAGE_SIZE accepted (bytes)."""
+
 DEFAULTS: dict[str, str] = {
     "EARNEVENTS_REDIS_URI": "redis://localhost:6379/0",
     "EARNEVENTS_MONGO_URI": "",
@@ -32,6 +35,8 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_VISIBILITY_TIMEOUT": "40",
     "EARNEVENTS_SCHEDULER_INTERVAL": "0.2",
     "EARNEVENTS_DEDUP_WINDOW": "86400",
+    "EARNEVENTS_MAX_MESSAGE_SIZE": "4194304",
+    "EARNEVENTS_DEAD_LETTER_MAX": "10000",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -49,6 +54,8 @@ class EventConfig(BaseModel):
     """Seconds publish() keeps retrying an unreachable Redis before PublishError."""
     outbox: bool | None = None
     """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""
+    max_message_size: int = Field(default=int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"]), ge=MIN_MESSAGE_SIZE)
+    """Bytes: workers refuse larger queue items, so publish refuses such messages up front."""
 
     @field_validator("retry_policy", mode="before")
     @classmethod
@@ -68,10 +75,16 @@ class Settings:
     visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
     scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
     dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
+    dead_letter_max: int = int(DEFAULTS["EARNEVENTS_DEAD_LETTER_MAX"])
+    """How many refused queue items a worker keeps per queue (oldest dropped first)."""
 
     @property
     def queue_name(self) -> str:
         return self.event.queue_name
+
+    @property
+    def max_message_size(self) -> int:
+        return self.event.max_message_size
 
     @property
     def outbox(self) -> bool:
@@ -107,6 +120,8 @@ class Settings:
                 given["retry_policy"] = _json_env(env, "EARNEVENTS_RETRY_POLICY")
             if "publish_timeout" not in given:
                 given["publish_timeout"] = _float_env(env, "EARNEVENTS_PUBLISH_TIMEOUT")
+            if "max_message_size" not in given:
+                given["max_message_size"] = _int_env(env, "EARNEVENTS_MAX_MESSAGE_SIZE", MIN_MESSAGE_SIZE)
             try:
                 event = EventConfig(**given)
             except (ValidationError, TypeError, ValueError) as exc:
@@ -132,6 +147,7 @@ class Settings:
             visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
+            dead_letter_max=_int_env(env, "EARNEVENTS_DEAD_LETTER_MAX", 1),
         )
 
 
@@ -143,6 +159,17 @@ def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> fl
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{var} must be {'>= 0' if allow_zero else 'positive'}, got {raw!r}")
+    return value
+
+
+def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
+    raw = env.get(var) or DEFAULTS[var]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{var} must be >= {minimum}, got {raw!r}")
     return value
 
 

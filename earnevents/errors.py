@@ -7,8 +7,10 @@ catches anything the library raises on purpose::
     ├── ConfigError (ValueError)          bad init() arguments or environment
     ├── NotInitializedError (RuntimeError) publish/query before init()
     ├── PublishError                      the broker could not take the event in time
+    ├── EventTooLargeError (ValueError)   the event's message is over the maximum message size
     ├── JobNotFoundError (LookupError)    no failed job with that id
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
+    ├── DeadItemNotFoundError (LookupError) no dead-lettered queue item with that id
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
     └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
 
@@ -36,6 +38,11 @@ class PublishError(EarnEventsError):
     """Raised when an event could not be handed to Redis within ``publish_timeout``."""
 
 
+class EventTooLargeError(EarnEventsError, ValueError):
+    """Raised when an event's queue message would be larger than workers accept
+    (``max_message_size``); nothing is sent."""
+
+
 class JobNotFoundError(EarnEventsError, LookupError):
     """Raised when no failed job has the given id (it was retried or removed)."""
 
@@ -52,3 +59,7 @@ class ModelValidationError(EarnEventsError, ValueError):
 class ModelStateError(EarnEventsError, RuntimeError):
     """Raised when a model operation does not fit its state: deleting one never stored,
     creating one already stored, or saving one whose document was deleted elsewhere."""
+
+
+class DeadItemNotFoundError(EarnEventsError, LookupError):
+    """Raised when no dead-lettered queue item has the given id (it was removed or aged out)."""

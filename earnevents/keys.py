@@ -84,3 +84,13 @@ def inflight_consumers(queue: str) -> str:
 def consumer_alive(consumer: str) -> str:
     """Key a live consumer keeps fresh (TTL); when it expires, its in-flight lists are returned."""
     return f"{PREFIX}:consumer-alive:{consumer}"
+
+
+def dead_index(queue: str) -> str:
+    """Sorted set of the ids of items workers refused from ``queue``, scored by drop time."""
+    return f"{PREFIX}:{queue}:dead"
+
+
+def dead_items(queue: str) -> str:
+    """Hash of dead item id -> the refused item's record as JSON (see ``deadletters``)."""
+    return f"{PREFIX}:{queue}:dead:items"

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from earnevents import Event, event_handler, model_event_handler, runtime
+from earnevents import Event, current_job, event_handler, model_event_handler, runtime
 
 _sync = redis.Redis.from_url(os.environ["EARNEVENTS_REDIS_URI"])
 
@@ -125,3 +125,9 @@ async def fixable_sibling(event: Event) -> None:
 @event_handler("t.count")
 async def count(event: Event) -> None:
     await runtime.current().redis.incr(f"count:{event.data['token']}")
+
+
+@event_handler("t.where")
+async def where(event: Event) -> None:
+    """Records the queue the worker files this job under."""
+    await arecord(event, "where", queue=current_job().queue)

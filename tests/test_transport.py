@@ -11,20 +11,21 @@ from kombu.utils.json import loads
 from earnevents import Event, message
 from earnevents.worker.transport import FETCH
 
-UNACKED, INDEX = "t-unacked", "t-unacked-index"
+UNACKED, INDEX, INFLIGHT = "t-unacked", "t-unacked-index", "t-inflight"
+MAX_SIZE = 4 * 1024 * 1024
 
 
 @pytest.fixture
 def fetch(rclient, queue):
-    rclient.delete(UNACKED, INDEX)
+    rclient.delete(UNACKED, INDEX, INFLIGHT)
     script = rclient.register_script(FETCH)
 
     def run(want: int, *acks: str) -> list[tuple[bytes, str]]:
-        reply = script(keys=[queue, UNACKED, INDEX], args=[want, *acks])
+        reply = script(keys=[queue, UNACKED, INDEX, INFLIGHT], args=[want, MAX_SIZE, *acks])
         return [(item, tag.decode()) for item, tag in zip(reply[::2], reply[1::2], strict=True)]
 
     yield run
-    rclient.delete(UNACKED, INDEX)
+    rclient.delete(UNACKED, INDEX, INFLIGHT)
 
 
 def publish(rclient, queue: str, n: int) -> list[str]:
@@ -59,11 +60,31 @@ def test_applies_the_acknowledgements_it_carries_even_when_the_queue_is_empty(rc
     assert [t.decode() for t in rclient.zrange(INDEX, 0, -1)] == [tags[1]]
 
 
-def test_items_it_cannot_record_are_returned_with_no_tag_and_not_recorded(rclient, queue, fetch):
-    for garbage in (b"\x00not json", b"[1, 2, 3]", b'{"body": "x"}', b'{"properties": {"delivery_tag": 5}}'):
-        rclient.lpush(queue, garbage)
+def test_items_it_cannot_record_are_returned_with_no_tag_and_kept_in_the_inflight_list(rclient, queue, fetch):
+    garbage = [b"\x00not json", b"[1, 2, 3]", b'{"body": "x"}', b'{"properties": {"delivery_tag": 5}}']
+    for item in garbage:
+        rclient.lpush(queue, item)
     tags = publish(rclient, queue, 1)
     got = fetch(10)
     assert [tag for _, tag in got] == ["", "", "", "", tags[0]]
     assert got[0][0] == b"\x00not json"
     assert rclient.hlen(UNACKED) == 1 and rclient.zcard(INDEX) == 1
+    # Never in neither place: what the script cannot record waits in the in-flight list.
+    assert sorted(rclient.lrange(INFLIGHT, 0, -1)) == sorted(garbage)
+
+
+def test_an_item_over_the_size_limit_is_never_decoded_nor_recorded(rclient, queue, fetch):
+    big = json.loads(message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="big"))
+    big["headers"]["pad"] = "x" * MAX_SIZE
+    rclient.lpush(queue, json.dumps(big))
+    [(item, tag)] = fetch(10)
+    assert tag == "" and len(item) > MAX_SIZE
+    assert rclient.hlen(UNACKED) == 0 and rclient.llen(INFLIGHT) == 1
+
+
+def test_a_message_is_recorded_under_the_queue_it_was_taken_from(rclient, queue, fetch):
+    m = json.loads(message.build(Event("t.x", {}).to_wire(), queue="another-queue", task_id="x"))
+    rclient.lpush(queue, json.dumps(m))
+    [(_, tag)] = fetch(1)
+    _, exchange, routing_key = loads(rclient.hget(UNACKED, tag))
+    assert (exchange, routing_key) == ("", queue)

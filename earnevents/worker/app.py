@@ -68,6 +68,10 @@ def create_app(settings: Settings | None = None) -> Celery:
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "health_check_interval": 10,
+            # Queue items are checked before kombu parses them (worker.items); refused ones
+            # go to the queue's dead-letter list.
+            "max_message_size": settings.max_message_size,
+            "dead_letter_max": settings.dead_letter_max,
         },
         task_default_queue=settings.queue_name,
         task_acks_late=True,

@@ -29,15 +29,20 @@ reads the reply of the command it sent, so kombu's close hands back what it took
 as unacknowledged messages; it then returns its in-flight list to the queue. Each
 of these steps is logged if it fails, and kombu's own close steps always run.
 
-**Malformed items.** Plain kombu parses queue items inside the worker's event
-loop; an item that is not a kombu message raises there and Celery stops the
-whole worker ("Unrecoverable error"). Such items are logged and dropped instead.
+**Refused items.** Plain kombu and Celery trust queue items: one that is not a
+valid message stops the worker ("Unrecoverable error"), loops it, or holds a
+prefetch slot for good. Every item is checked first (:func:`.items.check`, the
+size before anything is parsed); a refused one is logged once, acknowledged
+(forgotten as unacknowledged and taken off the in-flight list) and filed in the
+queue's dead-letter list (:mod:`earnevents.deadletters`), in one transaction.
+Should kombu or Celery still raise while taking a checked message, or reject
+one without requeueing it, the same happens: nothing holds a slot, nothing is
+dropped silently. A message is always handled, and recorded as unacknowledged,
+as the queue it was taken from.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 import os
@@ -51,20 +56,25 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 
-from .. import keys
-from . import consumers
+from .. import deadletters, keys
+from ..config import DEFAULTS
+from . import consumers, items
 from .clock import RedisClock
 
 log = logging.getLogger(__name__)
 
 
-# KEYS: queue, unacked hash, unacked index. ARGV: how many to take, then delivery tags
-# to acknowledge. Returns {item, delivery tag or ""} pairs: "" when the item is not a
-# message this script can record (kombu's own append then records it, or it is dropped).
+# KEYS: queue, unacked hash, unacked index, this consumer's in-flight list. ARGV: how many
+# to take, the maximum message size, then delivery tags to acknowledge. Returns {item,
+# delivery tag or ""} pairs: "" when the item is not a message this script can record; it
+# then goes to the in-flight list, as BLMOVE would put it (refused, or recorded by QoS.append,
+# it is taken off there; if the worker dies first, it goes back to the queue). An item over
+# the size limit is never decoded. A message is recorded under the queue it was taken from
+# (kombu's restore pushes it back there).
 FETCH = """
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   redis.call('ZREM', KEYS[3], ARGV[i])
   redis.call('HDEL', KEYS[2], ARGV[i])
 end
@@ -72,21 +82,25 @@ local want = tonumber(ARGV[1])
 if want < 1 then return {} end
 local items = redis.call('RPOP', KEYS[1], want)
 if not items then return {} end
+local limit = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out = {}
+local queue = cjson.encode(KEYS[1])
 for _, item in ipairs(items) do
   local tag = ''
-  local ok, m = pcall(cjson.decode, item)
-  local props = ok and type(m) == 'table' and m.properties
-  local info = type(props) == 'table' and props.delivery_info
-  if type(info) == 'table' and type(props.delivery_tag) == 'string'
-      and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
-    tag = props.delivery_tag
-    redis.call('HSET', KEYS[2], tag,
-      '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
-    redis.call('ZADD', KEYS[3], now, tag)
+  if #item <= limit then
+    local ok, m = pcall(cjson.decode, item)
+    local props = ok and type(m) == 'table' and m.properties
+    local info = type(props) == 'table' and props.delivery_info
+    if type(info) == 'table' and type(props.delivery_tag) == 'string'
+        and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
+      tag = props.delivery_tag
+      redis.call('HSET', KEYS[2], tag, '[' .. item .. ',"",' .. queue .. ']')
+      redis.call('ZADD', KEYS[3], now, tag)
+    end
   end
+  if tag == '' then redis.call('LPUSH', KEYS[4], item) end
   out[#out + 1] = item
   out[#out + 1] = tag
 end
@@ -98,26 +112,6 @@ FETCH_MAX = 64
 
 _RECORDED = ("", b"")
 """``Channel._taken`` for a message the fetch script already recorded as unacknowledged."""
-
-
-def envelope_problem(message: Any) -> str | None:
-    """Why ``message`` (a parsed queue item) is not a kombu message, or None if it is."""
-    if not isinstance(message, dict):
-        return f"a JSON {type(message).__name__}, not an object"
-    properties = message.get("properties")
-    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
-        return "no properties.delivery_tag"
-    if not isinstance(message.get("headers", {}), dict):
-        return "headers is not an object"
-    body = message.get("body")
-    if not isinstance(body, str):
-        return "no string body"
-    if properties.get("body_encoding") == "base64":
-        try:
-            base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            return "body is not valid base64"
-    return None
 
 
 class QoS(kombu_redis.QoS):
@@ -135,7 +129,7 @@ class QoS(kombu_redis.QoS):
             super(kombu_redis.QoS, self).append(message, delivery_tag)
             return
         inflight, item = taken
-        info = message.delivery_info
+        info = message.delivery_info  # the consuming queue's (items.check set it), as FETCH records
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
@@ -176,18 +170,47 @@ class QoS(kombu_redis.QoS):
         else:
             super().ack(delivery_tag)
 
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """kombu's reject; one without requeue (Celery refusing a message it took: unknown
+        task, invalid message, undecodable body) also files the message as a dead letter."""
+        message = self._delivered.get(delivery_tag) if not requeue else None
+        if message is None:
+            super().reject(delivery_tag, requeue=requeue)
+            return
+        queue = (message.delivery_info or {}).get("routing_key") or ""
+        task_id = (message.headers or {}).get("id")
+        reason = "rejected by the worker without requeueing (see its log)"
+        self.channel._drop(
+            dumps(message._raw), queue, reason, task_id if isinstance(task_id, str) else None, recorded=delivery_tag
+        )
+        self.ack_in_memory(delivery_tag)
+
+    def ack_in_memory(self, delivery_tag: str) -> None:
+        """kombu's in-memory part of an acknowledgement (frees the prefetch slot)."""
+        super(kombu_redis.QoS, self).ack(delivery_tag)
+
 
 class Channel(kombu_redis.Channel):
     """A Redis channel with reliable fetch for a single queue and malformed items dropped."""
 
     QoS = QoS
 
+    max_message_size = int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"])
+    """Larger queue items are refused unparsed (transport option ``max_message_size``)."""
+    dead_letter_max = int(DEFAULTS["EARNEVENTS_DEAD_LETTER_MAX"])
+    """Dead letters kept per queue (transport option ``dead_letter_max``)."""
+    from_transport_options = (  # type: ignore[assignment]  # kombu types it as its exact tuple
+        *kombu_redis.Channel.from_transport_options,
+        "max_message_size",
+        "dead_letter_max",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handlers = {**self.handlers, "BRPOP": self._read_or_drop}
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reliable_queue: str | None = None
-        self._taken: tuple[str, bytes] | None = None  # (in-flight list, item) until QoS.append
+        self._taken: tuple[str, bytes | str] | None = None  # (in-flight list, item) until QoS.append
         self._inflight_queues: frozenset[str] = frozenset()
         self._registered_at = float("-inf")  # time.monotonic() of the last registration
         self._sent: str | None = None  # the fetch command whose reply is awaited
@@ -285,12 +308,72 @@ class Channel(kombu_redis.Channel):
             pipe.hdel(self.unacked_key, *tags)
             pipe.execute()
 
-    def _deliver_item(self, item: bytes | str, queue: str) -> None:
-        """Hand a queue item to kombu; one that is not JSON is logged and dropped."""
+    def _deliver_item(self, item: bytes | str, queue: str, *, recorded: str = "", inflight: str | None = None) -> bool:
+        """Check a queue item and hand it to kombu, or refuse it (see :meth:`_drop`).
+
+        ``recorded``: the delivery tag FETCH recorded it under as unacknowledged;
+        ``inflight``: the in-flight list BLMOVE put it in. True: delivered.
+        """
+        checked = items.check(item, queue, int(self.max_message_size))
+        if isinstance(checked, items.Refused):
+            self._drop(item, queue, checked.reason, checked.task_id, recorded=recorded, inflight=inflight)
+            return False
+        tag = checked["properties"]["delivery_tag"]
+        if recorded and recorded != tag:  # cannot happen (same item, same tag); never trust it
+            self._drop(item, queue, "delivery tag changed", checked["headers"]["id"], recorded=recorded)
+            return False
+        self._taken = _RECORDED if recorded else (inflight, item) if inflight is not None else None
         try:
-            self.connection._deliver(loads(item.decode() if isinstance(item, bytes) else item), queue)
-        except (ValueError, TypeError) as exc:  # not JSON: drop it (see _read_or_drop)
-            log.error("dropped an item on the queue that is not a message: %r", exc)
+            self.connection._deliver_checked(checked, queue)
+            return True
+        except self.connection_errors:
+            raise
+        except Exception as exc:
+            # kombu or Celery choked on a checked message: acknowledge it (free its slot) and
+            # keep it, rather than let it stop, loop or stall the worker.
+            reason = f"the worker could not take it: {exc!r}"
+            if self._taken is not None:  # before QoS.append: not recorded by kombu yet
+                self._drop(item, queue, reason, checked["headers"]["id"], recorded=recorded, inflight=inflight)
+            elif tag in self.qos._delivered and tag not in self.qos._dirty:
+                self._drop(item, queue, reason, checked["headers"]["id"], recorded=tag)
+                self.qos.ack_in_memory(tag)
+            else:  # already acknowledged or rejected by the consumer
+                log.error("error after taking message %r from %r: %r", tag, queue, exc, exc_info=True)
+            return False
+        finally:
+            self._taken = None
+
+    def _drop(
+        self,
+        item: bytes | str,
+        queue: str,
+        reason: str,
+        task_id: str | None = None,
+        *,
+        recorded: str = "",
+        inflight: str | None = None,
+    ) -> None:
+        """Refuse a queue item: log it once and, in one transaction, file it as a dead
+        letter, forget its unacknowledged record and take it off the in-flight list."""
+        dead = deadletters.DeadItem.new(item, queue, reason, task_id)
+        log.error(
+            "dropped an item on queue %r (%r): task id %r, %d bytes; kept as dead item %s",
+            queue,
+            reason,
+            task_id,
+            dead.size,
+            dead.id,
+        )
+        script_keys, argv = deadletters.add_args(dead, int(self.dead_letter_max))
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.eval(deadletters.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+            if recorded:
+                pipe.zrem(self.unacked_index_key, recorded)
+                pipe.hdel(self.unacked_key, recorded)
+            if inflight is not None:
+                pipe.lrem(inflight, 1, item)
+            pipe.execute()
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._single_queue():
@@ -309,7 +392,16 @@ class Channel(kombu_redis.Channel):
             with self._acks_lock:
                 self._acks_sent, self._acks = self._acks, []
             connection.send_command(
-                "EVAL", FETCH, 3, queue, self.unacked_key, self.unacked_index_key, want, *self._acks_sent
+                "EVAL",
+                FETCH,
+                4,
+                queue,
+                self.unacked_key,
+                self.unacked_index_key,
+                keys.inflight_list(queue, self.consumer_id),
+                want,
+                int(self.max_message_size),
+                *self._acks_sent,
             )
             self._sent = "EVAL"
         else:
@@ -328,7 +420,7 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         queue, sent = self._reliable_queue, self._sent
         if queue is None:
-            return bool(super()._brpop_read(**options))
+            return self._read_popped(**options)
         try:
             # The command sent decides, not ``_fast``: a cancel or close may have changed it since.
             if sent == "EVAL":
@@ -344,6 +436,27 @@ class Channel(kombu_redis.Channel):
                 flush()
             if not self._single_queue():  # e.g. cancelled while the fetch was in flight
                 self._stop_fast_fetch()
+
+    def _read_popped(self, **options: Any) -> bool:
+        """kombu's BRPOP read (several queues), with the item checked like the others."""
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            dest, item = reply
+            queue = (dest.decode() if isinstance(dest, bytes) else dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            self._deliver_item(item, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own use
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
 
     def _read_fetched(self, queue: str, **options: Any) -> bool:
         """The reply of FETCH: up to ``want`` messages, already recorded as unacknowledged."""
@@ -366,12 +479,12 @@ class Channel(kombu_redis.Channel):
                 self._fast = False  # empty: block in BLMOVE next (after flushing acks)
             raise Empty()
         self._queue_cycle.rotate(queue)
+        inflight = keys.inflight_list(queue, self.consumer_id)
         for item, tag in zip(reply[::2], reply[1::2], strict=True):
-            self._taken = _RECORDED if tag else None
-            self._deliver_item(item, queue)
-            if self._taken is not None and tag:  # recorded, then dropped as malformed
-                self._forget_unacked([tag])
-            self._taken = None
+            if tag:
+                self._deliver_item(item, queue, recorded=tag.decode() if isinstance(tag, bytes) else tag)
+            else:  # not recordable by the script: in the in-flight list, as after BLMOVE
+                self._deliver_item(item, queue, inflight=inflight)
         return True
 
     def _read_moved(self, queue: str, **options: Any) -> bool:
@@ -384,13 +497,7 @@ class Channel(kombu_redis.Channel):
         if item is None:
             raise Empty()
         self._queue_cycle.rotate(queue)
-        inflight = keys.inflight_list(queue, self.consumer_id)
-        self._taken = (inflight, item)
-        self._deliver_item(item, queue)
-        if self._taken is not None:  # dropped, not delivered: QoS.append did not take it off
-            self._taken = None
-            with self.conn_or_acquire() as client:
-                client.lrem(inflight, 1, item)
+        self._deliver_item(item, queue, inflight=keys.inflight_list(queue, self.consumer_id))
         with self._acks_lock:
             self._fast = not self._fast_unavailable  # the queue had a message: try FETCH next
         return True
@@ -452,7 +559,7 @@ class Channel(kombu_redis.Channel):
         if returned:
             log.info("returned %d in-flight message(s) to the queue at close", returned)
 
-    # --- malformed items -------------------------------------------------------------
+    # --- refused items -------------------------------------------------------------
 
     def _read_or_drop(self, **options: Any) -> bool:
         try:
@@ -468,8 +575,14 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
     def _deliver(self, message: Any, queue: str) -> None:
-        problem = envelope_problem(message)
+        """Messages that did not come through :func:`.items.check` (kombu's fanout
+        channels): a malformed one is logged and dropped, never fatal."""
+        problem = items.envelope_problem(message)
         if problem is not None:
             log.error("dropped an item on queue %r that is not a message (%s): %.200r", queue, problem, message)
             return
+        super()._deliver(message, queue)
+
+    def _deliver_checked(self, message: dict[str, Any], queue: str) -> None:
+        """Hand a message :func:`.items.check` accepted to its consumer."""
         super()._deliver(message, queue)

@@ -1,0 +1,233 @@
+"""Checking a queue item before kombu and Celery see it.
+
+kombu and Celery trust what they take from the queue: an item that is not JSON, has
+an unknown body encoding, lacks ``headers.id`` or ``delivery_info``, carries a
+``timelimit`` that is not numbers, a compressed body (kombu decompresses it while
+building the message: a 337-byte bzip2 bomb grew a worker by 400 MB), an ``eta``
+(Celery would hold it in worker memory), and so on, either stops the worker,
+loops it, or is taken as unacknowledged and never acknowledged (one prefetch slot
+held for good). :func:`check` refuses every such item, with the reason, before
+anything is parsed by kombu or recorded as unacknowledged, so the transport can
+acknowledge it and file it as a dead letter. It is pure: no Redis, no Celery.
+
+An accepted message is returned with its ``delivery_info`` naming the queue it was
+taken from (empty exchange, routing key = that queue): kombu's restore pushes an
+unacknowledged message back onto the routing key it recorded, and the dispatch
+task files failures under the routing key, so an item naming another queue is
+handled as the consuming queue's, never filed under the other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.utils.json import loads
+
+from ..keys import TASK_NAME
+from .dispatch import Job
+
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+BODY_ENCODING = "base64"
+
+_STR_HEADERS = ("shadow", "root_id", "parent_id", "group", "origin", "argsrepr", "kwargsrepr", "lang")
+"""Headers Celery reads (names, ids, log text): absent, null or a string."""
+
+_DELAY_HEADERS = ("eta", "countdown")
+_EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why a queue item is not a message the worker runs."""
+
+    reason: str
+    task_id: str | None = None
+    """The item's ``headers.id`` when it has a string one (for logs and the dead letter)."""
+
+
+CONTROL_QUEUE_SUFFIX = ".pidbox"
+"""kombu names the reply queues of Celery's remote control (``celery control ...``,
+``inspect``) ``<id>.reply.<namespace>.pidbox``: they carry replies, not tasks."""
+
+
+def is_control_queue(queue: str) -> bool:
+    """Whether ``queue`` carries Celery's remote-control replies rather than task messages."""
+    return queue.endswith(CONTROL_QUEUE_SUFFIX)
+
+
+def check(item: bytes | str, queue: str, max_size: int) -> dict[str, Any] | Refused:
+    """The parsed kombu message in ``item`` taken from ``queue``, or why it is refused.
+
+    The size is checked first, on the raw bytes: an oversized item is never parsed.
+    Items of a remote-control reply queue (:func:`is_control_queue`) get the envelope
+    checks only: they are replies to ``celery control``, not earnevents tasks.
+    """
+    data = item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
+    if len(data) > max_size:
+        return Refused(f"{len(data)} bytes, over the maximum message size of {max_size} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Refused(f"not UTF-8 text: {exc}")
+    try:
+        message = loads(text)
+    except RecursionError:
+        return Refused("not a message: JSON nested too deeply")
+    except Exception as exc:  # json's and kombu's object hook's errors alike
+        return Refused(f"not JSON: {exc}")
+    if not isinstance(message, dict):
+        return Refused(f"not a message: a JSON {type(message).__name__}, not an object")
+    headers = message.get("headers")
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    task_id = task_id if isinstance(task_id, str) and task_id else None
+    if is_control_queue(queue):
+        problem = envelope_problem(message)
+        return message if problem is None else Refused(problem, task_id)
+    problem = _envelope_problem(message)
+    if problem is None:
+        problem = _body_problem(message, queue)
+    if problem is not None:
+        return Refused(problem, task_id)
+    properties = message["properties"]
+    properties["delivery_info"] = {**properties["delivery_info"], "exchange": "", "routing_key": queue}
+    return message
+
+
+def envelope_problem(message: Any) -> str | None:
+    """Why ``message`` (a parsed item) cannot be given to kombu, or None.
+
+    The envelope checks only, for messages that did not come through :func:`check`
+    (broadcast messages on kombu's fanout channels).
+    """
+    if not isinstance(message, dict):
+        return f"a JSON {type(message).__name__}, not an object"
+    properties = message.get("properties")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
+        return "no properties.delivery_tag"
+    if not isinstance(message.get("headers", {}), dict):
+        return "headers is not an object"
+    body = message.get("body")
+    if not isinstance(body, str):
+        return "no string body"
+    encoding = properties.get("body_encoding")
+    if encoding is not None and encoding != BODY_ENCODING:
+        return f"unknown body encoding {encoding!r}"
+    if encoding == BODY_ENCODING:
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "body is not valid base64"
+    return None
+
+
+def _envelope_problem(message: dict[str, Any]) -> str | None:
+    headers = message.get("headers")
+    if not isinstance(headers, dict):
+        return "no headers object"
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return "no properties object"
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        return "properties.delivery_tag missing or not a string"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or not isinstance(info.get("exchange"), str):
+        return "properties.delivery_info missing or without an exchange"
+    if not isinstance(info.get("routing_key"), str):
+        return "properties.delivery_info without a routing_key"
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        return "headers.id missing or not a string"
+    task = headers.get("task")
+    if not isinstance(task, str):
+        return "headers.task missing or not a string"
+    if task != TASK_NAME:
+        return f"headers.task is {task[:200]!r}, not {TASK_NAME!r}"
+    if headers.get("compression") is not None:
+        return f"compressed ({str(headers['compression'])[:50]!r}): refused without decompressing"
+    for name in _DELAY_HEADERS:
+        if headers.get(name) is not None:
+            return (
+                f"has headers.{name}: earnevents delays events in its Redis schedule "
+                "(publish(delay=...)), a worker never holds one in memory"
+            )
+    if headers.get("expires") is not None:
+        return "has headers.expires: earnevents messages never expire"
+    problem = _timelimit_problem(headers.get("timelimit"))
+    if problem is not None:
+        return problem
+    for name in _STR_HEADERS:
+        if not isinstance(headers.get(name), (str, type(None))):
+            return f"headers.{name} is not a string"
+    retries = headers.get("retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        return "headers.retries is not a whole number"
+    content_type = message.get("content-type")
+    if content_type != CONTENT_TYPE:
+        return f"content type {str(content_type)[:100]!r} is not {CONTENT_TYPE!r}"
+    content_encoding = message.get("content-encoding")
+    if not isinstance(content_encoding, str) or content_encoding.lower() != CONTENT_ENCODING:
+        return f"content encoding {str(content_encoding)[:100]!r} is not {CONTENT_ENCODING!r}"
+    encoding = properties.get("body_encoding")
+    if encoding != BODY_ENCODING:
+        return f"unknown body encoding {str(encoding)[:100]!r} (expected {BODY_ENCODING!r})"
+    if not isinstance(message.get("body"), str):
+        return "no string body"
+    return None
+
+
+def _timelimit_problem(timelimit: Any) -> str | None:
+    if timelimit is None:
+        return None
+    if not isinstance(timelimit, list) or len(timelimit) != 2:
+        return "headers.timelimit is not [soft, hard]"
+    for limit in timelimit:
+        if limit is None:
+            continue
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0:
+            return "headers.timelimit is not [soft, hard] numbers of seconds"
+    return None
+
+
+def _body_problem(message: dict[str, Any], queue: str) -> str | None:
+    """Why the body is not the ``[args, kwargs, embed]`` of an earnevents dispatch, or None."""
+    try:
+        raw = base64.b64decode(message["body"], validate=True)
+    except (binascii.Error, ValueError):
+        return "body is not valid base64"
+    try:
+        body = loads(raw.decode("utf-8"))
+    except RecursionError:
+        return "body is JSON nested too deeply"
+    except Exception as exc:
+        return f"body is not JSON: {exc}"
+    if not isinstance(body, list) or len(body) != 3:
+        return "body is not Celery's [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
+        return "body is not Celery's [args, kwargs, embed]"
+    if embed and any(embed.get(key) is not None for key in _EMBED_KEYS):
+        return "body embeds callbacks, errbacks, a chain or a chord (earnevents messages carry none)"
+    return _arguments_problem(args, kwargs, queue)
+
+
+def _arguments_problem(args: list[Any], kwargs: Mapping[str, Any], queue: str) -> str | None:
+    """The dispatch task's own checks of its arguments (see ``worker.app``), ahead of time."""
+    if not args:
+        return "malformed task arguments: no event"
+    if len(args) > 1 and kwargs.get("handler") is not None:
+        return "malformed task arguments: a retry message carries one event"
+    try:
+        for event in args:
+            Job.from_message(event, kwargs, queue)
+    except RecursionError:
+        return "malformed task arguments: event data nested too deeply"
+    except Exception as exc:  # anything the event codec or the retry policy refuses
+        return f"malformed task arguments: {exc}"
+    return None

@@ -1,0 +1,143 @@
+"""Queue item checks (earnevents.worker.items): pure, no Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import kombu.message
+import pytest
+from poison import MAX_SIZE, POISONS, foreign, good
+
+from earnevents import Event, message
+from earnevents.worker import items
+from earnevents.worker.items import Refused, check
+
+QUEUE = "q-items"
+
+EXPECTED_REASON = {
+    "not JSON": "not JSON",
+    "not UTF-8": "not UTF-8",
+    "JSON array": "a JSON list, not an object",
+    "item nested 50,000 deep": "nested too deeply",
+    "body nested 50,000 deep": "body is JSON nested too deeply",
+    "unknown body_encoding": "unknown body encoding 'rot13'",
+    "no headers.id": "headers.id missing",
+    "headers.id not a string": "headers.id missing or not a string",
+    "headers.task not a string": "headers.task missing or not a string",
+    "another task": "headers.task is 'no.such.task'",
+    "empty delivery_info": "delivery_info",
+    "delivery_info without routing_key": "without a routing_key",
+    "delivery_info without exchange": "without an exchange",
+    "timelimit not numbers": "timelimit",
+    "content type pickle": "content type 'application/x-python-serialize'",
+    "unknown content type": "content type 'text/x-nonsense'",
+    "compressed (a bzip2 bomb)": "refused without decompressing",
+    "eta": "headers.eta",
+    "countdown": "headers.countdown",
+    "expires": "headers.expires",
+    "body not [args, kwargs, embed]": "[args, kwargs, embed]",
+    "body not base64": "not valid base64",
+    "malformed event": "malformed task arguments",
+    "malformed kwargs": "attempt must be an int >= 0",
+    "embedded callback": "callbacks",
+    "oversized": f"over the maximum message size of {MAX_SIZE} bytes",
+}
+
+
+def test_every_poison_shape_has_an_expected_reason():
+    assert set(EXPECTED_REASON) == set(POISONS)
+
+
+@pytest.mark.parametrize("shape", sorted(POISONS))
+def test_poison_item_is_refused_with_its_reason(shape):
+    # Given a queue item of a shape that would kill, stall or loop a worker
+    item = POISONS[shape](QUEUE)
+    # When it is checked
+    result = check(item, QUEUE, MAX_SIZE)
+    # Then it is refused, saying why
+    assert isinstance(result, Refused), result
+    assert EXPECTED_REASON[shape] in result.reason
+
+
+def test_refusal_carries_the_task_id_when_the_item_has_one():
+    item = POISONS["eta"](QUEUE)
+    result = check(item, QUEUE, MAX_SIZE)
+    assert isinstance(result, Refused) and result.task_id == json.loads(item)["headers"]["id"]
+
+
+def test_good_message_is_returned_parsed():
+    m = good(QUEUE, {"n": 1})
+    result = check(json.dumps(m).encode(), QUEUE, MAX_SIZE)
+    assert result == m
+
+
+def test_oversized_item_is_refused_before_it_is_parsed(monkeypatch):
+    # Given an item over the limit that is not even JSON
+    item = b"{" * (MAX_SIZE + 1)
+    parsed = []
+    monkeypatch.setattr("earnevents.worker.items.loads", lambda text: parsed.append(text))
+    # When it is checked, it is refused for its size and never parsed
+    result = check(item, QUEUE, MAX_SIZE)
+    assert isinstance(result, Refused) and result.reason.startswith(f"{MAX_SIZE + 1} bytes, over")
+    assert parsed == []
+
+
+def test_item_at_the_limit_is_accepted():
+    raw = json.dumps(good(QUEUE)).encode()
+    assert isinstance(check(raw, QUEUE, len(raw)), dict)
+    assert isinstance(check(raw, QUEUE, len(raw) - 1), Refused)
+
+
+def test_compressed_item_is_never_decompressed(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kombu.message, "decompress", lambda *a: calls.append(a))
+    monkeypatch.setattr("kombu.compression.decompress", lambda *a: calls.append(a))
+    assert isinstance(check(POISONS["compressed (a bzip2 bomb)"](QUEUE), QUEUE, MAX_SIZE), Refused)
+    assert calls == []
+
+
+def test_routing_key_of_another_queue_is_taken_as_the_consuming_queue():
+    # Given a valid message taken from QUEUE whose routing key names another queue
+    item = foreign(QUEUE, "someone-elses-queue", {"n": 1})
+    # When it is checked
+    result = check(item, QUEUE, MAX_SIZE)
+    # Then it is accepted as QUEUE's, on the default exchange (what kombu's restore reads)
+    assert isinstance(result, dict)
+    assert result["properties"]["delivery_info"] == {"exchange": "", "routing_key": QUEUE}
+
+
+def test_packed_and_retry_messages_are_accepted():
+    wires = [Event("t.record", {"i": i}).to_wire() for i in range(3)]
+    packed = message.build_packed(wires, queue=QUEUE, task_id="p1")
+    retry = message.build(wires[0], queue=QUEUE, task_id="r1", handler="e2e_handlers.record_sync", attempt=2)
+    assert isinstance(check(packed, QUEUE, MAX_SIZE), dict)
+    assert isinstance(check(retry, QUEUE, MAX_SIZE), dict)
+
+
+def test_retry_message_with_several_events_is_refused():
+    wires = [Event("t.record", {"i": i}).to_wire() for i in range(2)]
+    m = json.loads(message.build_packed(wires, queue=QUEUE, task_id="p1"))
+    args, kwargs, embed = json.loads(base64.b64decode(m["body"]))
+    m["body"] = base64.b64encode(json.dumps([args, {**kwargs, "handler": "x.y"}, embed]).encode()).decode()
+    result = check(json.dumps(m), QUEUE, MAX_SIZE)
+    assert isinstance(result, Refused) and "one event" in result.reason
+
+
+def test_replies_on_a_remote_control_reply_queue_get_the_envelope_checks_only():
+    # Given a reply to `celery control ...` (no task headers), on kombu's reply queue
+    reply = {
+        "body": "eyJvayI6IHRydWV9",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"ticket": "t-1"},
+        "properties": {
+            "delivery_tag": "d-1",
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "reply.celery.pidbox", "routing_key": "x"},
+        },
+    }
+    raw = json.dumps(reply)
+    # Then it is accepted there, and refused as a task message on a task queue
+    assert items.check(raw, "5f1c.reply.celery.pidbox", 1 << 20) == reply
+    assert isinstance(items.check(raw, "events", 1 << 20), items.Refused)
