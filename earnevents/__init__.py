@@ -22,6 +22,7 @@ from .errors import (
     ConfigError,
     EarnEventsError,
     HandlerNotFoundError,
+    HandlerTimeoutError,
     JobNotFoundError,
     ModelStateError,
     ModelValidationError,
@@ -72,6 +73,7 @@ __all__ = [
     "PublishError",
     "JobNotFoundError",
     "HandlerNotFoundError",
+    "HandlerTimeoutError",
     "ModelValidationError",
     "ModelStateError",
     # worker entry point (lazy)

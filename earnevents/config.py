@@ -9,6 +9,7 @@ its default; a test keeps it equal to :data:`DEFAULTS`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_VISIBILITY_TIMEOUT": "40",
     "EARNEVENTS_SCHEDULER_INTERVAL": "0.2",
     "EARNEVENTS_DEDUP_WINDOW": "86400",
+    "EARNEVENTS_HANDLER_TIMEOUT": "",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -68,6 +70,8 @@ class Settings:
     visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
     scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
     dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
+    handler_timeout: float | None = None
+    """Seconds a handler try may run unless it sets its own ``timeout``; None: no limit."""
 
     @property
     def queue_name(self) -> str:
@@ -132,6 +136,7 @@ class Settings:
             visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
+            handler_timeout=_timeout_env(env, "EARNEVENTS_HANDLER_TIMEOUT"),
         )
 
 
@@ -143,6 +148,19 @@ def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> fl
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{var} must be {'>= 0' if allow_zero else 'positive'}, got {raw!r}")
+    return value
+
+
+def _timeout_env(env: Mapping[str, str], var: str) -> float | None:
+    raw = (env.get(var) or DEFAULTS[var]).strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{var} must be a positive, finite number of seconds (or empty: none), got {raw!r}")
     return value
 
 

@@ -9,9 +9,16 @@ its own (through the delay schedule) until its policy is spent, then recorded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import inspect
 import logging
-from collections.abc import Coroutine, Mapping
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -19,7 +26,7 @@ from .. import message
 from ..bus import EventBus
 from ..context import JobContext
 from ..context import _current as _current_job
-from ..errors import HandlerNotFoundError
+from ..errors import HandlerNotFoundError, HandlerTimeoutError
 from ..event import Event
 from ..failures import FailedJob, FailureStore
 from ..handlers import Handler, HandlerRegistry
@@ -57,10 +64,23 @@ class Job:
     attempt: int
     retry_policy: RetryPolicy | None
     queue: str
+    handler_timeout: float | None = None
+    """The worker's timeout for handlers that set none of their own (None: no limit)."""
 
     @classmethod
-    def from_message(cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str) -> Job:
-        """Decode the task's arguments; ValueError/TypeError when they are malformed."""
+    def from_message(
+        cls,
+        event: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        queue: str,
+        registry: HandlerRegistry | None = None,
+        handler_timeout: float | None = None,
+    ) -> Job:
+        """Decode the task's arguments; ValueError/TypeError when they are malformed.
+
+        With ``registry``, a retry naming a handler registered for another event
+        than the message's is malformed too (it must not run on this event).
+        """
         handler = kwargs.get("handler")
         attempt = kwargs.get("attempt", 0)
         if handler is not None and not isinstance(handler, str):
@@ -69,12 +89,18 @@ class Job:
             raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")
         if not isinstance(event, Mapping):
             raise TypeError(f"event must be a dict, got {type(event).__name__}")
+        decoded = Event.from_wire(event)
+        if handler is not None and registry is not None:
+            subscribed = registry.event_of(handler)
+            if subscribed is not None and subscribed != decoded.name:
+                raise ValueError(f"handler {handler} is subscribed to {subscribed!r}, not to {decoded.name!r}")
         return cls(
-            event=Event.from_wire(event),
+            event=decoded,
             handler=handler,
             attempt=attempt,
             retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
             queue=queue,
+            handler_timeout=handler_timeout,
         )
 
 
@@ -122,12 +148,149 @@ async def _record(books: Bookkeeper, job: Job, handler: str) -> Outcome:
     return Outcome(handler, recorded=True)
 
 
+def _timeout_of(handler: Handler, job: Job) -> float | None:
+    return handler.timeout if handler.timeout is not None else job.handler_timeout
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not a CancelledError a handler raised)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+    return cancelling is not None and bool(cancelling())
+
+
+def _timed_out(name: str, timeout: float) -> HandlerTimeoutError:
+    return HandlerTimeoutError(f"handler {name} did not finish within {timeout:g}s")
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float | None, name: str) -> None:
+    """Await ``awaitable``, cancelling it after ``timeout`` seconds (HandlerTimeoutError).
+
+    A handler that swallows the cancellation and goes on cannot be stopped here.
+    """
+    if timeout is None:
+        await awaitable
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        if expired:
+            expired = False  # our own cancellation, accounted for here
+            if _uncancel(task) == 0:  # not also cancelled from outside
+                raise _timed_out(name, timeout) from None
+        raise
+    finally:
+        timer.cancel()
+        if expired:  # the handler swallowed our cancellation and went on: take it back
+            _uncancel(task)
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """Undo one cancel() of ``task``; the cancellations left (always 0 before Python 3.11)."""
+    uncancel = getattr(task, "uncancel", None)
+    return int(uncancel()) if uncancel is not None else 0
+
+
+async def _guarded(awaitable: Awaitable[Any], timeout: float | None, name: str) -> BaseException | None:
+    """Await a handler's awaitable on the loop; whatever it raises is returned as data."""
+    try:
+        await _within(awaitable, timeout, name)
+    except BaseException as exc:  # SystemExit too: it must not stop the loop thread
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            raise
+        return exc
+    return None
+
+
+@contextmanager
+def _alarm(timeout: float, name: str) -> Iterator[None]:
+    """Raise HandlerTimeoutError in this (the main) thread after ``timeout`` seconds (SIGALRM)."""
+    armed = True
+
+    def fire(signum: int, frame: object) -> None:
+        nonlocal armed
+        if armed:
+            armed = False
+            raise _timed_out(name, timeout)
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _can_alarm() -> bool:
+    """SIGALRM is ours to use: main thread, POSIX, and no timer or handler set by anyone else."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return False
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) in (
+        signal.SIG_DFL,
+        signal.SIG_IGN,
+        None,
+    )
+
+
+def _call_sync(handler: Handler, event: Event, timeout: float | None) -> Any:
+    """Call a plain ``def`` handler; past ``timeout`` it fails with HandlerTimeoutError.
+
+    In a process' main thread (prefork and solo pools) SIGALRM interrupts the
+    handler where it is. Elsewhere (``-P threads``) a thread cannot be interrupted:
+    the call runs in a thread of its own that is abandoned on timeout and may
+    still finish later (documented in the README).
+    """
+    if timeout is None:
+        return handler.func(event)
+    if _can_alarm():
+        with _alarm(timeout, handler.name):
+            return handler.func(event)
+    future: Future[Any] = Future()
+    context = contextvars.copy_context()
+
+    def call() -> None:
+        try:
+            future.set_result(context.run(handler.func, event))
+        except BaseException as exc:  # handed to the waiting thread as the handler's failure
+            future.set_exception(exc)
+
+    threading.Thread(target=call, name=f"earnevents-handler-{handler.name}", daemon=True).start()
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        log.error("handler %s still running after %gs: abandoned in its thread", handler.name, timeout)
+        raise _timed_out(handler.name, timeout) from None
+
+
 def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outcome:
-    """Call a plain ``def`` handler in the calling thread."""
+    """Call a plain ``def`` handler in the calling thread.
+
+    Anything it raises is its failure, SystemExit and KeyboardInterrupt included.
+    An awaitable it returns (a ``def`` wrapper around an async function) is awaited
+    on the loop, under what is left of the same timeout.
+    """
+    timeout = _timeout_of(handler, job)
+    started = time.monotonic()
     token = _current_job.set(job_context(job, handler.name))
     try:
-        handler.func(job.event)
-    except Exception as exc:  # a handler's failure is data here, not a crash
+        result = _call_sync(handler, job.event, timeout)
+        if inspect.isawaitable(result):
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            error = loop.run(_guarded(result, left, handler.name))
+            if error is not None:
+                return Outcome(handler.name, error)
+    except BaseException as exc:  # a handler's failure is data here, not a crash
         return Outcome(handler.name, exc)
     finally:
         _current_job.reset(token)
@@ -137,11 +300,15 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
     token = _current_job.set(job_context(job, handler.name))
     try:
-        await handler.func(job.event)
-    except Exception as exc:  # a handler's failure is data here, not a crash
-        return Outcome(handler.name, exc)
+        error = await _guarded(handler.func(job.event), _timeout_of(handler, job), handler.name)
+    except BaseException as exc:  # calling it failed (a non-coroutine async callable)
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            raise
+        error = exc
     finally:
         _current_job.reset(token)
+    if error is not None:
+        return Outcome(handler.name, error)
     return await _record(books, job, handler.name)
 
 
