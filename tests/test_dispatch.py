@@ -665,14 +665,14 @@ def test_a_sync_handler_returning_an_awaitable_object_has_it_awaited(registry):
 def test_a_bad_handler_timeout_is_refused_when_decorating(timeout, error):
     import earnevents
 
-    with pytest.raises(error, match="timeout"):
+    with pytest.raises(error, match="timeout must be a"):
         earnevents.event_handler("e.x", timeout=timeout)
-    with pytest.raises(error, match="timeout"):
+    with pytest.raises(error, match="timeout must be a"):
         earnevents.model_event_handler("User", "created", timeout=timeout)
 
 
 def test_a_bool_handler_timeout_is_a_type_error(registry):
-    with pytest.raises(TypeError, match="timeout"):
+    with pytest.raises(TypeError, match="timeout must be a number"):
         registry.register("e.x", lambda e: None, timeout=True)
 
 
@@ -709,3 +709,20 @@ def test_a_failure_whose_str_raises_is_still_recorded(registry):
     asyncio.run(settle_failures(job, [Outcome(h.name, Unprintable())], registry, FakeBus(), store, None))  # type: ignore[arg-type]
     [record] = store.added
     assert record.error.startswith("Unprintable: ") and record.traceback
+
+
+def test_a_system_exit_from_the_process_own_termination_passes_through(registry):
+    from earnevents.worker import dispatch
+
+    # Given a pool process whose terminate handler has fired (it raises SystemExit to exit)
+    def interrupted(e):
+        raise SystemExit(-241)
+
+    registry.register("e.x", interrupted)
+    dispatch.on_termination(lambda: True)
+    try:
+        # When that SystemExit surfaces in a sync handler, Then it is not the handler's failure
+        with pytest.raises(SystemExit):
+            handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
+    finally:
+        dispatch.on_termination(lambda: False)

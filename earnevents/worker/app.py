@@ -19,6 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import billiard.common
 import redis.exceptions as rex
 from celery import Celery, signals
 from celery.exceptions import Reject
@@ -35,7 +36,7 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from .completions import Completions
-from .dispatch import Job, Outcome, SettleFailed, handle_message, settle_failures
+from .dispatch import Job, Outcome, SettleFailed, handle_message, on_termination, settle_failures
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
 from .relay import RelayStep
@@ -98,6 +99,17 @@ class _StopWhenFinal(stop_base):
             return False
         error = outcome.exception()
         return error is not None and not is_transient(error) and retry_state.attempt_number >= FINAL_TRIES
+
+
+def _pool_process_terminating() -> bool:
+    """Whether billiard's SIGTERM handler fired in this process (it raises SystemExit to exit)."""
+    fired = getattr(billiard.common, "terminate_handler_fired", None)
+    if fired is not None:
+        return bool(fired())
+    return bool(getattr(billiard.common, "_should_have_exited", [False])[0])  # older billiard
+
+
+on_termination(_pool_process_terminating)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,6 +146,29 @@ async def _record(books: Bookkeeper, job: Job, handler: str) -> Outcome:
         log.debug("could not record %s as completed yet", handler, exc_info=True)
         return Outcome(handler)
     return Outcome(handler, recorded=True)
+
+
+def _never() -> bool:
+    return False
+
+
+_terminating: Callable[[], bool] = _never
+
+
+def on_termination(check: Callable[[], bool]) -> None:
+    """Tell how to recognise this process' own termination while a handler runs.
+
+    A pool process told to exit (a hard time limit's SIGTERM, a cold shutdown) gets
+    SystemExit raised wherever it is, often inside a sync handler: when ``check()``
+    says so, that SystemExit/KeyboardInterrupt is not the handler's failure and
+    passes through, so the process exits and the message is redelivered.
+    """
+    global _terminating
+    _terminating = check
+
+
+def _is_termination(exc: BaseException) -> bool:
+    return isinstance(exc, (SystemExit, KeyboardInterrupt)) and _terminating()
 
 
 def _timeout_of(handler: Handler, job: Job) -> float | None:
@@ -291,6 +314,8 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
             if error is not None:
                 return Outcome(handler.name, error)
     except BaseException as exc:  # a handler's failure is data here, not a crash
+        if _is_termination(exc):
+            raise
         return Outcome(handler.name, exc)
     finally:
         _current_job.reset(token)
