@@ -323,17 +323,19 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
 
 
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
+    timeout = _timeout_of(handler, job)
     token = _current_job.set(job_context(job, handler.name))
     try:
-        error = await _guarded(handler.func(job.event), _timeout_of(handler, job), handler.name)
-    except BaseException as exc:  # calling it failed (a non-coroutine async callable)
+        if timeout is None:  # the usual case: no timer, no wrapper
+            await handler.func(job.event)
+        else:
+            await _within(handler.func(job.event), timeout, handler.name)
+    except BaseException as exc:  # a handler's failure is data here, SystemExit too: the loop goes on
         if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
             raise
-        error = exc
+        return Outcome(handler.name, exc)
     finally:
         _current_job.reset(token)
-    if error is not None:
-        return Outcome(handler.name, error)
     return await _record(books, job, handler.name)
 
 
