@@ -726,3 +726,35 @@ def test_a_system_exit_from_the_process_own_termination_passes_through(registry)
             handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
     finally:
         dispatch.on_termination(lambda: False)
+
+
+def test_when_the_task_thread_is_interrupted_the_async_handlers_beside_it_are_cancelled(registry):
+    from earnevents.worker import dispatch
+    from earnevents.worker.loop import LoopThread
+
+    # Given an async handler still running on the loop while a sync sibling is interrupted by
+    # the process' termination (as Celery's soft time limit or a SIGTERM interrupts the task)
+    started, finished = threading.Event(), threading.Event()
+
+    async def slow(e):
+        started.set()
+        await asyncio.sleep(2)
+        finished.set()
+
+    def interrupted(e):
+        started.wait(5)
+        raise SystemExit(-241)
+
+    registry.register("e.x", slow)
+    registry.register("e.x", interrupted)
+    loop = LoopThread()
+    dispatch.on_termination(lambda: True)
+    try:
+        # When the interruption leaves handle()
+        with pytest.raises(SystemExit):
+            handle(job_for(Event("e.x", {})), registry, loop, FakeBooks())
+        # Then the async handler was cancelled: it never finishes behind the task's back
+        assert not finished.wait(3)
+    finally:
+        dispatch.on_termination(lambda: False)
+        loop.stop()

@@ -529,9 +529,14 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
     handlers = _not_done(job, handlers, loop.run(books.already_done(job, [h.name for h in handlers])))
     async_handlers = [h for h in handlers if h.is_async]
     pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
-    outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
-    if pending is not None:
-        outcomes = pending.result() + outcomes
+    try:
+        outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
+        if pending is not None:
+            outcomes = pending.result() + outcomes
+    except BaseException:  # this thread was interrupted (a soft time limit, termination)
+        if pending is not None:
+            pending.cancel()  # the async handlers must not run on unseen
+        raise
     if _needs_settling(outcomes):
         loop.run(books.settle(job, outcomes))
     return outcomes
