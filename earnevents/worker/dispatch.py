@@ -29,6 +29,7 @@ from ..context import _current as _current_job
 from ..errors import HandlerNotFoundError, HandlerTimeoutError
 from ..event import Event
 from ..failures import FailedJob, FailureStore
+from ..failures.record import describe
 from ..handlers import Handler, HandlerRegistry
 from ..retry import RetryPolicy
 
@@ -381,12 +382,12 @@ async def settle_failures(
         err = outcome.error
         if delay is None:
             log.error(
-                "handler %s failed for %s %s after %d tries: %r; recorded as a failed job",
+                "handler %s failed for %s %s after %d tries: %s; recorded as a failed job",
                 outcome.handler,
                 job.event.name,
                 job.event.id,
                 job.attempt + 1,
-                err,
+                describe(err),
                 exc_info=(type(err), err, err.__traceback__),
             )
             record = FailedJob.from_exception(
@@ -400,12 +401,12 @@ async def settle_failures(
             await failures.add(record)
             continue
         log.warning(
-            "handler %s failed for %s %s (try %d): %r; retrying in %.3gs",
+            "handler %s failed for %s %s (try %d): %s; retrying in %.3gs",
             outcome.handler,
             job.event.name,
             job.event.id,
             job.attempt + 1,
-            err,
+            describe(err),
             delay,
         )
         task_id = message.derived_id("retry", job.event.id, outcome.handler, job.attempt + 1)
