@@ -141,8 +141,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # A hard time limit (--time-limit) kills the pool process: hand the message back
-        # (Celery acknowledges it by default, and the event would vanish).
+        # (Celery acknowledges it by default, and the event would vanish). The older,
+        # combined setting makes Celery versions without task_acks_on_timeout leave it
+        # unacknowledged, so it is redelivered after the visibility timeout. (Failures
+        # are no concern of these: only Reject, or a dying process' SystemExit, leaves the task.)
         task_acks_on_timeout=False,
+        task_acks_on_failure_or_timeout=False,
         # Keep handlers running through a broker reconnect: acknowledging on Redis works on
         # any connection (the unacked state lives in Redis keys), so nothing must be killed.
         worker_cancel_long_running_tasks_on_connection_loss=False,
