@@ -247,7 +247,7 @@ def _alarm(timeout: float, name: str) -> Iterator[None]:
             raise _timed_out(name, timeout)
 
     previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    signal.setitimer(signal.ITIMER_REAL, max(timeout, 1e-6))  # 0 would disarm it
     try:
         yield
     finally:
@@ -305,7 +305,7 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
     on the loop, under what is left of the same timeout.
     """
     timeout = _timeout_of(handler, job)
-    started = time.monotonic()
+    started = 0.0 if timeout is None else time.monotonic()
     token = _current_job.set(job_context(job, handler.name))
     try:
         result = _call_sync(handler, job.event, timeout)
