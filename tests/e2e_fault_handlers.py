@@ -70,3 +70,9 @@ async def slow_first_try_async(event: Event) -> None:
     if n == 1:
         await asyncio.sleep(event.data["seconds"])
     await arecord(event, "slow_first_try_async_done", attempt=n)
+
+
+@event_handler("t.sleeps_sync", retry_policy={"max_retries": 0})
+def sleeps_sync(event: Event) -> None:
+    srecord(event, "sleeps_sync")
+    time.sleep(event.data["seconds"])

@@ -90,18 +90,25 @@ async def test_a_hard_time_limit_hands_the_message_back_instead_of_losing_it(bus
     assert await event_bus.get_failed_jobs() == []
 
 
-async def test_a_soft_time_limit_during_async_handlers_hands_the_message_back(bus, start_worker, rclient):
-    # Given a worker with Celery's --soft-time-limit 1 and an async handler sleeping 3 s on its first try
+async def test_a_soft_time_limit_fails_a_sync_handler_and_hands_back_a_message_waiting_for_async_ones(
+    bus, start_worker, rclient
+):
+    # Given a worker with Celery's --soft-time-limit 1, an async handler sleeping 3 s on its
+    # first try and a sync handler sleeping 3 s
     start_worker(modules=MODULES, concurrency=1, extra_args=["--soft-time-limit", "1"])
     tok = token()
-    # When SoftTimeLimitExceeded interrupts the wait for it
+    # When SoftTimeLimitExceeded interrupts the wait for the async one, and the sync one itself
     await bus.publish(Event("t.slow_first_try_async", {"token": tok, "seconds": 3}))
-    # Then the first try is cancelled (never finishes) and the redelivered message's try does
-    recs = wait_results(rclient, tok, 3, timeout=30)
+    await bus.publish(Event("t.sleeps_sync", {"token": tok, "seconds": 3}))
+    # Then the sync handler's try is its failure, recorded (its policy allows no retry)
+    [job] = await wait_failed(1)
+    assert job.handler == "e2e_fault_handlers.sleeps_sync" and job.error.startswith("SoftTimeLimitExceeded")
+    # and the async handler's first try is cancelled (never finishes) while the message,
+    # handed back, is delivered again and finishes
+    wait_results(rclient, tok, 4, timeout=30)
     time.sleep(3)  # the cancelled first try would have finished by now
-    assert [(r["handler"], r["attempt"]) for r in results(rclient, tok)] == [
+    assert [(r["handler"], r.get("attempt")) for r in results(rclient, tok) if r["handler"] != "sleeps_sync"] == [
         ("slow_first_try_async_started", 1),
         ("slow_first_try_async_started", 2),
         ("slow_first_try_async_done", 2),
     ]
-    assert recs
