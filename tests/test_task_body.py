@@ -76,3 +76,16 @@ def test_a_retry_naming_a_handler_of_another_event_is_dropped_with_a_log_line(ha
 def test_a_normal_message_is_handled(handled):
     run_task(Event("e.x", {}).to_wire())
     assert len(handled) == 1
+
+
+def test_an_event_nested_too_deep_to_decode_is_dropped_with_a_log_line(handled, caplog):
+    # Given an event whose data nests deeper than Python's recursion limit
+    wire = Event("e.x", {}).to_wire()
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    wire["data"] = deep
+    # When it arrives, Then it is dropped as malformed with a log line (not acknowledged as a crash)
+    with caplog.at_level(logging.ERROR):
+        run_task(wire)
+    assert handled == [] and "dropping malformed message" in caplog.text

@@ -173,9 +173,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
             jobs = [Job.from_message(event, kwargs, queue, registry, settings.handler_timeout) for event in args]
-        except (TypeError, ValueError) as exc:
-            log.error("dropping malformed message %s on %s: %s", self.request.id, queue, exc)
+        except (TypeError, ValueError, RecursionError) as exc:  # it would fail the same way every time
+            log.error("dropping malformed message %s on %s: %s", self.request.id, queue, describe(exc))
             return
+        except Exception as exc:
+            log.error("requeueing %s: could not decode it", self.request.id, exc_info=True)
+            raise Reject(describe(exc), requeue=True) from exc
         try:
             worker = WorkerRuntime.get()
         except Exception as exc:
