@@ -758,3 +758,25 @@ def test_when_the_task_thread_is_interrupted_the_async_handlers_beside_it_are_ca
     finally:
         dispatch.on_termination(lambda: False)
         loop.stop()
+
+
+def test_a_loop_thread_goes_on_when_a_handler_stops_its_loop():
+    from earnevents.worker.loop import LoopThread
+
+    # Given the worker's loop thread
+    loop = LoopThread()
+    try:
+
+        async def stops_the_loop():
+            asyncio.get_running_loop().stop()
+
+        # When a coroutine on it stops the loop
+        loop.run(stops_the_loop(), timeout=5)
+
+        # Then the loop still runs the next coroutine
+        async def fine():
+            return "still here"
+
+        assert loop.run(fine(), timeout=5) == "still here"
+    finally:
+        loop.stop()

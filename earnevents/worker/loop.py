@@ -28,6 +28,7 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="earnevents-loop", daemon=True)
         self._thread.start()
 
@@ -36,9 +37,12 @@ class LoopThread:
         while True:
             try:
                 self.loop.run_forever()
-                return  # stopped by stop()
             except BaseException:  # SystemExit/KeyboardInterrupt out of a task: the loop must go on
                 log.exception("the earnevents loop stopped on an exception; running it again")
+                continue
+            if self._stopping:
+                return
+            log.error("something other than the worker stopped the earnevents loop; running it again")
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         """Schedule ``coro`` on the loop; the future resolves in any thread."""
@@ -59,6 +63,7 @@ class LoopThread:
             raise
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():
