@@ -309,7 +309,7 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
     token = _current_job.set(job_context(job, handler.name))
     try:
         result = _call_sync(handler, job.event, timeout)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # most handlers return None
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             error = loop.run(_guarded(result, left, handler.name))
             if error is not None:
