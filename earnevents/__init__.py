@@ -25,6 +25,7 @@ from .errors import (
     EarnEventsError,
     EventTooLargeError,
     HandlerNotFoundError,
+    HandlerTimeoutError,
     JobNotFoundError,
     ModelStateError,
     ModelValidationError,
@@ -78,6 +79,7 @@ __all__ = [
     "JobNotFoundError",
     "DeadItemNotFoundError",
     "HandlerNotFoundError",
+    "HandlerTimeoutError",
     "ModelValidationError",
     "ModelStateError",
     # worker entry point (lazy)

@@ -9,6 +9,7 @@ its default; a test keeps it equal to :data:`DEFAULTS`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_DEDUP_WINDOW": "86400",
     "EARNEVENTS_MAX_MESSAGE_SIZE": "4194304",
     "EARNEVENTS_DEAD_LETTER_MAX": "10000",
+    "EARNEVENTS_HANDLER_TIMEOUT": "",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -77,6 +79,8 @@ class Settings:
     dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
     dead_letter_max: int = int(DEFAULTS["EARNEVENTS_DEAD_LETTER_MAX"])
     """How many refused queue items a worker keeps per queue (oldest dropped first)."""
+    handler_timeout: float | None = None
+    """Seconds a handler try may run unless it sets its own ``timeout``; None: no limit."""
 
     @property
     def queue_name(self) -> str:
@@ -148,6 +152,7 @@ class Settings:
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
             dead_letter_max=_int_env(env, "EARNEVENTS_DEAD_LETTER_MAX", 1),
+            handler_timeout=_timeout_env(env, "EARNEVENTS_HANDLER_TIMEOUT"),
         )
 
 
@@ -170,6 +175,19 @@ def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
         raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{var} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def _timeout_env(env: Mapping[str, str], var: str) -> float | None:
+    raw = (env.get(var) or DEFAULTS[var]).strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{var} must be a positive, finite number of seconds (or empty: none), got {raw!r}")
     return value
 
 

@@ -11,6 +11,7 @@ catches anything the library raises on purpose::
     ├── JobNotFoundError (LookupError)    no failed job with that id
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
     ├── DeadItemNotFoundError (LookupError) no dead-lettered queue item with that id
+    ├── HandlerTimeoutError (TimeoutError) a handler ran longer than its timeout
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
     └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
 
@@ -49,6 +50,11 @@ class JobNotFoundError(EarnEventsError, LookupError):
 
 class HandlerNotFoundError(EarnEventsError, LookupError):
     """Raised when a message names a handler that no imported module registered."""
+
+
+class HandlerTimeoutError(EarnEventsError, TimeoutError):
+    """Raised in place of a handler's result when it ran longer than its ``timeout``;
+    the worker treats it as that handler's failure (retried, then recorded)."""
 
 
 class ModelValidationError(EarnEventsError, ValueError):

@@ -8,6 +8,7 @@ and look handlers up here, by event name or by dotted handler name.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,13 +22,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Handler:
-    """One subscriber: the function, its dotted name and its own retry policy."""
+    """One subscriber: the function, its dotted name, its own retry policy and timeout."""
 
     event_name: str
     func: Callable[..., Any]
     name: str
     retry_policy: RetryPolicy | None
     is_async: bool
+    timeout: float | None = None
+    """Seconds one try may run before it fails with HandlerTimeoutError; None: the worker's."""
+
+
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` as a float: a positive finite number of seconds or None.
+
+    TypeError for another type (bool included), ValueError for zero, negative,
+    NaN or infinite values.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    value = float(timeout)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    return value
 
 
 class HandlerRegistry:
@@ -42,6 +61,7 @@ class HandlerRegistry:
         event_name: str,
         func: Callable[..., Any],
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Handler:
         if not isinstance(event_name, str) or not event_name.strip():
             raise ValueError("event_handler needs a non-empty event name such as 'user.created'")
@@ -54,6 +74,7 @@ class HandlerRegistry:
             name=name,
             retry_policy=RetryPolicy.coerce(retry_policy),
             is_async=inspect.iscoroutinefunction(func),
+            timeout=check_timeout(timeout),
         )
         existing = self._by_name.get(name)
         if existing is not None:
@@ -77,6 +98,11 @@ class HandlerRegistry:
     def for_event(self, event_name: str) -> list[Handler]:
         return list(self._by_event.get(event_name, ()))
 
+    def event_of(self, name: str) -> str | None:
+        """The event name the handler called ``name`` subscribes to; None if it is not registered."""
+        handler = self._by_name.get(name)
+        return None if handler is None else handler.event_name
+
     def get(self, name: str) -> Handler:
         try:
             return self._by_name[name]
@@ -95,16 +121,21 @@ registry = HandlerRegistry()
 """The process-wide registry the decorators write to and workers read."""
 
 
-def event_handler(event_name: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None) -> Callable[[F], F]:
+def event_handler(
+    event_name: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None, *, timeout: float | None = None
+) -> Callable[[F], F]:
     """Subscribe an ``async def`` or plain ``def`` function to ``event_name``.
 
     The function receives the :class:`~earnevents.Event`. ``retry_policy`` (a dict
     of RetryPolicy fields or a RetryPolicy) overrides every other policy for it.
+    ``timeout`` (seconds) makes a try that runs longer fail with HandlerTimeoutError
+    (retried, then recorded); None: the worker's ``EARNEVENTS_HANDLER_TIMEOUT``.
     """
     policy = RetryPolicy.coerce(retry_policy)
+    seconds = check_timeout(timeout)
 
     def decorate(func: F) -> F:
-        registry.register(event_name, func, policy)
+        registry.register(event_name, func, policy, seconds)
         return func
 
     return decorate
@@ -125,7 +156,11 @@ def snake_case(name: str) -> str:
 
 
 def model_event_handler(
-    model: str | type, action: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None
+    model: str | type,
+    action: str,
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Subscribe to ``<model>.<action>``: ``@model_event_handler("User", "created")``."""
-    return event_handler(model_event_name(model, action), retry_policy)
+    return event_handler(model_event_name(model, action), retry_policy, timeout=timeout)

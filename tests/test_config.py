@@ -74,3 +74,14 @@ def test_event_config_retry_policy_accepts_the_seed_dict():
 def test_bad_configuration_is_a_config_error(kwargs, env, match):
     with pytest.raises(ConfigError, match=match):
         Settings.resolve(environ=env, **kwargs)
+
+
+def test_handler_timeout_is_unset_by_default_and_read_from_the_environment():
+    assert Settings.resolve(environ={}).handler_timeout is None
+    assert Settings.resolve(environ={"EARNEVENTS_HANDLER_TIMEOUT": "1.5"}).handler_timeout == 1.5
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_handler_timeout_is_a_config_error(raw):
+    with pytest.raises(ConfigError, match="EARNEVENTS_HANDLER_TIMEOUT"):
+        Settings.resolve(environ={"EARNEVENTS_HANDLER_TIMEOUT": raw})

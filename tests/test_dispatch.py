@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -442,3 +444,339 @@ def test_when_settling_one_job_of_a_packed_message_fails_the_others_still_finish
     with pytest.raises(SettleFailed, match="redis went away"):
         handle_message(jobs, registry, InlineLoop(), FakeBooks(settle_failures_with=cannot_settle))
     assert sorted(finished) == [1, 2, 3]
+
+
+# --- handlers that misbehave ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt, GeneratorExit])
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_handler_raising_a_base_exception_is_a_failure_like_any_other(registry, exc_type, kind):
+    # Given a handler that raises SystemExit, KeyboardInterrupt or GeneratorExit
+    async def raising_async(e):
+        raise exc_type()
+
+    def raising_sync(e):
+        raise exc_type()
+
+    registry.register("e.x", raising_async if kind == "async" else raising_sync)
+    books = FakeBooks()
+    # When its event is handled
+    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
+    # Then it is a failure, settled (retried or recorded), not a crash
+    assert len(outcomes) == 1 and isinstance(outcomes[0].error, exc_type)
+    assert books.settled == [outcomes]
+
+
+def test_a_loop_thread_survives_a_system_exit_escaping_a_task():
+    from earnevents.worker.loop import LoopThread
+
+    # Given the worker's loop thread
+    loop = LoopThread()
+    try:
+
+        async def escapes():
+            raise SystemExit(3)
+
+        # When a coroutine lets SystemExit escape (the loop re-raises it from run_forever)
+        with pytest.raises(SystemExit):
+            loop.run(escapes(), timeout=5)
+
+        # Then the loop still runs the next coroutine
+        async def fine():
+            return "still here"
+
+        assert loop.run(fine(), timeout=5) == "still here"
+    finally:
+        loop.stop()
+
+
+def test_an_async_handler_past_its_timeout_fails_with_handler_timeout_error(registry):
+    from earnevents import HandlerTimeoutError
+
+    # Given an async handler with timeout=0.2 that never returns, and a sibling
+    async def hangs(e):
+        await asyncio.sleep(3600)
+
+    async def sibling(e):
+        await asyncio.sleep(0.01)
+
+    registry.register("e.x", hangs, timeout=0.2)
+    registry.register("e.x", sibling)
+    books = FakeBooks()
+    started = time.monotonic()
+    # When its event is handled
+    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
+    # Then it fails with HandlerTimeoutError after about 0.2 s; the sibling succeeds
+    assert time.monotonic() - started < 2
+    errors = {o.handler.rsplit(".", 1)[-1]: o.error for o in outcomes}
+    assert isinstance(errors["hangs"], HandlerTimeoutError) and "0.2s" in str(errors["hangs"])
+    assert errors["sibling"] is None
+    assert books.settled == [outcomes]
+
+
+def test_a_single_async_handler_past_its_timeout_leaves_its_task_uncancelled(registry):
+    from earnevents import HandlerTimeoutError
+    from earnevents.worker.dispatch import run_async
+
+    # Given a single async handler that times out
+    async def hangs(e):
+        await asyncio.sleep(3600)
+
+    registry.register("e.x", hangs, timeout=0.1)
+
+    async def run_then_await() -> tuple[list[Outcome], str]:
+        outcomes = await run_async(registry.for_event("e.x"), job_for(Event("e.x", {})), FakeBooks())
+        await asyncio.sleep(0)  # would raise CancelledError if the timeout's cancel leaked
+        return outcomes, "went on"
+
+    # When it runs in the caller's task, Then the caller goes on normally afterwards
+    outcomes, after = InlineLoop().run(run_then_await())
+    assert isinstance(outcomes[0].error, HandlerTimeoutError) and after == "went on"
+
+
+def test_an_async_handler_that_swallows_the_timeout_and_returns_is_a_success(registry):
+    # Given a handler that catches the timeout's cancellation and finishes anyway
+    async def stubborn(e):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+    registry.register("e.x", stubborn, timeout=0.1)
+    # When it runs, Then its result stands (it cannot be stopped from outside) and nothing leaks
+    [outcome] = handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
+    assert outcome.error is None
+
+
+@pytest.mark.timeout(0)  # pytest-timeout's own SIGALRM would otherwise make the handler use a thread
+def test_a_sync_handler_past_its_timeout_is_interrupted_in_the_main_thread(registry):
+    from earnevents import HandlerTimeoutError
+
+    # Given a plain def handler with timeout=0.2 that sleeps for an hour, run in the main thread
+    finished: list[bool] = []
+
+    def hangs(e):
+        time.sleep(3600)
+        finished.append(True)
+
+    registry.register("e.x", hangs, timeout=0.2)
+    started = time.monotonic()
+    # When its event is handled
+    [outcome] = handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
+    # Then SIGALRM interrupted it: a HandlerTimeoutError, and the handler did not go on
+    assert isinstance(outcome.error, HandlerTimeoutError)
+    assert time.monotonic() - started < 2 and finished == []
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0, 0)
+
+
+def test_a_sync_handler_past_its_timeout_outside_the_main_thread_is_abandoned(registry):
+    from earnevents import HandlerTimeoutError
+
+    # Given a plain def handler with timeout=0.2 blocking until released, run by a thread pool's thread
+    release = threading.Event()
+
+    def blocks(e):
+        release.wait(30)
+
+    registry.register("e.x", blocks, timeout=0.2)
+    result: list[list[Outcome]] = []
+    worker = threading.Thread(
+        target=lambda: result.append(handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks()))
+    )
+    started = time.monotonic()
+    # When its event is handled there
+    worker.start()
+    worker.join(10)
+    release.set()
+    # Then the wait ends after the timeout with HandlerTimeoutError
+    [[outcome]] = result
+    assert isinstance(outcome.error, HandlerTimeoutError) and time.monotonic() - started < 5
+
+
+def test_the_workers_timeout_applies_to_handlers_without_their_own(registry):
+    from earnevents import HandlerTimeoutError
+
+    # Given handlers without a timeout of their own and a worker timeout of 0.2 s
+    async def hangs(e):
+        await asyncio.sleep(3600)
+
+    async def own_is_longer(e):
+        await asyncio.sleep(0.4)
+
+    registry.register("e.x", hangs)
+    registry.register("e.x", own_is_longer, timeout=5)
+    job = Job(event=Event("e.x", {}), handler=None, attempt=0, retry_policy=None, queue="q", handler_timeout=0.2)
+    # When the event is handled
+    outcomes = handle(job, registry, InlineLoop(), FakeBooks())
+    # Then the worker's timeout stops the first; the handler's own timeout wins for the second
+    errors = {o.handler.rsplit(".", 1)[-1]: o.error for o in outcomes}
+    assert isinstance(errors["hangs"], HandlerTimeoutError) and errors["own_is_longer"] is None
+
+
+def test_a_sync_wrapper_returning_a_coroutine_is_awaited_on_the_loop(registry):
+    ran: list[str] = []
+
+    async def inner(e):
+        ran.append(threading.current_thread().name)
+
+    async def inner_fails(e):
+        raise RuntimeError("inside the coroutine")
+
+    # Given plain def wrappers that return coroutines (a common decorator pattern)
+    def wrapper(e):
+        return inner(e)
+
+    def failing_wrapper(e):
+        return inner_fails(e)
+
+    registry.register("e.x", wrapper)
+    registry.register("e.x", failing_wrapper)
+    books = FakeBooks()
+    # When the event is handled
+    outcomes = handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)
+    # Then the coroutines ran; a failure inside one is the wrapper's failure
+    assert ran == [threading.current_thread().name]  # InlineLoop runs the loop in this thread
+    errors = {o.handler.rsplit(".", 1)[-1]: o.error for o in outcomes}
+    assert errors["wrapper"] is None and str(errors["failing_wrapper"]) == "inside the coroutine"
+    assert books.done == {registry.for_event("e.x")[0].name}
+
+
+def test_a_sync_handler_returning_an_awaitable_object_has_it_awaited(registry):
+    awaited: list[bool] = []
+
+    class Awaitable:
+        def __await__(self):
+            awaited.append(True)
+            yield from asyncio.sleep(0).__await__()
+
+    def returns_awaitable(e):
+        return Awaitable()
+
+    registry.register("e.x", returns_awaitable)
+    [outcome] = handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
+    assert outcome.error is None and awaited == [True]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), ("1", TypeError)],
+)
+def test_a_bad_handler_timeout_is_refused_when_decorating(timeout, error):
+    import earnevents
+
+    with pytest.raises(error, match="timeout must be a"):
+        earnevents.event_handler("e.x", timeout=timeout)
+    with pytest.raises(error, match="timeout must be a"):
+        earnevents.model_event_handler("User", "created", timeout=timeout)
+
+
+def test_a_bool_handler_timeout_is_a_type_error(registry):
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        registry.register("e.x", lambda e: None, timeout=True)
+
+
+def test_a_handler_timeout_is_kept_on_the_handler(registry):
+    def handler(e):
+        pass
+
+    assert registry.register("e.x", handler, timeout=2).timeout == 2.0
+
+
+def test_a_retry_naming_a_handler_of_another_event_is_malformed(registry):
+    # Given a handler subscribed to e.other
+    def other_handler(e):
+        pass
+
+    other = registry.register("e.other", other_handler)
+    wire = Event("e.x", {}).to_wire()
+    # When a retry message for an e.x event names it, Then it is malformed (not run)
+    with pytest.raises(ValueError, match=r"subscribed to 'e\.other'"):
+        Job.from_message(wire, {"handler": other.name, "attempt": 1}, "q", registry)
+    # while a handler of this event, or one this worker lacks, is accepted
+    assert Job.from_message(Event("e.other", {}).to_wire(), {"handler": other.name}, "q", registry)
+    assert Job.from_message(wire, {"handler": "gone.module.handler"}, "q", registry).handler == "gone.module.handler"
+
+
+def test_a_failure_whose_str_raises_is_still_recorded(registry):
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no str for you")
+
+    h = registry.register("e.x", lambda e: None)
+    store = FakeStore()
+    job = job_for(Event("e.x", {}), policy=RetryPolicy(max_retries=0))
+    asyncio.run(settle_failures(job, [Outcome(h.name, Unprintable())], registry, FakeBus(), store, None))  # type: ignore[arg-type]
+    [record] = store.added
+    assert record.error.startswith("Unprintable: ") and record.traceback
+
+
+def test_a_system_exit_from_the_process_own_termination_passes_through(registry):
+    from earnevents.worker import dispatch
+
+    # Given a pool process whose terminate handler has fired (it raises SystemExit to exit)
+    def interrupted(e):
+        raise SystemExit(-241)
+
+    registry.register("e.x", interrupted)
+    dispatch.on_termination(lambda: True)
+    try:
+        # When that SystemExit surfaces in a sync handler, Then it is not the handler's failure
+        with pytest.raises(SystemExit):
+            handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
+    finally:
+        dispatch.on_termination(lambda: False)
+
+
+def test_when_the_task_thread_is_interrupted_the_async_handlers_beside_it_are_cancelled(registry):
+    from earnevents.worker import dispatch
+    from earnevents.worker.loop import LoopThread
+
+    # Given an async handler still running on the loop while a sync sibling is interrupted by
+    # the process' termination (as Celery's soft time limit or a SIGTERM interrupts the task)
+    started, finished = threading.Event(), threading.Event()
+
+    async def slow(e):
+        started.set()
+        await asyncio.sleep(2)
+        finished.set()
+
+    def interrupted(e):
+        started.wait(5)
+        raise SystemExit(-241)
+
+    registry.register("e.x", slow)
+    registry.register("e.x", interrupted)
+    loop = LoopThread()
+    dispatch.on_termination(lambda: True)
+    try:
+        # When the interruption leaves handle()
+        with pytest.raises(SystemExit):
+            handle(job_for(Event("e.x", {})), registry, loop, FakeBooks())
+        # Then the async handler was cancelled: it never finishes behind the task's back
+        assert not finished.wait(3)
+    finally:
+        dispatch.on_termination(lambda: False)
+        loop.stop()
+
+
+def test_a_loop_thread_goes_on_when_a_handler_stops_its_loop():
+    from earnevents.worker.loop import LoopThread
+
+    # Given the worker's loop thread
+    loop = LoopThread()
+    try:
+
+        async def stops_the_loop():
+            asyncio.get_running_loop().stop()
+
+        # When a coroutine on it stops the loop
+        loop.run(stops_the_loop(), timeout=5)
+
+        # Then the loop still runs the next coroutine
+        async def fine():
+            return "still here"
+
+        assert loop.run(fine(), timeout=5) == "still here"
+    finally:
+        loop.stop()

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import WriteError
 
 from .. import keys
 from .record import FailedJob
+
+log = logging.getLogger(__name__)
+
+EVENT_AS_JSON = "event_json"
+"""Field set to True when ``event`` is stored as its JSON wire form in a string (see add)."""
+
+# What BSON or the server refuses in a document (a key with NUL, "$" or ".", an int beyond
+# 64 bits, a string that is not valid UTF-8): properties of the data, not of the moment.
+_UNSTORABLE = (InvalidDocument, OverflowError, UnicodeError, WriteError)
+
+
+def _text(value: str) -> str:
+    """``value`` with anything UTF-8 cannot carry (lone surrogates) escaped."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _as_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the event as its JSON wire string: storable whatever the event holds."""
+    out = {k: _text(v) if isinstance(v, str) else v for k, v in doc.items()}
+    out["event"] = json.dumps(doc["event"], separators=(",", ":"))  # ASCII, so valid UTF-8
+    out[EVENT_AS_JSON] = True
+    return out
 
 
 class MongoFailureStore:
@@ -42,8 +68,14 @@ class MongoFailureStore:
         return query
 
     async def add(self, job: FailedJob) -> None:
+        """Upsert ``job``; an event BSON refuses is stored as its JSON wire string instead."""
         col = await self._col()
-        await col.replace_one({"_id": job.id}, job.to_doc(), upsert=True)
+        doc = job.to_doc()
+        try:
+            await col.replace_one({"_id": job.id}, doc, upsert=True)
+        except _UNSTORABLE as exc:
+            log.warning("failed job %s: stored with its event as JSON text (BSON refused it: %s)", job.id, exc)
+            await col.replace_one({"_id": _text(job.id)}, _as_json(doc), upsert=True)
 
     async def list(
         self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None

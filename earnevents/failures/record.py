@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import traceback as tb
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,25 @@ from ..event import Event
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def describe(exc: BaseException) -> str:
+    """``"ExcType: message"``, even for an exception whose ``__str__`` (or ``__repr__``) raises."""
+    name = type(exc).__name__
+    try:
+        return f"{name}: {exc}"
+    except Exception as str_error:  # a broken __str__ must not make the failure unrecordable
+        try:
+            return f"{name}: {exc!r}"
+        except Exception:
+            return f"{name}: <unprintable: its __str__ raised {type(str_error).__name__}>"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # formatting calls into the exception; keep what can be had
+        return describe(exc)
 
 
 @dataclass(frozen=True)
@@ -40,8 +60,8 @@ class FailedJob:
             id=job_id or uuid.uuid4().hex,
             event=event,
             handler=handler,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback="".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
+            error=describe(exc),
+            traceback=_format_traceback(exc),
             attempts=attempts,
             queue=queue,
         )
@@ -67,9 +87,12 @@ class FailedJob:
             failed_at = dt.datetime.fromisoformat(failed_at)
         if failed_at.tzinfo is None:  # a Mongo client without tz_aware
             failed_at = failed_at.replace(tzinfo=dt.timezone.utc)
+        event = doc["event"]
+        if isinstance(event, str):  # stored as its JSON wire form (BSON refused the event)
+            event = json.loads(event)
         return cls(
             id=doc["_id"],
-            event=Event.from_wire(doc["event"]),
+            event=Event.from_wire(event),
             handler=doc["handler"],
             error=doc["error"],
             traceback=doc["traceback"],

@@ -10,24 +10,33 @@ dead worker's messages are redelivered, however long a handler runs.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import billiard.common
+import redis.exceptions as rex
 from celery import Celery, signals
 from celery.exceptions import Reject
+from pymongo import errors as mongo_errors
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, stop_any, wait_exponential
+from tenacity.stop import stop_base
 
-from .. import runtime
+from .. import message, runtime
 from ..config import Settings
+from ..failures import FailedJob
+from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from .completions import Completions
-from .dispatch import Job, Outcome, SettleFailed, handle_message, settle_failures
+from .dispatch import Job, Outcome, SettleFailed, handle_message, on_termination, settle_failures
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
 from .relay import RelayStep
@@ -42,6 +51,65 @@ RELAY_INTERVAL = 1.0
 
 SETTLE_TIMEOUT = 30.0
 """Seconds a worker keeps trying to schedule retries / record failures before requeueing."""
+
+FINAL_TRIES = 3
+"""Tries of bookkeeping that fails with a non-transient error before the worker gives up (see settle)."""
+
+MINIMAL_TEXT = 10_000
+"""Characters of error and traceback a minimal failed-job record keeps."""
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError, TimeoutError (asyncio's too) and socket errors
+    rex.ConnectionError,  # BusyLoadingError, AuthenticationError
+    rex.TimeoutError,
+    rex.ReadOnlyError,  # a replica promoted during a failover
+    rex.MasterDownError,
+    rex.TryAgainError,
+    rex.OutOfMemoryError,  # maxmemory reached: may clear once consumers catch up
+    rex.ExecAbortError,  # a MULTI aborted by one of the above
+    rex.NoPermissionError,  # an ACL an operator fixes
+    mongo_errors.ConnectionFailure,  # AutoReconnect, NetworkTimeout, NotPrimaryError, server selection
+    mongo_errors.ExecutionTimeout,
+    mongo_errors.WTimeoutError,
+    mongo_errors.WaitQueueTimeoutError,
+)
+_MONGO_AUTH_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: configuration an operator fixes
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether bookkeeping that failed with ``exc`` may succeed if tried again later.
+
+    Transient: Redis/MongoDB unreachable, failing over, out of memory or refusing
+    credentials. Anything else (BSON refusing a document, a DocumentTooLarge, a
+    Redis ResponseError or DataError, a bug) fails the same way every time.
+    """
+    if isinstance(exc, _TRANSIENT):
+        return True
+    if isinstance(exc, mongo_errors.OperationFailure) and not isinstance(exc, mongo_errors.WriteError):
+        return exc.code in _MONGO_AUTH_CODES or exc.has_error_label("RetryableWriteError")
+    return False
+
+
+class _StopWhenFinal(stop_base):
+    """Stop retrying after FINAL_TRIES tries when the last one failed with a non-transient error."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        error = outcome.exception()
+        return error is not None and not is_transient(error) and retry_state.attempt_number >= FINAL_TRIES
+
+
+def _pool_process_terminating() -> bool:
+    """Whether billiard's SIGTERM handler fired in this process (it raises SystemExit to exit)."""
+    fired = getattr(billiard.common, "terminate_handler_fired", None)
+    if fired is not None:
+        return bool(fired())
+    return bool(getattr(billiard.common, "_should_have_exited", [False])[0])  # older billiard
+
+
+on_termination(_pool_process_terminating)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -76,6 +144,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_queue=settings.queue_name,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A hard time limit (--time-limit) kills the pool process: hand the message back
+        # (Celery acknowledges it by default, and the event would vanish). The older,
+        # combined setting makes Celery versions without task_acks_on_timeout leave it
+        # unacknowledged, so it is redelivered after the visibility timeout. (Failures
+        # are no concern of these: only Reject, or a dying process' SystemExit, leaves the task.)
+        task_acks_on_timeout=False,
+        task_acks_on_failure_or_timeout=False,
         # Keep handlers running through a broker reconnect: acknowledging on Redis works on
         # any connection (the unacked state lives in Redis keys), so nothing must be killed.
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -101,11 +176,18 @@ def create_app(settings: Settings | None = None) -> Celery:
                 raise ValueError("no event")
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
-            jobs = [Job.from_message(event, kwargs, queue) for event in args]
-        except (TypeError, ValueError) as exc:
-            log.error("dropping malformed message %s on %s: %s", self.request.id, queue, exc)
+            jobs = [Job.from_message(event, kwargs, queue, registry, settings.handler_timeout) for event in args]
+        except (TypeError, ValueError, RecursionError) as exc:  # it would fail the same way every time
+            log.error("dropping malformed message %s on %s: %s", self.request.id, queue, describe(exc))
             return
-        worker = WorkerRuntime.get()
+        except Exception as exc:
+            log.error("requeueing %s: could not decode it", self.request.id, exc_info=True)
+            raise Reject(describe(exc), requeue=True) from exc
+        try:
+            worker = WorkerRuntime.get()
+        except Exception as exc:
+            log.error("requeueing %s: could not set up the worker's runtime: %r", self.request.id, exc)
+            raise Reject(str(exc), requeue=True) from exc
         try:
             handle_message(jobs, registry, worker.loop, worker)
         except (SettleError, SettleFailed, RedisError, PyMongoError, OSError) as exc:
@@ -113,6 +195,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             # would lose the event, so hand the message back to be run again.
             log.warning("requeueing %s: %r", self.request.id, exc)
             raise Reject(str(exc), requeue=True) from exc
+        except Exception as exc:
+            # Anything else (Celery's SoftTimeLimitExceeded while async handlers ran, a bug):
+            # Celery would acknowledge a task that raised, so hand the message back instead.
+            # (SystemExit and KeyboardInterrupt end the pool process: Celery requeues those.)
+            log.error("requeueing %s after an unexpected error", self.request.id, exc_info=True)
+            raise Reject(describe(exc), requeue=True) from exc
 
     return app
 
@@ -155,7 +243,9 @@ class WorkerRuntime:
     @staticmethod
     def _retrying() -> AsyncRetrying:
         return AsyncRetrying(
-            stop=stop_after_delay(SETTLE_TIMEOUT), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
+            stop=stop_any(stop_after_delay(SETTLE_TIMEOUT), _StopWhenFinal()),
+            wait=wait_exponential(multiplier=0.1, max=2),
+            reraise=True,
         )
 
     async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
@@ -182,6 +272,12 @@ class WorkerRuntime:
         await self.completions.mark(job.event.id, [handler])
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
+        """Remember successes and schedule retries for, or record, failures.
+
+        Transient errors (Redis/MongoDB unreachable) are retried for SETTLE_TIMEOUT
+        seconds, then SettleError hands the message back. Any other error is final
+        after FINAL_TRIES tries: see :meth:`_give_up`.
+        """
         env = self.env
         succeeded = [o.handler for o in outcomes if o.error is None and not o.recorded]
         failed = [o for o in outcomes if o.error is not None]
@@ -194,7 +290,53 @@ class WorkerRuntime:
                             job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
                         )
         except Exception as exc:
-            raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc
+            if is_transient(exc):
+                raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc
+            await self._give_up(job, succeeded, failed, exc)
+
+    async def _give_up(self, job: Job, succeeded: list[str], failed: list[Outcome], exc: BaseException) -> None:
+        """Bookkeeping that can never succeed: record what can be, log the rest; the message is acked.
+
+        Each failed handler gets a minimal failed-job record (error and traceback cut to
+        MINIMAL_TEXT characters, the settling error noted) in place of the retry or
+        record that could not be made. If the store refuses that too, the event's JSON
+        wire form is logged at CRITICAL level: the log is then the only copy.
+        """
+        wire = json.dumps(job.event.to_wire(), separators=(",", ":"))
+        log.error(
+            "giving up settling event %s (%s) after %d tries: %s; completed: %s; failed: %s",
+            job.event.id,
+            job.event.name,
+            FINAL_TRIES,
+            describe(exc),
+            ", ".join(succeeded) or "-",
+            ", ".join(o.handler for o in failed) or "-",
+        )
+        for outcome in failed:
+            assert outcome.error is not None
+            full = FailedJob.from_exception(
+                job.event,
+                outcome.handler,
+                outcome.error,
+                job.attempt + 1,
+                job.queue,
+                job_id=message.derived_id("failed", job.event.id, outcome.handler, job.attempt + 1),
+            )
+            note = f" [recorded without retries: settling failed with {describe(exc)}]"
+            record = dataclasses.replace(
+                full, error=full.error[:MINIMAL_TEXT] + note[:MINIMAL_TEXT], traceback=full.traceback[-MINIMAL_TEXT:]
+            )
+            try:
+                await asyncio.wait_for(self.env.failures.add(record), SETTLE_TIMEOUT)
+            except Exception as again:
+                log.critical(
+                    "could not record handler %s's failure for event %s either (%s); the event, "
+                    "as JSON, exists only in this log: %s",
+                    outcome.handler,
+                    job.event.id,
+                    describe(again),
+                    wire,
+                )
 
 
 @signals.worker_process_shutdown.connect

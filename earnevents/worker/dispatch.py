@@ -9,9 +9,16 @@ its own (through the delay schedule) until its policy is spent, then recorded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import inspect
 import logging
-from collections.abc import Coroutine, Mapping
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -19,9 +26,10 @@ from .. import message
 from ..bus import EventBus
 from ..context import JobContext
 from ..context import _current as _current_job
-from ..errors import HandlerNotFoundError
+from ..errors import HandlerNotFoundError, HandlerTimeoutError
 from ..event import Event
 from ..failures import FailedJob, FailureStore
+from ..failures.record import describe
 from ..handlers import Handler, HandlerRegistry
 from ..retry import RetryPolicy
 
@@ -57,10 +65,23 @@ class Job:
     attempt: int
     retry_policy: RetryPolicy | None
     queue: str
+    handler_timeout: float | None = None
+    """The worker's timeout for handlers that set none of their own (None: no limit)."""
 
     @classmethod
-    def from_message(cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str) -> Job:
-        """Decode the task's arguments; ValueError/TypeError when they are malformed."""
+    def from_message(
+        cls,
+        event: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        queue: str,
+        registry: HandlerRegistry | None = None,
+        handler_timeout: float | None = None,
+    ) -> Job:
+        """Decode the task's arguments; ValueError/TypeError when they are malformed.
+
+        With ``registry``, a retry naming a handler registered for another event
+        than the message's is malformed too (it must not run on this event).
+        """
         handler = kwargs.get("handler")
         attempt = kwargs.get("attempt", 0)
         if handler is not None and not isinstance(handler, str):
@@ -69,12 +90,18 @@ class Job:
             raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")
         if not isinstance(event, Mapping):
             raise TypeError(f"event must be a dict, got {type(event).__name__}")
+        decoded = Event.from_wire(event)
+        if handler is not None and registry is not None:
+            subscribed = registry.event_of(handler)
+            if subscribed is not None and subscribed != decoded.name:
+                raise ValueError(f"handler {handler} is subscribed to {subscribed!r}, not to {decoded.name!r}")
         return cls(
-            event=Event.from_wire(event),
+            event=decoded,
             handler=handler,
             attempt=attempt,
             retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
             queue=queue,
+            handler_timeout=handler_timeout,
         )
 
 
@@ -122,12 +149,174 @@ async def _record(books: Bookkeeper, job: Job, handler: str) -> Outcome:
     return Outcome(handler, recorded=True)
 
 
+def _never() -> bool:
+    return False
+
+
+_terminating: Callable[[], bool] = _never
+
+
+def on_termination(check: Callable[[], bool]) -> None:
+    """Tell how to recognise this process' own termination while a handler runs.
+
+    A pool process told to exit (a hard time limit's SIGTERM, a cold shutdown) gets
+    SystemExit raised wherever it is, often inside a sync handler: when ``check()``
+    says so, that SystemExit/KeyboardInterrupt is not the handler's failure and
+    passes through, so the process exits and the message is redelivered.
+    """
+    global _terminating
+    _terminating = check
+
+
+def _is_termination(exc: BaseException) -> bool:
+    return isinstance(exc, (SystemExit, KeyboardInterrupt)) and _terminating()
+
+
+def _timeout_of(handler: Handler, job: Job) -> float | None:
+    return handler.timeout if handler.timeout is not None else job.handler_timeout
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not a CancelledError a handler raised)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+    return cancelling is not None and bool(cancelling())
+
+
+def _timed_out(name: str, timeout: float) -> HandlerTimeoutError:
+    return HandlerTimeoutError(f"handler {name} did not finish within {timeout:g}s")
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float | None, name: str) -> None:
+    """Await ``awaitable``, cancelling it after ``timeout`` seconds (HandlerTimeoutError).
+
+    A handler that swallows the cancellation and goes on cannot be stopped here.
+    """
+    if timeout is None:
+        await awaitable
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        if expired:
+            expired = False  # our own cancellation, accounted for here
+            if _uncancel(task) == 0:  # not also cancelled from outside
+                raise _timed_out(name, timeout) from None
+        raise
+    finally:
+        timer.cancel()
+        if expired:  # the handler swallowed our cancellation and went on: take it back
+            _uncancel(task)
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """Undo one cancel() of ``task``; the cancellations left (always 0 before Python 3.11)."""
+    uncancel = getattr(task, "uncancel", None)
+    return int(uncancel()) if uncancel is not None else 0
+
+
+async def _guarded(awaitable: Awaitable[Any], timeout: float | None, name: str) -> BaseException | None:
+    """Await a handler's awaitable on the loop; whatever it raises is returned as data."""
+    try:
+        await _within(awaitable, timeout, name)
+    except BaseException as exc:  # SystemExit too: it must not stop the loop thread
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            raise
+        return exc
+    return None
+
+
+@contextmanager
+def _alarm(timeout: float, name: str) -> Iterator[None]:
+    """Raise HandlerTimeoutError in this (the main) thread after ``timeout`` seconds (SIGALRM)."""
+    armed = True
+
+    def fire(signum: int, frame: object) -> None:
+        nonlocal armed
+        if armed:
+            armed = False
+            raise _timed_out(name, timeout)
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(timeout, 1e-6))  # 0 would disarm it
+    try:
+        yield
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _can_alarm() -> bool:
+    """SIGALRM is ours to use: main thread, POSIX, and no timer or handler set by anyone else."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return False
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) in (
+        signal.SIG_DFL,
+        signal.SIG_IGN,
+        None,
+    )
+
+
+def _call_sync(handler: Handler, event: Event, timeout: float | None) -> Any:
+    """Call a plain ``def`` handler; past ``timeout`` it fails with HandlerTimeoutError.
+
+    In a process' main thread (prefork and solo pools) SIGALRM interrupts the
+    handler where it is. Elsewhere (``-P threads``) a thread cannot be interrupted:
+    the call runs in a thread of its own that is abandoned on timeout and may
+    still finish later (documented in the README).
+    """
+    if timeout is None:
+        return handler.func(event)
+    if _can_alarm():
+        with _alarm(timeout, handler.name):
+            return handler.func(event)
+    future: Future[Any] = Future()
+    context = contextvars.copy_context()
+
+    def call() -> None:
+        try:
+            future.set_result(context.run(handler.func, event))
+        except BaseException as exc:  # handed to the waiting thread as the handler's failure
+            future.set_exception(exc)
+
+    threading.Thread(target=call, name=f"earnevents-handler-{handler.name}", daemon=True).start()
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        log.error("handler %s still running after %gs: abandoned in its thread", handler.name, timeout)
+        raise _timed_out(handler.name, timeout) from None
+
+
 def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outcome:
-    """Call a plain ``def`` handler in the calling thread."""
+    """Call a plain ``def`` handler in the calling thread.
+
+    Anything it raises is its failure, SystemExit and KeyboardInterrupt included.
+    An awaitable it returns (a ``def`` wrapper around an async function) is awaited
+    on the loop, under what is left of the same timeout.
+    """
+    timeout = _timeout_of(handler, job)
+    started = 0.0 if timeout is None else time.monotonic()
     token = _current_job.set(job_context(job, handler.name))
     try:
-        handler.func(job.event)
-    except Exception as exc:  # a handler's failure is data here, not a crash
+        result = _call_sync(handler, job.event, timeout)
+        if result is not None and inspect.isawaitable(result):  # most handlers return None
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            error = loop.run(_guarded(result, left, handler.name))
+            if error is not None:
+                return Outcome(handler.name, error)
+    except BaseException as exc:  # a handler's failure is data here, not a crash
+        if _is_termination(exc):
+            raise
         return Outcome(handler.name, exc)
     finally:
         _current_job.reset(token)
@@ -135,10 +324,16 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
 
 
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
+    timeout = _timeout_of(handler, job)
     token = _current_job.set(job_context(job, handler.name))
     try:
-        await handler.func(job.event)
-    except Exception as exc:  # a handler's failure is data here, not a crash
+        if timeout is None:  # the usual case: no timer, no wrapper
+            await handler.func(job.event)
+        else:
+            await _within(handler.func(job.event), timeout, handler.name)
+    except BaseException as exc:  # a handler's failure is data here, SystemExit too: the loop goes on
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            raise
         return Outcome(handler.name, exc)
     finally:
         _current_job.reset(token)
@@ -187,12 +382,12 @@ async def settle_failures(
         err = outcome.error
         if delay is None:
             log.error(
-                "handler %s failed for %s %s after %d tries: %r; recorded as a failed job",
+                "handler %s failed for %s %s after %d tries: %s; recorded as a failed job",
                 outcome.handler,
                 job.event.name,
                 job.event.id,
                 job.attempt + 1,
-                err,
+                describe(err),
                 exc_info=(type(err), err, err.__traceback__),
             )
             record = FailedJob.from_exception(
@@ -206,12 +401,12 @@ async def settle_failures(
             await failures.add(record)
             continue
         log.warning(
-            "handler %s failed for %s %s (try %d): %r; retrying in %.3gs",
+            "handler %s failed for %s %s (try %d): %s; retrying in %.3gs",
             outcome.handler,
             job.event.name,
             job.event.id,
             job.attempt + 1,
-            err,
+            describe(err),
             delay,
         )
         task_id = message.derived_id("retry", job.event.id, outcome.handler, job.attempt + 1)
@@ -335,9 +530,14 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
     handlers = _not_done(job, handlers, loop.run(books.already_done(job, [h.name for h in handlers])))
     async_handlers = [h for h in handlers if h.is_async]
     pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
-    outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
-    if pending is not None:
-        outcomes = pending.result() + outcomes
+    try:
+        outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
+        if pending is not None:
+            outcomes = pending.result() + outcomes
+    except BaseException:  # this thread was interrupted (a soft time limit, termination)
+        if pending is not None:
+            pending.cancel()  # the async handlers must not run on unseen
+        raise
     if _needs_settling(outcomes):
         loop.run(books.settle(job, outcomes))
     return outcomes

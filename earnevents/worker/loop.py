@@ -11,6 +11,7 @@ that uses it, which with prefork is the child, after fork.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Coroutine
@@ -19,28 +20,50 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 class LoopThread:
     """An event loop running forever in a daemon thread."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="earnevents-loop", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        while True:
+            try:
+                self.loop.run_forever()
+            except BaseException:  # SystemExit/KeyboardInterrupt out of a task: the loop must go on
+                log.exception("the earnevents loop stopped on an exception; running it again")
+                continue
+            if self._stopping:
+                return
+            log.error("something other than the worker stopped the earnevents loop; running it again")
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         """Schedule ``coro`` on the loop; the future resolves in any thread."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result in the calling thread."""
-        return self.submit(coro).result(timeout)
+        """Run ``coro`` on the loop and wait for its result in the calling thread.
+
+        If the wait ends early (``timeout``, or an exception raised in this thread such
+        as Celery's SoftTimeLimitExceeded), ``coro`` is cancelled: nothing runs on
+        unseen.
+        """
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():
