@@ -32,6 +32,7 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_VISIBILITY_TIMEOUT": "40",
     "EARNEVENTS_SCHEDULER_INTERVAL": "0.2",
     "EARNEVENTS_DEDUP_WINDOW": "86400",
+    "EARNEVENTS_MAX_DELIVERIES": "5",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -68,6 +69,8 @@ class Settings:
     visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
     scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
     dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
+    max_deliveries: int = int(DEFAULTS["EARNEVENTS_MAX_DELIVERIES"])
+    """Deliveries of a message a job may die in (its worker process killed) before it is recorded as failed."""
 
     @property
     def queue_name(self) -> str:
@@ -132,6 +135,7 @@ class Settings:
             visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
+            max_deliveries=_int_env(env, "EARNEVENTS_MAX_DELIVERIES"),
         )
 
 
@@ -143,6 +147,17 @@ def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> fl
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{var} must be {'>= 0' if allow_zero else 'positive'}, got {raw!r}")
+    return value
+
+
+def _int_env(env: Mapping[str, str], var: str) -> int:
+    raw = env.get(var) or DEFAULTS[var]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{var} must be at least 1, got {raw!r}")
     return value
 
 

@@ -9,6 +9,7 @@ catches anything the library raises on purpose::
     ├── PublishError                      the broker could not take the event in time
     ├── JobNotFoundError (LookupError)    no failed job with that id
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
+    ├── WorkerLostError                   the worker process died while running a handler, again and again
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
     └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
 
@@ -42,6 +43,11 @@ class JobNotFoundError(EarnEventsError, LookupError):
 
 class HandlerNotFoundError(EarnEventsError, LookupError):
     """Raised when a message names a handler that no imported module registered."""
+
+
+class WorkerLostError(EarnEventsError):
+    """Raised (recorded as the job's failure) when the worker process died while running
+    a handler on each of ``EARNEVENTS_MAX_DELIVERIES`` deliveries of its message."""
 
 
 class ModelValidationError(EarnEventsError, ValueError):

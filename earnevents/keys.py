@@ -37,9 +37,9 @@ def outbox_lock(queue: str) -> str:
     return f"{PREFIX}:{queue}:outbox-lock"
 
 
-def completed(event_id: str, handler: str) -> str:
-    """Set (with a TTL) once ``handler`` completed for the event, so redeliveries skip it."""
-    return f"{PREFIX}:done:{event_id}:{handler}"
+def job_state(event_id: str) -> str:
+    """Hash of handler -> claim or completion mark for one event's jobs (``worker.completions``)."""
+    return f"{PREFIX}:job:{event_id}"
 
 
 def failed_index(queue: str) -> str:

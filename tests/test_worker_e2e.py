@@ -313,8 +313,11 @@ async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_
         wait_results(rclient, tok, 1)  # slow started; the 30 counts run beside it
         # Kill once the 30 count jobs are done and recorded as completed (between the two,
         # a kill re-runs a job: the "completed more than once" window the README states).
-        done = [keys.completed(e.id, "e2e_handlers.count") for e in events[:30]]
-        wait_for(lambda: rclient.exists(*done) == 30, 10, "30 completion records")
+        wait_for(
+            lambda: [rclient.hget(keys.job_state(e.id), "e2e_handlers.count") for e in events[:30]] == [b"d"] * 30,
+            10,
+            "30 completion records",
+        )
         worker.kill()
         rclient.set(f"release:{tok}", 1)
         start_worker(env=env)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -92,12 +93,17 @@ def create_app(settings: Settings | None = None) -> Celery:
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
+        # kombu keeps a message's delivery tag when it puts the message back (a worker lost,
+        # a visibility timeout): the tag owns the message's job claims. Without one (not
+        # a kombu message), a tag of its own: its claims are then never taken over.
+        tag = (self.request.properties or {}).get("delivery_tag")
+        tag = tag if isinstance(tag, str) and tag else f"untagged-{uuid.uuid4().hex}"
         try:
             if not args:
                 raise ValueError("no event")
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
-            jobs = [Job.from_message(event, kwargs, queue) for event in args]
+            jobs = [Job.from_message(event, kwargs, queue, tag) for event in args]
         except (TypeError, ValueError) as exc:
             log.error("dropping malformed message %s on %s: %s", self.request.id, queue, exc)
             return
@@ -127,6 +133,7 @@ class WorkerRuntime:
         self.loop = loop
         self.env = env
         self.completions = Completions(env.connections.redis, env.settings.dedup_window)
+        self.max_deliveries = env.settings.max_deliveries
 
     @classmethod
     def get(cls) -> WorkerRuntime:
@@ -154,28 +161,27 @@ class WorkerRuntime:
             stop=stop_after_delay(SETTLE_TIMEOUT), wait=wait_exponential(multiplier=0.1, max=2), reraise=True
         )
 
-    async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
-        return await self._read_completions(lambda: self.completions.done(job.event.id, handlers))
-
-    async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
+    async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
+        tag = jobs[0][0].delivery_tag  # the jobs of one message share its tag
+        nonce = uuid.uuid4().hex[:8]  # the same on a retry below: one delivery counts once
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
-        return await self._read_completions(lambda: self.completions.done_many(pairs))
+        return await self._read_completions(lambda: self.completions.claim(tag, nonce, pairs))
 
     async def _read_completions(self, read: Callable[[], Awaitable[T]]) -> T:
         try:  # the usual case: one try, no retry machinery
             return await read()
         except Exception:
-            log.debug("could not read completed handlers; retrying", exc_info=True)
+            log.debug("could not claim jobs; retrying", exc_info=True)
         try:
             async for attempt in self._retrying():
                 with attempt:
                     return await read()
         except Exception as exc:
-            raise SettleError(f"could not read completed handlers: {exc!r}") from exc
+            raise SettleError(f"could not claim jobs: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def completed(self, job: Job, handler: str) -> None:
-        await self.completions.mark(job.event.id, [handler])
+        await self.completions.mark(job.event.id, [handler], job.delivery_tag)
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
         env = self.env
@@ -184,7 +190,10 @@ class WorkerRuntime:
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    await self.completions.mark(job.event.id, succeeded)
+                    await self.completions.mark(job.event.id, succeeded, job.delivery_tag)
+                    # Claims end before a retry is scheduled, so the retry (a new message,
+                    # a new tag) finds the job free however soon it is delivered.
+                    await self.completions.release(job.event.id, [o.handler for o in failed], job.delivery_tag)
                     if failed:
                         await settle_failures(
                             job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy

@@ -12,14 +12,14 @@ import asyncio
 import logging
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from .. import message
 from ..bus import EventBus
 from ..context import JobContext
 from ..context import _current as _current_job
-from ..errors import HandlerNotFoundError
+from ..errors import HandlerNotFoundError, WorkerLostError
 from ..event import Event
 from ..failures import FailedJob, FailureStore
 from ..handlers import Handler, HandlerRegistry
@@ -28,6 +28,12 @@ from ..retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+COMPLETED = 0
+"""A claim result (see :meth:`Bookkeeper.claim`): the job completed before; skip it."""
+
+HELD = -1
+"""A claim result: another copy of the message runs the job right now; skip it."""
 
 
 class Loop(Protocol):
@@ -57,9 +63,15 @@ class Job:
     attempt: int
     retry_policy: RetryPolicy | None
     queue: str
+    delivery_tag: str = ""
+    """The message's delivery tag: the same when the message is redelivered, its claims' owner."""
+    deliveries: Mapping[str, int] = field(default_factory=dict)
+    """Handler -> how many times this message was delivered to run it (set by the claim)."""
 
     @classmethod
-    def from_message(cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str) -> Job:
+    def from_message(
+        cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str, delivery_tag: str = ""
+    ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed."""
         handler = kwargs.get("handler")
         attempt = kwargs.get("attempt", 0)
@@ -75,6 +87,7 @@ class Job:
             attempt=attempt,
             retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
             queue=queue,
+            delivery_tag=delivery_tag,
         )
 
 
@@ -108,6 +121,7 @@ def job_context(job: Job, handler: str) -> JobContext:
         handler=handler,
         attempt=job.attempt + 1,
         queue=job.queue,
+        deliveries=job.deliveries.get(handler, 1),
     )
 
 
@@ -183,8 +197,9 @@ async def settle_failures(
         except HandlerNotFoundError:
             handler = None
         policy = choose_policy(handler, job, worker_policy)
-        delay = None if handler is None else retry_delay(policy, job.attempt)
         err = outcome.error
+        # A job whose process died max-deliveries times is final: retrying would kill more.
+        delay = None if handler is None or isinstance(err, WorkerLostError) else retry_delay(policy, job.attempt)
         if delay is None:
             log.error(
                 "handler %s failed for %s %s after %d tries: %r; recorded as a failed job",
@@ -229,23 +244,62 @@ async def settle_failures(
 class Bookkeeper(Protocol):
     """The worker's Redis/Mongo side of handling a message."""
 
-    async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
-        """Which of ``handlers`` completed for this event before (a redelivery)."""
+    max_deliveries: int
+    """Deliveries a job may die in before it is recorded as failed instead of run."""
 
-    async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
-        """:meth:`already_done` for several events at once (a packed message)."""
+    async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
+        """Atomically claim the jobs (event, handler) of one message before running any.
+
+        One entry per job, mapping each handler to :data:`COMPLETED`, :data:`HELD`,
+        or the number of this delivery (1, or more when the same message comes back
+        after its worker died): the claimed jobs run, the others are skipped.
+        """
 
     async def completed(self, job: Job, handler: str) -> None:
-        """Remember that ``handler`` completed for this event (may raise; settle retries)."""
+        """Remember that ``handler`` completed for this event, ending its claim (may raise; settle retries)."""
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
-        """Remember unrecorded successes; schedule retries for, or record, failures."""
+        """Remember unrecorded successes; end the failures' claims, schedule retries for or record them."""
 
 
-def _not_done(job: Job, handlers: list[Handler], done: set[str]) -> list[Handler]:
+def died(deliveries: int) -> WorkerLostError:
+    """The failure recorded for a job whose worker process died on every delivery."""
+    return WorkerLostError(
+        f"the worker process died while running this handler, on each of {deliveries} deliveries"
+        " (killed, crashed or out of memory); not run again"
+    )
+
+
+def _claimed(
+    job: Job, handlers: list[Handler], states: Mapping[str, int], most: int
+) -> tuple[Job, list[Handler], list[Outcome]]:
+    """Split by claim result: the job with its delivery counts, the handlers to run, the dead ones."""
+    run: list[Handler] = []
+    dead: list[Outcome] = []
+    done: list[str] = []
+    held: list[str] = []
+    for h in handlers:
+        n = states.get(h.name, COMPLETED)
+        if n == COMPLETED:
+            done.append(h.name)
+        elif n < 0:
+            held.append(h.name)
+        elif n > most:
+            dead.append(Outcome(h.name, died(n - 1)))
+        else:
+            run.append(h)
     if done:
         log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
-    return [h for h in handlers if h.name not in done]
+    if held:
+        log.info("event %s: skipping %s, another copy of the message runs it", job.event.id, ", ".join(sorted(held)))
+    return replace(job, deliveries={h.name: states[h.name] for h in run}), run, dead
+
+
+async def _claim(
+    books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]
+) -> list[tuple[Job, list[Handler], list[Outcome]]]:
+    states = await books.claim([(job, [h.name for h in handlers]) for job, handlers in pairs])
+    return [_claimed(job, handlers, s, books.max_deliveries) for (job, handlers), s in zip(pairs, states, strict=True)]
 
 
 def _needs_settling(outcomes: list[Outcome]) -> bool:
@@ -254,8 +308,8 @@ def _needs_settling(outcomes: list[Outcome]) -> bool:
 
 async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) -> list[Outcome]:
     """The whole job on the loop, for events whose handlers are all async: one thread hop."""
-    handlers = _not_done(job, handlers, await books.already_done(job, [h.name for h in handlers]))
-    outcomes = await run_async(handlers, job, books)
+    [(job, handlers, dead)] = await _claim(books, [(job, handlers)])
+    outcomes = dead + await run_async(handlers, job, books)
     if _needs_settling(outcomes):
         await books.settle(job, outcomes)
     return outcomes
@@ -270,18 +324,16 @@ class SettleFailed(Exception):
 
 
 async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Bookkeeper) -> list[Outcome]:
-    """All jobs of a packed message on the loop at once: one completion check for all."""
-    done = await books.already_done_many([(job, [h.name for h in handlers]) for job, handlers in pairs])
+    """All jobs of a packed message on the loop at once: one claim for all."""
+    claimed = await _claim(books, pairs)
 
-    async def one(job: Job, handlers: list[Handler], done: set[str]) -> list[Outcome]:
-        outcomes = await run_async(_not_done(job, handlers, done), job, books)
+    async def one(job: Job, handlers: list[Handler], dead: list[Outcome]) -> list[Outcome]:
+        outcomes = dead + await run_async(handlers, job, books)
         if _needs_settling(outcomes):
             await books.settle(job, outcomes)
         return outcomes
 
-    results = await asyncio.gather(
-        *(one(job, handlers, d) for (job, handlers), d in zip(pairs, done, strict=True)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(one(*c) for c in claimed), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:  # every other job has finished and is settled: a redelivery skips those
         raise SettleFailed(errors)
@@ -317,7 +369,10 @@ def handle_message(jobs: list[Job], registry: HandlerRegistry, loop: Loop, books
 def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """Run the job's handlers and settle the outcomes; returns the outcomes of those that ran.
 
-    Handlers that already completed for this event are skipped. Async handlers
+    The handlers are claimed first (:meth:`Bookkeeper.claim`): those that completed
+    for this event before, or that another copy of the message runs, are skipped;
+    those whose worker died on every one of ``max_deliveries`` deliveries are
+    recorded as failed (:class:`WorkerLostError`) instead of run. Async handlers
     run concurrently on ``loop`` while sync ones run here, in the calling (task)
     thread, as plain calls; then ``books.settle`` runs on ``loop``.
     """
@@ -332,12 +387,13 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         return []
     if all(h.is_async for h in handlers):
         return loop.run(_handle_async(job, handlers, books))
-    handlers = _not_done(job, handlers, loop.run(books.already_done(job, [h.name for h in handlers])))
+    [(job, handlers, dead)] = loop.run(_claim(books, [(job, handlers)]))
     async_handlers = [h for h in handlers if h.is_async]
     pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
     outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
     if pending is not None:
         outcomes = pending.result() + outcomes
+    outcomes = dead + outcomes
     if _needs_settling(outcomes):
         loop.run(books.settle(job, outcomes))
     return outcomes
