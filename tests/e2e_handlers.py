@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from earnevents import Event, event_handler, model_event_handler, runtime
+from earnevents import Event, current_job, event_handler, model_event_handler, runtime
 
 _sync = redis.Redis.from_url(os.environ["EARNEVENTS_REDIS_URI"])
 
@@ -125,3 +125,23 @@ async def fixable_sibling(event: Event) -> None:
 @event_handler("t.count")
 async def count(event: Event) -> None:
     await runtime.current().redis.incr(f"count:{event.data['token']}")
+
+
+@event_handler("t.exits")
+def exits_sibling(event: Event) -> None:
+    """Runs (and completes) before ``exits``, its sibling that kills the process."""
+    srecord(event, "exits_sibling")
+
+
+@event_handler("t.exits")
+def exits(event: Event) -> None:
+    """Kills its worker process on every run, as a segfault or the OOM killer would."""
+    srecord(event, "exits", deliveries=current_job().deliveries)
+    os._exit(1)
+
+
+@event_handler("t.once")
+async def once(event: Event) -> None:
+    """Records its start, then takes a while: long enough for a copy to arrive meanwhile."""
+    await arecord(event, "once")
+    await asyncio.sleep(event.data.get("seconds", 1))

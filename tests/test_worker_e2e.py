@@ -326,3 +326,38 @@ async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_
         assert int(rclient.get(f"count:{tok}")) == 30  # the completed jobs were skipped
     finally:
         await earnevents.close()
+
+
+def drained(rclient, queue: str) -> bool:
+    """Nothing of ``queue`` waits or is unacknowledged: every message taken was finished."""
+    return rclient.llen(queue) == 0 and not [v for v in rclient.hvals("unacked") if queue.encode() in v]
+
+
+async def test_a_handler_that_kills_its_process_is_recorded_once_after_max_deliveries(
+    bus, start_worker, rclient, queue
+):
+    worker = start_worker(env={"EARNEVENTS_MAX_DELIVERIES": "2", "EARNEVENTS_VISIBILITY_TIMEOUT": "4"})
+    tok = token()
+    event = Event("t.exits", {"token": tok})
+    await bus.publish(event)
+    [job] = await wait_failed(timeout=30)
+    wait_for(lambda: drained(rclient, queue), 10, "the message acknowledged")
+    assert job.handler == "e2e_handlers.exits" and job.event == event and job.attempts == 1
+    assert job.error.startswith("WorkerLostError: the worker process died while running this handler")
+    recs = results(rclient, tok)
+    assert [r["deliveries"] for r in recs if r["handler"] == "exits"] == [1, 2]  # then not run again
+    assert [r["handler"] for r in recs].count("exits_sibling") == 1  # completed before the first death
+    assert len(await failed_jobs()) == 1 and worker.proc.poll() is None
+
+
+async def test_two_copies_of_one_message_running_at_once_run_the_handler_once(bus, start_worker, rclient, queue):
+    worker = start_worker(concurrency=2)
+    tok = token()
+    event = Event("t.once", {"token": tok, "seconds": 1})
+    await bus.publish(event)
+    await bus.publish(event)  # a second message for the same event, taken by the other pool process
+    wait_results(rclient, tok, 1)
+    wait_for(lambda: drained(rclient, queue), 15, "both copies acknowledged")
+    assert len(results(rclient, tok)) == 1
+    assert "another copy of the message runs it" in worker.log()
+    assert await failed_jobs() == []
