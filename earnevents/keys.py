@@ -37,9 +37,14 @@ def outbox_lock(queue: str) -> str:
     return f"{PREFIX}:{queue}:outbox-lock"
 
 
-def job_state(event_id: str) -> str:
-    """Hash of handler -> claim or completion mark for one event's jobs (``worker.completions``)."""
-    return f"{PREFIX}:job:{event_id}"
+def completed(event_id: str) -> str:
+    """String of the digests of the event's handlers that completed (with a TTL: the dedup window)."""
+    return f"{PREFIX}:done:{event_id}"
+
+
+def job_claims(event_id: str) -> str:
+    """Hash of handler -> the claim of the message running that job of the event (in flight only)."""
+    return f"{PREFIX}:claims:{event_id}"
 
 
 def failed_index(queue: str) -> str:

@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 
 from earnevents import keys
 from earnevents.testing import free_port
-from earnevents.worker.completions import COMPLETED, HELD, Completions
+from earnevents.worker.completions import COMPLETED, HELD, Completions, completed_in, digest
 
 
 class Counting:
@@ -67,8 +67,8 @@ async def test_concurrent_marks_share_round_trips_and_all_are_stored(client):
     client.trips = 0
     await asyncio.gather(*(completions.mark(e, ["h"], "t") for e in events))
     assert client.trips <= 3  # the first write, then everyone who arrived meanwhile
-    assert [await client.client.hget(keys.job_state(e), "h") for e in events] == [b"d"] * 50
-    ttl = await client.client.pttl(keys.job_state(events[1]))
+    assert all([completed_in(await client.client.get(keys.completed(e)), "h") for e in events])
+    ttl = await client.client.pttl(keys.completed(events[1]))
     assert 50_000 < ttl <= 60_000
 
 
@@ -76,7 +76,7 @@ async def test_a_fresh_job_is_claimed_for_its_first_delivery(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
     assert await completions.claim("tag-1", "n1", [(ev, ["a", "b"])]) == [{"a": 1, "b": 1}]
-    assert await client.client.hget(keys.job_state(ev), "a") == b"1:n1:tag-1"
+    assert await client.client.hget(keys.job_claims(ev), "a") == b"1:n1:tag-1"
 
 
 async def test_a_job_claimed_by_another_message_is_held(client):
@@ -84,7 +84,7 @@ async def test_a_job_claimed_by_another_message_is_held(client):
     ev = event_id()
     await completions.claim("tag-1", "n1", [(ev, ["a"])])
     assert await completions.claim("tag-2", "n2", [(ev, ["a", "b"])]) == [{"a": HELD, "b": 1}]
-    assert await client.client.hget(keys.job_state(ev), "a") == b"1:n1:tag-1"  # untouched
+    assert await client.client.hget(keys.job_claims(ev), "a") == b"1:n1:tag-1"  # untouched
 
 
 async def test_the_same_message_redelivered_takes_over_its_claim_and_counts_the_delivery(client):
@@ -142,15 +142,29 @@ async def test_one_claim_covers_every_event_of_a_packed_message_in_one_round_tri
     assert client.trips == 1
 
 
-async def test_a_claimed_jobs_state_lives_at_least_a_day_and_only_the_window_once_settled(client):
+async def test_claims_live_only_while_in_flight_and_completions_for_the_window(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
     await completions.claim("tag-1", "n1", [(ev, ["a", "b"])])
-    assert await client.client.pttl(keys.job_state(ev)) > 86_000_000
+    assert await client.client.pttl(keys.job_claims(ev)) > 86_000_000  # a bound, not the way out
     await completions.mark(ev, ["a"], "tag-1")
-    assert await client.client.pttl(keys.job_state(ev)) > 86_000_000  # b is still claimed
+    assert await client.client.hkeys(keys.job_claims(ev)) == [b"b"]
+    assert 50_000 < await client.client.pttl(keys.completed(ev)) <= 60_000
     await completions.release(ev, ["b"], "tag-1")
-    assert 50_000 < await client.client.pttl(keys.job_state(ev)) <= 60_000
+    assert not await client.client.exists(keys.job_claims(ev))
+    marks = await client.client.get(keys.completed(ev))
+    assert completed_in(marks, "a") and not completed_in(marks, "b")
+
+
+async def test_a_completion_string_is_read_digest_by_digest(client):
+    # Given marks whose bytes hold handler c's digest straddling two digests
+    completions = Completions(lambda: client, window=60)
+    ev, c = event_id(), digest("c")
+    await client.client.set(keys.completed(ev), b"\0" * 4 + c + b"\0" * 4)
+    # Then c did not complete: only whole, aligned digests count
+    assert await completions.claim("t", "n", [(ev, ["c"])]) == [{"c": 1}]
+    await completions.mark(ev, ["c"], "t")
+    assert await completions.claim("t2", "n", [(ev, ["c"])]) == [{"c": COMPLETED}]
 
 
 async def test_with_the_window_off_claims_still_hold_and_nothing_is_remembered(client):
@@ -159,7 +173,7 @@ async def test_with_the_window_off_claims_still_hold_and_nothing_is_remembered(c
     assert await completions.claim("tag-1", "n1", [(ev, ["a"])]) == [{"a": 1}]
     assert await completions.claim("tag-2", "n2", [(ev, ["a"])]) == [{"a": HELD}]
     await completions.mark(ev, ["a"], "tag-1")
-    assert not await client.client.exists(keys.job_state(ev))
+    assert not await client.client.exists(keys.job_claims(ev), keys.completed(ev))
     assert await completions.claim("tag-2", "n3", [(ev, ["a"])]) == [{"a": 1}]
 
 

@@ -1,12 +1,14 @@
 """Job state in Redis: who runs an (event, handler) job now, and which jobs completed.
 
-One hash per event (``keys.job_state``), one field per handler:
+Two keys per event:
 
-- absent: nobody runs the job and it has not completed (or the window is over);
-- ``<deliveries>:<nonce>:<delivery tag>``: the message with that delivery tag claimed
-  the job and runs it; ``deliveries`` counts how many times that message got this far;
-- ``d``: the job completed; kept for the dedup ``window`` (default 24 h) so a
-  redelivered or duplicated message skips it.
+- ``keys.job_claims``, a hash of handler -> ``<deliveries>:<nonce>:<delivery tag>``
+  while a message runs that job: the message with that delivery tag claimed it, and
+  ``deliveries`` counts how many times that message got this far. A field exists
+  only while its job is in flight (an empty hash is no key at all).
+- ``keys.completed``, a string of :data:`DIGEST_SIZE`-byte digests of the handlers
+  that completed, kept for the dedup ``window`` (default 24 h) so a redelivered or
+  duplicated message skips them: one short string per event, however many handlers.
 
 A worker claims every job of a message in one atomic script (:data:`CLAIM`) before
 running any: a job that completed, or that another copy of the message holds, is
@@ -18,6 +20,7 @@ settling a failure (:meth:`Completions.release`) end the claim.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
 import redis.asyncio as aioredis
@@ -33,87 +36,119 @@ HELD = -1
 """Claim result: another copy of the message (another delivery tag) runs the job; skip it."""
 
 CLAIM_TTL = 86400.0
-"""Seconds a claimed job's hash lives at least (longer if the window is longer).
+"""Seconds a claim lives at most (longer if the window is longer): a bound on memory.
 
 Only a claim nobody ends (its message acknowledged without settling it, which the
 worker never does on purpose) lasts that long; a dead worker's claim is taken over
-by its own redelivered message, not left to expire.
+by its own redelivered message, not left to expire. A handler still running after
+this long may be started by another copy of its message.
 """
 
-DONE = "d"
+DIGEST_SIZE = 8
+"""Bytes of a handler's digest in a completion string (64 bits: two handlers of one
+event sharing a digest, which would make one skip the other, has odds of 2**-64)."""
 
-# KEYS: one job-state hash per event. ARGV: delivery tag, nonce of this delivery,
-# claim TTL (ms), then per KEY: the number of handlers, then their names.
-# Returns one integer per handler: 0 completed, -1 held by another message, n >= 1:
-# claimed, for the n-th delivery of this message. The same nonce again (a retried
-# call whose reply was lost) returns the same n instead of counting a new delivery.
-CLAIM = """
+
+def digest(handler: str) -> bytes:
+    """The handler's fixed-size name digest in :func:`keys.completed` strings."""
+    return hashlib.blake2b(handler.encode("utf-8"), digest_size=DIGEST_SIZE).digest()
+
+
+def completed_in(marks: bytes | None, handler: str) -> bool:
+    """Whether the completion string ``marks`` (a ``GET`` of ``keys.completed``) names ``handler``."""
+    mine = digest(handler)
+    data = marks or b""
+    return any(data[i : i + DIGEST_SIZE] == mine for i in range(0, len(data), DIGEST_SIZE))
+
+
+# The completion string is read digest by digest (never searched as a whole: a match
+# across two digests would be a false "completed").
+_DONE = f"""
+local function done(marks, digest)
+  if not marks then return false end
+  for i = 1, #marks, {DIGEST_SIZE} do
+    if string.sub(marks, i, i + {DIGEST_SIZE - 1}) == digest then return true end
+  end
+  return false
+end
+"""
+
+# KEYS: per event, its completion string and its claims hash. ARGV: delivery tag, nonce
+# of this delivery, claim TTL (ms), then per event: the number of handlers, then a name
+# and a digest per handler. Returns one integer per handler: 0 completed, -1 held by
+# another message, n >= 1: claimed, for the n-th delivery of this message. The same
+# nonce again (a retried call whose reply was lost) returns the same n.
+CLAIM = (
+    _DONE
+    + """
 local tag, nonce, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local out, a = {}, 4
-for k = 1, #KEYS do
+for k = 1, #KEYS, 2 do
+  local marks = redis.call('GET', KEYS[k])
+  local claims = KEYS[k + 1]
   local n = tonumber(ARGV[a])
   a = a + 1
   local claimed = false
   for _ = 1, n do
-    local handler = ARGV[a]
-    a = a + 1
-    local state = redis.call('HGET', KEYS[k], handler)
+    local handler, digest = ARGV[a], ARGV[a + 1]
+    a = a + 2
     local result = 1
-    if state == 'd' then
+    if done(marks, digest) then
       result = 0
-    elseif state then
-      local count, held_nonce, holder = string.match(state, '^(%d+):([^:]*):(.*)$')
-      if holder == tag then
-        result = tonumber(count) + ((held_nonce == nonce) and 0 or 1)
-      elseif holder then
-        result = -1
+    else
+      local state = redis.call('HGET', claims, handler)
+      if state then
+        local count, held_nonce, holder = string.match(state, '^(%d+):([^:]*):(.*)$')
+        if holder == tag then
+          result = tonumber(count) + ((held_nonce == nonce) and 0 or 1)
+        elseif holder then
+          result = -1
+        end
       end
     end
     if result > 0 then
-      redis.call('HSET', KEYS[k], handler, result .. ':' .. nonce .. ':' .. tag)
+      redis.call('HSET', claims, handler, result .. ':' .. nonce .. ':' .. tag)
       claimed = true
     end
     out[#out + 1] = result
   end
-  if claimed and redis.call('PTTL', KEYS[k]) < ttl then
-    redis.call('PEXPIRE', KEYS[k], ttl)
+  if claimed and redis.call('PTTL', claims) < ttl then
+    redis.call('PEXPIRE', claims, ttl)
   end
 end
 return out
 """
+)
 
-# KEYS: job-state hashes, one per item (may repeat). ARGV: window (ms), then per KEY:
-# handler, delivery tag, 'd' (completed) or 'r' (release). 'd' with a window marks the
-# job completed; otherwise the claim is dropped if that delivery tag holds it. A hash
-# left without claims expires after the window (an empty hash is gone at once).
-WRITE = """
+# KEYS: per item, the event's completion string and claims hash (may repeat). ARGV:
+# window (ms), then per item: handler, digest, delivery tag, 'd' (completed) or 'r'
+# (release). 'd' with a window adds the digest to the completion string (SET, not
+# APPEND: a short value stays embedded in its key). Either ends the claim if that
+# delivery tag holds it.
+WRITE = (
+    _DONE
+    + """
 local window = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  local key, handler, tag, op = KEYS[i], ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+for i = 1, #KEYS, 2 do
+  local a = 2 * i
+  local handler, digest, tag, op = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   if op == 'd' and window > 0 then
-    redis.call('HSET', key, handler, 'd')
-  else
-    local state = redis.call('HGET', key, handler)
-    if state and state ~= 'd' and string.match(state, '^%d+:[^:]*:(.*)$') == tag then
-      redis.call('HDEL', key, handler)
-    end
+    local marks = redis.call('GET', KEYS[i])
+    if not done(marks, digest) then marks = (marks or '') .. digest end
+    redis.call('SET', KEYS[i], marks, 'PX', window)
   end
-  if window > 0 and redis.call('EXISTS', key) == 1 then
-    local claims = false
-    for _, v in ipairs(redis.call('HVALS', key)) do
-      if v ~= 'd' then claims = true break end
-    end
-    if not claims or redis.call('PTTL', key) < window then
-      redis.call('PEXPIRE', key, window)
-    end
+  local state = redis.call('HGET', KEYS[i + 1], handler)
+  if state and string.match(state, '^%d+:[^:]*:(.*)$') == tag then
+    redis.call('HDEL', KEYS[i + 1], handler)
   end
 end
 return 1
 """
+)
 
 
 class Completions:
-    """Claims, completion marks and releases on ``earnevents:job:<event id>`` hashes."""
+    """Claims, completion marks and releases of (event, handler) jobs in Redis."""
 
     def __init__(self, client: Callable[[], aioredis.Redis], window: float) -> None:
         self._client = client
@@ -137,23 +172,24 @@ class Completions:
         ``nonce`` identifies this delivery: calling again with it (after an error)
         does not count another delivery.
         """
-        jobs = [(event_id, list(handlers)) for event_id, handlers in jobs]
-        if not any(handlers for _, handlers in jobs):
-            return [{} for _ in jobs]
-        args: list[str | int] = [tag, nonce, int(max(self.window, CLAIM_TTL) * 1000)]
-        for _, handlers in jobs:
+        pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
+        if not any(handlers for _, handlers in pairs):
+            return [{} for _ in pairs]
+        event_keys: list[str] = []
+        args: list[str | bytes | int] = [tag, nonce, int(max(self.window, CLAIM_TTL) * 1000)]
+        for event_id, handlers in pairs:
+            event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
             args.append(len(handlers))
-            args.extend(handlers)
+            for name in handlers:
+                args += [name, digest(name)]
         script, _ = self._scripts()
-        results = iter(
-            await script(keys=[keys.job_state(event_id) for event_id, _ in jobs], args=args, client=self._client())
-        )
-        return [{name: int(next(results)) for name in handlers} for _, handlers in jobs]
+        results = iter(await script(keys=event_keys, args=args, client=self._client()))
+        return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
 
     async def mark(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
         """Remember that ``handlers`` completed for ``event_id``; ends their claims.
 
-        With a window of 0 nothing is remembered: only the claims are dropped.
+        With a window of 0 nothing is remembered: only the claims end.
         Concurrent calls share round trips (the handlers of a packed message finish
         together): the first call writes at once, calls arriving meanwhile are
         written together right after it, and each returns once its own are stored.
@@ -169,8 +205,10 @@ class Completions:
             await self._commit(items)
 
     async def _write(self, items: list[tuple[str, str, str, str]]) -> None:
-        args: list[str | int] = [int(self.window * 1000)]
-        for _, handler, tag, op in items:
-            args += [handler, tag, op]
+        event_keys: list[str] = []
+        args: list[str | bytes | int] = [int(self.window * 1000)]
+        for event_id, handler, tag, op in items:
+            event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
+            args += [handler, digest(handler), tag, op]
         _, script = self._scripts()
-        await script(keys=[keys.job_state(event_id) for event_id, *_ in items], args=args, client=self._client())
+        await script(keys=event_keys, args=args, client=self._client())
