@@ -16,6 +16,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from earnevents import keys
 from earnevents.testing import RedisServer
 from earnevents.worker.completions import Completions
 
@@ -28,11 +29,13 @@ def handler_names(count: int) -> list[str]:
 
 
 async def used(client: aioredis.Redis) -> int:
-    return int((await client.info("memory"))["used_memory"])
+    """Memory Redis holds for data: ``used_memory`` less client buffers (which come and go)."""
+    info = await client.info("memory")
+    return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
 
 
 async def per_job_now(client: aioredis.Redis, events: int, handlers: list[str]) -> tuple[float, int]:
-    """Bytes per job with one hash per event (claims, then completion marks)."""
+    """Bytes per job now: claimed, then completed (one completion string per event)."""
     await client.flushall()
     completions = Completions(lambda: client, WINDOW)
     before = await used(client)
@@ -42,7 +45,8 @@ async def per_job_now(client: aioredis.Redis, events: int, handlers: list[str]) 
         await completions.claim("tag", "nonce", [(e, handlers) for e in batch])
         await asyncio.gather(*(completions.mark(e, handlers, "tag") for e in batch))
     after = await used(client)
-    one = int(await client.memory_usage(f"earnevents:job:{ids[0]}") or 0)
+    assert not await client.keys(keys.job_claims("*")), "claims left behind"
+    one = int(await client.memory_usage(keys.completed(ids[0])) or 0)
     return (after - before) / (events * len(handlers)), one
 
 
@@ -72,12 +76,12 @@ async def main() -> None:
     with RedisServer() as server:
         client = aioredis.Redis.from_url(server.url)
         print(f"{args.events} events; Redis bytes per completed job (used_memory growth / jobs)")
-        print("handlers/event  before (key per job)  now (hash per event)  MEMORY USAGE before/now")
+        print("handlers/event  before (key per job)  now (string per event)  MEMORY USAGE before/now")
         for n in args.handlers:
             names = handler_names(n)
             before, key_before = await per_job_before(client, args.events, names)
             now, key_now = await per_job_now(client, args.events, names)
-            print(f"{n:>15}  {before:>19.0f}  {now:>20.0f}  {key_before:>10} / {key_now} (one key)")
+            print(f"{n:>14}  {before:>20.0f}  {now:>22.0f}  {key_before:>10} / {key_now} (one key)")
         await client.aclose()
 
 

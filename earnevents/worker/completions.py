@@ -2,7 +2,7 @@
 
 Two keys per event:
 
-- ``keys.job_claims``, a hash of handler -> ``<deliveries>:<nonce>:<delivery tag>``
+- ``keys.job_claims``, a hash of handler digest -> ``<deliveries>:<nonce>:<delivery tag>``
   while a message runs that job: the message with that delivery tag claimed it, and
   ``deliveries`` counts how many times that message got this far. A field exists
   only while its job is in flight (an empty hash is no key at all).
@@ -73,9 +73,11 @@ local function done(marks, digest)
 end
 """
 
+# Handlers are named by digest in both keys: shorter, and the values stored stay small
+# (Redis reuses a script's argument objects, with their allocation, for later values).
 # KEYS: per event, its completion string and its claims hash. ARGV: delivery tag, nonce
-# of this delivery, claim TTL (ms), then per event: the number of handlers, then a name
-# and a digest per handler. Returns one integer per handler: 0 completed, -1 held by
+# of this delivery, claim TTL (ms), then per event: the number of handlers, then their
+# digests. Returns one integer per handler: 0 completed, -1 held by
 # another message, n >= 1: claimed, for the n-th delivery of this message. The same
 # nonce again (a retried call whose reply was lost) returns the same n.
 CLAIM = (
@@ -90,13 +92,13 @@ for k = 1, #KEYS, 2 do
   a = a + 1
   local claimed = false
   for _ = 1, n do
-    local handler, digest = ARGV[a], ARGV[a + 1]
-    a = a + 2
+    local digest = ARGV[a]
+    a = a + 1
     local result = 1
     if done(marks, digest) then
       result = 0
     else
-      local state = redis.call('HGET', claims, handler)
+      local state = redis.call('HGET', claims, digest)
       if state then
         local count, held_nonce, holder = string.match(state, '^(%d+):([^:]*):(.*)$')
         if holder == tag then
@@ -107,7 +109,7 @@ for k = 1, #KEYS, 2 do
       end
     end
     if result > 0 then
-      redis.call('HSET', claims, handler, result .. ':' .. nonce .. ':' .. tag)
+      redis.call('HSET', claims, digest, result .. ':' .. nonce .. ':' .. tag)
       claimed = true
     end
     out[#out + 1] = result
@@ -121,7 +123,7 @@ return out
 )
 
 # KEYS: per item, the event's completion string and claims hash (may repeat). ARGV:
-# window (ms), then per item: handler, digest, delivery tag, 'd' (completed) or 'r'
+# window (ms), then per item: handler digest, delivery tag, 'd' (completed) or 'r'
 # (release). 'd' with a window adds the digest to the completion string (SET, not
 # APPEND: a short value stays embedded in its key). Either ends the claim if that
 # delivery tag holds it.
@@ -130,16 +132,16 @@ WRITE = (
     + """
 local window = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
-  local a = 2 * i
-  local handler, digest, tag, op = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local a = (i + 1) * 3 / 2 - 1
+  local digest, tag, op = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if op == 'd' and window > 0 then
     local marks = redis.call('GET', KEYS[i])
     if not done(marks, digest) then marks = (marks or '') .. digest end
     redis.call('SET', KEYS[i], marks, 'PX', window)
   end
-  local state = redis.call('HGET', KEYS[i + 1], handler)
+  local state = redis.call('HGET', KEYS[i + 1], digest)
   if state and string.match(state, '^%d+:[^:]*:(.*)$') == tag then
-    redis.call('HDEL', KEYS[i + 1], handler)
+    redis.call('HDEL', KEYS[i + 1], digest)
   end
 end
 return 1
@@ -180,8 +182,7 @@ class Completions:
         for event_id, handlers in pairs:
             event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
             args.append(len(handlers))
-            for name in handlers:
-                args += [name, digest(name)]
+            args += [digest(name) for name in handlers]
         script, _ = self._scripts()
         results = iter(await script(keys=event_keys, args=args, client=self._client()))
         return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
@@ -209,6 +210,6 @@ class Completions:
         args: list[str | bytes | int] = [int(self.window * 1000)]
         for event_id, handler, tag, op in items:
             event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
-            args += [handler, digest(handler), tag, op]
+            args += [digest(handler), tag, op]
         _, script = self._scripts()
         await script(keys=event_keys, args=args, client=self._client())
