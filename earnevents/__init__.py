@@ -27,6 +27,7 @@ from .errors import (
     ModelValidationError,
     NotInitializedError,
     PublishError,
+    WorkerLostError,
 )
 from .event import Event
 from .failures import FailedJob
@@ -74,6 +75,7 @@ __all__ = [
     "HandlerNotFoundError",
     "ModelValidationError",
     "ModelStateError",
+    "WorkerLostError",
     # worker entry point (lazy)
     "app",
     "celery",
