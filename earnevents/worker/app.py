@@ -165,9 +165,9 @@ class WorkerRuntime:
         tag = jobs[0][0].delivery_tag  # the jobs of one message share its tag
         nonce = uuid.uuid4().hex[:8]  # the same on a retry below: one delivery counts once
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
-        return await self._read_completions(lambda: self.completions.claim(tag, nonce, pairs))
+        return await self._claim_retrying(lambda: self.completions.claim(tag, nonce, pairs))
 
-    async def _read_completions(self, read: Callable[[], Awaitable[T]]) -> T:
+    async def _claim_retrying(self, read: Callable[[], Awaitable[T]]) -> T:
         try:  # the usual case: one try, no retry machinery
             return await read()
         except Exception:
