@@ -103,6 +103,25 @@ async def test_claiming_again_in_the_same_delivery_counts_once(client):
     assert await completions.claim("tag-1", "n2", [(ev, ["a"])]) == [{"a": 2}]
 
 
+async def test_of_many_copies_claiming_at_once_exactly_one_gets_each_job(redis_url):
+    # Given 20 copies of one message, each on its own connection, claiming together
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+    ev = event_id()
+    try:
+        results = await asyncio.gather(
+            *(
+                Completions(lambda c=c: c, window=60).claim(f"copy-{i}", "n", [(ev, ["a", "b"])])
+                for i, c in enumerate(clients)
+            )
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    # Then each job has exactly one owner; everyone else sees it held
+    for handler in ("a", "b"):
+        assert sorted(r[0][handler] for r in results) == [HELD] * 19 + [1]
+
+
 async def test_a_completed_job_is_skipped_by_every_message(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
