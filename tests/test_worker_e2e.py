@@ -352,11 +352,11 @@ async def test_a_handler_that_kills_its_process_is_recorded_once_after_max_deliv
 
 
 async def test_two_copies_of_one_message_running_at_once_run_the_handler_once(bus, start_worker, rclient, queue):
-    worker = start_worker(concurrency=2)
     tok = token()
     event = Event("t.once", {"token": tok, "seconds": 1})
     await bus.publish(event)
-    await bus.publish(event)  # a second message for the same event, taken by the other pool process
+    await bus.publish(event)  # a second message for the same event
+    worker = start_worker(concurrency=2)  # takes both at once, one per pool process
     wait_results(rclient, tok, 1)
     wait_for(lambda: drained(rclient, queue), 15, "both copies acknowledged")
     assert len(results(rclient, tok)) == 1
