@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from .. import runtime
 from ..config import Settings
+from ..errors import WorkerLostError
 from ..handlers import registry
 from ..keys import TASK_NAME
 from .completions import Completions
@@ -187,17 +188,22 @@ class WorkerRuntime:
         env = self.env
         succeeded = [o.handler for o in outcomes if o.error is None and not o.recorded]
         failed = [o for o in outcomes if o.error is not None]
+        lost = [o for o in failed if isinstance(o.error, WorkerLostError)]
+        tag = job.delivery_tag
         try:
             async for attempt in self._retrying():
                 with attempt:
                     await self.completions.mark(job.event.id, succeeded, job.delivery_tag)
                     # Claims end before a retry is scheduled, so the retry (a new message,
-                    # a new tag) finds the job free however soon it is delivered.
-                    await self.completions.release(job.event.id, [o.handler for o in failed], job.delivery_tag)
+                    # a new tag) finds the job free however soon it is delivered. A job
+                    # that died too often gets no retry: its claim (and delivery count)
+                    # ends only once its record is stored.
+                    await self.completions.release(job.event.id, [o.handler for o in failed if o not in lost], tag)
                     if failed:
                         await settle_failures(
                             job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
                         )
+                    await self.completions.release(job.event.id, [o.handler for o in lost], tag)
         except Exception as exc:
             raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc
 
