@@ -75,32 +75,42 @@ async def test_concurrent_marks_share_round_trips_and_all_are_stored(client):
 async def test_a_fresh_job_is_claimed_for_its_first_delivery(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    assert await completions.claim("tag-1", "n1", [(ev, ["a", "b"])]) == [{"a": 1, "b": 1}]
-    assert await client.client.hget(keys.job_claims(ev), digest("a")) == b"1:n1:tag-1"
+    assert await completions.claim("tag-1", [(ev, ["a", "b"])]) == [{"a": 1, "b": 1}]
+    assert await client.client.hget(keys.job_claims(ev), digest("a")) == b"1:tag-1"
 
 
 async def test_a_job_claimed_by_another_message_is_held(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    await completions.claim("tag-1", "n1", [(ev, ["a"])])
-    assert await completions.claim("tag-2", "n2", [(ev, ["a", "b"])]) == [{"a": HELD, "b": 1}]
-    assert await client.client.hget(keys.job_claims(ev), digest("a")) == b"1:n1:tag-1"  # untouched
+    await completions.claim("tag-1", [(ev, ["a"])])
+    assert await completions.claim("tag-2", [(ev, ["a", "b"])]) == [{"a": HELD, "b": 1}]
+    assert await client.client.hget(keys.job_claims(ev), digest("a")) == b"1:tag-1"  # untouched
 
 
-async def test_the_same_message_redelivered_takes_over_its_claim_and_counts_the_delivery(client):
+async def test_the_same_message_redelivered_takes_over_its_claim_and_counts_only_starts(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    counts = [await completions.claim("tag-1", f"n{i}", [(ev, ["a"])]) for i in range(4)]
-    assert counts == [[{"a": 1}], [{"a": 2}], [{"a": 3}], [{"a": 4}]]
+    assert await completions.claim("tag-1", [(ev, ["a", "b"])]) == [{"a": 1, "b": 1}]  # both start
+    # The worker died; the message is back: both claims are its own, each had 1 start
+    assert await completions.claim("tag-1", [(ev, ["a", "b"])]) == [{"a": 2, "b": 2}]
+    await completions.started(ev, "a", "tag-1", 2)  # a starts and the worker dies again
+    assert await completions.claim("tag-1", [(ev, ["a", "b"])]) == [{"a": 3, "b": 2}]
 
 
-async def test_claiming_again_in_the_same_delivery_counts_once(client):
-    # A claim retried after its reply was lost must not look like a worker death.
+async def test_a_take_over_alone_counts_nothing(client):
+    # A claim retried after its reply was lost, or a delivery that died before a job started.
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    assert await completions.claim("tag-1", "n1", [(ev, ["a"])]) == [{"a": 1}]
-    assert await completions.claim("tag-1", "n1", [(ev, ["a"])]) == [{"a": 1}]
-    assert await completions.claim("tag-1", "n2", [(ev, ["a"])]) == [{"a": 2}]
+    await completions.claim("tag-1", [(ev, ["a"])])
+    assert [await completions.claim("tag-1", [(ev, ["a"])]) for _ in range(3)] == [[{"a": 2}]] * 3
+
+
+async def test_another_message_cannot_record_a_start_on_a_claim_it_does_not_hold(client):
+    completions = Completions(lambda: client, window=60)
+    ev = event_id()
+    await completions.claim("tag-1", [(ev, ["a"])])
+    await completions.started(ev, "a", "tag-2", 7)
+    assert await completions.claim("tag-1", [(ev, ["a"])]) == [{"a": 2}]
 
 
 async def test_of_many_copies_claiming_at_once_exactly_one_gets_each_job(redis_url):
@@ -110,7 +120,7 @@ async def test_of_many_copies_claiming_at_once_exactly_one_gets_each_job(redis_u
     try:
         results = await asyncio.gather(
             *(
-                Completions(lambda c=c: c, window=60).claim(f"copy-{i}", "n", [(ev, ["a", "b"])])
+                Completions(lambda c=c: c, window=60).claim(f"copy-{i}", [(ev, ["a", "b"])])
                 for i, c in enumerate(clients)
             )
         )
@@ -125,38 +135,38 @@ async def test_of_many_copies_claiming_at_once_exactly_one_gets_each_job(redis_u
 async def test_a_completed_job_is_skipped_by_every_message(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    await completions.claim("tag-1", "n1", [(ev, ["a", "b"])])
+    await completions.claim("tag-1", [(ev, ["a", "b"])])
     await completions.mark(ev, ["a"], "tag-1")
-    assert await completions.claim("tag-1", "n2", [(ev, ["a", "b"])]) == [{"a": COMPLETED, "b": 2}]
-    assert await completions.claim("tag-2", "n3", [(ev, ["a"])]) == [{"a": COMPLETED}]
+    assert await completions.claim("tag-1", [(ev, ["a", "b"])]) == [{"a": COMPLETED, "b": 2}]
+    assert await completions.claim("tag-2", [(ev, ["a"])]) == [{"a": COMPLETED}]
 
 
 async def test_a_released_job_is_free_for_the_next_message_and_counts_from_one(client):
     # A failure settled (retry scheduled): the retry is a new message with a new tag.
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    await completions.claim("tag-1", "n1", [(ev, ["a"])])
-    await completions.claim("tag-1", "n2", [(ev, ["a"])])
+    await completions.claim("tag-1", [(ev, ["a"])])
+    await completions.started(ev, "a", "tag-1", 2)
     await completions.release(ev, ["a"], "tag-1")
-    assert await completions.claim("retry-tag", "n3", [(ev, ["a"])]) == [{"a": 1}]
+    assert await completions.claim("retry-tag", [(ev, ["a"])]) == [{"a": 1}]
 
 
 async def test_releasing_leaves_another_messages_claim_alone(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    await completions.claim("tag-1", "n1", [(ev, ["a"])])
+    await completions.claim("tag-1", [(ev, ["a"])])
     await completions.release(ev, ["a"], "tag-2")
-    assert await completions.claim("tag-3", "n3", [(ev, ["a"])]) == [{"a": HELD}]
+    assert await completions.claim("tag-3", [(ev, ["a"])]) == [{"a": HELD}]
 
 
 async def test_one_claim_covers_every_event_of_a_packed_message_in_one_round_trip(client):
     completions = Completions(lambda: client, window=60)
     e1, e2, e3 = event_id(), event_id(), event_id()
-    await completions.claim("other", "n0", [(e2, ["b"])])
-    await completions.claim("tag-0", "n0", [(e1, ["a"])])
+    await completions.claim("other", [(e2, ["b"])])
+    await completions.claim("tag-0", [(e1, ["a"])])
     await completions.mark(e1, ["a"], "tag-0")
     client.trips = 0
-    result = await completions.claim("tag-1", "n1", [(e1, ["a", "b"]), (e2, ["a", "b"]), (e3, ["a"])])
+    result = await completions.claim("tag-1", [(e1, ["a", "b"]), (e2, ["a", "b"]), (e3, ["a"])])
     assert result == [{"a": COMPLETED, "b": 1}, {"a": 1, "b": HELD}, {"a": 1}]
     assert client.trips == 1
 
@@ -164,7 +174,7 @@ async def test_one_claim_covers_every_event_of_a_packed_message_in_one_round_tri
 async def test_claims_live_only_while_in_flight_and_completions_for_the_window(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()
-    await completions.claim("tag-1", "n1", [(ev, ["a", "b"])])
+    await completions.claim("tag-1", [(ev, ["a", "b"])])
     assert await client.client.pttl(keys.job_claims(ev)) > 86_000_000  # a bound, not the way out
     await completions.mark(ev, ["a"], "tag-1")
     assert await client.client.hkeys(keys.job_claims(ev)) == [digest("b")]
@@ -181,19 +191,19 @@ async def test_a_completion_string_is_read_digest_by_digest(client):
     ev, c = event_id(), digest("c")
     await client.client.set(keys.completed(ev), b"\0" * 4 + c + b"\0" * 4)
     # Then c did not complete: only whole, aligned digests count
-    assert await completions.claim("t", "n", [(ev, ["c"])]) == [{"c": 1}]
+    assert await completions.claim("t", [(ev, ["c"])]) == [{"c": 1}]
     await completions.mark(ev, ["c"], "t")
-    assert await completions.claim("t2", "n", [(ev, ["c"])]) == [{"c": COMPLETED}]
+    assert await completions.claim("t2", [(ev, ["c"])]) == [{"c": COMPLETED}]
 
 
 async def test_with_the_window_off_claims_still_hold_and_nothing_is_remembered(client):
     completions = Completions(lambda: client, window=0)
     ev = event_id()
-    assert await completions.claim("tag-1", "n1", [(ev, ["a"])]) == [{"a": 1}]
-    assert await completions.claim("tag-2", "n2", [(ev, ["a"])]) == [{"a": HELD}]
+    assert await completions.claim("tag-1", [(ev, ["a"])]) == [{"a": 1}]
+    assert await completions.claim("tag-2", [(ev, ["a"])]) == [{"a": HELD}]
     await completions.mark(ev, ["a"], "tag-1")
     assert not await client.client.exists(keys.job_claims(ev), keys.completed(ev))
-    assert await completions.claim("tag-2", "n3", [(ev, ["a"])]) == [{"a": 1}]
+    assert await completions.claim("tag-2", [(ev, ["a"])]) == [{"a": 1}]
 
 
 async def test_a_failed_write_reaches_every_waiting_caller():

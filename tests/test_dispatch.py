@@ -66,7 +66,8 @@ class FakeBooks:
     def __init__(self, done: set[str] | None = None, settle_failures_with=None) -> None:
         self.done = set(done or ())  # handlers completed for every event
         self.done_for: dict[str, set[str]] = {}  # event id -> handlers done (packed messages)
-        self.claims: dict[tuple[str, str], tuple[str, int]] = {}  # (event id, handler) -> (tag, deliveries)
+        self.claims: dict[tuple[str, str], tuple[str, int]] = {}  # (event id, handler) -> (tag, starts)
+        self.log: list[str] = []  # starts recorded and handlers run, in order
         self.settled: list[list[Outcome]] = []
         self.checks = 0
         self._failures = settle_failures_with
@@ -82,12 +83,17 @@ class FakeBooks:
                     states[name] = COMPLETED
                 elif key in self.claims and self.claims[key][0] != job.delivery_tag:
                     states[name] = HELD
+                elif key in self.claims:  # our own claim, back after the worker died
+                    states[name] = self.claims[key][1] + 1
                 else:
-                    count = self.claims[key][1] + 1 if key in self.claims else 1
-                    self.claims[key] = (job.delivery_tag, count)
-                    states[name] = count
+                    self.claims[key] = (job.delivery_tag, 1)
+                    states[name] = 1
             results.append(states)
         return results
+
+    async def started(self, job, handler, starts):
+        self.log.append(f"start {handler.rsplit('.', 1)[-1]} {starts}")
+        self.claims[(job.event.id, handler)] = (job.delivery_tag, starts)
 
     async def completed(self, job, handler):
         self.done_for.setdefault(job.event.id, set()).add(handler)
@@ -498,7 +504,7 @@ def test_the_same_message_redelivered_after_its_worker_died_runs_the_job_and_cou
     h = registry.register("e.x", handler)
     event = Event("e.x", {})
     books = FakeBooks()
-    books.claims[(event.id, h.name)] = ("tag", 2)  # claimed by this message twice, never settled
+    books.claims[(event.id, h.name)] = ("tag", 2)  # started in two deliveries of this message, never settled
     handle(job_for(event, tag="tag"), registry, InlineLoop(), books)
     handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)  # a fresh event: first delivery
     assert seen == [3, 1]
@@ -522,13 +528,13 @@ def test_a_job_that_died_on_every_delivery_is_recorded_once_as_lost_and_its_sibl
         await settle_failures(j, failed, registry, bus, store, RetryPolicy(max_retries=3))  # type: ignore[arg-type]
 
     books = FakeBooks(settle_failures_with=failures)
-    books.claims[(event.id, k.name)] = ("tag", books.max_deliveries)  # died in all 5 deliveries so far
+    books.claims[(event.id, k.name)] = ("tag", books.max_deliveries)  # its worker died in all 5 starts
     outcomes = handle(job_for(event, tag="tag"), registry, InlineLoop(), books)
     assert ran == ["sibling"]  # the killer is not run a sixth time
     [record] = store.added
     assert record.handler == k.name and record.attempts == 1
     assert record.error.startswith("WorkerLostError: the worker process died while running this handler")
-    assert "5 deliveries" in record.error
+    assert "each of the 5 times it started" in record.error
     assert bus.enqueued == []  # final: retrying would only kill more processes
     assert sorted(o.error is None for o in outcomes) == [False, True]
     assert (event.id, k.name) not in books.claims  # settled: the claim is released
@@ -548,3 +554,50 @@ def test_a_packed_message_claims_all_its_jobs_at_once_and_skips_held_and_dead_on
     outcomes = handle_message(jobs, registry, InlineLoop(), books)
     assert sorted(ran) == [0, 3] and books.checks == 1
     assert [type(o.error).__name__ for o in outcomes if o.error is not None] == ["WorkerLostError"]
+
+
+def test_jobs_taken_over_from_a_delivery_that_died_run_one_at_a_time_after_the_fresh_ones(registry):
+    running: list[str] = []
+    overlaps: list[list[str]] = []
+    books = FakeBooks()
+
+    def tracked(name):
+        async def handler(e):
+            books.log.append(f"run {name}")
+            running.append(name)
+            overlaps.append(list(running))
+            await asyncio.sleep(0.01)
+            running.remove(name)
+
+        handler.__name__ = handler.__qualname__ = name
+        return handler
+
+    hs = {name: registry.register("e.x", tracked(name)) for name in ("twice", "once", "fresh")}
+    event = Event("e.x", {})
+    books.claims[(event.id, hs["twice"].name)] = ("tag", 2)  # cut short in two deliveries
+    books.claims[(event.id, hs["once"].name)] = ("tag", 1)  # cut short in one
+    outcomes = handle(job_for(event, tag="tag"), registry, InlineLoop(), books)
+    assert [o.error for o in outcomes] == [None, None, None]
+    # The fresh job first; then fewest starts first, each start recorded before it runs
+    assert books.log == ["run fresh", "start once 2", "run once", "start twice 3", "run twice"]
+    assert all(len(o) == 1 for o in overlaps)  # never two at once
+
+
+def test_a_packed_message_back_after_its_worker_died_runs_the_cut_short_jobs_one_at_a_time(registry):
+    running, most = 0, 0
+
+    async def handler(e):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    h = registry.register("e.x", handler)
+    jobs = [job_for(Event("e.x", {"i": i}), tag="packed") for i in range(5)]
+    books = FakeBooks()
+    for job in jobs:
+        books.claims[(job.event.id, h.name)] = ("packed", 1)
+    outcomes = handle_message(jobs, registry, InlineLoop(), books)
+    assert len(outcomes) == 5 and all(o.error is None for o in outcomes)
+    assert most == 1 and books.log == ["start handler 2"] * 5

@@ -164,9 +164,11 @@ class WorkerRuntime:
 
     async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
         tag = jobs[0][0].delivery_tag  # the jobs of one message share its tag
-        nonce = uuid.uuid4().hex[:8]  # the same on a retry below: one delivery counts once
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
-        return await self._claim_retrying(lambda: self.completions.claim(tag, nonce, pairs))
+        return await self._claim_retrying(lambda: self.completions.claim(tag, pairs))
+
+    async def started(self, job: Job, handler: str, starts: int) -> None:
+        await self._claim_retrying(lambda: self.completions.started(job.event.id, handler, job.delivery_tag, starts))
 
     async def _claim_retrying(self, read: Callable[[], Awaitable[T]]) -> T:
         try:  # the usual case: one try, no retry machinery

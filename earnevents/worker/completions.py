@@ -2,20 +2,23 @@
 
 Two keys per event:
 
-- ``keys.job_claims``, a hash of handler digest -> ``<deliveries>:<nonce>:<delivery tag>``
-  while a message runs that job: the message with that delivery tag claimed it, and
-  ``deliveries`` counts how many times that message got this far. A field exists
-  only while its job is in flight (an empty hash is no key at all).
+- ``keys.job_claims``, a hash of handler digest -> ``<starts>:<delivery tag>`` while a
+  message runs that job: the message with that delivery tag claimed it, and ``starts``
+  counts the deliveries of that message in which the job started. A field exists only
+  while its job is in flight (an empty hash is no key at all).
 - ``keys.completed``, a string of :data:`DIGEST_SIZE`-byte digests of the handlers
   that completed, kept for the dedup ``window`` (default 24 h) so a redelivered or
   duplicated message skips them: one short string per event, however many handlers.
 
 A worker claims every job of a message in one atomic script (:data:`CLAIM`) before
 running any: a job that completed, or that another copy of the message holds, is
-skipped. The same message redelivered (kombu keeps its delivery tag when it puts
-it back) takes over its own claim: that is how a job whose worker died runs again,
-and how its deliveries are counted. Completion (:meth:`Completions.mark`) and
-settling a failure (:meth:`Completions.release`) end the claim.
+skipped. A fresh claim counts as the job's first start. The same message redelivered
+(kombu keeps its delivery tag when it puts it back) takes over its own claims: that
+is how a job whose worker died runs again. A take-over counts nothing by itself; the
+worker records each start (:meth:`Completions.started`) right before running the
+job, so only the jobs that were running when a process died count that delivery.
+Completion (:meth:`Completions.mark`) and settling a failure
+(:meth:`Completions.release`) end the claim.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ COMPLETED = 0
 
 HELD = -1
 """Claim result: another copy of the message (another delivery tag) runs the job; skip it."""
+
+FRESH = 1
+"""Claim result: claimed now, and counted as the job's first start. A result above this
+is a take-over by the same message: the number its next start would be."""
 
 CLAIM_TTL = 86400.0
 """Seconds a claim lives at most (longer if the window is longer): a bound on memory.
@@ -75,16 +82,15 @@ end
 
 # Handlers are named by digest in both keys: shorter, and the values stored stay small
 # (Redis reuses a script's argument objects, with their allocation, for later values).
-# KEYS: per event, its completion string and its claims hash. ARGV: delivery tag, nonce
-# of this delivery, claim TTL (ms), then per event: the number of handlers, then their
-# digests. Returns one integer per handler: 0 completed, -1 held by
-# another message, n >= 1: claimed, for the n-th delivery of this message. The same
-# nonce again (a retried call whose reply was lost) returns the same n.
+# KEYS: per event, its completion string and its claims hash. ARGV: delivery tag, claim
+# TTL (ms), then per event: the number of handlers, then their digests. Returns one
+# integer per handler: 0 completed, -1 held by another message, 1 claimed now (its first
+# start), n >= 2: this message's own claim taken over, n - 1 starts so far.
 CLAIM = (
     _DONE
     + """
-local tag, nonce, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local out, a = {}, 4
+local tag, ttl = ARGV[1], tonumber(ARGV[2])
+local out, a = {}, 3
 for k = 1, #KEYS, 2 do
   local marks = redis.call('GET', KEYS[k])
   local claims = KEYS[k + 1]
@@ -100,16 +106,16 @@ for k = 1, #KEYS, 2 do
     else
       local state = redis.call('HGET', claims, digest)
       if state then
-        local count, held_nonce, holder = string.match(state, '^(%d+):([^:]*):(.*)$')
+        local starts, holder = string.match(state, '^(%d+):(.*)$')
         if holder == tag then
-          result = tonumber(count) + ((held_nonce == nonce) and 0 or 1)
+          result = tonumber(starts) + 1
         elseif holder then
           result = -1
         end
       end
     end
-    if result > 0 then
-      redis.call('HSET', claims, digest, result .. ':' .. nonce .. ':' .. tag)
+    if result == 1 then
+      redis.call('HSET', claims, digest, '1:' .. tag)
       claimed = true
     end
     out[#out + 1] = result
@@ -123,10 +129,10 @@ return out
 )
 
 # KEYS: per item, the event's completion string and claims hash (may repeat). ARGV:
-# window (ms), then per item: handler digest, delivery tag, 'd' (completed) or 'r'
-# (release). 'd' with a window adds the digest to the completion string (SET, not
-# APPEND: a short value stays embedded in its key). Either ends the claim if that
-# delivery tag holds it.
+# window (ms), then per item: handler digest, delivery tag, and 'd' (completed), 'r'
+# (release) or a number (the job starts for that time). 'd' with a window adds the
+# digest to the completion string (SET, not APPEND: a short value stays embedded in its
+# key). 'd' and 'r' end the claim, a number updates it, if that delivery tag holds it.
 WRITE = (
     _DONE
     + """
@@ -140,8 +146,12 @@ for i = 1, #KEYS, 2 do
     redis.call('SET', KEYS[i], marks, 'PX', window)
   end
   local state = redis.call('HGET', KEYS[i + 1], digest)
-  if state and string.match(state, '^%d+:[^:]*:(.*)$') == tag then
-    redis.call('HDEL', KEYS[i + 1], digest)
+  if state and string.match(state, '^%d+:(.*)$') == tag then
+    if tonumber(op) then
+      redis.call('HSET', KEYS[i + 1], digest, op .. ':' .. tag)
+    else
+      redis.call('HDEL', KEYS[i + 1], digest)
+    end
   end
 end
 return 1
@@ -166,19 +176,19 @@ class Completions:
             self._write_script = AsyncScript(client, WRITE)
         return self._claim, self._write_script
 
-    async def claim(self, tag: str, nonce: str, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, int]]:
+    async def claim(self, tag: str, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, int]]:
         """Claim the jobs of one message (delivery ``tag``): (event id, handlers) pairs.
 
         One round trip for the whole message. For each pair, maps every handler to
-        :data:`COMPLETED`, :data:`HELD` or the delivery count of the claim taken.
-        ``nonce`` identifies this delivery: calling again with it (after an error)
-        does not count another delivery.
+        :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for a take-over of this
+        message's own claim, the number its next start would be. Calling again (after
+        an error) counts nothing: at worst a fresh claim comes back as a take-over.
         """
         pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
         if not any(handlers for _, handlers in pairs):
             return [{} for _ in pairs]
         event_keys: list[str] = []
-        args: list[str | bytes | int] = [tag, nonce, int(max(self.window, CLAIM_TTL) * 1000)]
+        args: list[str | bytes | int] = [tag, int(max(self.window, CLAIM_TTL) * 1000)]
         for event_id, handlers in pairs:
             event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
             args.append(len(handlers))
@@ -198,6 +208,10 @@ class Completions:
         items = [(event_id, name, tag, "d") for name in handlers]
         if items:
             await self._commit(items)
+
+    async def started(self, event_id: str, handler: str, tag: str, starts: int) -> None:
+        """Record that the job starts for the ``starts``-th time (after a take-over)."""
+        await self._commit([(event_id, handler, tag, str(starts))])
 
     async def release(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
         """End the claims ``tag`` holds on these jobs, which did not complete (they failed)."""

@@ -35,6 +35,10 @@ COMPLETED = 0
 HELD = -1
 """A claim result: another copy of the message runs the job right now; skip it."""
 
+FRESH = 1
+"""A claim result: claimed now, counted as the job's first start. Above it: this
+message's own claim taken over (its worker died), the number the next start would be."""
+
 
 class Loop(Protocol):
     """Where async work runs: the worker's per-process loop thread."""
@@ -66,7 +70,7 @@ class Job:
     delivery_tag: str = ""
     """The message's delivery tag: the same when the message is redelivered, its claims' owner."""
     deliveries: Mapping[str, int] = field(default_factory=dict)
-    """Handler -> how many times this message was delivered to run it (set by the claim)."""
+    """Handler -> in how many deliveries of this message it started, this one included (set by the claim)."""
 
     @classmethod
     def from_message(
@@ -251,9 +255,12 @@ class Bookkeeper(Protocol):
         """Atomically claim the jobs (event, handler) of one message before running any.
 
         One entry per job, mapping each handler to :data:`COMPLETED`, :data:`HELD`,
-        or the number of this delivery (1, or more when the same message comes back
-        after its worker died): the claimed jobs run, the others are skipped.
+        :data:`FRESH`, or (the same message back after its worker died) the number
+        its next start would be: the claimed jobs run, the others are skipped.
         """
+
+    async def started(self, job: Job, handler: str, starts: int) -> None:
+        """Record that a taken-over job starts for the ``starts``-th time, before it runs."""
 
     async def completed(self, job: Job, handler: str) -> None:
         """Remember that ``handler`` completed for this event, ending its claim (may raise; settle retries)."""
@@ -262,19 +269,32 @@ class Bookkeeper(Protocol):
         """Remember unrecorded successes; end the failures' claims, schedule retries for or record them."""
 
 
-def died(deliveries: int) -> WorkerLostError:
-    """The failure recorded for a job whose worker process died on every delivery."""
+def died(starts: int) -> WorkerLostError:
+    """The failure recorded for a job whose worker process died each time it started."""
     return WorkerLostError(
-        f"the worker process died while running this handler, on each of {deliveries} deliveries"
+        f"the worker process died while running this handler, each of the {starts} times it started"
         " (killed, crashed or out of memory); not run again"
     )
 
 
-def _claimed(
-    job: Job, handlers: list[Handler], states: Mapping[str, int], most: int
-) -> tuple[Job, list[Handler], list[Outcome]]:
-    """Split by claim result: the job with its delivery counts, the handlers to run, the dead ones."""
-    run: list[Handler] = []
+@dataclass(frozen=True)
+class Claimed:
+    """One event's jobs sorted by their claim: what runs, and what is settled unrun."""
+
+    job: Job
+    fresh: list[Handler]
+    """Claimed now: they run together, as usual."""
+    again: list[Handler]
+    """Taken over from a delivery whose worker died: they run one at a time, fewest starts
+    first, each start recorded before it runs, so a job that kills the process again is
+    the only one that counts the delivery."""
+    dead: list[Outcome]
+    """Jobs whose worker died in ``max_deliveries`` starts: recorded as failed, not run."""
+
+
+def _claimed(job: Job, handlers: list[Handler], states: Mapping[str, int], most: int) -> Claimed:
+    fresh: list[Handler] = []
+    again: list[Handler] = []
     dead: list[Outcome] = []
     done: list[str] = []
     held: list[str] = []
@@ -286,20 +306,53 @@ def _claimed(
             held.append(h.name)
         elif n > most:
             dead.append(Outcome(h.name, died(n - 1)))
+        elif n == FRESH:
+            fresh.append(h)
         else:
-            run.append(h)
+            again.append(h)
     if done:
         log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
     if held:
         log.info("event %s: skipping %s, another copy of the message runs it", job.event.id, ", ".join(sorted(held)))
-    return replace(job, deliveries={h.name: states[h.name] for h in run}), run, dead
+    if again:
+        log.warning(
+            "event %s: running %s again, one at a time: a worker died while running them",
+            job.event.id,
+            ", ".join(h.name for h in again),
+        )
+    again.sort(key=lambda h: states[h.name])
+    job = replace(job, deliveries={h.name: states[h.name] for h in fresh + again})
+    return Claimed(job, fresh, again, dead)
 
 
-async def _claim(
-    books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]
-) -> list[tuple[Job, list[Handler], list[Outcome]]]:
+async def _claim(books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]) -> list[Claimed]:
     states = await books.claim([(job, [h.name for h in handlers]) for job, handlers in pairs])
     return [_claimed(job, handlers, s, books.max_deliveries) for (job, handlers), s in zip(pairs, states, strict=True)]
+
+
+async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
+    """Run the claimed async handlers on the loop: fresh ones together, then the others one by one."""
+    job = claimed.job
+    outcomes = claimed.dead + await run_async(claimed.fresh, job, books)
+    for h in claimed.again:
+        await books.started(job, h.name, job.deliveries[h.name])
+        outcomes += await run_async([h], job, books)
+    return outcomes
+
+
+def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[Outcome]:
+    """:func:`_run_claimed` for a mix of sync (run in this thread) and async handlers."""
+    job = claimed.job
+    async_handlers = [h for h in claimed.fresh if h.is_async]
+    pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
+    outcomes = [run_sync(h, job, loop, books) for h in claimed.fresh if not h.is_async]
+    if pending is not None:
+        outcomes = pending.result() + outcomes
+    outcomes = claimed.dead + outcomes
+    for h in claimed.again:
+        loop.run(books.started(job, h.name, job.deliveries[h.name]))
+        outcomes += loop.run(run_async([h], job, books)) if h.is_async else [run_sync(h, job, loop, books)]
+    return outcomes
 
 
 def _needs_settling(outcomes: list[Outcome]) -> bool:
@@ -308,10 +361,10 @@ def _needs_settling(outcomes: list[Outcome]) -> bool:
 
 async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) -> list[Outcome]:
     """The whole job on the loop, for events whose handlers are all async: one thread hop."""
-    [(job, handlers, dead)] = await _claim(books, [(job, handlers)])
-    outcomes = dead + await run_async(handlers, job, books)
+    [claimed] = await _claim(books, [(job, handlers)])
+    outcomes = await _run_claimed(claimed, books)
     if _needs_settling(outcomes):
-        await books.settle(job, outcomes)
+        await books.settle(claimed.job, outcomes)
     return outcomes
 
 
@@ -327,13 +380,24 @@ async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Book
     """All jobs of a packed message on the loop at once: one claim for all."""
     claimed = await _claim(books, pairs)
 
-    async def one(job: Job, handlers: list[Handler], dead: list[Outcome]) -> list[Outcome]:
-        outcomes = dead + await run_async(handlers, job, books)
+    async def one(c: Claimed) -> list[Outcome]:
+        outcomes = await _run_claimed(c, books)
         if _needs_settling(outcomes):
-            await books.settle(job, outcomes)
+            await books.settle(c.job, outcomes)
         return outcomes
 
-    results = await asyncio.gather(*(one(*c) for c in claimed), return_exceptions=True)
+    if any(c.again for c in claimed):
+        # Back after its worker died: one event after the other, those cut short
+        # fewest times first, so only the job that kills the process counts again.
+        claimed.sort(key=lambda c: max((c.job.deliveries[h.name] for h in c.again), default=0))
+        results: list[list[Outcome] | BaseException] = []
+        for c in claimed:
+            try:
+                results.append(await one(c))
+            except Exception as exc:
+                results.append(exc)
+    else:
+        results = await asyncio.gather(*(one(c) for c in claimed), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:  # every other job has finished and is settled: a redelivery skips those
         raise SettleFailed(errors)
@@ -371,8 +435,9 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
 
     The handlers are claimed first (:meth:`Bookkeeper.claim`): those that completed
     for this event before, or that another copy of the message runs, are skipped;
-    those whose worker died on every one of ``max_deliveries`` deliveries are
-    recorded as failed (:class:`WorkerLostError`) instead of run. Async handlers
+    those whose worker died in each of ``max_deliveries`` starts are recorded as
+    failed (:class:`WorkerLostError`) instead of run, and those taken over from a
+    delivery that died run one at a time after the others (:class:`Claimed`). Async handlers
     run concurrently on ``loop`` while sync ones run here, in the calling (task)
     thread, as plain calls; then ``books.settle`` runs on ``loop``.
     """
@@ -387,13 +452,8 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         return []
     if all(h.is_async for h in handlers):
         return loop.run(_handle_async(job, handlers, books))
-    [(job, handlers, dead)] = loop.run(_claim(books, [(job, handlers)]))
-    async_handlers = [h for h in handlers if h.is_async]
-    pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
-    outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
-    if pending is not None:
-        outcomes = pending.result() + outcomes
-    outcomes = dead + outcomes
+    [claimed] = loop.run(_claim(books, [(job, handlers)]))
+    outcomes = _run_claimed_here(claimed, loop, books)
     if _needs_settling(outcomes):
-        loop.run(books.settle(job, outcomes))
+        loop.run(books.settle(claimed.job, outcomes))
     return outcomes
