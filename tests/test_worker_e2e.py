@@ -362,3 +362,19 @@ async def test_two_copies_of_one_message_running_at_once_run_the_handler_once(bu
     assert len(results(rclient, tok)) == 1
     assert "another copy of the message runs it" in worker.log()
     assert await failed_jobs() == []
+
+
+async def test_a_sibling_cut_short_by_a_handler_that_kills_its_process_still_completes(
+    bus, start_worker, rclient, queue
+):
+    # Given an async sibling still running when the sync one kills the process, every time
+    start_worker(env={"EARNEVENTS_MAX_DELIVERIES": "2"})
+    tok = token()
+    await bus.publish(Event("t.exits_beside_slow", {"token": tok}))
+    [job] = await wait_failed(timeout=30)
+    wait_for(lambda: drained(rclient, queue), 10, "the message acknowledged")
+    # Then only the killer is recorded; the sibling ran alone on the redelivery and completed
+    assert job.handler == "e2e_handlers.exits_beside_slow" and job.error.startswith("WorkerLostError")
+    done = [r for r in results(rclient, tok) if r["handler"] == "slow_beside_exits"]
+    assert len(done) == 1 and done[0]["deliveries"] == 2
+    assert len(await failed_jobs()) == 1
