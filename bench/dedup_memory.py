@@ -42,7 +42,7 @@ async def per_job_now(client: aioredis.Redis, events: int, handlers: list[str]) 
     ids = [uuid.uuid4().hex for _ in range(events)]
     for chunk in range(0, events, 500):
         batch = ids[chunk : chunk + 500]
-        await completions.claim("tag", "nonce", [(e, handlers) for e in batch])
+        await completions.claim("tag", [(e, handlers) for e in batch])
         await asyncio.gather(*(completions.mark(e, handlers, "tag") for e in batch))
     after = await used(client)
     assert not await client.keys(keys.job_claims("*")), "claims left behind"
