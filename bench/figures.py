@@ -133,12 +133,16 @@ def end_to_end(
     """Pre-publish ``n`` events, start the worker(s), time until all are handled.
 
     ``per_message`` > 1 (earnevents only): that many events packed per queue message.
+    Also reports what stays in Redis per handled event once the workers are gone and
+    the queue is empty (Redis ``used_memory`` and key count, before vs after): the cost
+    of remembering completed jobs, which plain Celery (results ignored) does not pay.
     """
     queue, key = unique(f"e2e-{side}"), unique("count")
+    client = redis.Redis.from_url(redis_url)
+    mem_before, keys_before = client.info("memory")["used_memory"], client.dbsize()
     _prepublish(side, redis_url, queue, name, key, n, per_message if side == "earnevents" else 1)
     make = earnevents_worker if side == "earnevents" else celery_worker
     workers = [make(redis_url, queue, pool, concurrency) for _ in range(processes)]
-    client = redis.Redis.from_url(redis_url)
     try:
         t_start = time.perf_counter()
         for worker in workers:
@@ -151,8 +155,14 @@ def end_to_end(
         for worker in workers:
             worker.stop()
         client.delete(queue, key)
-        client.close()
-    return {"rate": n / (t_done - t_ready), "startup_s": t_ready - t_start}
+    mem_after, keys_after = client.info("memory")["used_memory"], client.dbsize()
+    client.close()
+    return {
+        "rate": n / (t_done - t_ready),
+        "startup_s": t_ready - t_start,
+        "redis_bytes_per_job": max(0.0, (mem_after - mem_before) / n),
+        "redis_keys_per_job": max(0.0, (keys_after - keys_before) / n),
+    }
 
 
 # --- 6: latency ---------------------------------------------------------------------------

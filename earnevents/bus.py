@@ -152,16 +152,17 @@ class EventBus:
     async def _push_now(self, messages: list[tuple[str, str, str]], queue: str) -> None:
         """Push to ``queue`` now; concurrent pushes share one LPUSH (group commit), so
         sequential publishing gets no added latency and concurrent publishing far
-        fewer round trips."""
-        by_queue = self._committers.setdefault(asyncio.get_running_loop(), {})
+        fewer round trips. Each caller's ``publish_timeout`` counts from its own call."""
+        loop = asyncio.get_running_loop()
+        by_queue = self._committers.setdefault(loop, {})
         commit = by_queue.get(queue)
         if commit is None:
 
-            async def send(batch: list[tuple[str, str, str]]) -> None:
-                await self.enqueue(batch, queue=queue)
+            async def send(batch: list[tuple[str, str, str]], deadline: float) -> None:
+                await self.enqueue(batch, queue=queue, deadline=deadline)
 
             commit = by_queue[queue] = GroupCommit(send)
-        await commit(messages)
+        await commit(messages, loop.time() + self._state().settings.event.publish_timeout)
 
     async def enqueue(
         self,
@@ -170,6 +171,7 @@ class EventBus:
         queue: str,
         delay: float | None = None,
         at: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Put built ``(id, event name, message)`` triples on ``queue`` now, or in the
         delay schedule: due ``delay`` seconds from now by Redis' clock, or at unix
@@ -178,14 +180,18 @@ class EventBus:
         When Redis stays unreachable: with an outbox (MongoDB configured) the
         messages are stored there for workers to relay; otherwise PublishError.
 
-        Retries transient Redis errors, bounded by ``publish_timeout`` seconds in all.
+        Retries transient Redis errors, bounded by ``publish_timeout`` seconds in all,
+        or until ``deadline`` (``loop.time()`` based) when that comes first.
         Used by publish and by workers scheduling retries.
         """
         state = self._state()
         settings = state.settings
-        timeout = settings.event.publish_timeout
+        limit = settings.event.publish_timeout
+        timeout = limit
+        if deadline is not None:
+            timeout = max(0.001, min(timeout, deadline - asyncio.get_running_loop().time()))
         # With an outbox, stop trying Redis early and keep the rest of the time for MongoDB.
-        redis_budget = min(timeout, outbox.REDIS_BUDGET) if settings.outbox else timeout
+        redis_budget = min(timeout / 2, outbox.REDIS_BUDGET) if settings.outbox else timeout
 
         async def send_once() -> None:
             client = state.connections.redis()
@@ -222,11 +228,16 @@ class EventBus:
         where = f"queue {queue!r} at {_redact(settings.redis_uri)}"
         if not settings.outbox:
             raise PublishError(
-                f"could not publish {len(messages)} message(s) to {where} within {timeout:g}s: {redis_error!r}. "
+                f"could not publish {len(messages)} message(s) to {where} within {limit:g}s: {redis_error!r}. "
                 "Is Redis running? (publish_timeout sets how long to keep trying)"
             ) from redis_error
         due = at if at is not None else (time.time() + delay if delay is not None else None)
-        remaining = max(0.5, timeout - (time.monotonic() - started))
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            raise PublishError(
+                f"could not publish {len(messages)} message(s) to {where} within {limit:g}s: {redis_error!r}; "
+                "no time was left for the MongoDB outbox"
+            ) from redis_error
         try:
             await asyncio.wait_for(outbox.store(state.connections.db(), messages, queue, due), timeout=remaining)
         except Exception as exc:

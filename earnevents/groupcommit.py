@@ -7,53 +7,95 @@ completion records (the handlers of a packed message finish together).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class GroupCommit(Generic[T]):
-    """Calls ``send`` with the items of callers that arrive while a send is in flight.
+@dataclass(eq=False)
+class _Waiter(Generic[T]):
+    items: list[T]
+    deadline: float
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
-    The first caller sends its items at once, so a lone caller waits for nobody.
-    Callers arriving meanwhile wait; the first caller then sends all of theirs in
-    one call (in arrival order), again until none is waiting. Each caller returns
-    once its own items are sent, and a failure reaches every caller it concerns.
+
+class GroupCommit(Generic[T]):
+    """Calls ``send(items, deadline)`` with the items of callers that arrive while a send is in flight.
+
+    A caller finding no send in flight sends its own items at once (a lone caller
+    waits for nobody) and returns when they are sent. Callers arriving meanwhile
+    wait; when the send in flight ends, all of theirs go out in one call (in
+    arrival order), sent by a background task so that no caller waits for more
+    than the send in flight plus its own. ``deadline`` (``loop.time()`` based,
+    ``inf`` for none) is the earliest of the callers' in that call, so a send
+    bounded by it never outlasts any of its callers' own deadlines.
+
+    A caller cancelled (or timed out) while waiting withdraws its items if their
+    send has not started; a failure reaches every caller whose items it carried.
     Use one instance per event loop.
     """
 
-    def __init__(self, send: Callable[[list[T]], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[list[T], float], Awaitable[None]]) -> None:
         self._send = send
-        self._waiting: list[tuple[list[T], asyncio.Future[None]]] | None = None
+        self._busy = False
+        self._waiting: list[_Waiter[T]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
-    async def __call__(self, items: list[T]) -> None:
-        if self._waiting is not None:  # a send is in flight: join the next one
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append((items, future))
-            await future
+    async def __call__(self, items: list[T], deadline: float = math.inf) -> None:
+        if self._busy:  # a send is in flight: join the next one
+            waiter = _Waiter(items, deadline)
+            self._waiting.append(waiter)
+            try:
+                await waiter.future
+            except asyncio.CancelledError:
+                if waiter in self._waiting:  # not sent yet, and now never will be
+                    self._waiting.remove(waiter)
+                raise
             return
-        waiting: list[tuple[list[T], asyncio.Future[None]]] = []
-        self._waiting = waiting
-        interrupted: BaseException | None = None  # e.g. our cancellation: raised once all are served
+        self._busy = True
         try:
-            await self._send(items)
+            await self._send(items, deadline)
         finally:
-            while waiting:
-                batch = list(waiting)
-                waiting.clear()
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The send in flight ended: serve whoever waits, in the background."""
+        if self._waiting:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
                 try:
-                    await self._send([item for group, _ in batch for item in group])
+                    await self._send(
+                        [item for waiter in batch for item in waiter.items], min(w.deadline for w in batch)
+                    )
                 except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    if not isinstance(exc, Exception):  # cancelled (the loop is closing): the rest too
+                        batch, self._waiting = batch + self._waiting, []
+                    for waiter in batch:
+                        _fail(waiter.future, exc)
                     if not isinstance(exc, Exception):
-                        interrupted = exc
+                        raise
                 else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-            self._waiting = None
-        if interrupted is not None:
-            raise interrupted
+                    for waiter in batch:
+                        if not waiter.future.done():
+                            waiter.future.set_result(None)
+        finally:
+            self._busy = False
+            self._drainer = None
+
+
+def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)

@@ -276,3 +276,70 @@ async def test_a_failed_group_commit_fails_every_publish_in_it(queue):
     finally:
         await earnevents.close()
     assert all(isinstance(r, PublishError) for r in results)
+
+
+async def test_under_a_hung_redis_every_concurrent_publisher_gets_its_answer_within_publish_timeout(queue):
+    # Given a Redis that accepts connections and never answers, and publish_timeout=1
+    hole = BlackHole()
+    await earnevents.init(
+        redis_uri=f"redis://127.0.0.1:{hole.port}/0", event_config={"queue_name": queue, "publish_timeout": 1}
+    )
+    elapsed: list[float] = []
+
+    async def timed_publish() -> None:
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(PublishError):
+                await event_bus.publish(Event("a.b", {}))
+        finally:
+            elapsed.append(time.monotonic() - t0)
+
+    async def burst() -> None:  # publishers keep arriving while sends are in flight
+        tasks = []
+        for _ in range(6):
+            tasks += [asyncio.create_task(timed_publish()) for _ in range(5)]
+            await asyncio.sleep(0.3)
+        await asyncio.gather(*tasks)
+
+    try:
+        await burst()
+    finally:
+        await earnevents.close()
+        hole.close()
+    # Then no publisher waited much beyond its own publish_timeout
+    assert len(elapsed) == 30
+    assert max(elapsed) < 1.6, sorted(elapsed)
+
+
+@pytest.mark.parametrize("position", ["sending", "waiting"])
+async def test_wait_for_around_publish_returns_within_its_timeout_under_a_hung_redis(queue, position):
+    # Given a hung Redis, one publisher whose send is in flight and one waiting to share the next
+    hole = BlackHole()
+    await earnevents.init(
+        redis_uri=f"redis://127.0.0.1:{hole.port}/0", event_config={"queue_name": queue, "publish_timeout": 5}
+    )
+
+    async def bounded() -> float:
+        t0 = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(event_bus.publish(Event("a.b", {})), 0.3)
+        return time.monotonic() - t0
+
+    try:
+        if position == "sending":
+            mine = asyncio.create_task(bounded())
+            await asyncio.sleep(0.05)
+            other = asyncio.create_task(event_bus.publish(Event("a.b", {})))
+        else:
+            other = asyncio.create_task(event_bus.publish(Event("a.b", {})))
+            await asyncio.sleep(0.05)
+            mine = asyncio.create_task(bounded())
+        # When the bounded publisher's time is up, Then it has its answer at once
+        elapsed = await asyncio.wait_for(mine, 4)
+        other.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await other
+    finally:
+        await earnevents.close()
+        hole.close()
+    assert elapsed < 0.6, elapsed

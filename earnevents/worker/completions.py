@@ -219,7 +219,7 @@ class Completions:
         if items:
             await self._commit(items)
 
-    async def _write(self, items: list[tuple[str, str, str, str]]) -> None:
+    async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
         event_keys: list[str] = []
         args: list[str | bytes | int] = [int(self.window * 1000)]
         for event_id, handler, tag, op in items:

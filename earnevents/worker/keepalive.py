@@ -9,22 +9,24 @@ message this worker has reserved or is running. Only messages of dead workers
 age past the timeout, so it can be short (default 40 s) while a ten-minute
 handler is never redelivered.
 
-The same thread refreshes the "alive" keys of this process' consumers and returns
-the in-flight lists of consumers that died (``worker.transport``) to the queue.
+The same thread refreshes the "alive" keys of this process' consumers, lists them
+again in their queues' consumers sets (a worker that stalled longer than the TTL
+was swept as dead and dropped from them), and returns the in-flight lists of
+consumers that died (``worker.consumers``) to the queue.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
 from celery.worker import state
 
-from .. import keys
+from . import consumers
+from .clock import RedisClock
+from .consumers import RETURN_ORPHANS, return_orphans_args
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
-from .transport import RETURN_ORPHANS, live_consumers, return_orphans_args
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +63,20 @@ class KeepAlive(PeriodicThread):
         self.queues = queues
         self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._return_orphans = self._client.register_script(RETURN_ORPHANS)
+        self._clock = RedisClock(self._client.time)  # the clock of every visibility stamp
 
     def close(self) -> None:
         self._client.close()
 
     def refresh(self) -> int:
-        """Stamp every held message with the current time; returns how many were held."""
+        """Stamp every held message with Redis' current time; returns how many were held."""
         tags = held_delivery_tags()
         pipe = self._client.pipeline(transaction=False)
         if tags:
             # XX: never re-create an entry kombu removed on acknowledgement.
-            pipe.zadd(self.index_key, dict.fromkeys(tags, time.time()), xx=True)
-        for consumer, ttl in live_consumers().items():
-            pipe.set(keys.consumer_alive(consumer), 1, px=int(ttl * 1000))
+            pipe.zadd(self.index_key, dict.fromkeys(tags, self._clock.now()), xx=True)
+        for consumer, registration in consumers.live_consumers().items():
+            consumers.register(pipe, consumer, registration)
         pipe.execute()
         return len(tags)
 

@@ -3,7 +3,10 @@
 The delay scheduler, the keep-alive and the outbox relay each call ``tick()``
 every few seconds in a daemon thread of the worker's main process, log one
 warning per Redis/MongoDB outage (not one per tick), and are started and
-stopped by a Celery worker bootstep.
+stopped by a Celery worker bootstep. Any other error in a tick is logged with
+its traceback (once until a tick succeeds) and the thread goes on: a dead
+keep-alive would let live workers' messages be redelivered, a dead scheduler
+would hold every delayed event.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class PeriodicThread:
         self._thread = threading.Thread(target=self._loop, name=f"earnevents-{self.what}", daemon=True)
 
     def tick(self) -> None:
-        """One round of work; Redis/MongoDB errors are logged and retried next interval."""
+        """One round of work; any error is logged and the round retried next interval."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -55,9 +58,13 @@ class PeriodicThread:
                 if not failing:
                     log.warning("%s cannot reach Redis/MongoDB (%r); retrying every %gs", self.what, exc, self.interval)
                 failing = True
+            except Exception as exc:  # a bug or an unforeseen reply: keep the thread alive
+                if not failing:
+                    log.exception("%s failed (%r); retrying every %gs", self.what, exc, self.interval)
+                failing = True
             else:
                 if failing:
-                    log.info("%s reached Redis/MongoDB again", self.what)
+                    log.info("%s works again", self.what)
                 failing = False
             self._stop.wait(self.interval)
 

@@ -6,9 +6,9 @@ socket for milliseconds) loses the message for good. Here a consumer of a single
 queue takes messages with ``BLMOVE queue -> in-flight list``, which is atomic,
 and removes a message from its in-flight list only once kombu has recorded it
 as unacknowledged. Every consumer registers its in-flight list and keeps an
-"alive" key fresh (from the keep-alive thread); live workers return the
-in-flight lists of consumers whose key expired to the queue (:func:`return_orphans`).
-A worker consuming several queues falls back to kombu's BRPOP.
+"alive" key fresh; live workers return the in-flight lists of consumers whose key
+expired to the queue (``worker.consumers``). A worker consuming several queues
+falls back to kombu's BRPOP.
 
 **Fast fetch.** While the queue has messages, a consumer takes them with one Lua
 script per round trip (:data:`FETCH`): it pops as many as the prefetch limit
@@ -21,6 +21,13 @@ flushes its buffered acknowledgements and blocks in ``BLMOVE`` as above.
 An acknowledgement sits in the buffer at most until the next fetch; a worker
 killed in that moment leaves the message to be redelivered after the visibility
 timeout, where the completion records (``worker.completions``) skip its handlers.
+When the channel stops fetching (its consumer is cancelled, it consumes several
+queues, it closes) the buffer is flushed at once.
+
+**Closing.** A channel closing with a fetch in flight (warm shutdown, reconnect)
+reads the reply of the command it sent, so kombu's close hands back what it took
+as unacknowledged messages; it then returns its in-flight list to the queue. Each
+of these steps is logged if it fails, and kombu's own close steps always run.
 
 **Malformed items.** Plain kombu parses queue items inside the worker's event
 loop; an item that is not a kombu message raises there and Celery stops the
@@ -32,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import os
 import socket
 import threading
@@ -46,31 +54,10 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
 
 from .. import keys
+from . import consumers
+from .clock import RedisClock
 
 log = logging.getLogger(__name__)
-
-_live_lock = threading.Lock()
-_live: dict[str, float] = {}
-"""Consumer ids of this process -> their alive TTL in seconds (for the keep-alive thread)."""
-
-
-def live_consumers() -> dict[str, float]:
-    with _live_lock:
-        return dict(_live)
-
-
-# KEYS: consumers set, queue. ARGV: alive-key prefix, in-flight-list prefix.
-RETURN_ORPHANS = """
-local returned = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
-    local list = ARGV[2] .. id
-    while redis.call('LMOVE', list, KEYS[2], 'LEFT', 'RIGHT') do returned = returned + 1 end
-    redis.call('SREM', KEYS[1], id)
-  end
-end
-return returned
-"""
 
 
 # KEYS: queue, unacked hash, unacked index. ARGV: how many to take, then delivery tags
@@ -113,11 +100,6 @@ _RECORDED = ("", b"")
 """``Channel._taken`` for a message the fetch script already recorded as unacknowledged."""
 
 
-def return_orphans_args(queue: str) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV for :data:`RETURN_ORPHANS` on ``queue``."""
-    return [keys.inflight_consumers(queue), queue], [keys.consumer_alive(""), keys.inflight_list(queue, "")]
-
-
 def envelope_problem(message: Any) -> str | None:
     """Why ``message`` (a parsed queue item) is not a kombu message, or None if it is."""
     if not isinstance(message, dict):
@@ -147,7 +129,7 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         taken, self.channel._taken = self.channel._taken, None
         if taken is None:  # kombu's own fetch (several queues), or not recordable by FETCH
-            super().append(message, delivery_tag)
+            self._append_as_kombu(message, delivery_tag)
             return
         if taken is _RECORDED:  # FETCH recorded it: only kombu's in-memory bookkeeping
             super(kombu_redis.QoS, self).append(message, delivery_tag)
@@ -155,12 +137,38 @@ class QoS(kombu_redis.QoS):
         inflight, item = taken
         info = message.delivery_info
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
             pipe.lrem(inflight, 1, item)
             pipe.execute()
         # What kombu's append does after its own writes: the in-memory bookkeeping.
         super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def _append_as_kombu(self, message: Any, delivery_tag: str) -> None:
+        """kombu's append (one MULTI recording the message), stamped on Redis' clock."""
+        info = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
+            pipe.execute()
+        super(kombu_redis.QoS, self).append(message, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Give back the messages unacknowledged for ``visibility_timeout`` on Redis' clock,
+        as kombu does on the local one (which may be skewed against the stamping worker's)."""
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):  # kombu's throttle: every interval-th call
+            return
+        with self.channel.conn_or_acquire() as client:
+            older_than = self.channel.clock.now() - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    limit = {"offset": start, "num": num} if num else {}  # kombu's unacked_restore_limit
+                    due = client.zrange(self.unacked_index_key, older_than, 0, desc=True, byscore=True, **limit)
+                    for tag in due:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:  # another worker is restoring
+                pass
 
     def ack(self, delivery_tag: str) -> None:
         if self.channel._buffer_ack(delivery_tag):  # sent with the next fetch
@@ -180,7 +188,10 @@ class Channel(kombu_redis.Channel):
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reliable_queue: str | None = None
         self._taken: tuple[str, bytes] | None = None  # (in-flight list, item) until QoS.append
-        self._inflight_queues: set[str] = set()
+        self._inflight_queues: frozenset[str] = frozenset()
+        self._registered_at = float("-inf")  # time.monotonic() of the last registration
+        self._sent: str | None = None  # the fetch command whose reply is awaited
+        self.clock = RedisClock(self._redis_time)  # for visibility stamps (QoS)
         self._sync_client: Any = None
         self._fast = False  # True: the next fetch is FETCH (the queue had messages)
         self._acks: list[str] = []  # acknowledgements waiting for the next FETCH
@@ -206,15 +217,30 @@ class Channel(kombu_redis.Channel):
     # --- reliable fetch ------------------------------------------------------------
 
     def _register_inflight(self, queue: str) -> None:
-        if queue in self._inflight_queues:
+        """List this consumer for ``queue``'s orphan sweep and mark it alive, unless that was
+        done less than a quarter of the TTL ago. Called before each BLMOVE: a worker that
+        stalled longer than the TTL was swept as dead, and must be listed again before it
+        takes anything into its in-flight list (a BLMOVE ends well within the TTL)."""
+        ttl = self._alive_ttl()
+        now = time.monotonic()
+        if queue in self._inflight_queues and now - self._registered_at < ttl / 4:
             return
-        ttl = max(2.0, float(self.visibility_timeout))
+        registration = consumers.Registration(ttl, self._inflight_queues | {queue})
         with self.conn_or_acquire() as client:
-            client.set(keys.consumer_alive(self.consumer_id), 1, px=int(ttl * 1000))
-            client.sadd(keys.inflight_consumers(queue), self.consumer_id)
-        with _live_lock:
-            _live[self.consumer_id] = ttl
-        self._inflight_queues.add(queue)
+            pipe = client.pipeline(transaction=False)
+            consumers.register(pipe, self.consumer_id, registration)
+            pipe.execute()
+        consumers.remember(self.consumer_id, registration)
+        self._inflight_queues = registration.queues
+        self._registered_at = now
+
+    def _alive_ttl(self) -> float:
+        """Seconds this consumer's alive key lives unless refreshed."""
+        return max(2.0, float(self.visibility_timeout))
+
+    def _redis_time(self) -> tuple[int, int]:
+        with self.conn_or_acquire() as client:
+            return client.time()  # type: ignore[no-any-return]
 
     def _buffer_ack(self, delivery_tag: str) -> bool:
         """Keep ``delivery_tag``'s acknowledgement for the next FETCH; False: ack it now."""
@@ -225,12 +251,31 @@ class Channel(kombu_redis.Channel):
             return True
 
     def _flush_acks(self) -> None:
-        """Acknowledge the buffered tags now (before blocking, and on close)."""
+        """Acknowledge the buffered tags now (before blocking, and when fetching stops);
+        on failure they stay buffered for the next flush, and the error is raised."""
         with self._acks_lock:
             self._fast = False
             tags, self._acks = self._acks, []
-        if tags:
+        if not tags:
+            return
+        try:
             self._forget_unacked(tags)
+        except BaseException:
+            with self._acks_lock:
+                self._acks[:0] = tags
+            raise
+
+    def _stop_fast_fetch(self) -> None:
+        """No fetch will carry the buffered acknowledgements (consumer cancelled, several
+        queues, closing): send them now, and acknowledge directly from now on."""
+        try:
+            self._flush_acks()
+        except Exception:  # Redis gone: kept for the next flush; else redelivered and skipped
+            log.warning("could not send %d buffered acknowledgement(s)", len(self._acks), exc_info=True)
+
+    def _single_queue(self) -> bool:
+        """Whether the channel fetches with FETCH/BLMOVE (else kombu's BRPOP)."""
+        return len(self.active_queues) == 1 and len(self.priority_steps) == 1 and not self.global_keyprefix
 
     def _forget_unacked(self, tags: list[str]) -> None:
         """Remove ``tags`` from kombu's unacknowledged records (what an ack does)."""
@@ -248,7 +293,7 @@ class Channel(kombu_redis.Channel):
             log.error("dropped an item on the queue that is not a message: %r", exc)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if len(self.active_queues) != 1 or len(self.priority_steps) != 1 or self.global_keyprefix:
+        if not self._single_queue():
             self._reliable_queue = None
             self._flush_acks()
             return super()._brpop_start(timeout)  # type: ignore[no-any-return]
@@ -256,7 +301,6 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return None
         queue = queues[0]
-        self._register_inflight(queue)
         self._reliable_queue = queue
         connection = self.client.connection
         if self._fast:
@@ -267,31 +311,39 @@ class Channel(kombu_redis.Channel):
             connection.send_command(
                 "EVAL", FETCH, 3, queue, self.unacked_key, self.unacked_index_key, want, *self._acks_sent
             )
+            self._sent = "EVAL"
         else:
             self._flush_acks()
+            self._register_inflight(queue)
             wait = self.brpop_timeout if timeout is None else timeout
-            connection.send_command(
-                "BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait or 0
-            )
+            # Never block past half the alive TTL (a long polling_interval would): the move must
+            # land while this consumer is surely listed and alive, or the sweep could miss it.
+            wait = min(wait or math.inf, self._alive_ttl() / 2)
+            connection.send_command("BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait)
+            self._sent = "BLMOVE"
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's own use
         return None
 
     def _brpop_read(self, **options: Any) -> bool:
-        queue = self._reliable_queue
+        queue, sent = self._reliable_queue, self._sent
         if queue is None:
             return bool(super()._brpop_read(**options))
         try:
-            if self._fast:
+            # The command sent decides, not ``_fast``: a cancel or close may have changed it since.
+            if sent == "EVAL":
                 return self._read_fetched(queue, **options)
             return self._read_moved(queue, **options)
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's own use
             self._reliable_queue = None
+            self._sent = None
             self._taken = None  # never left over for a later delivery, even after an error
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+            if not self._single_queue():  # e.g. cancelled while the fetch was in flight
+                self._stop_fast_fetch()
 
     def _read_fetched(self, queue: str, **options: Any) -> bool:
         """The reply of FETCH: up to ``want`` messages, already recorded as unacknowledged."""
@@ -343,14 +395,62 @@ class Channel(kombu_redis.Channel):
             self._fast = not self._fast_unavailable  # the queue had a message: try FETCH next
         return True
 
-    def close(self) -> None:
-        with _live_lock:
-            _live.pop(self.consumer_id, None)
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        """kombu's restore, under a new delivery tag. A worker that stalled past the
+        visibility timeout and then acknowledges its copy must not erase the record of
+        the worker that took the restored one (kombu reuses the tag for both)."""
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        if isinstance(properties, dict):
+            properties["delivery_tag"] = str(uuid.uuid4())
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
         try:
-            self._flush_acks()
-        except Exception:  # Redis gone: those messages come back and are skipped
-            log.warning("could not send buffered acknowledgements at close", exc_info=True)
-        super().close()
+            return super()._basic_cancel(consumer_tag)
+        finally:
+            self._stop_fast_fetch()  # e.g. `celery control cancel_consumer`
+
+    def close(self) -> None:
+        """Hand back what the channel holds, then kombu's close (always, whatever failed)."""
+        consumers.forget(self.consumer_id)
+        try:
+            if not self.closed:
+                self._closing = True
+                self._finish_fetch()
+                self._stop_fast_fetch()
+                self._hand_back_inflight()
+        finally:
+            super().close()
+
+    def _finish_fetch(self) -> None:
+        """Read the reply of the fetch in flight, if any: what it took reaches kombu as
+        delivered (or, with no consumer left, rejected) messages, which its close restores."""
+        if not self._in_poll:
+            return
+        try:
+            self._brpop_read()
+        except Empty:
+            pass
+        except Exception:  # e.g. the connection broke: what FETCH took is recorded as unacked
+            log.warning("could not read the reply of the fetch in flight at close", exc_info=True)
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # never read again by kombu's close
+
+    def _hand_back_inflight(self) -> None:
+        """Return this consumer's in-flight lists to their queues at once, rather than after
+        its alive key expires: a message there was taken but never reached kombu."""
+        if not self._inflight_queues:
+            return
+        try:
+            with self.conn_or_acquire() as client:
+                returned = consumers.hand_back(client, self.consumer_id, self._inflight_queues)
+        except Exception:  # Redis gone: the orphan sweep returns them once the alive key expires
+            log.warning("could not return the in-flight messages at close", exc_info=True)
+            return
+        if returned:
+            log.info("returned %d in-flight message(s) to the queue at close", returned)
 
     # --- malformed items -------------------------------------------------------------
 
