@@ -20,6 +20,9 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _NAMESPACE = uuid.UUID("5d1c3c2e-7a52-4a38-9b1e-4b0f3c7e2a10")
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
+COPY_ID = "earnevents_copy_id"
+"""Message property: unique to each message built (each copy), the same on every redelivery."""
+
 
 def build(
     event_wire: dict[str, Any],
@@ -70,6 +73,7 @@ def _envelope(
     label = f"{first['name']} {first['id']}"
     if len(event_wires) > 1:
         label += f" and {len(event_wires) - 1} more"
+    copy_id = str(uuid.uuid4())
     envelope = {
         "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
         "content-encoding": "utf-8",
@@ -101,7 +105,10 @@ def _envelope(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": copy_id,
+            # Kept as is when the message is given back to the queue (its delivery tag is
+            # then replaced): the worker's claims on the message's jobs are owned by it.
+            COPY_ID: copy_id,
         },
     }
     return json.dumps(envelope, separators=(",", ":"))

@@ -81,19 +81,19 @@ class FakeBooks:
                 key = (job.event.id, name)
                 if name in self.done or name in self.done_for.get(job.event.id, set()):
                     states[name] = COMPLETED
-                elif key in self.claims and self.claims[key][0] != job.delivery_tag:
+                elif key in self.claims and self.claims[key][0] != job.copy_id:
                     states[name] = HELD
                 elif key in self.claims:  # our own claim, back after the worker died
                     states[name] = self.claims[key][1] + 1
                 else:
-                    self.claims[key] = (job.delivery_tag, 1)
+                    self.claims[key] = (job.copy_id, 1)
                     states[name] = 1
             results.append(states)
         return results
 
     async def started(self, job, handler, starts):
         self.log.append(f"start {handler.rsplit('.', 1)[-1]} {starts}")
-        self.claims[(job.event.id, handler)] = (job.delivery_tag, starts)
+        self.claims[(job.event.id, handler)] = (job.copy_id, starts)
 
     async def completed(self, job, handler):
         self.done_for.setdefault(job.event.id, set()).add(handler)
@@ -112,7 +112,7 @@ class FakeBooks:
 def job_for(
     event: Event, handler: str | None = None, attempt: int = 0, policy: RetryPolicy | None = None, tag: str = "tag"
 ) -> Job:
-    return Job(event=event, handler=handler, attempt=attempt, retry_policy=policy, queue="q", delivery_tag=tag)
+    return Job(event=event, handler=handler, attempt=attempt, retry_policy=policy, queue="q", copy_id=tag)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
-from .. import runtime
+from .. import message, runtime
 from ..config import Settings
 from ..errors import WorkerLostError
 from ..handlers import registry
@@ -94,17 +93,18 @@ def create_app(settings: Settings | None = None) -> Celery:
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
-        # kombu keeps a message's delivery tag when it puts the message back (a worker lost,
-        # a visibility timeout): the tag owns the message's job claims. Without one (not
-        # a kombu message), a tag of its own: its claims are then never taken over.
-        tag = (self.request.properties or {}).get("delivery_tag")
-        tag = tag if isinstance(tag, str) and tag else f"untagged-{uuid.uuid4().hex}"
+        # The copy id owns the message's job claims: kept when the message is given back
+        # (a worker lost, a visibility timeout), unlike the delivery tag. A message built
+        # elsewhere has none: its task id then stands in, so a redelivery always takes over
+        # its own claims (at worst two copies with one task id both run; nothing is skipped).
+        copy_id = (self.request.properties or {}).get(message.COPY_ID)
+        copy_id = copy_id if isinstance(copy_id, str) and copy_id else f"task:{self.request.id}"
         try:
             if not args:
                 raise ValueError("no event")
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
-            jobs = [Job.from_message(event, kwargs, queue, tag) for event in args]
+            jobs = [Job.from_message(event, kwargs, queue, copy_id) for event in args]
         except (TypeError, ValueError) as exc:
             log.error("dropping malformed message %s on %s: %s", self.request.id, queue, exc)
             return
@@ -163,12 +163,12 @@ class WorkerRuntime:
         )
 
     async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
-        tag = jobs[0][0].delivery_tag  # the jobs of one message share its tag
+        tag = jobs[0][0].copy_id  # the jobs of one message share it
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
         return await self._claim_retrying(lambda: self.completions.claim(tag, pairs))
 
     async def started(self, job: Job, handler: str, starts: int) -> None:
-        await self._claim_retrying(lambda: self.completions.started(job.event.id, handler, job.delivery_tag, starts))
+        await self._claim_retrying(lambda: self.completions.started(job.event.id, handler, job.copy_id, starts))
 
     async def _claim_retrying(self, read: Callable[[], Awaitable[T]]) -> T:
         try:  # the usual case: one try, no retry machinery
@@ -184,18 +184,18 @@ class WorkerRuntime:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def completed(self, job: Job, handler: str) -> None:
-        await self.completions.mark(job.event.id, [handler], job.delivery_tag)
+        await self.completions.mark(job.event.id, [handler], job.copy_id)
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
         env = self.env
         succeeded = [o.handler for o in outcomes if o.error is None and not o.recorded]
         failed = [o for o in outcomes if o.error is not None]
         lost = [o for o in failed if isinstance(o.error, WorkerLostError)]
-        tag = job.delivery_tag
+        tag = job.copy_id
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    await self.completions.mark(job.event.id, succeeded, job.delivery_tag)
+                    await self.completions.mark(job.event.id, succeeded, tag)
                     # Claims end before a retry is scheduled, so the retry (a new message,
                     # a new tag) finds the job free however soon it is delivered. A job
                     # that died too often gets no retry: its claim (and delivery count)

@@ -2,8 +2,8 @@
 
 Two keys per event:
 
-- ``keys.job_claims``, a hash of handler digest -> ``<starts>:<delivery tag>`` while a
-  message runs that job: the message with that delivery tag claimed it, and ``starts``
+- ``keys.job_claims``, a hash of handler digest -> ``<starts>:<copy id>`` while a
+  message runs that job: the message with that copy id claimed it, and ``starts``
   counts the deliveries of that message in which the job started. A field exists only
   while its job is in flight (an empty hash is no key at all).
 - ``keys.completed``, a string of :data:`DIGEST_SIZE`-byte digests of the handlers
@@ -13,7 +13,8 @@ Two keys per event:
 A worker claims every job of a message in one atomic script (:data:`CLAIM`) before
 running any: a job that completed, or that another copy of the message holds, is
 skipped. A fresh claim counts as the job's first start. The same message redelivered
-(kombu keeps its delivery tag when it puts it back) takes over its own claims: that
+(it keeps its copy id, ``message.COPY_ID``, when it is given back to the queue, while
+its delivery tag changes) takes over its own claims: that
 is how a job whose worker died runs again. A take-over counts nothing by itself; the
 worker records each start (:meth:`Completions.started`) right before running the
 job, so only the jobs that were running when a process died count that delivery.
@@ -36,7 +37,7 @@ COMPLETED = 0
 """Claim result: the job completed before (within the window); skip it."""
 
 HELD = -1
-"""Claim result: another copy of the message (another delivery tag) runs the job; skip it."""
+"""Claim result: another copy of the message (another copy id) runs the job; skip it."""
 
 FRESH = 1
 """Claim result: claimed now, and counted as the job's first start. A result above this
@@ -82,7 +83,7 @@ end
 
 # Handlers are named by digest in both keys: shorter, and the values stored stay small
 # (Redis reuses a script's argument objects, with their allocation, for later values).
-# KEYS: per event, its completion string and its claims hash. ARGV: delivery tag, claim
+# KEYS: per event, its completion string and its claims hash. ARGV: the copy id, claim
 # TTL (ms), then per event: the number of handlers, then their digests. Returns one
 # integer per handler: 0 completed, -1 held by another message, 1 claimed now (its first
 # start), n >= 2: this message's own claim taken over, n - 1 starts so far.
@@ -129,10 +130,10 @@ return out
 )
 
 # KEYS: per item, the event's completion string and claims hash (may repeat). ARGV:
-# window (ms), then per item: handler digest, delivery tag, and 'd' (completed), 'r'
+# window (ms), then per item: handler digest, copy id, and 'd' (completed), 'r'
 # (release) or a number (the job starts for that time). 'd' with a window adds the
 # digest to the completion string (SET, not APPEND: a short value stays embedded in its
-# key). 'd' and 'r' end the claim, a number updates it, if that delivery tag holds it.
+# key). 'd' and 'r' end the claim, a number updates it, if that copy id holds it.
 WRITE = (
     _DONE
     + """
@@ -177,7 +178,7 @@ class Completions:
         return self._claim, self._write_script
 
     async def claim(self, tag: str, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, int]]:
-        """Claim the jobs of one message (delivery ``tag``): (event id, handlers) pairs.
+        """Claim the jobs of one message (copy id ``tag``): (event id, handlers) pairs.
 
         One round trip for the whole message. For each pair, maps every handler to
         :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for a take-over of this

@@ -67,15 +67,14 @@ class Job:
     attempt: int
     retry_policy: RetryPolicy | None
     queue: str
-    delivery_tag: str = ""
-    """The message's delivery tag: the same when the message is redelivered, its claims' owner."""
+    copy_id: str = ""
+    """This copy of the message (``message.COPY_ID``): the same on every redelivery, another
+    for another message of the same event; it owns the claims on the message's jobs."""
     deliveries: Mapping[str, int] = field(default_factory=dict)
     """Handler -> in how many deliveries of this message it started, this one included (set by the claim)."""
 
     @classmethod
-    def from_message(
-        cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str, delivery_tag: str = ""
-    ) -> Job:
+    def from_message(cls, event: Mapping[str, Any], kwargs: Mapping[str, Any], queue: str, copy_id: str = "") -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed."""
         handler = kwargs.get("handler")
         attempt = kwargs.get("attempt", 0)
@@ -91,7 +90,7 @@ class Job:
             attempt=attempt,
             retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
             queue=queue,
-            delivery_tag=delivery_tag,
+            copy_id=copy_id,
         )
 
 
