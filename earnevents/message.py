@@ -73,7 +73,6 @@ def _envelope(
     label = f"{first['name']} {first['id']}"
     if len(event_wires) > 1:
         label += f" and {len(event_wires) - 1} more"
-    copy_id = str(uuid.uuid4())
     envelope = {
         "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
         "content-encoding": "utf-8",
@@ -105,10 +104,10 @@ def _envelope(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": copy_id,
+            "delivery_tag": str(uuid.uuid4()),
             # Kept as is when the message is given back to the queue (its delivery tag is
             # then replaced): the worker's claims on the message's jobs are owned by it.
-            COPY_ID: copy_id,
+            COPY_ID: uuid.uuid4().hex,
         },
     }
     return json.dumps(envelope, separators=(",", ":"))
