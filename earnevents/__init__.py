@@ -31,6 +31,7 @@ from .errors import (
     ModelValidationError,
     NotInitializedError,
     PublishError,
+    WorkerLostError,
 )
 from .event import Event
 from .failures import FailedJob
@@ -82,6 +83,7 @@ __all__ = [
     "HandlerTimeoutError",
     "ModelValidationError",
     "ModelStateError",
+    "WorkerLostError",
     # worker entry point (lazy)
     "app",
     "celery",

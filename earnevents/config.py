@@ -39,6 +39,7 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_MAX_MESSAGE_SIZE": "4194304",
     "EARNEVENTS_DEAD_LETTER_MAX": "10000",
     "EARNEVENTS_HANDLER_TIMEOUT": "",
+    "EARNEVENTS_MAX_DELIVERIES": "5",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -81,6 +82,8 @@ class Settings:
     """How many refused queue items a worker keeps per queue (oldest dropped first)."""
     handler_timeout: float | None = None
     """Seconds a handler try may run unless it sets its own ``timeout``; None: no limit."""
+    max_deliveries: int = int(DEFAULTS["EARNEVENTS_MAX_DELIVERIES"])
+    """Deliveries of a message a job may die in (its worker process killed) before it is recorded as failed."""
 
     @property
     def queue_name(self) -> str:
@@ -153,6 +156,7 @@ class Settings:
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
             dead_letter_max=_int_env(env, "EARNEVENTS_DEAD_LETTER_MAX", 1),
             handler_timeout=_timeout_env(env, "EARNEVENTS_HANDLER_TIMEOUT"),
+            max_deliveries=_int_env(env, "EARNEVENTS_MAX_DELIVERIES", 1),
         )
 
 

@@ -22,6 +22,9 @@ class JobContext:
     attempt: int
     """1 on the first try, 2 on the first retry, ..."""
     queue: str
+    deliveries: int = 1
+    """How many times this message has been delivered to a worker that got as far as
+    running this job: 1 normally, more after a worker process died while running it."""
 
 
 _current: ContextVar[JobContext | None] = ContextVar("earnevents_job", default=None)

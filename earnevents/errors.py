@@ -12,6 +12,7 @@ catches anything the library raises on purpose::
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
     ├── DeadItemNotFoundError (LookupError) no dead-lettered queue item with that id
     ├── HandlerTimeoutError (TimeoutError) a handler ran longer than its timeout
+    ├── WorkerLostError                   the worker process died while running a handler, again and again
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
     └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
 
@@ -55,6 +56,11 @@ class HandlerNotFoundError(EarnEventsError, LookupError):
 class HandlerTimeoutError(EarnEventsError, TimeoutError):
     """Raised in place of a handler's result when it ran longer than its ``timeout``;
     the worker treats it as that handler's failure (retried, then recorded)."""
+
+
+class WorkerLostError(EarnEventsError):
+    """Raised (recorded as the job's failure) when the worker process died while running
+    a handler on each of ``EARNEVENTS_MAX_DELIVERIES`` deliveries of its message."""
 
 
 class ModelValidationError(EarnEventsError, ValueError):

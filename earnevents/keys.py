@@ -37,9 +37,14 @@ def outbox_lock(queue: str) -> str:
     return f"{PREFIX}:{queue}:outbox-lock"
 
 
-def completed(event_id: str, handler: str) -> str:
-    """Set (with a TTL) once ``handler`` completed for the event, so redeliveries skip it."""
-    return f"{PREFIX}:done:{event_id}:{handler}"
+def completed(event_id: str) -> str:
+    """String of the digests of the event's handlers that completed (with a TTL: the dedup window)."""
+    return f"{PREFIX}:done:{event_id}"
+
+
+def job_claims(event_id: str) -> str:
+    """Hash of handler -> the claim of the message running that job of the event (in flight only)."""
+    return f"{PREFIX}:claims:{event_id}"
 
 
 def failed_index(queue: str) -> str:

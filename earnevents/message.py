@@ -20,6 +20,9 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _NAMESPACE = uuid.UUID("5d1c3c2e-7a52-4a38-9b1e-4b0f3c7e2a10")
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
+COPY_ID = "earnevents_copy_id"
+"""Message property: unique to each message built (each copy), the same on every redelivery."""
+
 
 def build(
     event_wire: dict[str, Any],
@@ -102,6 +105,9 @@ def _envelope(
             "priority": 0,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
+            # Kept as is when the message is given back to the queue (its delivery tag is
+            # then replaced): the worker's claims on the message's jobs are owned by it.
+            COPY_ID: uuid.uuid4().hex,
         },
     }
     return json.dumps(envelope, separators=(",", ":"))

@@ -131,3 +131,36 @@ async def count(event: Event) -> None:
 async def where(event: Event) -> None:
     """Records the queue the worker files this job under."""
     await arecord(event, "where", queue=current_job().queue)
+
+
+@event_handler("t.exits")
+def exits_sibling(event: Event) -> None:
+    """Runs (and completes) before ``exits``, its sibling that kills the process."""
+    srecord(event, "exits_sibling")
+
+
+@event_handler("t.exits")
+def exits(event: Event) -> None:
+    """Kills its worker process on every run, as a segfault or the OOM killer would."""
+    srecord(event, "exits", deliveries=current_job().deliveries)
+    os._exit(1)
+
+
+@event_handler("t.once")
+async def once(event: Event) -> None:
+    """Records its start, then takes a while: long enough for a copy to arrive meanwhile."""
+    await arecord(event, "once")
+    await asyncio.sleep(event.data.get("seconds", 1))
+
+
+@event_handler("t.exits_beside_slow")
+async def slow_beside_exits(event: Event) -> None:
+    """Still running when its sibling kills the process on the first delivery."""
+    await asyncio.sleep(0.5)
+    await arecord(event, "slow_beside_exits", deliveries=current_job().deliveries)
+
+
+@event_handler("t.exits_beside_slow")
+def exits_beside_slow(event: Event) -> None:
+    srecord(event, "exits_beside_slow", deliveries=current_job().deliveries)
+    os._exit(1)

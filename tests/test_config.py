@@ -27,6 +27,7 @@ def test_defaults_apply_with_an_empty_environment():
     assert s.mongo_uri is None and s.database == "earnevents" and s.queue_name == "earnevents"
     assert s.event.retry_policy is None and s.event.publish_timeout == 10
     assert s.handler_modules == () and s.visibility_timeout == 40
+    assert s.max_deliveries == 5
 
 
 def test_environment_is_read():
@@ -39,12 +40,14 @@ def test_environment_is_read():
         "EARNEVENTS_RETRY_POLICY": '{"max_retries": 7}',
         "EARNEVENTS_VISIBILITY_TIMEOUT": "30",
         "EARNEVENTS_PUBLISH_TIMEOUT": "2.5",
+        "EARNEVENTS_MAX_DELIVERIES": "2",
     }
     s = Settings.resolve(environ=env)
     assert (s.redis_uri, s.mongo_uri, s.database, s.queue_name) == ("redis://r:1/2", "mongodb://m:3", "db", "q")
     assert s.handler_modules == ("a.b", "c")
     assert s.event.retry_policy == RetryPolicy(max_retries=7)
     assert s.visibility_timeout == 30 and s.event.publish_timeout == 2.5
+    assert s.max_deliveries == 2
 
 
 def test_arguments_win_over_environment():
@@ -69,6 +72,8 @@ def test_event_config_retry_policy_accepts_the_seed_dict():
         ({"mongo_uri": "localhost"}, {}, "mongodb://"),
         ({}, {"EARNEVENTS_RETRY_POLICY": "{nope"}, "JSON"),
         ({}, {"EARNEVENTS_VISIBILITY_TIMEOUT": "soon"}, "number"),
+        ({}, {"EARNEVENTS_MAX_DELIVERIES": "0"}, "EARNEVENTS_MAX_DELIVERIES must be >= 1"),
+        ({}, {"EARNEVENTS_MAX_DELIVERIES": "2.5"}, "EARNEVENTS_MAX_DELIVERIES must be a whole number"),
     ],
 )
 def test_bad_configuration_is_a_config_error(kwargs, env, match):

@@ -15,6 +15,8 @@ from earnevents import Event, RetryPolicy
 from earnevents.failures import FailedJob
 from earnevents.handlers import HandlerRegistry
 from earnevents.worker.dispatch import (
+    COMPLETED,
+    HELD,
     Job,
     Outcome,
     SettleFailed,
@@ -58,33 +60,61 @@ class FakeStore:
 
 
 class FakeBooks:
-    """Remembers completions in memory; records every settle call."""
+    """Claims and completions in memory, as ``worker.completions`` keeps them in Redis;
+    records every settle call."""
+
+    max_deliveries = 5
 
     def __init__(self, done: set[str] | None = None, settle_failures_with=None) -> None:
-        self.done = set(done or ())
+        self.done = set(done or ())  # handlers completed for every event
         self.done_for: dict[str, set[str]] = {}  # event id -> handlers done (packed messages)
+        self.claims: dict[tuple[str, str], tuple[str, int]] = {}  # (event id, handler) -> (tag, starts)
+        self.log: list[str] = []  # starts recorded and handlers run, in order
         self.settled: list[list[Outcome]] = []
+        self.checks = 0
         self._failures = settle_failures_with
 
-    async def already_done(self, job, handlers):
-        return self.done & set(handlers)
+    async def claim(self, jobs):
+        self.checks += 1
+        results = []
+        for job, handlers in jobs:
+            states = {}
+            for name in handlers:
+                key = (job.event.id, name)
+                if name in self.done or name in self.done_for.get(job.event.id, set()):
+                    states[name] = COMPLETED
+                elif key in self.claims and self.claims[key][0] != job.copy_id:
+                    states[name] = HELD
+                elif key in self.claims:  # our own claim, back after the worker died
+                    states[name] = self.claims[key][1] + 1
+                else:
+                    self.claims[key] = (job.copy_id, 1)
+                    states[name] = 1
+            results.append(states)
+        return results
 
-    async def already_done_many(self, jobs):
-        self.checks = getattr(self, "checks", 0) + 1
-        return [self.done_for.get(job.event.id, set()) & set(handlers) for job, handlers in jobs]
+    async def started(self, job, handler, starts):
+        self.log.append(f"start {handler.rsplit('.', 1)[-1]} {starts}")
+        self.claims[(job.event.id, handler)] = (job.copy_id, starts)
 
     async def completed(self, job, handler):
-        self.done.add(handler)
+        self.done_for.setdefault(job.event.id, set()).add(handler)
+        self.claims.pop((job.event.id, handler), None)
 
     async def settle(self, job, outcomes):
         self.settled.append(outcomes)
-        self.done |= {o.handler for o in outcomes if o.error is None}
+        for o in outcomes:
+            self.claims.pop((job.event.id, o.handler), None)
+            if o.error is None:
+                self.done_for.setdefault(job.event.id, set()).add(o.handler)
         if self._failures is not None:
             await self._failures(job, [o for o in outcomes if o.error is not None])
 
 
-def job_for(event: Event, handler: str | None = None, attempt: int = 0, policy: RetryPolicy | None = None) -> Job:
-    return Job(event=event, handler=handler, attempt=attempt, retry_policy=policy, queue="q")
+def job_for(
+    event: Event, handler: str | None = None, attempt: int = 0, policy: RetryPolicy | None = None, tag: str = "tag"
+) -> Job:
+    return Job(event=event, handler=handler, attempt=attempt, retry_policy=policy, queue="q", copy_id=tag)
 
 
 @pytest.fixture
@@ -639,7 +669,7 @@ def test_a_sync_wrapper_returning_a_coroutine_is_awaited_on_the_loop(registry):
     assert ran == [threading.current_thread().name]  # InlineLoop runs the loop in this thread
     errors = {o.handler.rsplit(".", 1)[-1]: o.error for o in outcomes}
     assert errors["wrapper"] is None and str(errors["failing_wrapper"]) == "inside the coroutine"
-    assert books.done == {registry.for_event("e.x")[0].name}
+    assert set().union(*books.done_for.values()) == {registry.for_event("e.x")[0].name}
 
 
 def test_a_sync_handler_returning_an_awaitable_object_has_it_awaited(registry):
@@ -780,3 +810,132 @@ def test_a_loop_thread_goes_on_when_a_handler_stops_its_loop():
         assert loop.run(fine(), timeout=5) == "still here"
     finally:
         loop.stop()
+
+
+def test_a_job_another_copy_of_the_message_runs_is_skipped_and_its_siblings_run(registry):
+    ran: list[str] = []
+
+    async def busy(e):
+        ran.append("busy")
+
+    def free(e):
+        ran.append("free")
+
+    held = registry.register("e.x", busy)
+    registry.register("e.x", free)
+    event = Event("e.x", {})
+    books = FakeBooks()
+    books.claims[(event.id, held.name)] = ("first-copy", 1)  # the first copy is running it
+    outcomes = handle(job_for(event, tag="second-copy"), registry, InlineLoop(), books)
+    assert ran == ["free"] and [o.error for o in outcomes] == [None]
+    assert books.claims[(event.id, held.name)] == ("first-copy", 1)  # still the first copy's
+
+
+def test_the_same_message_redelivered_after_its_worker_died_runs_the_job_and_counts_the_delivery(registry):
+    import earnevents
+
+    seen: list[int] = []
+
+    def handler(e):
+        seen.append(earnevents.current_job().deliveries)
+
+    h = registry.register("e.x", handler)
+    event = Event("e.x", {})
+    books = FakeBooks()
+    books.claims[(event.id, h.name)] = ("tag", 2)  # started in two deliveries of this message, never settled
+    handle(job_for(event, tag="tag"), registry, InlineLoop(), books)
+    handle(job_for(Event("e.x", {})), registry, InlineLoop(), books)  # a fresh event: first delivery
+    assert seen == [3, 1]
+
+
+def test_a_job_that_died_on_every_delivery_is_recorded_once_as_lost_and_its_siblings_run(registry):
+    ran: list[str] = []
+
+    def killer(e):
+        ran.append("killer")
+
+    async def sibling(e):
+        ran.append("sibling")
+
+    k = registry.register("e.x", killer)
+    registry.register("e.x", sibling)
+    event = Event("e.x", {})
+    bus, store = FakeBus(), FakeStore()
+
+    async def failures(j, failed):
+        await settle_failures(j, failed, registry, bus, store, RetryPolicy(max_retries=3))  # type: ignore[arg-type]
+
+    books = FakeBooks(settle_failures_with=failures)
+    books.claims[(event.id, k.name)] = ("tag", books.max_deliveries)  # its worker died in all 5 starts
+    outcomes = handle(job_for(event, tag="tag"), registry, InlineLoop(), books)
+    assert ran == ["sibling"]  # the killer is not run a sixth time
+    [record] = store.added
+    assert record.handler == k.name and record.attempts == 1
+    assert record.error.startswith("WorkerLostError: the worker process died while running this handler")
+    assert "each of the 5 times it started" in record.error
+    assert bus.enqueued == []  # final: retrying would only kill more processes
+    assert sorted(o.error is None for o in outcomes) == [False, True]
+    assert (event.id, k.name) not in books.claims  # settled: the claim is released
+
+
+def test_a_packed_message_claims_all_its_jobs_at_once_and_skips_held_and_dead_ones(registry):
+    ran: list[int] = []
+
+    async def handler(e):
+        ran.append(e.data["i"])
+
+    h = registry.register("e.x", handler)
+    jobs = [job_for(Event("e.x", {"i": i}), tag="packed") for i in range(4)]
+    books = FakeBooks()
+    books.claims[(jobs[1].event.id, h.name)] = ("another-copy", 1)
+    books.claims[(jobs[2].event.id, h.name)] = ("packed", books.max_deliveries)
+    outcomes = handle_message(jobs, registry, InlineLoop(), books)
+    assert sorted(ran) == [0, 3] and books.checks == 1
+    assert [type(o.error).__name__ for o in outcomes if o.error is not None] == ["WorkerLostError"]
+
+
+def test_jobs_taken_over_from_a_delivery_that_died_run_one_at_a_time_after_the_fresh_ones(registry):
+    running: list[str] = []
+    overlaps: list[list[str]] = []
+    books = FakeBooks()
+
+    def tracked(name):
+        async def handler(e):
+            books.log.append(f"run {name}")
+            running.append(name)
+            overlaps.append(list(running))
+            await asyncio.sleep(0.01)
+            running.remove(name)
+
+        handler.__name__ = handler.__qualname__ = name
+        return handler
+
+    hs = {name: registry.register("e.x", tracked(name)) for name in ("twice", "once", "fresh")}
+    event = Event("e.x", {})
+    books.claims[(event.id, hs["twice"].name)] = ("tag", 2)  # cut short in two deliveries
+    books.claims[(event.id, hs["once"].name)] = ("tag", 1)  # cut short in one
+    outcomes = handle(job_for(event, tag="tag"), registry, InlineLoop(), books)
+    assert [o.error for o in outcomes] == [None, None, None]
+    # The fresh job first; then fewest starts first, each start recorded before it runs
+    assert books.log == ["run fresh", "start once 2", "run once", "start twice 3", "run twice"]
+    assert all(len(o) == 1 for o in overlaps)  # never two at once
+
+
+def test_a_packed_message_back_after_its_worker_died_runs_the_cut_short_jobs_one_at_a_time(registry):
+    running, most = 0, 0
+
+    async def handler(e):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    h = registry.register("e.x", handler)
+    jobs = [job_for(Event("e.x", {"i": i}), tag="packed") for i in range(5)]
+    books = FakeBooks()
+    for job in jobs:
+        books.claims[(job.event.id, h.name)] = ("packed", 1)
+    outcomes = handle_message(jobs, registry, InlineLoop(), books)
+    assert len(outcomes) == 5 and all(o.error is None for o in outcomes)
+    assert most == 1 and books.log == ["start handler 2"] * 5

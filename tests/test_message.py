@@ -24,7 +24,7 @@ def test_envelope_has_every_field_celery_sets(redis_url, rclient, queue):
     ours = json.loads(message.build(Event("a.b", {}).to_wire(), queue=queue, task_id="t1"))
     assert set(ours) == set(reference)
     assert set(ours["headers"]) == set(reference["headers"])
-    assert set(ours["properties"]) - {"reply_to"} <= set(reference["properties"])
+    assert set(ours["properties"]) - {"reply_to", message.COPY_ID} <= set(reference["properties"])
     assert ours["properties"]["delivery_info"] == reference["properties"]["delivery_info"]
     assert ours["headers"]["task"] == TASK_NAME and ours["headers"]["id"] == "t1"
 
@@ -47,6 +47,13 @@ def test_each_message_gets_its_own_delivery_tag():
     wire = Event("a.b", {}).to_wire()
     tags = {json.loads(message.build(wire, queue="q", task_id="t"))["properties"]["delivery_tag"] for _ in range(3)}
     assert len(tags) == 3
+
+
+def test_each_message_gets_its_own_copy_id_which_owns_its_claims_across_redeliveries():
+    # The transport gives a message back under a new delivery tag; the copy id stays.
+    wire = Event("a.b", {}).to_wire()
+    built = [json.loads(message.build(wire, queue="q", task_id="t"))["properties"] for _ in range(3)]
+    assert len({p[message.COPY_ID] for p in built}) == 3
 
 
 def test_derived_ids_are_stable_and_distinct_per_kind_and_attempt():

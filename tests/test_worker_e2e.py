@@ -16,6 +16,7 @@ from conftest import results, token, wait_results
 import earnevents
 from earnevents import Event, event_bus, keys
 from earnevents.testing import wait_for
+from earnevents.worker.completions import completed_in
 
 pytestmark = pytest.mark.worker
 
@@ -314,8 +315,11 @@ async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_
         wait_results(rclient, tok, 1)  # slow started; the 30 counts run beside it
         # Kill once the 30 count jobs are done and recorded as completed (between the two,
         # a kill re-runs a job: the "completed more than once" window the README states).
-        done = [keys.completed(e.id, "e2e_handlers.count") for e in events[:30]]
-        wait_for(lambda: rclient.exists(*done) == 30, 10, "30 completion records")
+        wait_for(
+            lambda: all(completed_in(rclient.get(keys.completed(e.id)), "e2e_handlers.count") for e in events[:30]),
+            10,
+            "30 completion records",
+        )
         worker.kill()
         rclient.set(f"release:{tok}", 1)
         start_worker(env=env)
@@ -324,3 +328,54 @@ async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_
         assert int(rclient.get(f"count:{tok}")) == 30  # the completed jobs were skipped
     finally:
         await earnevents.close()
+
+
+def drained(rclient, queue: str) -> bool:
+    """Nothing of ``queue`` waits or is unacknowledged: every message taken was finished."""
+    return rclient.llen(queue) == 0 and not [v for v in rclient.hvals("unacked") if queue.encode() in v]
+
+
+async def test_a_handler_that_kills_its_process_is_recorded_once_after_max_deliveries(
+    bus, start_worker, rclient, queue
+):
+    worker = start_worker(env={"EARNEVENTS_MAX_DELIVERIES": "2", "EARNEVENTS_VISIBILITY_TIMEOUT": "4"})
+    tok = token()
+    event = Event("t.exits", {"token": tok})
+    await bus.publish(event)
+    [job] = await wait_failed(timeout=30)
+    wait_for(lambda: drained(rclient, queue), 10, "the message acknowledged")
+    assert job.handler == "e2e_handlers.exits" and job.event == event and job.attempts == 1
+    assert job.error.startswith("WorkerLostError: the worker process died while running this handler")
+    recs = results(rclient, tok)
+    assert [r["deliveries"] for r in recs if r["handler"] == "exits"] == [1, 2]  # then not run again
+    assert [r["handler"] for r in recs].count("exits_sibling") == 1  # completed before the first death
+    assert len(await failed_jobs()) == 1 and worker.proc.poll() is None
+
+
+async def test_two_copies_of_one_message_running_at_once_run_the_handler_once(bus, start_worker, rclient, queue):
+    tok = token()
+    event = Event("t.once", {"token": tok, "seconds": 1})
+    await bus.publish(event)
+    await bus.publish(event)  # a second message for the same event
+    worker = start_worker(concurrency=2)  # takes both at once, one per pool process
+    wait_results(rclient, tok, 1)
+    wait_for(lambda: drained(rclient, queue), 15, "both copies acknowledged")
+    assert len(results(rclient, tok)) == 1
+    assert "another copy of the message runs it" in worker.log()
+    assert await failed_jobs() == []
+
+
+async def test_a_sibling_cut_short_by_a_handler_that_kills_its_process_still_completes(
+    bus, start_worker, rclient, queue
+):
+    # Given an async sibling still running when the sync one kills the process, every time
+    start_worker(env={"EARNEVENTS_MAX_DELIVERIES": "2"})
+    tok = token()
+    await bus.publish(Event("t.exits_beside_slow", {"token": tok}))
+    [job] = await wait_failed(timeout=30)
+    wait_for(lambda: drained(rclient, queue), 10, "the message acknowledged")
+    # Then only the killer is recorded; the sibling ran alone on the redelivery and completed
+    assert job.handler == "e2e_handlers.exits_beside_slow" and job.error.startswith("WorkerLostError")
+    done = [r for r in results(rclient, tok) if r["handler"] == "slow_beside_exits"]
+    assert len(done) == 1 and done[0]["deliveries"] == 2
+    assert len(await failed_jobs()) == 1

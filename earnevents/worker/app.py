@@ -31,6 +31,7 @@ from tenacity.stop import stop_base
 
 from .. import message, runtime
 from ..config import Settings
+from ..errors import WorkerLostError
 from ..failures import FailedJob
 from ..failures.record import describe
 from ..handlers import registry
@@ -171,12 +172,20 @@ def create_app(settings: Settings | None = None) -> Celery:
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
         queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
+        # The copy id owns the message's job claims: kept when the message is given back
+        # (a worker lost, a visibility timeout), unlike the delivery tag. A message built
+        # elsewhere has none: its task id then stands in, so a redelivery always takes over
+        # its own claims (at worst two copies with one task id both run; nothing is skipped).
+        copy_id = (self.request.properties or {}).get(message.COPY_ID)
+        copy_id = copy_id if isinstance(copy_id, str) and copy_id else f"task:{self.request.id}"
         try:
             if not args:
                 raise ValueError("no event")
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
-            jobs = [Job.from_message(event, kwargs, queue, registry, settings.handler_timeout) for event in args]
+            jobs = [
+                Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id) for event in args
+            ]
         except (TypeError, ValueError, RecursionError) as exc:  # it would fail the same way every time
             log.error("dropping malformed message %s on %s: %s", self.request.id, queue, describe(exc))
             return
@@ -219,6 +228,7 @@ class WorkerRuntime:
         self.loop = loop
         self.env = env
         self.completions = Completions(env.connections.redis, env.settings.dedup_window)
+        self.max_deliveries = env.settings.max_deliveries
 
     @classmethod
     def get(cls) -> WorkerRuntime:
@@ -248,28 +258,29 @@ class WorkerRuntime:
             reraise=True,
         )
 
-    async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
-        return await self._read_completions(lambda: self.completions.done(job.event.id, handlers))
-
-    async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
+    async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
+        tag = jobs[0][0].copy_id  # the jobs of one message share it
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
-        return await self._read_completions(lambda: self.completions.done_many(pairs))
+        return await self._claim_retrying(lambda: self.completions.claim(tag, pairs))
 
-    async def _read_completions(self, read: Callable[[], Awaitable[T]]) -> T:
+    async def started(self, job: Job, handler: str, starts: int) -> None:
+        await self._claim_retrying(lambda: self.completions.started(job.event.id, handler, job.copy_id, starts))
+
+    async def _claim_retrying(self, read: Callable[[], Awaitable[T]]) -> T:
         try:  # the usual case: one try, no retry machinery
             return await read()
         except Exception:
-            log.debug("could not read completed handlers; retrying", exc_info=True)
+            log.debug("could not claim jobs; retrying", exc_info=True)
         try:
             async for attempt in self._retrying():
                 with attempt:
                     return await read()
         except Exception as exc:
-            raise SettleError(f"could not read completed handlers: {exc!r}") from exc
+            raise SettleError(f"could not claim jobs: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def completed(self, job: Job, handler: str) -> None:
-        await self.completions.mark(job.event.id, [handler])
+        await self.completions.mark(job.event.id, [handler], job.copy_id)
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
         """Remember successes and schedule retries for, or record, failures.
@@ -281,14 +292,22 @@ class WorkerRuntime:
         env = self.env
         succeeded = [o.handler for o in outcomes if o.error is None and not o.recorded]
         failed = [o for o in outcomes if o.error is not None]
+        lost = [o for o in failed if isinstance(o.error, WorkerLostError)]
+        tag = job.copy_id
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    await self.completions.mark(job.event.id, succeeded)
+                    await self.completions.mark(job.event.id, succeeded, tag)
+                    # Claims end before a retry is scheduled, so the retry (a new message,
+                    # a new tag) finds the job free however soon it is delivered. A job
+                    # that died too often gets no retry: its claim (and delivery count)
+                    # ends only once its record is stored.
+                    await self.completions.release(job.event.id, [o.handler for o in failed if o not in lost], tag)
                     if failed:
                         await settle_failures(
                             job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
                         )
+                    await self.completions.release(job.event.id, [o.handler for o in lost], tag)
         except Exception as exc:
             if is_transient(exc):
                 raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc

@@ -19,14 +19,14 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from .. import message
 from ..bus import EventBus
 from ..context import JobContext
 from ..context import _current as _current_job
-from ..errors import HandlerNotFoundError, HandlerTimeoutError
+from ..errors import HandlerNotFoundError, HandlerTimeoutError, WorkerLostError
 from ..event import Event
 from ..failures import FailedJob, FailureStore
 from ..failures.record import describe
@@ -36,6 +36,16 @@ from ..retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+COMPLETED = 0
+"""A claim result (see :meth:`Bookkeeper.claim`): the job completed before; skip it."""
+
+HELD = -1
+"""A claim result: another copy of the message runs the job right now; skip it."""
+
+FRESH = 1
+"""A claim result: claimed now, counted as the job's first start. Above it: this
+message's own claim taken over (its worker died), the number the next start would be."""
 
 
 class Loop(Protocol):
@@ -67,6 +77,11 @@ class Job:
     queue: str
     handler_timeout: float | None = None
     """The worker's timeout for handlers that set none of their own (None: no limit)."""
+    copy_id: str = ""
+    """This copy of the message (``message.COPY_ID``): the same on every redelivery, another
+    for another message of the same event; it owns the claims on the message's jobs."""
+    deliveries: Mapping[str, int] = field(default_factory=dict)
+    """Handler -> in how many deliveries of this message it started, this one included (set by the claim)."""
 
     @classmethod
     def from_message(
@@ -76,6 +91,7 @@ class Job:
         queue: str,
         registry: HandlerRegistry | None = None,
         handler_timeout: float | None = None,
+        copy_id: str = "",
     ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed.
 
@@ -102,6 +118,7 @@ class Job:
             retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
             queue=queue,
             handler_timeout=handler_timeout,
+            copy_id=copy_id,
         )
 
 
@@ -135,6 +152,7 @@ def job_context(job: Job, handler: str) -> JobContext:
         handler=handler,
         attempt=job.attempt + 1,
         queue=job.queue,
+        deliveries=job.deliveries.get(handler, 1),
     )
 
 
@@ -378,8 +396,9 @@ async def settle_failures(
         except HandlerNotFoundError:
             handler = None
         policy = choose_policy(handler, job, worker_policy)
-        delay = None if handler is None else retry_delay(policy, job.attempt)
         err = outcome.error
+        # A job whose process died max-deliveries times is final: retrying would kill more.
+        delay = None if handler is None or isinstance(err, WorkerLostError) else retry_delay(policy, job.attempt)
         if delay is None:
             log.error(
                 "handler %s failed for %s %s after %d tries: %s; recorded as a failed job",
@@ -424,23 +443,116 @@ async def settle_failures(
 class Bookkeeper(Protocol):
     """The worker's Redis/Mongo side of handling a message."""
 
-    async def already_done(self, job: Job, handlers: list[str]) -> set[str]:
-        """Which of ``handlers`` completed for this event before (a redelivery)."""
+    max_deliveries: int
+    """Deliveries a job may die in before it is recorded as failed instead of run."""
 
-    async def already_done_many(self, jobs: list[tuple[Job, list[str]]]) -> list[set[str]]:
-        """:meth:`already_done` for several events at once (a packed message)."""
+    async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
+        """Atomically claim the jobs (event, handler) of one message before running any.
+
+        One entry per job, mapping each handler to :data:`COMPLETED`, :data:`HELD`,
+        :data:`FRESH`, or (the same message back after its worker died) the number
+        its next start would be: the claimed jobs run, the others are skipped.
+        """
+
+    async def started(self, job: Job, handler: str, starts: int) -> None:
+        """Record that a taken-over job starts for the ``starts``-th time, before it runs."""
 
     async def completed(self, job: Job, handler: str) -> None:
-        """Remember that ``handler`` completed for this event (may raise; settle retries)."""
+        """Remember that ``handler`` completed for this event, ending its claim (may raise; settle retries)."""
 
     async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
-        """Remember unrecorded successes; schedule retries for, or record, failures."""
+        """Remember unrecorded successes; end the failures' claims, schedule retries for or record them."""
 
 
-def _not_done(job: Job, handlers: list[Handler], done: set[str]) -> list[Handler]:
+def died(starts: int) -> WorkerLostError:
+    """The failure recorded for a job whose worker process died each time it started."""
+    return WorkerLostError(
+        f"the worker process died while running this handler, each of the {starts} times it started"
+        " (killed, crashed or out of memory); not run again"
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One event's jobs sorted by their claim: what runs, and what is settled unrun."""
+
+    job: Job
+    fresh: list[Handler]
+    """Claimed now: they run together, as usual."""
+    again: list[Handler]
+    """Taken over from a delivery whose worker died: they run one at a time, fewest starts
+    first, each start recorded before it runs, so a job that kills the process again is
+    the only one that counts the delivery."""
+    dead: list[Outcome]
+    """Jobs whose worker died in ``max_deliveries`` starts: recorded as failed, not run."""
+
+
+def _claimed(job: Job, handlers: list[Handler], states: Mapping[str, int], most: int) -> Claimed:
+    fresh: list[Handler] = []
+    again: list[Handler] = []
+    dead: list[Outcome] = []
+    done: list[str] = []
+    held: list[str] = []
+    for h in handlers:
+        n = states.get(h.name, COMPLETED)
+        if n == COMPLETED:
+            done.append(h.name)
+        elif n < 0:
+            held.append(h.name)
+        elif n > most:
+            dead.append(Outcome(h.name, died(n - 1)))
+        elif n == FRESH:
+            fresh.append(h)
+        else:
+            again.append(h)
     if done:
         log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
-    return [h for h in handlers if h.name not in done]
+    if held:
+        log.info("event %s: skipping %s, another copy of the message runs it", job.event.id, ", ".join(sorted(held)))
+    if again:
+        log.warning(
+            "event %s: running %s again, one at a time: a worker died while running them",
+            job.event.id,
+            ", ".join(h.name for h in again),
+        )
+    again.sort(key=lambda h: states[h.name])
+    job = replace(job, deliveries={h.name: states[h.name] for h in fresh + again})
+    return Claimed(job, fresh, again, dead)
+
+
+async def _claim(books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]) -> list[Claimed]:
+    states = await books.claim([(job, [h.name for h in handlers]) for job, handlers in pairs])
+    return [_claimed(job, handlers, s, books.max_deliveries) for (job, handlers), s in zip(pairs, states, strict=True)]
+
+
+async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
+    """Run the claimed async handlers on the loop: fresh ones together, then the others one by one."""
+    job = claimed.job
+    outcomes = claimed.dead + await run_async(claimed.fresh, job, books)
+    for h in claimed.again:
+        await books.started(job, h.name, job.deliveries[h.name])
+        outcomes += await run_async([h], job, books)
+    return outcomes
+
+
+def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[Outcome]:
+    """:func:`_run_claimed` for a mix of sync (run in this thread) and async handlers."""
+    job = claimed.job
+    async_handlers = [h for h in claimed.fresh if h.is_async]
+    pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
+    try:
+        outcomes = [run_sync(h, job, loop, books) for h in claimed.fresh if not h.is_async]
+        if pending is not None:
+            outcomes = pending.result() + outcomes
+    except BaseException:  # this thread was interrupted (a soft time limit, termination)
+        if pending is not None:
+            pending.cancel()  # the async handlers must not run on unseen
+        raise
+    outcomes = claimed.dead + outcomes
+    for h in claimed.again:
+        loop.run(books.started(job, h.name, job.deliveries[h.name]))
+        outcomes += loop.run(run_async([h], job, books)) if h.is_async else [run_sync(h, job, loop, books)]
+    return outcomes
 
 
 def _needs_settling(outcomes: list[Outcome]) -> bool:
@@ -449,10 +561,10 @@ def _needs_settling(outcomes: list[Outcome]) -> bool:
 
 async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) -> list[Outcome]:
     """The whole job on the loop, for events whose handlers are all async: one thread hop."""
-    handlers = _not_done(job, handlers, await books.already_done(job, [h.name for h in handlers]))
-    outcomes = await run_async(handlers, job, books)
+    [claimed] = await _claim(books, [(job, handlers)])
+    outcomes = await _run_claimed(claimed, books)
     if _needs_settling(outcomes):
-        await books.settle(job, outcomes)
+        await books.settle(claimed.job, outcomes)
     return outcomes
 
 
@@ -465,18 +577,27 @@ class SettleFailed(Exception):
 
 
 async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Bookkeeper) -> list[Outcome]:
-    """All jobs of a packed message on the loop at once: one completion check for all."""
-    done = await books.already_done_many([(job, [h.name for h in handlers]) for job, handlers in pairs])
+    """All jobs of a packed message on the loop at once: one claim for all."""
+    claimed = await _claim(books, pairs)
 
-    async def one(job: Job, handlers: list[Handler], done: set[str]) -> list[Outcome]:
-        outcomes = await run_async(_not_done(job, handlers, done), job, books)
+    async def one(c: Claimed) -> list[Outcome]:
+        outcomes = await _run_claimed(c, books)
         if _needs_settling(outcomes):
-            await books.settle(job, outcomes)
+            await books.settle(c.job, outcomes)
         return outcomes
 
-    results = await asyncio.gather(
-        *(one(job, handlers, d) for (job, handlers), d in zip(pairs, done, strict=True)), return_exceptions=True
-    )
+    if any(c.again for c in claimed):
+        # Back after its worker died: one event after the other, those cut short
+        # fewest times first, so only the job that kills the process counts again.
+        claimed.sort(key=lambda c: max((c.job.deliveries[h.name] for h in c.again), default=0))
+        results: list[list[Outcome] | BaseException] = []
+        for c in claimed:
+            try:
+                results.append(await one(c))
+            except Exception as exc:
+                results.append(exc)
+    else:
+        results = await asyncio.gather(*(one(c) for c in claimed), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:  # every other job has finished and is settled: a redelivery skips those
         raise SettleFailed(errors)
@@ -512,7 +633,11 @@ def handle_message(jobs: list[Job], registry: HandlerRegistry, loop: Loop, books
 def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """Run the job's handlers and settle the outcomes; returns the outcomes of those that ran.
 
-    Handlers that already completed for this event are skipped. Async handlers
+    The handlers are claimed first (:meth:`Bookkeeper.claim`): those that completed
+    for this event before, or that another copy of the message runs, are skipped;
+    those whose worker died in each of ``max_deliveries`` starts are recorded as
+    failed (:class:`WorkerLostError`) instead of run, and those taken over from a
+    delivery that died run one at a time after the others (:class:`Claimed`). Async handlers
     run concurrently on ``loop`` while sync ones run here, in the calling (task)
     thread, as plain calls; then ``books.settle`` runs on ``loop``.
     """
@@ -527,17 +652,8 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         return []
     if all(h.is_async for h in handlers):
         return loop.run(_handle_async(job, handlers, books))
-    handlers = _not_done(job, handlers, loop.run(books.already_done(job, [h.name for h in handlers])))
-    async_handlers = [h for h in handlers if h.is_async]
-    pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
-    try:
-        outcomes = [run_sync(h, job, loop, books) for h in handlers if not h.is_async]
-        if pending is not None:
-            outcomes = pending.result() + outcomes
-    except BaseException:  # this thread was interrupted (a soft time limit, termination)
-        if pending is not None:
-            pending.cancel()  # the async handlers must not run on unseen
-        raise
+    [claimed] = loop.run(_claim(books, [(job, handlers)]))
+    outcomes = _run_claimed_here(claimed, loop, books)
     if _needs_settling(outcomes):
-        loop.run(books.settle(job, outcomes))
+        loop.run(books.settle(claimed.job, outcomes))
     return outcomes
