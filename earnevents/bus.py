@@ -201,14 +201,16 @@ class EventBus:
         # With an outbox, stop trying Redis early and keep the rest of the time for MongoDB.
         redis_budget = min(timeout / 2, outbox.REDIS_BUDGET) if settings.outbox else timeout
 
-        async def send_once() -> None:
+        async def send_once(again: bool = False) -> None:
             client = state.connections.redis()
-            if delay is not None or at is not None:
+            if delay is not None or at is not None:  # idempotent: the schedule keeps one per id
                 script_keys, argv = schedule.add_args(queue, messages, delay=delay, at=at)
                 await client.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
             else:
-                # LPUSH + the worker's BRPOP keep the batch in publish order.
-                await client.lpush(queue, *(payload for _, _, payload in messages))
+                # LPUSH + the worker's BRPOP keep the batch in publish order. Pushed again after
+                # an attempt whose reply was lost (it may have landed), each message goes as a
+                # copy of its own, so that workers run its handlers once even if both copies run.
+                await client.lpush(queue, *(message.new_copy(p) if again else p for _, _, p in messages))
 
         started = time.monotonic()
         try:
@@ -229,7 +231,7 @@ class EventBus:
             )
             try:
                 # wait_for is the hard bound: an attempt stuck inside a socket call is cut off too.
-                await asyncio.wait_for(retrying(send_once), timeout=remaining)
+                await asyncio.wait_for(retrying(send_once, again=True), timeout=remaining)
                 return
             except (asyncio.TimeoutError, *_TRANSIENT) as exc:
                 redis_error = exc
@@ -247,7 +249,8 @@ class EventBus:
                 "no time was left for the MongoDB outbox"
             ) from redis_error
         try:
-            await asyncio.wait_for(outbox.store(state.connections.db(), messages, queue, due), timeout=remaining)
+            copies = [(message_id, name, message.new_copy(payload)) for message_id, name, payload in messages]
+            await asyncio.wait_for(outbox.store(state.connections.db(), copies, queue, due), timeout=remaining)
         except Exception as exc:
             raise PublishError(
                 f"could not publish {len(messages)} message(s): Redis ({where}) failed with {redis_error!r} "

@@ -17,7 +17,6 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import Settings
 from .outbox import REDIS_BUDGET as OUTBOX_REDIS_BUDGET
@@ -49,9 +48,10 @@ class Connections:
                 self.settings.redis_uri,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
-                # One immediate retry replaces a pooled connection the server closed (a Redis
-                # restart); longer outages are tenacity's job, bounded by publish_timeout.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                # No retry inside redis-py: it would send a command again after a lost reply,
+                # and a publish pushed twice by it would be two identical copies. Callers
+                # retry (publish with a copy of its own: bus.enqueue), bounded by their budget.
+                retry=Retry(NoBackoff(), 0),
                 health_check_interval=30,
             )
             self._redis = (loop, client)

@@ -113,6 +113,26 @@ def _envelope(
     return json.dumps(envelope, separators=(",", ":"))
 
 
+_COPY_FIELD = f'"{COPY_ID}":"'
+"""``"earnevents_copy_id":"`` as :func:`_envelope` writes it (unique in the text: the
+envelope is JSON, so that sequence cannot stand inside one of its string values)."""
+
+
+def new_copy(payload: str) -> str:
+    """``payload`` (from :func:`build`) as another copy: a new copy id, all else the same.
+
+    Pushing a message again after an attempt whose outcome is unknown (its reply was
+    lost), or relaying it again, makes a second copy: with a copy id of its own the
+    worker's job claims run each handler once even when both copies run at once.
+    """
+    start = payload.find(_COPY_FIELD)
+    if start < 0:
+        return payload
+    start += len(_COPY_FIELD)
+    end = payload.index('"', start)
+    return payload[:start] + uuid.uuid4().hex + payload[end:]
+
+
 def parse(payload: str | bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """The event (wire form) and keyword arguments of a message :func:`build` made."""
     events, kwargs = parse_packed(payload)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 
-from .. import keys, outbox, schedule
+from .. import keys, message, outbox, schedule
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ class Relay(PeriodicThread):
                 script_keys, argv = schedule.add_args(queue, [(doc["_id"], doc["name"], doc["message"])], at=due)
                 self._add(keys=script_keys, args=argv, client=pipe)
             else:
-                pipe.lpush(queue, doc["message"])
+                # A copy of its own at each push: relayed again after a crash between the push
+                # and the delete, the two copies still run each handler once.
+                pipe.lpush(queue, message.new_copy(doc["message"]))
         pipe.execute()
 
 
