@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
-from .. import runtime
+from .. import redisurl, runtime
 from ..config import Settings
 from ..handlers import registry
 from ..keys import TASK_NAME
@@ -48,11 +48,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app for ``settings`` (default: from the environment)."""
     settings = settings or Settings.resolve()
     visibility = settings.visibility_timeout
+    # redis://, rediss://, unix:// and sentinel:// URLs in kombu's spelling (earnevents.redisurl).
+    broker = redisurl.broker(settings.redis_uri)
     app = Celery("earnevents")
     app.conf.update(
-        broker_url=settings.redis_uri,
+        broker_url=broker.url,
         # kombu's redis transport with reliable fetch; a malformed item is dropped, not fatal.
-        broker_transport="earnevents.worker.transport:Transport",
+        broker_transport=broker.transport,
+        broker_use_ssl=broker.use_ssl or False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_transport_options={
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "health_check_interval": 10,
+            **broker.transport_options,
         },
         task_default_queue=settings.queue_name,
         task_acks_late=True,
@@ -80,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         task_serializer="json",
         include=list(settings.handler_modules),
+        earnevents_redis_uri=settings.redis_uri,
         earnevents_scheduler_interval=settings.scheduler_interval,
         earnevents_mongo_uri=settings.mongo_uri,
         earnevents_database=settings.database,

@@ -19,10 +19,9 @@ import logging
 import time
 from typing import Any
 
-import redis
 from celery.worker import state
 
-from .. import keys
+from .. import keys, redisurl
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 from .transport import RETURN_ORPHANS, live_consumers, return_orphans_args
 
@@ -59,7 +58,7 @@ class KeepAlive(PeriodicThread):
         super().__init__(interval)
         self.index_key = index_key
         self.queues = queues
-        self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._client = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._return_orphans = self._client.register_script(RETURN_ORPHANS)
 
     def close(self) -> None:
@@ -102,4 +101,4 @@ class KeepAliveStep(ThreadStep):
         options = conf.broker_transport_options or {}
         visibility = float(options.get("visibility_timeout", 3600))
         index_key = options.get("unacked_index_key", UNACKED_INDEX)
-        return KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4), consumed_queues(worker))
+        return KeepAlive(conf.earnevents_redis_uri, index_key, max(0.5, visibility / 4), consumed_queues(worker))

@@ -42,10 +42,12 @@ from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
 
 from .. import keys
+from ..redisurl import UNIX_SOCKET_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -373,3 +375,37 @@ class Transport(kombu_redis.Transport):
             log.error("dropped an item on queue %r that is not a message (%s): %.200r", queue, problem, message)
             return
         super()._deliver(message, queue)
+
+
+# --- other ways to reach Redis (earnevents.redisurl.broker picks the transport) ----------
+
+
+class UnixSocketChannel(Channel):
+    """:class:`Channel` over a Unix socket named by the ``earnevents_unix_socket`` option."""
+
+    connection_class = redis.UnixDomainSocketConnection  # type: ignore[assignment]
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        for tcp_only in ("host", "port", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options"):
+            params.pop(tcp_only, None)
+        params["path"] = self.connection.client.transport_options[UNIX_SOCKET_OPTION]
+        return params
+
+
+class UnixSocketTransport(Transport):
+    """earnevents' transport to a Redis on a Unix socket (``unix:///path?db=N``)."""
+
+    Channel = UnixSocketChannel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` (reliable fetch, malformed items dropped) on the primary that Redis
+    Sentinel names: kombu's sentinel channel supplies the connection pool."""
+
+
+class SentinelTransport(Transport):
+    """earnevents' transport through Redis Sentinel (``sentinel://h:p;sentinel://h2:p2``)."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port  # type: ignore[assignment]

@@ -1,0 +1,148 @@
+"""Workers and publishers over every kind of Redis deployment: TLS, a Unix socket, Sentinel.
+
+Each runs against a private redis-server started for it (a self-signed certificate made
+at test time, a socket in a temp dir, a sentinel watching a primary) and a real
+``celery -A earnevents worker`` subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+from conftest import token
+
+import earnevents
+from earnevents import Event, event_bus, redisurl
+from earnevents.testing import RedisServer, SentinelServer, wait_for
+
+pytestmark = pytest.mark.worker
+
+FAST = {"max_retries": 1, "interval_start": 0.2}
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[RedisServer]:
+    with RedisServer(tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_url(tls_server: RedisServer) -> str:
+    return tls_server.url
+
+
+@pytest.fixture
+def tls_plain_url(tls_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``rediss://host:port/0`` with no query: the CA is trusted system-wide (SSL_CERT_FILE
+    stands for the system store here), as with a managed Redis behind a public CA."""
+    assert tls_server.ca_file is not None
+    monkeypatch.setenv("SSL_CERT_FILE", tls_server.ca_file)  # this process and the workers it starts
+    return tls_server.url.partition("?")[0]
+
+
+@pytest.fixture(scope="module")
+def unix_url() -> Iterator[str]:
+    with RedisServer(unixsocket=True) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def sentinel_url() -> Iterator[str]:
+    with RedisServer() as primary, SentinelServer(primary) as sentinel:
+        yield sentinel.url
+
+
+@pytest.fixture(params=["tls", "tls_plain", "unix", "sentinel"])
+def deployment_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def deployed_bus(deployment_url: str, queue: str) -> AsyncIterator[earnevents.EventBus]:
+    await earnevents.init(
+        redis_uri=deployment_url, mongo_uri="", event_config={"queue_name": queue, "retry_policy": FAST}
+    )
+    yield event_bus
+    await earnevents.close()
+
+
+@pytest.fixture
+def client(deployment_url: str) -> Iterator[redis.Redis]:
+    sync = redisurl.sync_client(deployment_url, socket_timeout=5)
+    yield sync
+    sync.close()
+
+
+def records(client: redis.Redis, tok: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        got = [json.loads(raw) for raw in client.lrange(f"results:{tok}", 0, -1)]
+        return got if len(got) >= count else None
+
+    return wait_for(check, timeout, f"{count} handler record(s) for {tok}")
+
+
+async def test_events_published_from_asyncio_are_handled_by_the_worker(
+    deployed_bus, deployment_url, start_worker, client
+):
+    # Given a worker configured with the same URL as the publisher
+    start_worker(env={"EARNEVENTS_REDIS_URI": deployment_url})
+    tok = token()
+    # When three events are published from asyncio
+    for i in range(3):
+        await deployed_bus.publish(Event("t.record", {"token": tok, "i": i}))
+    # Then each of the two handlers ran for each event
+    recs = records(client, tok, 6)
+    assert sorted((r["handler"], r["repr"]["i"]) for r in recs) == sorted(
+        (h, repr(i)) for h in ("record_async", "record_sync") for i in range(3)
+    )
+
+
+async def test_over_tls_a_delayed_event_runs_after_its_delay(tls_url, queue, start_worker):
+    # Given a worker over TLS
+    await earnevents.init(redis_uri=tls_url, mongo_uri="", event_config={"queue_name": queue})
+    client = redisurl.sync_client(tls_url)
+    try:
+        start_worker(env={"EARNEVENTS_REDIS_URI": tls_url})
+        tok = token()
+        t0 = time.time()
+        # When an event is published with a delay of one second
+        await event_bus.publish(Event("t.record", {"token": tok}), delay=1)
+        # Then its handlers run once the delay has passed
+        recs = records(client, tok, 2)
+        assert min(r["at"] for r in recs) >= t0 + 1
+    finally:
+        client.close()
+        await earnevents.close()
+
+
+async def test_over_tls_a_failing_handler_is_recorded(tls_url, queue, start_worker):
+    # Given a worker over TLS and a policy of one retry
+    await earnevents.init(redis_uri=tls_url, mongo_uri="", event_config={"queue_name": queue, "retry_policy": FAST})
+    try:
+        start_worker(env={"EARNEVENTS_REDIS_URI": tls_url})
+        # When a handler always fails
+        await event_bus.publish(Event("t.always_fails", {"token": token()}))
+
+        # Then one failed job is recorded (in Redis, over TLS) after its retry
+        async def failed() -> list[Any]:
+            return await event_bus.get_failed_jobs()
+
+        deadline = time.monotonic() + 20
+        while not (jobs := await failed()) and time.monotonic() < deadline:
+            await _sleep(0.05)
+        assert [job.handler for job in jobs] == ["e2e_handlers.always_fails"]
+        assert jobs[0].attempts == 2
+    finally:
+        await earnevents.close()
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
