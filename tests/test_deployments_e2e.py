@@ -146,3 +146,31 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+def test_a_plain_celery_app_on_the_same_database_keeps_its_own_visibility_timeout(
+    redis_url, queue, start_worker, rclient
+):
+    from celery import Celery
+
+    # Given a plain Celery app's worker (late acks, kombu's default one-hour visibility timeout)
+    # and an earnevents worker with a 1 s visibility timeout, on one Redis database
+    plain_queue = f"plain-{queue}"
+    plain_env = {"PLAIN_BROKER_URL": redis_url, "PLAIN_QUEUE": plain_queue}
+    start_worker(app="plain_celery_app", pool="solo", concurrency=1, env=plain_env)
+    start_worker(env={"EARNEVENTS_VISIBILITY_TIMEOUT": "1"})
+    # When the plain app runs a task for 4 s, longer than earnevents' visibility timeout
+    sender = Celery("plain", broker=redis_url)
+    try:
+        tok = token()
+        sender.send_task("plain.long", args=[tok, 4], queue=plain_queue)
+        runs = f"plain:{tok}"
+        wait_for(lambda: rclient.lrange(runs, 0, -1) == [b"start", b"end"], 30, "the plain task to finish")
+    finally:
+        sender.close()
+    # Then it ran once: earnevents never gave the plain app's message back to its queue
+    deadline = time.monotonic() + 2  # a restored copy would be taken at once by the idle worker
+    while time.monotonic() < deadline:
+        assert rclient.lrange(runs, 0, -1) == [b"start", b"end"]
+        time.sleep(0.1)
+    assert rclient.llen(plain_queue) == 0

@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
-from .. import redisurl, runtime
+from .. import keys, redisurl, runtime
 from ..config import Settings
 from ..handlers import registry
 from ..keys import TASK_NAME
@@ -68,6 +68,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "priority_steps": [0],
             # A worker that died while restoring must not block restores for kombu's default 5 min.
             "unacked_mutex_expire": max(10, int(visibility)),
+            # earnevents' own unacknowledged records: kombu's default names would be shared
+            # with any other Celery app on this database, each restoring the other's
+            # messages after its own visibility timeout (twice-run tasks).
+            "unacked_key": keys.UNACKED,
+            "unacked_index_key": keys.UNACKED_INDEX,
+            "unacked_mutex_key": keys.UNACKED_MUTEX,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "health_check_interval": 10,
