@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed
-WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py
+WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
 .PHONY: venv test test-fast test-lowest lint demo bench bench-quick chaos clean
 
@@ -30,8 +30,8 @@ $(LOWEST_STAMP): pyproject.toml .ci/lowest-constraints.txt .ci/lowest-dev.py
 
 test-lowest: venv $(LOWEST_STAMP)  ## the worker end-to-end tests on the lowest allowed versions
 	$(LOWEST)/bin/python -m pip check
-	# nx-27017 needs a newer PyMongo: it runs from the main venv (found on PATH after the lowest one).
-	PATH="$(CURDIR)/$(LOWEST)/bin:$$PATH:$(CURDIR)/$(BIN)" $(LOWEST)/bin/python -m pytest -p no:cacheprovider $(WORKER_E2E)
+	# nx-27017 needs a newer PyMongo: it runs from the main venv (last on PATH: the system redis-server wins).
+	PATH="$$PATH:$(CURDIR)/$(BIN)" $(LOWEST)/bin/python -m pytest -p no:cacheprovider $(WORKER_E2E)
 
 test-fast: venv  ## unit tests only (no worker subprocesses)
 	$(BIN)/python -m pytest -m "not worker"
