@@ -174,3 +174,24 @@ def test_a_plain_celery_app_on_the_same_database_keeps_its_own_visibility_timeou
         assert rclient.lrange(runs, 0, -1) == [b"start", b"end"]
         time.sleep(0.1)
     assert rclient.llen(plain_queue) == 0
+
+
+async def test_over_tls_pool_processes_replaced_after_every_task_handle_every_event(tls_url, queue, start_worker):
+    # Given a prefork worker over TLS whose pool processes are replaced after each task,
+    # so it forks all the time while its background threads talk TLS to Redis
+    await earnevents.init(redis_uri=tls_url, mongo_uri="", event_config={"queue_name": queue})
+    client = redisurl.sync_client(tls_url)
+    try:
+        start_worker(
+            env={"EARNEVENTS_REDIS_URI": tls_url, "EARNEVENTS_SCHEDULER_INTERVAL": "0.01"},
+            extra_args=["--max-tasks-per-child", "1"],
+        )
+        tok = token()
+        # When 30 events are published
+        for i in range(30):
+            await event_bus.publish(Event("t.record", {"token": tok, "i": i}))
+        # Then every one is handled: no new pool process is stuck at its first TLS connection
+        assert len(records(client, tok, 60, timeout=60)) == 60
+    finally:
+        client.close()
+        await earnevents.close()
