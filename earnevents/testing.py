@@ -153,7 +153,7 @@ class RedisServer(_Server):
 
     ``tls=True``: TLS only (no plain port), a self-signed certificate made at start;
     ``url`` is ``rediss://...?ssl_ca_certs=...``. ``unixsocket=True``: a Unix socket only;
-    ``url`` is ``unix://...?db=0``.
+    ``url`` is ``unix://...?db=0``. ``replica_of``: a replica of that (TCP) server.
     """
 
     def __init__(
@@ -164,8 +164,10 @@ class RedisServer(_Server):
         *,
         tls: bool = False,
         unixsocket: bool = False,
+        replica_of: RedisServer | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.replica_of = replica_of
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="earnevents-redis-")
         self.data_dir = data_dir or (self._tmp.name if self._tmp else ".")
         self.appendonly = appendonly
@@ -221,6 +223,8 @@ class RedisServer(_Server):
             "--logfile",
             os.path.join(self.data_dir, "redis.log"),
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = sync_client(self.url, socket_connect_timeout=1, socket_timeout=5)
         try:

@@ -195,3 +195,36 @@ async def test_over_tls_pool_processes_replaced_after_every_task_handle_every_ev
     finally:
         client.close()
         await earnevents.close()
+
+
+async def test_through_sentinel_publishers_and_workers_follow_a_failover(queue, start_worker):
+    # Given a primary, its replica, a sentinel watching them, and a worker through the sentinel
+    with (
+        RedisServer() as primary,
+        RedisServer(replica_of=primary) as replica,
+        SentinelServer(primary) as sentinel,
+    ):
+        watcher = redis.Redis(port=sentinel.port, socket_timeout=5)
+        wait_for(lambda: watcher.sentinel_slaves(sentinel.master_name), 20, "the sentinel to see the replica")
+        await earnevents.init(redis_uri=sentinel.url, mongo_uri="", event_config={"queue_name": queue})
+        client = redisurl.sync_client(sentinel.url, socket_timeout=5)
+        try:
+            start_worker(env={"EARNEVENTS_REDIS_URI": sentinel.url})
+            before = token()
+            await event_bus.publish(Event("t.record", {"token": before}))
+            records(client, before, 2)
+            # When the sentinel fails over to the replica
+            watcher.sentinel_failover(sentinel.master_name)
+            wait_for(
+                lambda: watcher.sentinel_get_master_addr_by_name(sentinel.master_name)[1] == replica.port,
+                20,
+                "the failover",
+            )
+            # Then events published afterwards are handled on the new primary
+            after = token()
+            await event_bus.publish(Event("t.record", {"token": after}))
+            assert len(records(client, after, 2, timeout=30)) == 2
+        finally:
+            client.close()
+            watcher.close()
+            await earnevents.close()
