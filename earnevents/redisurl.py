@@ -68,9 +68,8 @@ def parse(url: str) -> RedisTarget:
     """Parse and check ``url``; ConfigError naming the problem (never echoing a password)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
-        raise ConfigError(
-            "redis_uri must be a redis://, rediss://, unix:// or sentinel:// URL, got scheme " + repr(scheme or url[:8])
-        )
+        given = f"scheme {scheme!r}" if "://" in url else "no scheme"  # never any more of the URL: secrets
+        raise ConfigError(f"redis_uri must be a redis://, rediss://, unix:// or sentinel:// URL, got {given}")
     if scheme == "sentinel":
         return _parse_sentinel(url)
     parts = urlsplit(url)
@@ -123,6 +122,8 @@ def _parse_sentinel(url: str) -> RedisTarget:
             db = _db(parts.path.strip("/"))
         username = username or (unquote(parts.username) if parts.username else None)
         password = password or (unquote(parts.password) if parts.password else None)
+    if any(name.startswith("ssl_") for name in query):
+        raise ConfigError("TLS to Sentinel is not supported: use sentinel:// without ssl_* options")
     if "db" in query:
         db = _db(query["db"])
     master = query.get("master_name", "")

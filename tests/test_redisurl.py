@@ -37,6 +37,7 @@ def test_every_documented_url_form_is_accepted_by_settings(url):
         ("redis://h:6379/zero", "database must be a number"),
         ("unix://", "socket's path"),
         ("redis://h:notaport/0", "invalid port"),
+        ("sentinel://s1:26379/0?master_name=m&ssl_cert_reqs=none", "TLS to Sentinel is not supported"),
     ],
 )
 def test_a_url_no_client_can_use_is_a_config_error_at_resolve_time(url, problem):
@@ -46,10 +47,11 @@ def test_a_url_no_client_can_use_is_a_config_error_at_resolve_time(url, problem)
         Settings.resolve(redis_uri=url, environ={})
 
 
-def test_a_config_error_never_shows_the_password():
-    # Given a URL with a password and a bad scheme
+@pytest.mark.parametrize("url", ["redi://:hunter2@h:6379/0", ":hunter2@h:6379/0", "redis://:hunter2@h:port/0"])
+def test_a_config_error_never_shows_the_password(url):
+    # Given a broken URL with a password
     with pytest.raises(ConfigError) as info:
-        redisurl.parse("redi://:hunter2@h:6379/0")
+        redisurl.parse(url)
     # Then the message does not contain the password
     assert "hunter2" not in str(info.value)
 

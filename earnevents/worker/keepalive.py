@@ -28,7 +28,6 @@ from .transport import RETURN_ORPHANS, live_consumers, return_orphans_args
 log = logging.getLogger(__name__)
 
 
-
 def held_delivery_tags() -> list[str]:
     """Delivery tags of the messages this worker process has reserved or is running."""
     for _ in range(3):
