@@ -48,7 +48,8 @@ def tls_plain_url(tls_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> s
 @pytest.fixture(scope="module")
 def unix_url() -> Iterator[str]:
     with RedisServer(unixsocket=True) as server:
-        yield server.url
+        assert server.url.endswith("?db=0")
+        yield server.url[: -len("0")] + "1"  # not the default database: it must be honoured everywhere
 
 
 @pytest.fixture(scope="module")
