@@ -21,7 +21,10 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .errors import ConfigError
@@ -153,11 +156,29 @@ def _credentials(target: RedisTarget) -> dict[str, Any]:
     return {"db": target.db, "username": target.username, "password": target.password}
 
 
+SENTINEL_TIMEOUT = 5.0
+"""Seconds one query to a sentinel may take (connect and reply) before the next is asked."""
+
+
+def sentinel_kwargs(retry: Any) -> dict[str, Any]:
+    """Options of the connections to the sentinels themselves.
+
+    No retries: asking the next sentinel is the retry. (redis-py's default of three
+    retries with backoff made a sentinel that is down cost ~4.5 s per connection.)
+    """
+    return {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT, "retry": retry}
+
+
 def sync_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client for ``url``; ``options`` are redis-py's (timeouts, retry...)."""
     target = parse(url)
     if target.scheme == "sentinel":
-        sentinel = Sentinel(list(target.sentinels), **_credentials(target), **options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels),
+            sentinel_kwargs=sentinel_kwargs(Retry(NoBackoff(), 0)),
+            **_credentials(target),
+            **options,
+        )
         client: redis.Redis = sentinel.master_for(target.master_name)  # type: ignore[no-untyped-call]
         return client
     return redis.Redis.from_url(url, **_socket_options(target, options))
@@ -167,7 +188,12 @@ def async_client(url: str, **options: Any) -> aioredis.Redis:
     """An asyncio client for ``url``; ``options`` are redis-py's (timeouts, retry...)."""
     target = parse(url)
     if target.scheme == "sentinel":
-        sentinel = AsyncSentinel(list(target.sentinels), **_credentials(target), **options)  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels),
+            sentinel_kwargs=sentinel_kwargs(AsyncRetry(NoBackoff(), 0)),
+            **_credentials(target),
+            **options,
+        )
         client: aioredis.Redis = sentinel.master_for(target.master_name)
         return client
     return aioredis.Redis.from_url(url, **_socket_options(target, options))
@@ -204,9 +230,8 @@ def broker(url: str) -> BrokerSettings:
     if target.scheme == "sentinel":
         auth = _auth(target)
         hosts = ";".join(f"sentinel://{auth}{host}:{port}{db}" for host, port in target.sentinels)
-        return BrokerSettings(
-            url=hosts, transport=TRANSPORTS["sentinel"], transport_options={"master_name": target.master_name}
-        )
+        options = {"master_name": target.master_name, "sentinel_kwargs": sentinel_kwargs(Retry(NoBackoff(), 0))}
+        return BrokerSettings(url=hosts, transport=TRANSPORTS["sentinel"], transport_options=options)
     if target.scheme == "unix":
         return BrokerSettings(
             url=f"redis://{_auth(target)}localhost{db}",
