@@ -99,8 +99,9 @@ class _Server:
 
 
 def make_tls_files(directory: str) -> tuple[str, str, str]:
-    """A self-signed CA and a server certificate for 127.0.0.1/localhost signed by it, in
-    ``directory``; returns (CA certificate, server certificate, server key) paths."""
+    """A self-signed CA, a server certificate for 127.0.0.1/localhost and a client
+    certificate (``client.crt``, ``client.key``) signed by it, in ``directory``; returns
+    the (CA certificate, server certificate, server key) paths."""
     import datetime as dt
     import ipaddress
 
@@ -127,24 +128,30 @@ def make_tls_files(directory: str) -> tuple[str, str, str]:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return builder.sign(signer, hashes.SHA256())
 
+    def pem_key(key: Any) -> bytes:
+        return bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
     ca_key = ec.generate_private_key(ec.SECP256R1())
     server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = cert("earnevents test CA", ca_key, "earnevents test CA", ca_key, ca=True)
     server_cert = cert("localhost", server_key, "earnevents test CA", ca_key, ca=False)
-    paths = (os.path.join(directory, n) for n in ("ca.crt", "server.crt", "server.key"))
-    ca_path, cert_path, key_path = paths
-    for path, data in (
-        (ca_path, ca_cert.public_bytes(serialization.Encoding.PEM)),
-        (cert_path, server_cert.public_bytes(serialization.Encoding.PEM)),
-        (
-            key_path,
-            server_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        ),
-    ):
-        with open(path, "wb") as fh:
+    client_cert = cert("earnevents test client", client_key, "earnevents test CA", ca_key, ca=False)
+    files = {
+        "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
+        "server.crt": server_cert.public_bytes(serialization.Encoding.PEM),
+        "server.key": pem_key(server_key),
+        "client.crt": client_cert.public_bytes(serialization.Encoding.PEM),
+        "client.key": pem_key(client_key),
+    }
+    for name, data in files.items():
+        with open(os.path.join(directory, name), "wb") as fh:
             fh.write(data)
+    ca_path, cert_path, key_path = (os.path.join(directory, n) for n in ("ca.crt", "server.crt", "server.key"))
     return ca_path, cert_path, key_path
 
 
@@ -152,8 +159,10 @@ class RedisServer(_Server):
     """A private redis-server on a free port; ``appendonly=True`` persists to ``data_dir``.
 
     ``tls=True``: TLS only (no plain port), a self-signed certificate made at start;
-    ``url`` is ``rediss://...?ssl_ca_certs=...``. ``unixsocket=True``: a Unix socket only;
-    ``url`` is ``unix://...?db=0``. ``replica_of``: a replica of that (TCP) server.
+    ``url`` is ``rediss://...?ssl_ca_certs=...``. ``tls_client_certs=True``: TLS that
+    also requires a client certificate (the URL names one, ``ssl_certfile``/``ssl_keyfile``).
+    ``unixsocket=True``: a Unix socket only; ``url`` is ``unix://...?db=0``.
+    ``replica_of``: a replica of that (TCP) server.
     """
 
     def __init__(
@@ -163,6 +172,7 @@ class RedisServer(_Server):
         appendonly: bool = False,
         *,
         tls: bool = False,
+        tls_client_certs: bool = False,
         unixsocket: bool = False,
         replica_of: RedisServer | None = None,
     ) -> None:
@@ -171,11 +181,15 @@ class RedisServer(_Server):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="earnevents-redis-")
         self.data_dir = data_dir or (self._tmp.name if self._tmp else ".")
         self.appendonly = appendonly
-        self.tls = tls
+        self.tls = tls or tls_client_certs
+        self.tls_client_certs = tls_client_certs
         self.socket_path = os.path.join(self.data_dir, "redis.sock") if unixsocket else None
-        self.ca_file = os.path.join(self.data_dir, "ca.crt") if tls else None
-        if tls:
+        self.ca_file = os.path.join(self.data_dir, "ca.crt") if self.tls else None
+        if self.tls:
             self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca_file}"
+            if tls_client_certs:
+                client = os.path.join(self.data_dir, "client")
+                self.url += f"&ssl_certfile={client}.crt&ssl_keyfile={client}.key"
         elif self.socket_path:
             self.url = f"unix://{self.socket_path}?db=0"
         else:
@@ -196,7 +210,7 @@ class RedisServer(_Server):
                 "--tls-ca-cert-file",
                 ca,
                 "--tls-auth-clients",
-                "no",
+                "yes" if self.tls_client_certs else "no",
             ]
         if self.socket_path:
             return ["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]

@@ -46,6 +46,13 @@ def tls_plain_url(tls_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 @pytest.fixture(scope="module")
+def tls_client_cert_url() -> Iterator[str]:
+    """TLS where the server also checks the client's certificate (ssl_certfile, ssl_keyfile)."""
+    with RedisServer(tls_client_certs=True) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
 def unix_url() -> Iterator[str]:
     with RedisServer(unixsocket=True) as server:
         assert server.url.endswith("?db=0")
@@ -64,7 +71,7 @@ def sentinels_url(sentinel_url: str) -> str:
     return f"sentinel://127.0.0.1:{free_port()}/0;{sentinel_url}"
 
 
-@pytest.fixture(params=["tls", "tls_plain", "unix", "sentinel", "sentinels"])
+@pytest.fixture(params=["tls", "tls_plain", "tls_client_cert", "unix", "sentinel", "sentinels"])
 def deployment_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
