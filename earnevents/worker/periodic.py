@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 # OpenSSL (a TLS handshake to Redis or MongoDB) at the moment of fork leaves OpenSSL's
 # locks held in the child for good, and the child blocks forever at its first TLS
 # connection. So each thread does its I/O (one tick) holding its own lock, and a fork
-# first takes every such lock: it waits for running ticks to end (bounded by the clients'
-# socket timeouts) and no tick starts until the fork is done.
+# first takes every such lock: it waits for running ticks to end (usually milliseconds;
+# a hung server costs the clients' timeouts, a full outbox its drain) and no tick starts
+# until the fork is done. Nothing else runs in these threads, so a fork cannot deadlock.
 _threads: weakref.WeakSet[PeriodicThread] = weakref.WeakSet()
 _held: list[threading.Lock] = []
 
