@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOWEST ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.installed
+WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
-.PHONY: venv test test-fast lint demo bench bench-quick chaos clean
+.PHONY: venv test test-fast test-lowest lint demo bench bench-quick chaos clean
 
 venv: $(STAMP)
 
@@ -16,6 +19,19 @@ $(STAMP): pyproject.toml
 
 test: venv  ## the whole suite against real redis-server, nx-27017 and celery workers
 	$(BIN)/python -m pytest
+
+# The lowest versions pyproject.toml allows (.ci/lowest-constraints.txt), in a venv of their own.
+$(LOWEST_STAMP): pyproject.toml .ci/lowest-constraints.txt .ci/lowest-dev.py
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST)/bin/python .ci/lowest-dev.py > $(LOWEST)/dev-requirements.txt
+	$(LOWEST)/bin/python -m pip install -q -c .ci/lowest-constraints.txt -e . -r $(LOWEST)/dev-requirements.txt
+	touch $@
+
+test-lowest: venv $(LOWEST_STAMP)  ## the worker end-to-end tests on the lowest allowed versions
+	$(LOWEST)/bin/python -m pip check
+	# nx-27017 needs a newer PyMongo: it runs from the main venv (last on PATH: the system redis-server wins).
+	PATH="$$PATH:$(CURDIR)/$(BIN)" $(LOWEST)/bin/python -m pytest -p no:cacheprovider $(WORKER_E2E)
 
 test-fast: venv  ## unit tests only (no worker subprocesses)
 	$(BIN)/python -m pytest -m "not worker"
@@ -38,4 +54,4 @@ chaos: venv
 	$(BIN)/python -m bench.chaos $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache *.egg-info

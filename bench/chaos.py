@@ -215,7 +215,7 @@ def where_is(client: redis.Redis, event_id: str) -> str:
         places.append("scheduled")
     if any(event_id.encode() in m for m in client.lrange(QUEUE, 0, -1)):
         places.append("queue")
-    if any(event_id.encode() in m for m in client.hvals("unacked")):
+    if any(event_id.encode() in m for m in client.hvals(keys.UNACKED)):
         places.append("unacked")
     return ",".join(places) or "nowhere"
 

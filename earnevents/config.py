@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import redisurl
 from .errors import ConfigError
 from .retry import RetryPolicy
 
@@ -139,8 +140,7 @@ class Settings:
             handler_modules = [m.strip() for m in raw.split(",") if m.strip()]
         mongo = pick(mongo_uri, "EARNEVENTS_MONGO_URI")
         redis = pick(redis_uri, "EARNEVENTS_REDIS_URI")
-        if not redis.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"redis_uri must be a redis:// URL, got {redis!r}")
+        redisurl.parse(redis)  # ConfigError now, not in the worker, for a URL no client can use
         if mongo and not mongo.startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"mongo_uri must be a mongodb:// URL, got {mongo!r}")
         if event.outbox and not mongo:

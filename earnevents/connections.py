@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from . import redisurl
 from .config import Settings
 from .outbox import REDIS_BUDGET as OUTBOX_REDIS_BUDGET
 
@@ -44,7 +45,7 @@ class Connections:
             if self.settings.outbox:
                 budget = min(budget, OUTBOX_REDIS_BUDGET)
             timeout = min(REDIS_SOCKET_TIMEOUT, budget)
-            client = aioredis.Redis.from_url(
+            client = redisurl.async_client(
                 self.settings.redis_uri,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,

@@ -72,6 +72,17 @@ def failed_job(job_id: str) -> str:
     return f"{PREFIX}:failed-job:{job_id}"
 
 
+UNACKED = f"{PREFIX}:unacked"
+"""kombu's hash of unacknowledged messages (its ``unacked_key`` option), earnevents' own so a
+plain Celery app on the same Redis database keeps its own records and visibility timeout."""
+
+UNACKED_INDEX = f"{PREFIX}:unacked_index"
+"""kombu's sorted set of unacknowledged delivery tags by delivery time (``unacked_index_key``)."""
+
+UNACKED_MUTEX = f"{PREFIX}:unacked_mutex"
+"""kombu's lock around restoring unacknowledged messages (``unacked_mutex_key``)."""
+
+
 MONGO_FAILED_COLLECTION = "earnevents_failed_jobs"
 """Collection of failed job records (the MongoDB failure store)."""
 

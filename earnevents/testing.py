@@ -98,23 +98,130 @@ class _Server:
                 proc.wait(5)
 
 
-class RedisServer(_Server):
-    """A private redis-server on a free port; ``appendonly=True`` persists to ``data_dir``."""
+def make_tls_files(directory: str) -> tuple[str, str, str]:
+    """A self-signed CA, a server certificate for 127.0.0.1/localhost and a client
+    certificate (``client.crt``, ``client.key``) signed by it, in ``directory``; returns
+    the (CA certificate, server certificate, server key) paths."""
+    import datetime as dt
+    import ipaddress
 
-    def __init__(self, port: int | None = None, data_dir: str | None = None, appendonly: bool = False) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem_key(key: Any) -> bytes:
+        return bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("earnevents test CA", ca_key, "earnevents test CA", ca_key, ca=True)
+    server_cert = cert("localhost", server_key, "earnevents test CA", ca_key, ca=False)
+    client_cert = cert("earnevents test client", client_key, "earnevents test CA", ca_key, ca=False)
+    files = {
+        "ca.crt": ca_cert.public_bytes(serialization.Encoding.PEM),
+        "server.crt": server_cert.public_bytes(serialization.Encoding.PEM),
+        "server.key": pem_key(server_key),
+        "client.crt": client_cert.public_bytes(serialization.Encoding.PEM),
+        "client.key": pem_key(client_key),
+    }
+    for name, data in files.items():
+        with open(os.path.join(directory, name), "wb") as fh:
+            fh.write(data)
+    ca_path, cert_path, key_path = (os.path.join(directory, n) for n in ("ca.crt", "server.crt", "server.key"))
+    return ca_path, cert_path, key_path
+
+
+class RedisServer(_Server):
+    """A private redis-server on a free port; ``appendonly=True`` persists to ``data_dir``.
+
+    ``tls=True``: TLS only (no plain port), a self-signed certificate made at start;
+    ``url`` is ``rediss://...?ssl_ca_certs=...``. ``tls_client_certs=True``: TLS that
+    also requires a client certificate (the URL names one, ``ssl_certfile``/``ssl_keyfile``).
+    ``unixsocket=True``: a Unix socket only; ``url`` is ``unix://...?db=0``.
+    ``replica_of``: a replica of that (TCP) server.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: str | None = None,
+        appendonly: bool = False,
+        *,
+        tls: bool = False,
+        tls_client_certs: bool = False,
+        unixsocket: bool = False,
+        replica_of: RedisServer | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.replica_of = replica_of
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="earnevents-redis-")
         self.data_dir = data_dir or (self._tmp.name if self._tmp else ".")
         self.appendonly = appendonly
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls = tls or tls_client_certs
+        self.tls_client_certs = tls_client_certs
+        self.socket_path = os.path.join(self.data_dir, "redis.sock") if unixsocket else None
+        self.ca_file = os.path.join(self.data_dir, "ca.crt") if self.tls else None
+        if self.tls:
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca_file}"
+            if tls_client_certs:
+                client = os.path.join(self.data_dir, "client")
+                self.url += f"&ssl_certfile={client}.crt&ssl_keyfile={client}.key"
+        elif self.socket_path:
+            self.url = f"unix://{self.socket_path}?db=0"
+        else:
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.tls:
+            ca, cert, key = make_tls_files(self.data_dir)
+            return [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
+                "yes" if self.tls_client_certs else "no",
+            ]
+        if self.socket_path:
+            return ["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        return ["--port", str(self.port)]
 
     def start(self) -> None:
-        import redis
+        from .redisurl import sync_client
 
         args = [
             redis_server_binary(),
-            "--port",
-            str(self.port),
+            *self._listen_args(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -130,10 +237,12 @@ class RedisServer(_Server):
             "--logfile",
             os.path.join(self.data_dir, "redis.log"),
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = sync_client(self.url, socket_connect_timeout=1, socket_timeout=5)
         try:
-            wait_for(lambda: self._alive() and client.ping(), 15, f"redis-server on port {self.port}")
+            wait_for(lambda: self._alive() and client.ping(), 15, f"redis-server at {self.url}")
         finally:
             client.close()
 
@@ -158,6 +267,51 @@ class RedisServer(_Server):
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+class SentinelServer(_Server):
+    """A private Redis Sentinel (``redis-server --sentinel``) watching ``primary``.
+
+    ``url`` is the ``sentinel://...?master_name=...`` URL publishers and workers use.
+    """
+
+    def __init__(self, primary: RedisServer, master_name: str = "earnevents-primary") -> None:
+        self.primary = primary
+        self.master_name = master_name
+        self.port = free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="earnevents-sentinel-")
+        self.url = f"sentinel://127.0.0.1:{self.port}/0?master_name={master_name}"
+
+    def start(self) -> None:
+        import redis
+
+        directory = self._tmp.name
+        config = os.path.join(directory, "sentinel.conf")
+        with open(config, "w") as fh:  # Sentinel rewrites its config file: it must be its own
+            fh.write(
+                f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {directory}\n"
+                f"logfile {os.path.join(directory, 'sentinel.log')}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary.port} 1\n"
+                f"sentinel down-after-milliseconds {self.master_name} 5000\n"
+            )
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+
+        def primary_known() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise GaveUp(f"redis-sentinel exited with {self.proc.returncode}; see {directory}/sentinel.log")
+            return bool(client.sentinel_get_master_addr_by_name(self.master_name))
+
+        try:
+            wait_for(primary_known, 15, f"redis-sentinel on port {self.port}")
+        finally:
+            client.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._tmp.cleanup()
 
 
 class MongoServer(_Server):
@@ -217,14 +371,18 @@ class WorkerProcess:
         extra_args: Sequence[str] = (),
         cwd: str | None = None,
         log_path: str | None = None,
+        app: str = "earnevents",
+        without: Sequence[str] = ("gossip", "mingle", "heartbeat"),
     ) -> None:
+        """``without``: Celery features turned off (faster start); ``()`` leaves Celery's
+        defaults (gossip, mingle, heartbeat) on. ``app``: the ``-A`` argument."""
         self.env = {**os.environ, **env}
         self.args = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "earnevents",
+            app,
             "worker",
             "-l",
             "info",
@@ -232,9 +390,7 @@ class WorkerProcess:
             pool,
             "-c",
             str(concurrency),
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
+            *(f"--without-{feature}" for feature in without),
             "-n",
             f"earnevents-{free_port()}@%h",
             *extra_args,

@@ -13,11 +13,9 @@ import threading
 import time
 from typing import Any
 
-import redis
+from earnevents import Event, current_job, event_handler, model_event_handler, redisurl, runtime
 
-from earnevents import Event, current_job, event_handler, model_event_handler, runtime
-
-_sync = redis.Redis.from_url(os.environ["EARNEVENTS_REDIS_URI"])
+_sync = redisurl.sync_client(os.environ["EARNEVENTS_REDIS_URI"])  # any URL form the worker takes
 
 
 def _record(event: Event, handler: str, **extra: Any) -> dict[str, Any]:

@@ -202,7 +202,7 @@ async def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_serving(bus,
     assert log.count("dropped an item on") == 7
     assert await bus.count_dead_items() == 7
     # Nothing of this queue is left unacknowledged: not the dropped item, not the others.
-    wait_for(lambda: not [v for v in rclient.hvals("unacked") if queue.encode() in v], 10, "no unacked entries")
+    wait_for(lambda: not [v for v in rclient.hvals(keys.UNACKED) if queue.encode() in v], 10, "no unacked entries")
     assert "no.such.task" in log and "bad-args-1" in log and "bad-kwargs-1" in log
     assert "Connection to broker lost" not in log and "Unrecoverable" not in log
 
@@ -275,11 +275,11 @@ async def test_a_burst_is_handled_and_every_message_acknowledged_once_the_queue_
     # empty they must all have been sent, not left to the visibility timeout.
     worker = start_worker(concurrency=2)
     tok = token()
-    indexed_before = set(rclient.zrange("unacked_index", 0, -1))
+    indexed_before = set(rclient.zrange(keys.UNACKED_INDEX, 0, -1))
     await bus.publish_batch([Event("t.count", {"token": tok}) for _ in range(300)])
     wait_for(lambda: int(rclient.get(f"count:{tok}") or 0) >= 300, 60, "300 events handled")
-    wait_for(lambda: not [v for v in rclient.hvals("unacked") if queue.encode() in v], 10, "no unacked entries")
-    wait_for(lambda: not set(rclient.zrange("unacked_index", 0, -1)) - indexed_before, 10, "an empty unacked index")
+    wait_for(lambda: not [v for v in rclient.hvals(keys.UNACKED) if queue.encode() in v], 10, "no unacked entries")
+    wait_for(lambda: not set(rclient.zrange(keys.UNACKED_INDEX, 0, -1)) - indexed_before, 10, "an empty unacked index")
     assert rclient.llen(queue) == 0 and worker.proc.poll() is None
 
 

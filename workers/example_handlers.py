@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from earnevents import Event, event_handler, model_event_handler, runtime
+from earnevents import Event, event_handler, model_event_handler, redisurl, runtime
 
 LOG_KEY = "earnevents:demo:log"
 FIXED_KEY = "earnevents:demo:invoicing-fixed"
@@ -38,7 +38,7 @@ def log_sync(text: str) -> None:
     """From plain-function handlers: an ordinary blocking client."""
     global _sync_redis
     if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(runtime.current().settings.redis_uri)
+        _sync_redis = redisurl.sync_client(runtime.current().settings.redis_uri)  # any URL form
     _sync_redis.rpush(LOG_KEY, _line(text))
 
 

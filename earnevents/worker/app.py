@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, stop_any, wait_exponential
 from tenacity.stop import stop_base
 
-from .. import message, runtime
+from .. import keys, message, redisurl, runtime
 from ..config import Settings
 from ..errors import WorkerLostError
 from ..failures import FailedJob
@@ -117,11 +117,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app for ``settings`` (default: from the environment)."""
     settings = settings or Settings.resolve()
     visibility = settings.visibility_timeout
+    # redis://, rediss://, unix:// and sentinel:// URLs in kombu's spelling (earnevents.redisurl).
+    broker = redisurl.broker(settings.redis_uri)
     app = Celery("earnevents")
     app.conf.update(
-        broker_url=settings.redis_uri,
+        broker_url=broker.url,
         # kombu's redis transport with reliable fetch; a malformed item is dropped, not fatal.
-        broker_transport="earnevents.worker.transport:Transport",
+        broker_transport=broker.transport,
+        broker_use_ssl=broker.use_ssl or False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_transport_options={
@@ -134,6 +137,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "priority_steps": [0],
             # A worker that died while restoring must not block restores for kombu's default 5 min.
             "unacked_mutex_expire": max(10, int(visibility)),
+            # earnevents' own unacknowledged records: kombu's default names would be shared
+            # with any other Celery app on this database, each restoring the other's
+            # messages after its own visibility timeout (twice-run tasks).
+            "unacked_key": keys.UNACKED,
+            "unacked_index_key": keys.UNACKED_INDEX,
+            "unacked_mutex_key": keys.UNACKED_MUTEX,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "health_check_interval": 10,
@@ -141,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             # go to the queue's dead-letter list.
             "max_message_size": settings.max_message_size,
             "dead_letter_max": settings.dead_letter_max,
+            **broker.transport_options,
         },
         task_default_queue=settings.queue_name,
         task_acks_late=True,
@@ -160,6 +170,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         task_serializer="json",
         include=list(settings.handler_modules),
+        earnevents_redis_uri=settings.redis_uri,
         earnevents_scheduler_interval=settings.scheduler_interval,
         earnevents_mongo_uri=settings.mongo_uri,
         earnevents_database=settings.database,

@@ -4,7 +4,7 @@ kombu's Redis transport gives a message back to the queue when it has been
 unacknowledged for ``visibility_timeout`` seconds, assuming its worker died. That
 forces a choice between slow recovery (a long timeout) and long handlers running
 twice (a short one). This step removes the dilemma: every ``visibility_timeout/4``
-seconds it re-stamps, in kombu's ``unacked_index``, the delivery time of each
+seconds it re-stamps, in kombu's unacked index (:data:`keys.UNACKED_INDEX`), the delivery time of each
 message this worker has reserved or is running. Only messages of dead workers
 age past the timeout, so it can be short (default 40 s) while a ten-minute
 handler is never redelivered.
@@ -20,18 +20,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery.worker import state
 
+from .. import keys, redisurl
 from . import consumers
 from .clock import RedisClock
 from .consumers import RETURN_ORPHANS, return_orphans_args
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
-
-# kombu's default name for the sorted set of unacknowledged delivery tags.
-UNACKED_INDEX = "unacked_index"
 
 
 def held_delivery_tags() -> list[str]:
@@ -61,7 +58,7 @@ class KeepAlive(PeriodicThread):
         super().__init__(interval)
         self.index_key = index_key
         self.queues = queues
-        self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._client = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._return_orphans = self._client.register_script(RETURN_ORPHANS)
         self._clock = RedisClock(self._client.time)  # the clock of every visibility stamp
 
@@ -104,5 +101,5 @@ class KeepAliveStep(ThreadStep):
         conf = worker.app.conf
         options = conf.broker_transport_options or {}
         visibility = float(options.get("visibility_timeout", 3600))
-        index_key = options.get("unacked_index_key", UNACKED_INDEX)
-        return KeepAlive(conf.broker_url, index_key, max(0.5, visibility / 4), consumed_queues(worker))
+        index_key = options.get("unacked_index_key", keys.UNACKED_INDEX)
+        return KeepAlive(conf.earnevents_redis_uri, index_key, max(0.5, visibility / 4), consumed_queues(worker))

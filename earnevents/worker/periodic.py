@@ -12,7 +12,9 @@ would hold every delayed event.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from typing import Any
 
 import redis
@@ -20,6 +22,31 @@ from celery import bootsteps
 from pymongo.errors import PyMongoError
 
 log = logging.getLogger(__name__)
+
+# Fork safety. A prefork worker forks pool processes from its main thread at start and
+# whenever a child is replaced; these threads run in that same process. A thread inside
+# OpenSSL (a TLS handshake to Redis or MongoDB) at the moment of fork leaves OpenSSL's
+# locks held in the child for good, and the child blocks forever at its first TLS
+# connection. So each thread does its I/O (one tick) holding its own lock, and a fork
+# first takes every such lock: it waits for running ticks to end (usually milliseconds;
+# a hung server costs the clients' timeouts, a full outbox its drain) and no tick starts
+# until the fork is done. Nothing else runs in these threads, so a fork cannot deadlock.
+_threads: weakref.WeakSet[PeriodicThread] = weakref.WeakSet()
+_held: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for thread in list(_threads):
+        thread._io.acquire()
+        _held.append(thread._io)
+
+
+def _after_fork() -> None:
+    while _held:
+        _held.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 class PeriodicThread:
@@ -32,6 +59,8 @@ class PeriodicThread:
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"earnevents-{self.what}", daemon=True)
+        self._io = threading.Lock()  # held during tick(); taken by a fork (see _before_fork)
+        _threads.add(self)
 
     def tick(self) -> None:
         """One round of work; any error is logged and the round retried next interval."""
@@ -53,7 +82,8 @@ class PeriodicThread:
         failing = False
         while not self._stop.is_set():
             try:
-                self.tick()
+                with self._io:
+                    self.tick()
             except (redis.RedisError, PyMongoError) as exc:
                 if not failing:
                     log.warning("%s cannot reach Redis/MongoDB (%r); retrying every %gs", self.what, exc, self.interval)

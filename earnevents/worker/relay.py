@@ -15,10 +15,9 @@ import time
 import uuid
 from typing import Any
 
-import redis
 from pymongo import MongoClient
 
-from .. import keys, message, outbox, schedule
+from .. import keys, message, outbox, redisurl, schedule
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class Relay(PeriodicThread):
     def __init__(self, redis_uri: str, mongo_uri: str, database: str, queues: list[str], interval: float) -> None:
         super().__init__(interval)
         self.queues = queues
-        self._redis = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._add = self._redis.register_script(schedule.ADD_SCRIPT)
         self._release = self._redis.register_script(_RELEASE)
         self._mongo: MongoClient[Any] = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
@@ -107,7 +106,7 @@ class RelayStep(ThreadStep):
         if not mongo_uri:
             return None
         return Relay(
-            conf.broker_url,
+            conf.earnevents_redis_uri,
             mongo_uri,
             conf.earnevents_database,
             consumed_queues(worker),

@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
-from .. import schedule
+from .. import redisurl, schedule
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,7 @@ class Mover(PeriodicThread):
     def __init__(self, redis_uri: str, queues: list[str], interval: float) -> None:
         super().__init__(interval)
         self.queues = queues
-        self._client = redis.Redis.from_url(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._client = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._script = self._client.register_script(schedule.MOVE_DUE_SCRIPT)
 
     def move_due(self) -> int:
@@ -63,4 +61,4 @@ class SchedulerStep(ThreadStep):
         queues = consumed_queues(worker)
         interval = worker.app.conf.get("earnevents_scheduler_interval", 0.2)
         log.info("delay scheduler serving %s every %gs", ", ".join(queues), interval)
-        return Mover(worker.app.conf.broker_url, queues, interval)
+        return Mover(worker.app.conf.earnevents_redis_uri, queues, interval)

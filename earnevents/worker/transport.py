@@ -55,11 +55,13 @@ from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from .. import deadletters, keys
 from ..config import DEFAULTS
+from ..redisurl import UNIX_SOCKET_OPTION
 from . import consumers, items
 from .clock import RedisClock
 
@@ -586,3 +588,42 @@ class Transport(kombu_redis.Transport):
     def _deliver_checked(self, message: dict[str, Any], queue: str) -> None:
         """Hand a message :func:`.items.check` accepted to its consumer."""
         super()._deliver(message, queue)
+
+
+# --- other ways to reach Redis (earnevents.redisurl.broker picks the transport) ----------
+
+
+class UnixSocketChannel(Channel):
+    """:class:`Channel` over a Unix socket named by the ``earnevents_unix_socket`` option."""
+
+    connection_class = redis.UnixDomainSocketConnection  # type: ignore[assignment]
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        for tcp_only in ("host", "port", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options"):
+            params.pop(tcp_only, None)
+        params["path"] = self.connection.client.transport_options[UNIX_SOCKET_OPTION]
+        return params
+
+
+class UnixSocketTransport(Transport):
+    """earnevents' transport to a Redis on a Unix socket (``unix:///path?db=N``)."""
+
+    Channel = UnixSocketChannel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` (reliable fetch, malformed items dropped) on the primary that Redis
+    Sentinel names: kombu's sentinel channel supplies the connection pool."""
+
+    from_transport_options = (  # type: ignore[assignment]  # both bases' options: the sentinel ones and ours
+        *Channel.from_transport_options,
+        *(o for o in kombu_redis.SentinelChannel.from_transport_options if o not in Channel.from_transport_options),
+    )
+
+
+class SentinelTransport(Transport):
+    """earnevents' transport through Redis Sentinel (``sentinel://h:p;sentinel://h2:p2``)."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port  # type: ignore[assignment]
