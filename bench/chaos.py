@@ -8,6 +8,12 @@ events. At the end it prints how many events were published, how many (event,
 handler) jobs completed, how many were lost (must be 0), how many ran more than
 once, how many failed, and how many poison items were dead-lettered (must be all).
 Not run by CI.
+
+Handler faults (``bench/chaos_faults.py``, loaded only when asked for):
+``--exit-every K`` marks every K-th event for a handler that kills its own worker
+process (``os._exit``), ``--hang-every K`` for one that never returns (cut off by
+its ``timeout``). Each marked job must end as exactly one failed job and its sibling
+handlers must complete for the same event; anything else counts as lost.
 """
 
 from __future__ import annotations
@@ -90,7 +96,17 @@ def poison_items(count: int) -> list[bytes]:
     return [shapes[i % len(shapes)] for i in range(count)]
 
 
-async def publish_all(redis_url: str, total: int, per_message: int = 1, poison: int = 0) -> list[str]:
+def marks(n: int, exit_every: int, hang_every: int) -> dict[str, bool]:
+    """The fault flags of event number ``n`` (none when the fault modes are off)."""
+    return {
+        "exit": bool(exit_every) and n % exit_every == exit_every - 1,
+        "hang": bool(hang_every) and n % hang_every == hang_every // 2,
+    }
+
+
+async def publish_all(
+    redis_url: str, total: int, per_message: int = 1, poison: int = 0, exit_every: int = 0, hang_every: int = 0
+) -> list[str]:
     await earnevents.init(redis_uri=redis_url, event_config={"queue_name": QUEUE, "publish_timeout": 60})
     rng = random.Random(1)
     ids: list[str] = []
@@ -102,7 +118,10 @@ async def publish_all(redis_url: str, total: int, per_message: int = 1, poison: 
                 share = max(1, len(bad) * 100 // max(total, 1))
                 sync.lpush(QUEUE, *bad[:share])
                 del bad[:share]
-            batch = [Event("chaos.tick", {"n": n}) for n in range(start, min(start + 100, total))]
+            batch = [
+                Event("chaos.tick", {"n": n, **marks(n, exit_every, hang_every)})
+                for n in range(start, min(start + 100, total))
+            ]
             if (start // 100) % 2:
                 for event in batch:  # delayed ones one by one, each with its own delay
                     ids.append(await event_bus.publish(event, delay=rng.uniform(0, 5)))
@@ -129,7 +148,10 @@ def main() -> int:
         help="pack the undelayed events (publish_batch) this many a message",
     )
     parser.add_argument("--poison", type=int, default=0, help="queue items that are not valid messages to push")
+    parser.add_argument("--exit-every", type=int, default=0, help="every K-th event: a handler calls os._exit")
+    parser.add_argument("--hang-every", type=int, default=0, help="every K-th event: a handler never returns")
     args = parser.parse_args()
+    faults = bool(args.exit_every or args.hang_every)
 
     server = RedisServer(appendonly=True)
     server.start()
@@ -137,8 +159,9 @@ def main() -> int:
         "EARNEVENTS_REDIS_URI": server.url,
         "EARNEVENTS_QUEUE": QUEUE,
         "EARNEVENTS_MONGO_URI": "",
-        "EARNEVENTS_HANDLER_MODULES": "bench.chaos_handlers",
+        "EARNEVENTS_HANDLER_MODULES": "bench.chaos_handlers" + (",bench.chaos_faults" if faults else ""),
         "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
+        "EARNEVENTS_MAX_DELIVERIES": "3",
         "PYTHONPATH": str(ROOT),
     }
     logs = ROOT / ".run"
@@ -153,9 +176,17 @@ def main() -> int:
         chaos = Chaos(workers, server, args.kill_every)
         chaos.start()
         log(f"publishing {args.events} events (half delayed 0-5 s) to {server.url}")
-        ids = asyncio.run(publish_all(server.url, args.events, args.events_per_message, args.poison))
+        ids = asyncio.run(
+            publish_all(server.url, args.events, args.events_per_message, args.poison, args.exit_every, args.hang_every)
+        )
         log(f"published {len(ids)}; waiting for every job while the chaos goes on")
         expected = {f"{i}:{h}" for i in ids for h in HANDLERS}
+        must_fail: set[str] = set()  # the marked jobs of the fault handlers
+        if faults:
+            for n, event_id in enumerate(ids):
+                flags = marks(n, args.exit_every, args.hang_every)
+                for handler, flag in (("crasher", "exit"), ("hanger", "hang")):
+                    (must_fail if flags[flag] else expected).add(f"{event_id}:{handler}")
         deadline = time.monotonic() + args.timeout
         done: dict[bytes, bytes] = {}
         last_progress, last_count = time.monotonic(), -1
@@ -165,7 +196,7 @@ def main() -> int:
             except redis.ConnectionError:
                 time.sleep(0.5)
                 continue
-            if len(done) >= len(expected):
+            if len(done) >= len(expected) and (not must_fail or _marked_failed(server.url) >= must_fail):
                 break
             if len(done) != last_count:
                 last_progress, last_count = time.monotonic(), len(done)
@@ -181,29 +212,29 @@ def main() -> int:
         completed = {k.decode() for k in done}
         twice = sum(1 for v in done.values() if int(v) > 1)
         restarted = sum(1 for v in starts.values() if int(v) > 1)
-        asyncio.run(_failed_count(server.url))
+        failed, dead = asyncio.run(_failures(server.url))
+        lost = (expected - completed) | (must_fail - failed)
         print()
         print(f"events published:                  {len(ids)}")
         print(f"(event, handler) jobs expected:    {len(expected)}")
         print(f"jobs completed:                    {len(completed & expected)}")
-        print(f"lost:                              {len(expected - completed)}")
+        print(f"lost:                              {len(lost)}")
         print(f"completed more than once:          {twice}")
         print(f"started more than once:            {restarted}  (killed mid-handler, then redelivered)")
-        print(f"failed jobs:                       {FAILED[0]}")
-        print(f"poison items dead-lettered:        {DEAD[0]} of {args.poison} pushed")
+        print(
+            f"failed jobs:                       {len(failed)}  ({len(must_fail & failed)} of {len(must_fail)} marked)"
+        )
+        print(f"unexpected failed jobs:            {len(failed - must_fail)}")
+        print(f"poison items dead-lettered:        {dead} of {args.poison} pushed")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
-        for field in sorted(expected - completed)[:20]:
+        for field in sorted(lost)[:20]:
             print("  lost:", field, where_is(client, field.split(":")[0]), "starts:", starts.get(field.encode()))
-        return 0 if not expected - completed and DEAD[0] == args.poison else 1
+        return 0 if not lost and not failed - must_fail and dead == args.poison else 1
     finally:
         for worker in workers:
             worker.stop()
         client.close()
         server.cleanup()
-
-
-FAILED = [0]
-DEAD = [0]
 
 
 def where_is(client: redis.Redis, event_id: str) -> str:
@@ -220,13 +251,25 @@ def where_is(client: redis.Redis, event_id: str) -> str:
     return ",".join(places) or "nowhere"
 
 
-async def _failed_count(redis_url: str) -> None:
+def _marked_failed(redis_url: str) -> set[str]:
+    """:func:`_failures`' failed jobs, or none while Redis is restarting."""
+    try:
+        return asyncio.run(_failures(redis_url))[0]
+    except earnevents.EarnEventsError:
+        return set()
+    except redis.RedisError:
+        return set()
+
+
+async def _failures(redis_url: str) -> tuple[set[str], int]:
+    """The failed jobs as ``event id:handler`` (its short name), and how many items were dead-lettered."""
     await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": QUEUE})
     try:
-        FAILED[0] = await event_bus.count_failed_jobs()
-        DEAD[0] = await event_bus.count_dead_items()
+        jobs = await event_bus.get_failed_jobs(limit=1_000_000)
+        dead = await event_bus.count_dead_items()
     finally:
         await earnevents.close()
+    return {f"{job.event.id}:{job.handler.rsplit('.', 1)[-1]}" for job in jobs}, dead
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ STARTS = "chaos:starts"
 DONE = "chaos:done"
 
 
-async def _run(event: Event, handler: str) -> None:
+async def record(event: Event, handler: str) -> None:
+    """Count a start and, after a short window for a SIGKILL to land in, a completion."""
     client = runtime.current().redis
     field = f"{event.id}:{handler}"
     await client.hincrby(STARTS, field, 1)
@@ -20,9 +21,9 @@ async def _run(event: Event, handler: str) -> None:
 
 @event_handler("chaos.tick")
 async def first(event: Event) -> None:
-    await _run(event, "first")
+    await record(event, "first")
 
 
 @event_handler("chaos.tick")
 async def second(event: Event) -> None:
-    await _run(event, "second")
+    await record(event, "second")
