@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -80,6 +81,21 @@ async def bus(redis_url: str, queue: str) -> AsyncIterator[earnevents.EventBus]:
     await earnevents.close()
 
 
+@pytest.fixture(params=["redis", "mongo"])
+async def env(request: pytest.FixtureRequest, redis_url: str, queue: str) -> AsyncIterator[Any]:
+    """earnevents initialized for this test's queue, once with each failure store."""
+    if request.param == "mongo":
+        mongo_url = request.getfixturevalue("mongo_url")
+        database = request.getfixturevalue("mongo_db")
+        environment = await earnevents.init(
+            redis_uri=redis_url, mongo_uri=mongo_url, database=database, event_config={"queue_name": queue}
+        )
+    else:
+        environment = await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
+    yield environment
+    await earnevents.close()
+
+
 WorkerFactory = Callable[..., WorkerProcess]
 
 
@@ -137,3 +153,13 @@ def wait_results(client: redis.Redis, tok: str, count: int, timeout: float = 20)
         timeout,
         f"{count} handler record(s) for token {tok}",
     )
+
+
+def stays(check: Callable[[], Any], seconds: float) -> bool:
+    """True if ``check()`` holds for the whole of ``seconds`` (for "nothing more happens" claims)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not check():
+            return False
+        time.sleep(0.05)
+    return True

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import redis
-from conftest import results, token, wait_results
+from conftest import results, stays, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus, keys, message, outbox
@@ -21,16 +21,6 @@ from earnevents.testing import RedisServer
 from earnevents.worker.completions import completed_in
 
 pytestmark = pytest.mark.worker
-
-
-def stays(check, seconds: float) -> bool:
-    """True if ``check()`` holds for the whole of ``seconds`` (for "nothing more happens" claims)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not check():
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture

@@ -18,20 +18,6 @@ from earnevents.worker.dispatch import Job, Outcome
 worker_app = importlib.import_module("earnevents.worker.app")  # the package exports the Celery app as "app"
 
 
-@pytest.fixture(params=["redis", "mongo"])
-async def env(request, redis_url, queue):
-    if request.param == "mongo":
-        mongo_url = request.getfixturevalue("mongo_url")
-        database = request.getfixturevalue("mongo_db")
-        environment = await earnevents.init(
-            redis_uri=redis_url, mongo_uri=mongo_url, database=database, event_config={"queue_name": queue}
-        )
-    else:
-        environment = await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
-    yield environment
-    await earnevents.close()
-
-
 @pytest.fixture
 async def mongo_env(redis_url, queue, mongo_url, mongo_db):
     environment = await earnevents.init(

@@ -9,23 +9,8 @@ from decimal import Decimal
 import pytest
 from bson import ObjectId
 
-import earnevents
 from earnevents import Event, FailedJob, JobNotFoundError, event_bus
 from earnevents.failures import MongoFailureStore, RedisFailureStore
-
-
-@pytest.fixture(params=["redis", "mongo"])
-async def env(request, redis_url, queue):
-    if request.param == "mongo":
-        mongo_url = request.getfixturevalue("mongo_url")
-        database = request.getfixturevalue("mongo_db")
-        environment = await earnevents.init(
-            redis_uri=redis_url, mongo_uri=mongo_url, database=database, event_config={"queue_name": queue}
-        )
-    else:
-        environment = await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
-    yield environment
-    await earnevents.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import token, wait_results
+from conftest import stays, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus
@@ -79,15 +79,6 @@ async def test_a_worker_consuming_two_queues_serves_both(redis_url, queue, start
             await earnevents.close()
 
 
-def _stays(check: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not check():
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.parametrize("pool", ["threads", "solo"])
 async def test_a_long_handler_is_not_redelivered_with_the_pool(pool, redis_url, queue, start_worker, rclient):
     # Given two workers of the pool with a 1 s visibility timeout
@@ -101,7 +92,7 @@ async def test_a_long_handler_is_not_redelivered_with_the_pool(pool, redis_url, 
         await event_bus.publish(Event("t.slow", {"token": tok}))
         wait_results(rclient, tok, 1)
         # Then the other worker never gets the message, and the handler finishes once
-        assert _stays(lambda: len(wait_results(rclient, tok, 1)) == 1, 4)
+        assert stays(lambda: len(wait_results(rclient, tok, 1)) == 1, 4)
         rclient.set(f"release:{tok}", 1)
         recs = wait_results(rclient, tok, 2)
         assert [r["handler"] for r in recs] == ["slow_started", "slow_done"]
