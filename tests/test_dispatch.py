@@ -15,10 +15,6 @@ from earnevents import Event, RetryPolicy
 from earnevents.failures import FailedJob
 from earnevents.handlers import HandlerRegistry
 from earnevents.worker.dispatch import (
-    COMPLETED,
-    HELD,
-    Job,
-    Outcome,
     SettleFailed,
     choose_policy,
     handle,
@@ -26,6 +22,7 @@ from earnevents.worker.dispatch import (
     retry_delay,
     settle_failures,
 )
+from earnevents.worker.jobs import COMPLETED, HELD, Job, Outcome
 
 
 class InlineLoop:
@@ -365,7 +362,7 @@ def test_success_is_recorded_at_once_and_settle_catches_up_when_that_fails(regis
 
 def test_a_single_async_handler_runs_without_leaking_its_job_context(registry):
     import earnevents
-    from earnevents.worker.dispatch import run_async
+    from earnevents.worker.running import run_async
 
     seen: list[str] = []
 
@@ -547,7 +544,7 @@ def test_an_async_handler_past_its_timeout_fails_with_handler_timeout_error(regi
 
 def test_a_single_async_handler_past_its_timeout_leaves_its_task_uncancelled(registry):
     from earnevents import HandlerTimeoutError
-    from earnevents.worker.dispatch import run_async
+    from earnevents.worker.running import run_async
 
     # Given a single async handler that times out
     async def hangs(e):
@@ -742,24 +739,24 @@ def test_a_failure_whose_str_raises_is_still_recorded(registry):
 
 
 def test_a_system_exit_from_the_process_own_termination_passes_through(registry):
-    from earnevents.worker import dispatch
+    from earnevents.worker import running
 
     # Given a pool process whose terminate handler has fired (it raises SystemExit to exit)
     def interrupted(e):
         raise SystemExit(-241)
 
     registry.register("e.x", interrupted)
-    dispatch.on_termination(lambda: True)
+    running.on_termination(lambda: True)
     try:
         # When that SystemExit surfaces in a sync handler, Then it is not the handler's failure
         with pytest.raises(SystemExit):
             handle(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks())
     finally:
-        dispatch.on_termination(lambda: False)
+        running.on_termination(lambda: False)
 
 
 def test_when_the_task_thread_is_interrupted_the_async_handlers_beside_it_are_cancelled(registry):
-    from earnevents.worker import dispatch
+    from earnevents.worker import running
     from earnevents.worker.loop import LoopThread
 
     # Given an async handler still running on the loop while a sync sibling is interrupted by
@@ -778,7 +775,7 @@ def test_when_the_task_thread_is_interrupted_the_async_handlers_beside_it_are_ca
     registry.register("e.x", slow)
     registry.register("e.x", interrupted)
     loop = LoopThread()
-    dispatch.on_termination(lambda: True)
+    running.on_termination(lambda: True)
     try:
         # When the interruption leaves handle()
         with pytest.raises(SystemExit):
@@ -786,7 +783,7 @@ def test_when_the_task_thread_is_interrupted_the_async_handlers_beside_it_are_ca
         # Then the async handler was cancelled: it never finishes behind the task's back
         assert not finished.wait(3)
     finally:
-        dispatch.on_termination(lambda: False)
+        running.on_termination(lambda: False)
         loop.stop()
 
 

@@ -13,7 +13,7 @@ from redis.exceptions import DataError, ReadOnlyError, ResponseError
 import earnevents
 from earnevents import Event, FailedJob, RetryPolicy, event_bus, keys
 from earnevents.worker.app import SettleError, WorkerRuntime, is_transient
-from earnevents.worker.dispatch import Job, Outcome
+from earnevents.worker.jobs import Job, Outcome
 
 worker_app = importlib.import_module("earnevents.worker.app")  # the package exports the Celery app as "app"
 

@@ -37,10 +37,12 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from .completions import Completions
-from .dispatch import Job, Outcome, SettleFailed, handle_message, on_termination, settle_failures
+from .dispatch import SettleFailed, handle_message, settle_failures
+from .jobs import Job, Outcome
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
 from .relay import RelayStep
+from .running import on_termination
 from .scheduler import SchedulerStep
 
 log = logging.getLogger(__name__)

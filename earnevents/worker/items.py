@@ -29,7 +29,7 @@ from typing import Any
 from kombu.utils.json import loads
 
 from ..keys import TASK_NAME
-from .dispatch import Job
+from .jobs import Job
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"

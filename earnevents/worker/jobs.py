@@ -1,0 +1,143 @@
+"""What the worker's dispatch works on: a message's jobs, their outcomes, and the
+protocols for where async work runs (:class:`Loop`) and where the bookkeeping goes
+(:class:`Bookkeeper`). Free of Celery and of any I/O.
+
+A job is one (event, handler) pair; a message carries the jobs of one event (or
+of several, when packed), or one job (a retry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from .. import message
+from ..context import JobContext
+from ..event import Event
+from ..handlers import HandlerRegistry
+from ..retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+COMPLETED = 0
+"""A claim result (see :meth:`Bookkeeper.claim`): the job completed before; skip it."""
+
+HELD = -1
+"""A claim result: another copy of the message runs the job right now; skip it."""
+
+FRESH = 1
+"""A claim result: claimed now, counted as the job's first start. Above it: this
+message's own claim taken over (its worker died), the number the next start would be."""
+
+
+class Loop(Protocol):
+    """Where async work runs: the worker's per-process loop thread."""
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]: ...
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one handler fared: ``error`` is None on success."""
+
+    handler: str
+    error: BaseException | None = None
+    recorded: bool = False
+    """A success already remembered as completed (so a redelivery skips it)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message: an event for all its handlers, or for one (a retry)."""
+
+    event: Event
+    handler: str | None
+    attempt: int
+    retry_policy: RetryPolicy | None
+    queue: str
+    handler_timeout: float | None = None
+    """The worker's timeout for handlers that set none of their own (None: no limit)."""
+    copy_id: str = ""
+    """This copy of the message (``message.COPY_ID``): the same on every redelivery, another
+    for another message of the same event; it owns the claims on the message's jobs."""
+    deliveries: Mapping[str, int] = field(default_factory=dict)
+    """Handler -> in how many deliveries of this message it started, this one included (set by the claim)."""
+
+    @classmethod
+    def from_message(
+        cls,
+        event: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        queue: str,
+        registry: HandlerRegistry | None = None,
+        handler_timeout: float | None = None,
+        copy_id: str = "",
+    ) -> Job:
+        """Decode the task's arguments; ValueError/TypeError when they are malformed.
+
+        With ``registry``, a retry naming a handler registered for another event
+        than the message's is malformed too (it must not run on this event).
+        """
+        handler = kwargs.get("handler")
+        attempt = kwargs.get("attempt", 0)
+        if handler is not None and not isinstance(handler, str):
+            raise TypeError(f"handler must be a str, got {type(handler).__name__}")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+            raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")
+        if not isinstance(event, Mapping):
+            raise TypeError(f"event must be a dict, got {type(event).__name__}")
+        decoded = Event.from_wire(event)
+        if handler is not None and registry is not None:
+            subscribed = registry.event_of(handler)
+            if subscribed is not None and subscribed != decoded.name:
+                raise ValueError(f"handler {handler} is subscribed to {subscribed!r}, not to {decoded.name!r}")
+        return cls(
+            event=decoded,
+            handler=handler,
+            attempt=attempt,
+            retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
+            queue=queue,
+            handler_timeout=handler_timeout,
+            copy_id=copy_id,
+        )
+
+
+class Bookkeeper(Protocol):
+    """The worker's Redis/Mongo side of handling a message."""
+
+    max_deliveries: int
+    """Deliveries a job may die in before it is recorded as failed instead of run."""
+
+    async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
+        """Atomically claim the jobs (event, handler) of one message before running any.
+
+        One entry per job, mapping each handler to :data:`COMPLETED`, :data:`HELD`,
+        :data:`FRESH`, or (the same message back after its worker died) the number
+        its next start would be: the claimed jobs run, the others are skipped.
+        """
+
+    async def started(self, job: Job, handler: str, starts: int) -> None:
+        """Record that a taken-over job starts for the ``starts``-th time, before it runs."""
+
+    async def completed(self, job: Job, handler: str) -> None:
+        """Remember that ``handler`` completed for this event, ending its claim (may raise; settle retries)."""
+
+    async def settle(self, job: Job, outcomes: list[Outcome]) -> None:
+        """Remember unrecorded successes; end the failures' claims, schedule retries for or record them."""
+
+
+def job_context(job: Job, handler: str) -> JobContext:
+    """What ``earnevents.current_job()`` returns inside ``handler`` for this message."""
+    return JobContext(
+        job_id=message.derived_id("job", job.event.id, handler, 0),
+        event_id=job.event.id,
+        handler=handler,
+        attempt=job.attempt + 1,
+        queue=job.queue,
+        deliveries=job.deliveries.get(handler, 1),
+    )
