@@ -120,6 +120,23 @@ async def run(redis_url: str, mongo_url: str) -> None:
     await customer.save()  # $set of the changed field only; publishes customer.updated
     seen = await show_new(seen, 1)
     say(f"    customers in MongoDB: {await Customer.count()}")
+
+    say("\n7. a hostile item on the queue: refused unparsed, kept as a dead letter; the worker goes on")
+    for old in await event_bus.get_dead_items(limit=1000):  # an earlier run's, on your own Redis
+        await event_bus.remove_dead_item(old.id)
+    await env.redis.lpush(QUEUE, b"\x00 not a message at all")
+    await event_bus.publish(Event(name="user.created", data={"email": "lin@example.com"}))
+    seen = await show_new(seen, 2)
+    dead: list[earnevents.DeadItem] = []
+    deadline = time.monotonic() + 20
+    while not dead and time.monotonic() < deadline:
+        dead = await event_bus.get_dead_items()
+        await asyncio.sleep(0.1)
+    if not dead:
+        raise SystemExit("demo: expected a dead-lettered item, found none")
+    for item in dead:
+        say(f"    dead item {item.id}: {item.reason} ({item.size} bytes, {item.dropped_at:%H:%M:%S})")
+    say(f"    (from a shell: EARNEVENTS_REDIS_URI={redis_url} EARNEVENTS_QUEUE={QUEUE} earnevents dead list)")
     await earnevents.close()
 
 
