@@ -1,14 +1,15 @@
 """Job state in Redis: who runs an (event, handler) job now, and which jobs completed.
 
-Two keys per event:
+Two kinds of keys:
 
-- ``keys.job_claims``, a hash of handler digest -> ``<starts>:<copy id>`` while a
-  message runs that job: the message with that copy id claimed it, and ``starts``
-  counts the deliveries of that message in which the job started. A field exists only
-  while its job is in flight (an empty hash is no key at all).
-- ``keys.completed``, a string of :data:`DIGEST_SIZE`-byte digests of the handlers
-  that completed, kept for the dedup ``window`` (default 24 h) so a redelivered or
-  duplicated message skips them: one short string per event, however many handlers.
+- ``keys.job_claims``, per event, a hash of handler digest -> ``<starts>:<copy id>``
+  while a message runs that job: the message with that copy id claimed it, and
+  ``starts`` counts the deliveries of that message in which the job started. A field
+  exists only while its job is in flight (an empty hash is no key at all).
+- Completion records under ``keys.dedup_buckets``, kept for the dedup ``window``
+  (default 24 h) so a redelivered or duplicated message skips the jobs that completed:
+  a 64-bit digest per job in small integer sets, sharded and bucketed by completion
+  time (see :data:`WRITE`), ~8-10 bytes per job instead of a key per event.
 
 A worker claims every job of a message in one atomic script (:data:`CLAIM`) before
 running any: a job that completed, or that another copy of the message holds, is
@@ -25,13 +26,17 @@ Completion (:meth:`Completions.mark`) and settling a failure
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
+import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from .. import keys
 from ..groupcommit import GroupCommit
+
+log = logging.getLogger(__name__)
 
 COMPLETED = 0
 """Claim result: the job completed before (within the window); skip it."""
@@ -53,56 +58,116 @@ this long may be started by another copy of its message.
 """
 
 DIGEST_SIZE = 8
-"""Bytes of a handler's digest in a completion string (64 bits: two handlers of one
-event sharing a digest, which would make one skip the other, has odds of 2**-64)."""
+"""Bytes of a handler's digest naming its claim in a ``keys.job_claims`` hash."""
+
+BUCKETS_PER_WINDOW = 24
+"""Completion records are kept in time buckets of ``window / BUCKETS_PER_WINDOW`` (1 h for
+24 h): a record lives its window plus at most one bucket, and a check reads the buckets
+from its event's timestamp on (normally one or two)."""
+
+CLOCK_SLACK = 300.0
+"""Seconds a publisher's clock may be ahead of Redis' and a completion still be found
+from its event's timestamp (a check reads buckets from ``timestamp - CLOCK_SLACK``)."""
+
+SET_MAX_INTSET_ENTRIES = 512
+"""Redis' default ``set-max-intset-entries``: up to it a set of integers is an intset,
+8 bytes per member; above it, a hash table (~60 bytes each). Read from Redis when allowed."""
+
+FILL = 0.5
+"""Share of the intset limit a bucket's shards are sized for (from the previous bucket's
+count), leaving room for the rate to double before a shard fills."""
 
 
 def digest(handler: str) -> bytes:
-    """The handler's fixed-size name digest in :func:`keys.completed` strings."""
+    """The handler's fixed-size name digest naming its claim in :func:`keys.job_claims`."""
     return hashlib.blake2b(handler.encode("utf-8"), digest_size=DIGEST_SIZE).digest()
 
 
-def completed_in(marks: bytes | None, handler: str) -> bool:
-    """Whether the completion string ``marks`` (a ``GET`` of ``keys.completed``) names ``handler``."""
-    mine = digest(handler)
-    data = marks or b""
-    return any(data[i : i + DIGEST_SIZE] == mine for i in range(0, len(data), DIGEST_SIZE))
+def job_record(event_id: str, handler: str) -> tuple[str, int]:
+    """The (member, shard selector) recording that the job (``event_id``, ``handler``) completed.
+
+    Both from one 128-bit digest of the pair: the member, a signed 64-bit integer in
+    decimal (so its set stays an intset), and a 32-bit selector picking its shard. Two
+    jobs are confused only if the member and the selector bits that pick the shard both
+    agree (odds under 2**-64 per check against a full shard, see the README).
+    """
+    raw = hashlib.blake2b(f"{event_id}\0{handler}".encode(), digest_size=16).digest()
+    return str(int.from_bytes(raw[:8], "big", signed=True)), int.from_bytes(raw[8:12], "big")
 
 
-# The completion string is read digest by digest (never searched as a whole: a match
-# across two digests would be a false "completed").
-_DONE = f"""
-local function done(marks, digest)
-  if not marks then return false end
-  for i = 1, #marks, {DIGEST_SIZE} do
-    if string.sub(marks, i, i + {DIGEST_SIZE - 1}) == digest then return true end
+def bucket_ms(window: float) -> int:
+    """Milliseconds per completion bucket for this dedup ``window`` (seconds)."""
+    return max(1, int(window * 1000) // BUCKETS_PER_WINDOW)
+
+
+# Completion records. A completed job (event, handler) is the member of its 128-bit digest
+# (job_record) in an integer set `<prefix><bucket>:<generation>:<shard>`, bucket = Redis
+# time // bucket length when it completed; each set expires one window after its bucket
+# ends. Redis stores a set of up to set-max-intset-entries integers as a sorted array of
+# 8-byte integers (intset): ~8 bytes per job. Each bucket's hash `<prefix><bucket>` holds
+# its shard count n (sized when the bucket starts, from the previous bucket's count), its
+# last generation g and its count c. When a shard is full a new generation with twice the
+# shards starts (a burst, or the first bucket after a quiet one): the check reads every
+# generation of a bucket, so it never misses a record, and the sets stay intsets.
+# ARGV of DONE: the key prefix, window (ms), bucket length (ms).
+_DONE = """
+local prefix, window, blen = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local metas = {}
+local function meta(b)
+  local m = metas[b]
+  if m == nil then
+    local v = redis.call('HMGET', prefix .. b, 'n', 'g')
+    m = false
+    if v[1] then m = {tonumber(v[1]), tonumber(v[2])} end
+    metas[b] = m
+  end
+  return m
+end
+local function shard(b, g, n, sel)
+  return prefix .. b .. ':' .. g .. ':' .. (sel % (n * 2 ^ g))
+end
+-- Whether (member, sel) completed within the window, looking from `since` (ms, -1: unknown).
+local function done(member, sel, since)
+  local first = now - window
+  if since >= 0 and since > first then first = since end
+  for b = math.floor(now / blen), math.floor(first / blen), -1 do
+    local m = meta(b)
+    if m then
+      for g = 0, m[2] do
+        if redis.call('SISMEMBER', shard(b, g, m[1], sel), member) == 1 then return true end
+      end
+    end
   end
   return false
 end
 """
 
-# Handlers are named by digest in both keys: shorter, and the values stored stay small
-# (Redis reuses a script's argument objects, with their allocation, for later values).
-# KEYS: per event, its completion string and its claims hash. ARGV: the copy id, claim
-# TTL (ms), then per event: the number of handlers, then their digests. Returns one
-# integer per handler: 0 completed, -1 held by another message, 1 claimed now (its first
-# start), n >= 2: this message's own claim taken over, n - 1 starts so far.
+# Handlers are named by digest in the claims hash: shorter, and the values stored stay
+# small (Redis reuses a script's argument objects, with their allocation, for later
+# values). KEYS: per event, its claims hash. ARGV: the copy id, claim TTL (ms), the
+# completion key prefix, window (ms; 0: no completion is checked), bucket length (ms),
+# then per event: since when to look (ms, -1: the whole window), the number of
+# handlers, then per handler its digest, record member and shard selector. Returns
+# one integer per handler: 0 completed, -1 held by another message, 1 claimed now (its
+# first start), n >= 2: this message's own claim taken over, n - 1 starts so far.
 CLAIM = (
     _DONE
     + """
 local tag, ttl = ARGV[1], tonumber(ARGV[2])
-local out, a = {}, 3
-for k = 1, #KEYS, 2 do
-  local marks = redis.call('GET', KEYS[k])
-  local claims = KEYS[k + 1]
-  local n = tonumber(ARGV[a])
-  a = a + 1
+local out, a = {}, 6
+for k = 1, #KEYS do
+  local claims = KEYS[k]
+  local since = tonumber(ARGV[a])
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
   local claimed = false
   for _ = 1, n do
-    local digest = ARGV[a]
-    a = a + 1
+    local digest, member, sel = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+    a = a + 3
     local result = 1
-    if done(marks, digest) then
+    if window > 0 and done(member, sel, since) then
       result = 0
     else
       local state = redis.call('HGET', claims, digest)
@@ -129,29 +194,64 @@ return out
 """
 )
 
-# KEYS: per item, the event's completion string and claims hash (may repeat). ARGV:
-# window (ms), then per item: handler digest, copy id, and 'd' (completed), 'r'
-# (release) or a number (the job starts for that time). 'd' with a window adds the
-# digest to the completion string (SET, not APPEND: a short value stays embedded in its
-# key). 'd' and 'r' end the claim, a number updates it, if that copy id holds it.
+# Whether one job completed (tests and tools). ARGV: as CLAIM's first five, then the
+# member and shard selector.
+CHECK = (
+    _DONE
+    + """
+if done(ARGV[6], tonumber(ARGV[7]), -1) then return 1 end
+return 0
+"""
+)
+
+# KEYS: per item, the event's claims hash (may repeat). ARGV: 2 unused, the completion
+# key prefix, window (ms), bucket length (ms), the intset limit, the fill the shards are
+# sized for; then per item: handler digest, copy id, 'd' (completed), 'r' (release) or a
+# number (the job starts for that time), record member and shard selector. 'd' with a
+# window records the completion in the current bucket (a job completed twice, which the
+# claims make rare, is recorded twice: memory, not a miss); 'd' and 'r' end the claim, a
+# number updates it, if that copy id holds it.
 WRITE = (
     _DONE
     + """
-local window = tonumber(ARGV[1])
-for i = 1, #KEYS, 2 do
-  local a = (i + 1) * 3 / 2 - 1
-  local digest, tag, op = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  if op == 'd' and window > 0 then
-    local marks = redis.call('GET', KEYS[i])
-    if not done(marks, digest) then marks = (marks or '') .. digest end
-    redis.call('SET', KEYS[i], marks, 'PX', window)
+local most, fill = tonumber(ARGV[6]), tonumber(ARGV[7])
+local b = math.floor(now / blen)
+local expires = (b + 1) * blen + window
+local function record(member, sel)
+  local m = meta(b)
+  if not m then
+    -- A new bucket: shards for the previous bucket's count at `fill` of the limit.
+    local before = tonumber(redis.call('HGET', prefix .. (b - 1), 'c') or '0')
+    m = {math.max(1, math.ceil(before / (most * fill))), 0}
+    metas[b] = m
+    redis.call('HSET', prefix .. b, 'n', m[1], 'g', 0, 'c', 0)
+    redis.call('PEXPIREAT', prefix .. b, expires)
   end
-  local state = redis.call('HGET', KEYS[i + 1], digest)
+  local key = shard(b, m[2], m[1], sel)
+  local size = redis.call('SCARD', key)
+  if size >= most then
+    -- This shard is full: a new generation with twice the shards (the check reads all).
+    m[2] = m[2] + 1
+    redis.call('HSET', prefix .. b, 'g', m[2])
+    key = shard(b, m[2], m[1], sel)
+    size = redis.call('SCARD', key)
+  end
+  if redis.call('SADD', key, member) == 1 then
+    if size == 0 then redis.call('PEXPIREAT', key, expires) end
+    redis.call('HINCRBY', prefix .. b, 'c', 1)
+  end
+end
+local a = 8
+for i = 1, #KEYS do
+  local digest, tag, op, member, sel = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  a = a + 5
+  if op == 'd' and window > 0 then record(member, sel) end
+  local state = redis.call('HGET', KEYS[i], digest)
   if state and string.match(state, '^%d+:(.*)$') == tag then
     if tonumber(op) then
-      redis.call('HSET', KEYS[i + 1], digest, op .. ':' .. tag)
+      redis.call('HSET', KEYS[i], digest, op .. ':' .. tag)
     else
-      redis.call('HDEL', KEYS[i + 1], digest)
+      redis.call('HDEL', KEYS[i], digest)
     end
   end
 end
@@ -160,15 +260,25 @@ return 1
 )
 
 
+def recorded(client: redis.Redis, window: float, event_id: str, handler: str) -> bool:
+    """Whether Redis (a sync ``client``) records the job as completed within ``window``."""
+    member, sel = job_record(event_id, handler)
+    blen = bucket_ms(window)
+    args = ["", 0, keys.dedup_buckets(blen), int(window * 1000), blen, member, sel]
+    return bool(client.eval(CHECK, 0, *args))
+
+
 class Completions:
     """Claims, completion marks and releases of (event, handler) jobs in Redis."""
 
     def __init__(self, client: Callable[[], aioredis.Redis], window: float) -> None:
         self._client = client
         self.window = window
+        self._bucket = bucket_ms(window)
         self._commit = GroupCommit(self._write)
         self._claim: AsyncScript | None = None
         self._write_script: AsyncScript | None = None
+        self._most: int | None = None
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
         if self._claim is None or self._write_script is None:
@@ -177,23 +287,48 @@ class Completions:
             self._write_script = AsyncScript(client, WRITE)
         return self._claim, self._write_script
 
-    async def claim(self, tag: str, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, int]]:
+    def _common(self, tag: str) -> list[str | bytes | int]:
+        """ARGV shared by the scripts: copy id, claim TTL, key prefix, window, bucket length."""
+        ttl = int(max(self.window, CLAIM_TTL) * 1000)
+        return [tag, ttl, keys.dedup_buckets(self._bucket), int(self.window * 1000), self._bucket]
+
+    async def _intset_limit(self) -> int:
+        """Redis' ``set-max-intset-entries`` (its default where CONFIG is not allowed)."""
+        if self._most is None:
+            try:
+                found = await self._client().config_get("set-max-intset-entries")
+                self._most = int(found.get("set-max-intset-entries", SET_MAX_INTSET_ENTRIES))
+            except Exception:  # CONFIG renamed or denied (managed Redis): the default
+                log.debug("CONFIG GET set-max-intset-entries failed; assuming %d", SET_MAX_INTSET_ENTRIES)
+                self._most = SET_MAX_INTSET_ENTRIES
+        return max(1, self._most)
+
+    async def claim(
+        self,
+        tag: str,
+        jobs: Sequence[tuple[str, Sequence[str]]],
+        since: Sequence[float | None] | None = None,
+    ) -> list[dict[str, int]]:
         """Claim the jobs of one message (copy id ``tag``): (event id, handlers) pairs.
 
         One round trip for the whole message. For each pair, maps every handler to
         :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for a take-over of this
         message's own claim, the number its next start would be. Calling again (after
         an error) counts nothing: at worst a fresh claim comes back as a take-over.
+        ``since`` gives each event's timestamp (unix seconds): completions are looked
+        for from it (less :data:`CLOCK_SLACK`) on; without it, in the whole window.
         """
         pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
         if not any(handlers for _, handlers in pairs):
             return [{} for _ in pairs]
+        starts = list(since) if since is not None else [None] * len(pairs)
         event_keys: list[str] = []
-        args: list[str | bytes | int] = [tag, int(max(self.window, CLAIM_TTL) * 1000)]
-        for event_id, handlers in pairs:
-            event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
-            args.append(len(handlers))
-            args += [digest(name) for name in handlers]
+        args = self._common(tag)
+        for (event_id, handlers), at in zip(pairs, starts, strict=True):
+            event_keys.append(keys.job_claims(event_id))
+            args += [-1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000)), len(handlers)]
+            for name in handlers:
+                args += [digest(name), *job_record(event_id, name)]
         script, _ = self._scripts()
         results = iter(await script(keys=event_keys, args=args, client=self._client()))
         return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
@@ -222,9 +357,9 @@ class Completions:
 
     async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
         event_keys: list[str] = []
-        args: list[str | bytes | int] = [int(self.window * 1000)]
+        args = self._common("") + [await self._intset_limit() if self.window > 0 else 1, FILL]
         for event_id, handler, tag, op in items:
-            event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
-            args += [digest(handler), tag, op]
+            event_keys.append(keys.job_claims(event_id))
+            args += [digest(handler), tag, op, *job_record(event_id, handler)]
         _, script = self._scripts()
         await script(keys=event_keys, args=args, client=self._client())
