@@ -260,12 +260,15 @@ return 1
 )
 
 
-def recorded(client: redis.Redis, window: float, event_id: str, handler: str) -> bool:
-    """Whether Redis (a sync ``client``) records the job as completed within ``window``."""
-    member, sel = job_record(event_id, handler)
+def check_args(window: float, event_id: str, handler: str) -> list[str | int]:
+    """ARGV of :data:`CHECK` for the job (``event_id``, ``handler``) and this dedup ``window``."""
     blen = bucket_ms(window)
-    args = ["", 0, keys.dedup_buckets(blen), int(window * 1000), blen, member, sel]
-    return bool(client.eval(CHECK, 0, *args))
+    return ["", 0, keys.dedup_buckets(blen), int(window * 1000), blen, *job_record(event_id, handler)]
+
+
+def recorded(client: redis.Redis, window: float, event_id: str, handler: str) -> bool:
+    """Whether Redis (a sync ``client``) records the job as completed within ``window`` seconds."""
+    return bool(client.eval(CHECK, 0, *check_args(window, event_id, handler)))
 
 
 class Completions:
@@ -293,15 +296,20 @@ class Completions:
         return [tag, ttl, keys.dedup_buckets(self._bucket), int(self.window * 1000), self._bucket]
 
     async def _intset_limit(self) -> int:
-        """Redis' ``set-max-intset-entries`` (its default where CONFIG is not allowed)."""
+        """Members per shard: Redis' ``set-max-intset-entries``, at most its default.
+
+        Larger intsets would save little (a key's overhead is ~1% at 512) and cost a
+        longer copy per insert. Where CONFIG is denied or renamed (managed Redis), the default.
+        """
         if self._most is None:
             try:
                 found = await self._client().config_get("set-max-intset-entries")
-                self._most = int(found.get("set-max-intset-entries", SET_MAX_INTSET_ENTRIES))
-            except Exception:  # CONFIG renamed or denied (managed Redis): the default
+                value = found.get("set-max-intset-entries")
+                self._most = SET_MAX_INTSET_ENTRIES if value is None else int(value)
+            except Exception:
                 log.debug("CONFIG GET set-max-intset-entries failed; assuming %d", SET_MAX_INTSET_ENTRIES)
                 self._most = SET_MAX_INTSET_ENTRIES
-        return max(1, self._most)
+        return max(1, min(self._most, SET_MAX_INTSET_ENTRIES))
 
     async def claim(
         self,
@@ -333,6 +341,10 @@ class Completions:
         results = iter(await script(keys=event_keys, args=args, client=self._client()))
         return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
 
+    async def recorded(self, event_id: str, handler: str) -> bool:
+        """Whether the job is recorded as completed within the window (for tests and tools)."""
+        return bool(await self._client().eval(CHECK, 0, *check_args(self.window, event_id, handler)))
+
     async def mark(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
         """Remember that ``handlers`` completed for ``event_id``; ends their claims.
 
@@ -357,7 +369,7 @@ class Completions:
 
     async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
         event_keys: list[str] = []
-        args = self._common("") + [await self._intset_limit() if self.window > 0 else 1, FILL]
+        args = [*self._common(""), await self._intset_limit() if self.window > 0 else 1, FILL]
         for event_id, handler, tag, op in items:
             event_keys.append(keys.job_claims(event_id))
             args += [digest(handler), tag, op, *job_record(event_id, handler)]
