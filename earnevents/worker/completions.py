@@ -110,17 +110,18 @@ def bucket_ms(window: float) -> int:
 # shards starts (a burst, or the first bucket after a quiet one): the check reads every
 # generation of a bucket, so it never misses a record, and the sets stay intsets.
 # ARGV of DONE: the key prefix, window (ms), bucket length (ms).
-_DONE = """
+_DONE = f"""
+local slack = {int(CLOCK_SLACK * 1000)}
 local prefix, window, blen = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local metas = {}
+local metas = {{}}
 local function meta(b)
   local m = metas[b]
   if m == nil then
     local v = redis.call('HMGET', prefix .. b, 'n', 'g')
     m = false
-    if v[1] then m = {tonumber(v[1]), tonumber(v[2])} end
+    if v[1] then m = {{tonumber(v[1]), tonumber(v[2])}} end
     metas[b] = m
   end
   return m
@@ -128,10 +129,11 @@ end
 local function shard(b, g, n, sel)
   return prefix .. b .. ':' .. g .. ':' .. (sel % (n * 2 ^ g))
 end
--- Whether (member, sel) completed within the window, looking from `since` (ms, -1: unknown).
+-- Whether (member, sel) completed within the window, looking from `since` (ms, -1: unknown),
+-- and in the last `slack` ms at least (a publisher's clock ahead of Redis' by more).
 local function done(member, sel, since)
   local first = now - window
-  if since >= 0 and since > first then first = since end
+  if since >= 0 then first = math.max(first, math.min(since, now - slack)) end
   for b = math.floor(now / blen), math.floor(first / blen), -1 do
     local m = meta(b)
     if m then
