@@ -56,7 +56,7 @@ async def seed_previous_bucket(client: aioredis.Redis, count: int) -> None:
     blen = bucket_ms(WINDOW)
     sec, usec = await client.time()
     bucket = (sec * 1000 + usec // 1000) // blen
-    await client.hset(f"{keys.dedup_buckets(blen)}{bucket - 1}", mapping={"n": 1, "g": 0, "c": count})
+    await client.hset(f"{keys.dedup_buckets(blen)}{bucket - 1}", mapping={"c": count})
 
 
 async def per_job_now(client: aioredis.Redis, events: int, handlers: list[str], steady: bool) -> dict[str, float]:

@@ -41,7 +41,7 @@ def dedup_buckets(bucket_ms: int) -> str:
     """Prefix of the completion records kept for the dedup window, in buckets of ``bucket_ms``.
 
     Under it, per time bucket ``<n>`` (Redis time // ``bucket_ms``): the hash ``<prefix><n>``
-    (its shard count ``n``, generations ``g`` and record count ``c``) and the integer sets
+    (its last generation ``g``, shard count per generation ``n<g>``, record count ``c``) and the integer sets
     ``<prefix><n>:<generation>:<shard>`` of completed job digests, each expiring one window
     after its bucket ends (see ``worker.completions``).
     """

@@ -237,7 +237,7 @@ async def test_a_record_in_another_shard_is_not_a_completion(client):
     await completions.claim("t", [(other, ["a"])])
     await completions.mark(other, ["a"], "t")  # makes the bucket, with one shard
     [meta] = [k for k in await record_keys(client.client, window) if k.count(b":") == 3]
-    await client.client.hset(meta, "n", 2)  # two shards: the job's selector picks one
+    await client.client.hset(meta, "n0", 2)  # two shards: the job's selector picks one
     member, sel = job_record(ev, "a")
     await client.client.sadd(meta + b":0:" + str(1 - sel % 2).encode(), member)
     # Then the job is not completed: a member counts only in its own shard

@@ -105,10 +105,11 @@ def bucket_ms(window: float) -> int:
 # time // bucket length when it completed; each set expires one window after its bucket
 # ends. Redis stores a set of up to set-max-intset-entries integers as a sorted array of
 # 8-byte integers (intset): ~8 bytes per job. Each bucket's hash `<prefix><bucket>` holds
-# its shard count n (sized when the bucket starts, from the previous bucket's count), its
-# last generation g and its count c. When a shard is full a new generation with twice the
-# shards starts (a burst, or the first bucket after a quiet one): the check reads every
-# generation of a bucket, so it never misses a record, and the sets stay intsets.
+# its last generation g, each generation's shard count n<g> (n0 sized when the bucket
+# starts, from the previous bucket's count) and its record count c. When a shard is full
+# a new generation with more shards starts (a burst, or the first bucket after a quiet
+# one): the check reads every generation of a bucket, so it never misses a record, and
+# the sets stay intsets.
 # ARGV of DONE: the key prefix, window (ms), bucket length (ms).
 _DONE = f"""
 local slack = {int(CLOCK_SLACK * 1000)}
@@ -116,18 +117,24 @@ local prefix, window, blen = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local metas = {{}}
+-- A bucket's shard count per generation ({{}} for generation 0 at [1]...), false: none.
 local function meta(b)
   local m = metas[b]
   if m == nil then
-    local v = redis.call('HMGET', prefix .. b, 'n', 'g')
+    local v = redis.call('HGETALL', prefix .. b)
+    local f = {{}}
+    for i = 1, #v, 2 do f[v[i]] = v[i + 1] end
     m = false
-    if v[1] then m = {{tonumber(v[1]), tonumber(v[2])}} end
+    if f.g then
+      m = {{}}
+      for g = 0, tonumber(f.g) do m[g + 1] = tonumber(f['n' .. g]) end
+    end
     metas[b] = m
   end
   return m
 end
 local function shard(b, g, n, sel)
-  return prefix .. b .. ':' .. g .. ':' .. (sel % (n * 2 ^ g))
+  return prefix .. b .. ':' .. g .. ':' .. (sel % n)
 end
 -- Whether (member, sel) completed within the window, looking from `since` (ms, -1: unknown),
 -- and in the last `slack` ms at least (a publisher's clock ahead of Redis' by more).
@@ -137,8 +144,8 @@ local function done(member, sel, since)
   for b = math.floor(now / blen), math.floor(first / blen), -1 do
     local m = meta(b)
     if m then
-      for g = 0, m[2] do
-        if redis.call('SISMEMBER', shard(b, g, m[1], sel), member) == 1 then return true end
+      for g = #m, 1, -1 do
+        if redis.call('SISMEMBER', shard(b, g - 1, m[g], sel), member) == 1 then return true end
       end
     end
   end
@@ -224,18 +231,23 @@ local function record(member, sel)
   if not m then
     -- A new bucket: shards for the previous bucket's count at `fill` of the limit.
     local before = tonumber(redis.call('HGET', prefix .. (b - 1), 'c') or '0')
-    m = {math.max(1, math.ceil(before / (most * fill))), 0}
+    m = {math.max(1, math.ceil(before / (most * fill)))}
     metas[b] = m
-    redis.call('HSET', prefix .. b, 'n', m[1], 'g', 0, 'c', 0)
+    redis.call('HSET', prefix .. b, 'g', 0, 'n0', m[1], 'c', 0)
     redis.call('PEXPIREAT', prefix .. b, expires)
   end
-  local key = shard(b, m[2], m[1], sel)
+  local key = shard(b, #m - 1, m[#m], sel)
   local size = redis.call('SCARD', key)
   if size >= most then
-    -- This shard is full: a new generation with twice the shards (the check reads all).
-    m[2] = m[2] + 1
-    redis.call('HSET', prefix .. b, 'g', m[2])
-    key = shard(b, m[2], m[1], sel)
+    -- This shard is full: a new generation (the check reads all), sized for the rest of
+    -- the bucket at the rate so far, 2 to 16 times the shards of the last one.
+    local count = tonumber(redis.call('HGET', prefix .. b, 'c'))
+    local elapsed = math.max(1, now - b * blen)
+    local n = math.ceil(count * (blen - elapsed) / elapsed / (most * fill))
+    n = math.min(16 * m[#m], math.max(2 * m[#m], n))
+    m[#m + 1] = n
+    redis.call('HSET', prefix .. b, 'g', #m - 1, 'n' .. (#m - 1), n)
+    key = shard(b, #m - 1, n, sel)
     size = redis.call('SCARD', key)
   end
   if redis.call('SADD', key, member) == 1 then
