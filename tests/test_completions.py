@@ -329,6 +329,29 @@ async def test_a_full_shard_starts_a_generation_with_more_shards_and_every_recor
             await c.aclose()
 
 
+async def test_completions_are_recorded_where_config_is_denied():
+    # Given a Redis user that may not run CONFIG (as on managed Redis)
+    with RedisServer() as server:
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.acl_setuser(
+            "app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-config"]
+        )
+        c = aioredis.Redis.from_url(server.url, username="app", password="pw")
+        try:
+            completions = Completions(lambda: c, window=3600)
+            ev = event_id()
+            # When a job completes
+            await completions.claim("t", [(ev, ["a"])])
+            await completions.mark(ev, ["a"], "t")
+            # Then it is recorded in an intset, sized by the default limit
+            assert await completions.claim("t2", [(ev, ["a"])]) == [{"a": COMPLETED}]
+            sets = [k for k in await record_keys(admin, 3600) if k.count(b":") == 5]
+            assert sets and {await admin.object("encoding", k) for k in sets} == {b"intset"}
+        finally:
+            await c.aclose()
+            await admin.aclose()
+
+
 async def test_redis_keeps_a_few_bytes_per_completed_job():
     # Given a Redis of its own, its scripts loaded
     with RedisServer() as server:

@@ -87,9 +87,9 @@ def job_record(event_id: str, handler: str) -> tuple[str, int]:
     """The (member, shard selector) recording that the job (``event_id``, ``handler``) completed.
 
     Both from one 128-bit digest of the pair: the member, a signed 64-bit integer in
-    decimal (so its set stays an intset), and a 32-bit selector picking its shard. Two
-    jobs are confused only if the member and the selector bits that pick the shard both
-    agree (odds under 2**-64 per check against a full shard, see the README).
+    decimal (so its set stays an intset), and a 32-bit selector picking its shard. A job
+    is taken for another only if its member equals one in the sets its check reads: odds
+    of 2**-64 per member there, a few hundred to a thousand (see the README).
     """
     raw = hashlib.blake2b(f"{event_id}\0{handler}".encode(), digest_size=16).digest()
     return str(int.from_bytes(raw[:8], "big", signed=True)), int.from_bytes(raw[8:12], "big")
@@ -313,15 +313,16 @@ class Completions:
         """Members per shard: Redis' ``set-max-intset-entries``, at most its default.
 
         Larger intsets would save little (a key's overhead is ~1% at 512) and cost a
-        longer copy per insert. Where CONFIG is denied or renamed (managed Redis), the default.
+        longer copy per insert. Read once per process (one round trip before the first
+        write); where CONFIG is denied or renamed (managed Redis), the default.
         """
         if self._most is None:
             try:
                 found = await self._client().config_get("set-max-intset-entries")
                 value = found.get("set-max-intset-entries")
                 self._most = SET_MAX_INTSET_ENTRIES if value is None else int(value)
-            except Exception:
-                log.debug("CONFIG GET set-max-intset-entries failed; assuming %d", SET_MAX_INTSET_ENTRIES)
+            except redis.ResponseError as exc:  # an error reply; a connection error propagates
+                log.debug("CONFIG GET set-max-intset-entries refused (%s); assuming %d", exc, SET_MAX_INTSET_ENTRIES)
                 self._most = SET_MAX_INTSET_ENTRIES
         return max(1, min(self._most, SET_MAX_INTSET_ENTRIES))
 
