@@ -121,13 +121,11 @@ local metas = {{}}
 local function meta(b)
   local m = metas[b]
   if m == nil then
-    local v = redis.call('HGETALL', prefix .. b)
-    local f = {{}}
-    for i = 1, #v, 2 do f[v[i]] = v[i + 1] end
+    local v = redis.call('HMGET', prefix .. b, 'g', 'n0')
     m = false
-    if f.g then
-      m = {{}}
-      for g = 0, tonumber(f.g) do m[g + 1] = tonumber(f['n' .. g]) end
+    if v[1] then
+      m = {{tonumber(v[2])}}
+      for g = 1, tonumber(v[1]) do m[g + 1] = tonumber(redis.call('HGET', prefix .. b, 'n' .. g)) end
     end
     metas[b] = m
   end
