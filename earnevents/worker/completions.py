@@ -86,13 +86,19 @@ def digest(handler: str) -> bytes:
 def job_record(event_id: str, handler: str) -> tuple[str, int]:
     """The (member, shard selector) recording that the job (``event_id``, ``handler``) completed.
 
-    Both from one 128-bit digest of the pair: the member, a signed 64-bit integer in
-    decimal (so its set stays an intset), and a 32-bit selector picking its shard. A job
-    is taken for another only if its member equals one in the sets its check reads: odds
-    of 2**-64 per member there, a few hundred to a thousand (see the README).
+    The member: a 64-bit digest of the pair as a signed integer in decimal (so its set
+    stays an intset). The selector: 32 bits of a digest of the event id alone, so all
+    jobs of an event share a shard and one SMISMEMBER checks them. A job is taken for
+    another only if its member equals one in the sets its check reads: odds of 2**-64
+    per member there, a few hundred to a thousand (see the README).
     """
-    raw = hashlib.blake2b(f"{event_id}\0{handler}".encode(), digest_size=16).digest()
-    return str(int.from_bytes(raw[:8], "big", signed=True)), int.from_bytes(raw[8:12], "big")
+    raw = hashlib.blake2b(f"{event_id}\0{handler}".encode(), digest_size=8).digest()
+    return str(int.from_bytes(raw, "big", signed=True)), shard_selector(event_id)
+
+
+def shard_selector(event_id: str) -> int:
+    """32 bits picking the shard of the event's completion records (by its count of shards)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest(), "big")
 
 
 def bucket_ms(window: float) -> int:
@@ -134,20 +140,37 @@ end
 local function shard(b, g, n, sel)
   return prefix .. b .. ':' .. g .. ':' .. (sel % n)
 end
--- Whether (member, sel) completed within the window, looking from `since` (ms, -1: unknown),
--- and in the last `slack` ms at least (a publisher's clock ahead of Redis' by more).
-local function done(member, sel, since)
+-- Which of one event's members (its selector sel) completed within the window: a table
+-- of index -> true. Looks from `since` (ms, -1: unknown) on, and in the last `slack` ms at
+-- least (a publisher's clock ahead of Redis' by more); one SMISMEMBER per set read.
+local function done(members, sel, since)
+  local found, ask, at = {{}}, members, nil
   local first = now - window
   if since >= 0 then first = math.max(first, math.min(since, now - slack)) end
   for b = math.floor(now / blen), math.floor(first / blen), -1 do
     local m = meta(b)
     if m then
       for g = #m, 1, -1 do
-        if redis.call('SISMEMBER', shard(b, g - 1, m[g], sel), member) == 1 then return true end
+        local key, hit = shard(b, g - 1, m[g], sel), false
+        if #ask == 1 then
+          if redis.call('SISMEMBER', key, ask[1]) == 1 then found[at and at[1] or 1] = true; hit = true end
+        else
+          local r = redis.call('SMISMEMBER', key, unpack(ask))
+          for j = 1, #r do
+            if r[j] == 1 then found[at and at[j] or j] = true; hit = true end
+          end
+        end
+        if hit then
+          ask, at = {{}}, {{}}
+          for i = 1, #members do
+            if not found[i] then ask[#ask + 1] = members[i]; at[#at + 1] = i end
+          end
+          if #ask == 0 then return found end
+        end
       end
     end
   end
-  return false
+  return found
 end
 """
 
@@ -155,8 +178,8 @@ end
 # small (Redis reuses a script's argument objects, with their allocation, for later
 # values). KEYS: per event, its claims hash. ARGV: the copy id, claim TTL (ms), the
 # completion key prefix, window (ms; 0: no completion is checked), bucket length (ms),
-# then per event: since when to look (ms, -1: the whole window), the number of
-# handlers, then per handler its digest, record member and shard selector. Returns
+# then per event: since when to look (ms, -1: the whole window), its shard selector, the
+# number of handlers, then per handler its digest and record member. Returns
 # one integer per handler: 0 completed, -1 held by another message, 1 claimed now (its
 # first start), n >= 2: this message's own claim taken over, n - 1 starts so far.
 CLAIM = (
@@ -166,15 +189,19 @@ local tag, ttl = ARGV[1], tonumber(ARGV[2])
 local out, a = {}, 6
 for k = 1, #KEYS do
   local claims = KEYS[k]
-  local since = tonumber(ARGV[a])
-  local n = tonumber(ARGV[a + 1])
-  a = a + 2
+  local since, sel, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local digests, members = {}, {}
+  for i = 1, n do
+    digests[i], members[i] = ARGV[a + 1 + 2 * i], ARGV[a + 2 + 2 * i]
+  end
+  a = a + 3 + 2 * n
+  local found = {}
+  if window > 0 and n > 0 then found = done(members, sel, since) end
   local claimed = false
-  for _ = 1, n do
-    local digest, member, sel = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-    a = a + 3
+  for i = 1, n do
+    local digest = digests[i]
     local result = 1
-    if window > 0 and done(member, sel, since) then
+    if found[i] then
       result = 0
     else
       local state = redis.call('HGET', claims, digest)
@@ -206,7 +233,7 @@ return out
 CHECK = (
     _DONE
     + """
-if done(ARGV[6], tonumber(ARGV[7]), -1) then return 1 end
+if done({ARGV[6]}, tonumber(ARGV[7]), -1)[1] then return 1 end
 return 0
 """
 )
@@ -347,9 +374,10 @@ class Completions:
         args = self._common(tag)
         for (event_id, handlers), at in zip(pairs, starts, strict=True):
             event_keys.append(keys.job_claims(event_id))
-            args += [-1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000)), len(handlers)]
+            since_ms = -1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000))
+            args += [since_ms, shard_selector(event_id), len(handlers)]
             for name in handlers:
-                args += [digest(name), *job_record(event_id, name)]
+                args += [digest(name), job_record(event_id, name)[0]]
         script, _ = self._scripts()
         results = iter(await script(keys=event_keys, args=args, client=self._client()))
         return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
