@@ -37,9 +37,15 @@ def outbox_lock(queue: str) -> str:
     return f"{PREFIX}:{queue}:outbox-lock"
 
 
-def completed(event_id: str) -> str:
-    """String of the digests of the event's handlers that completed (with a TTL: the dedup window)."""
-    return f"{PREFIX}:done:{event_id}"
+def dedup_buckets(bucket_ms: int) -> str:
+    """Prefix of the completion records kept for the dedup window, in buckets of ``bucket_ms``.
+
+    Under it, per time bucket ``<n>`` (Redis time // ``bucket_ms``): the hash ``<prefix><n>``
+    (its last generation ``g``, shard count per generation ``n<g>``, record count ``c``) and the integer sets
+    ``<prefix><n>:<generation>:<shard>`` of completed job digests, each expiring one window
+    after its bucket ends (see ``worker.completions``).
+    """
+    return f"{PREFIX}:dedup:{bucket_ms}:"
 
 
 def job_claims(event_id: str) -> str:

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from earnevents import keys
-from earnevents.testing import free_port
-from earnevents.worker.completions import COMPLETED, HELD, Completions, completed_in, digest
+from earnevents.testing import RedisServer, free_port, wait_for
+from earnevents.worker.completions import (
+    CLAIM_TTL,
+    COMPLETED,
+    FRESH,
+    HELD,
+    Completions,
+    bucket_ms,
+    digest,
+    job_record,
+)
 
 
 class Counting:
@@ -60,6 +71,21 @@ def event_id() -> str:
     return uuid.uuid4().hex
 
 
+async def record_keys(client: aioredis.Redis, window: float) -> list[bytes]:
+    """The completion record keys (bucket hashes and sets) for this window."""
+    return [k async for k in client.scan_iter(f"{keys.dedup_buckets(bucket_ms(window))}*")]
+
+
+async def record_ttls(client: aioredis.Redis, window: float) -> list[int]:
+    return [await client.pttl(k) for k in await record_keys(client, window)]
+
+
+def redis_ms(client: redis.Redis) -> int:
+    """Redis' clock, which buckets the records, in ms."""
+    sec, usec = client.time()
+    return sec * 1000 + usec // 1000
+
+
 async def test_concurrent_marks_share_round_trips_and_all_are_stored(client):
     completions = Completions(lambda: client, window=60)
     events = [event_id() for _ in range(50)]
@@ -67,9 +93,8 @@ async def test_concurrent_marks_share_round_trips_and_all_are_stored(client):
     client.trips = 0
     await asyncio.gather(*(completions.mark(e, ["h"], "t") for e in events))
     assert client.trips <= 3  # the first write, then everyone who arrived meanwhile
-    assert all([completed_in(await client.client.get(keys.completed(e)), "h") for e in events])
-    ttl = await client.client.pttl(keys.completed(events[1]))
-    assert 50_000 < ttl <= 60_000
+    assert all([await completions.recorded(e, "h") for e in events])
+    assert all(50_000 < ttl <= 60_000 + bucket_ms(60) for ttl in await record_ttls(client.client, 60))
 
 
 async def test_a_fresh_job_is_claimed_for_its_first_delivery(client):
@@ -178,22 +203,189 @@ async def test_claims_live_only_while_in_flight_and_completions_for_the_window(c
     assert await client.client.pttl(keys.job_claims(ev)) > 86_000_000  # a bound, not the way out
     await completions.mark(ev, ["a"], "tag-1")
     assert await client.client.hkeys(keys.job_claims(ev)) == [digest("b")]
-    assert 50_000 < await client.client.pttl(keys.completed(ev)) <= 60_000
+    assert all(50_000 < ttl <= 60_000 + bucket_ms(60) for ttl in await record_ttls(client.client, 60))
     await completions.release(ev, ["b"], "tag-1")
     assert not await client.client.exists(keys.job_claims(ev))
-    marks = await client.client.get(keys.completed(ev))
-    assert completed_in(marks, "a") and not completed_in(marks, "b")
+    assert await completions.recorded(ev, "a") and not await completions.recorded(ev, "b")
 
 
-async def test_a_completion_string_is_read_digest_by_digest(client):
-    # Given marks whose bytes hold handler c's digest straddling two digests
+async def test_jobs_sharing_a_shard_are_told_apart_by_event_and_handler(client):
+    # Given a fresh bucket layout (one shard), jobs of two events and two handlers, half completed
+    window = 3600.0 + uuid.uuid4().int % 1000  # a layout of its own on the shared server
+    completions = Completions(lambda: client, window=window)
+    e1, e2 = event_id(), event_id()
+    await completions.claim("t", [(e1, ["a", "b"]), (e2, ["a", "b"])])
+    await completions.mark(e1, ["a"], "t")
+    await completions.mark(e2, ["b"], "t")
+    [shard] = [k for k in await record_keys(client.client, window) if k.count(b":") == 5]
+    assert await client.client.scard(shard) == 2  # both in the same set
+    # Then only those two are completed: neither the other handler nor the other event
+    assert await completions.claim("t2", [(e1, ["a", "b"]), (e2, ["a", "b"])]) == [
+        {"a": COMPLETED, "b": HELD},
+        {"a": HELD, "b": COMPLETED},
+    ]
+    await completions.release(e1, ["b"], "t")
+    await completions.release(e2, ["a"], "t")
+    assert await completions.claim("t3", [(e1, ["b"]), (e2, ["a"])]) == [{"b": FRESH}, {"a": FRESH}]
+
+
+async def test_a_record_in_another_shard_is_not_a_completion(client):
+    # Given the job's own member in a set that is not its shard (another selector)
+    window = 3600.0 + uuid.uuid4().int % 1000
+    completions = Completions(lambda: client, window=window)
+    ev, other = event_id(), event_id()
+    await completions.claim("t", [(other, ["a"])])
+    await completions.mark(other, ["a"], "t")  # makes the bucket, with one shard
+    [meta] = [k for k in await record_keys(client.client, window) if k.count(b":") == 3]
+    await client.client.hset(meta, "n0", 2)  # two shards: the job's selector picks one
+    member, sel = job_record(ev, "a")
+    await client.client.sadd(meta + b":0:" + str(1 - sel % 2).encode(), member)
+    # Then the job is not completed: a member counts only in its own shard
+    assert await completions.claim("t", [(ev, ["a"])]) == [{"a": FRESH}]
+
+
+async def test_a_completion_is_found_after_its_bucket_has_ended(client, rclient):
+    # Given a 2.4 s window (0.1 s buckets) and a job completed in one bucket
+    completions = Completions(lambda: client, window=2.4)
+    ev, published = event_id(), time.time()
+    await completions.claim("t", [(ev, ["a"])], [published])
+    await completions.mark(ev, ["a"], "t")
+    done_in = redis_ms(rclient) // bucket_ms(2.4)
+    # When the next buckets begin
+    wait_for(lambda: redis_ms(rclient) // bucket_ms(2.4) >= done_in + 2, 5, "two buckets later")
+    # Then a claim looking from the event's timestamp still finds it, in an older bucket
+    assert await completions.claim("t2", [(ev, ["a"])], [published]) == [{"a": COMPLETED}]
+    prefix = keys.dedup_buckets(bucket_ms(2.4)).encode()
+    sets = [k for k in await record_keys(client.client, 2.4) if k.count(b":") == 5]
+    assert any(int(k[len(prefix) :].split(b":")[0]) <= done_in for k in sets)
+
+
+async def test_an_old_events_recent_completion_is_found(client):
+    # Given an event published long before the window began, completed just now
     completions = Completions(lambda: client, window=60)
-    ev, c = event_id(), digest("c")
-    await client.client.set(keys.completed(ev), b"\0" * 4 + c + b"\0" * 4)
-    # Then c did not complete: only whole, aligned digests count
-    assert await completions.claim("t", [(ev, ["c"])]) == [{"c": 1}]
-    await completions.mark(ev, ["c"], "t")
-    assert await completions.claim("t2", [(ev, ["c"])]) == [{"c": COMPLETED}]
+    ev = event_id()
+    await completions.claim("t", [(ev, ["a"])], [time.time() - 3600])
+    await completions.mark(ev, ["a"], "t")
+    # Then its redelivery skips the job: the check looks back a whole window at least
+    assert await completions.claim("t2", [(ev, ["a"])], [time.time() - 3600]) == [{"a": COMPLETED}]
+
+
+async def test_a_publisher_clock_ahead_of_redis_still_finds_a_recent_completion(client):
+    # Given an event stamped an hour ahead of Redis' clock, its job completed just now
+    completions = Completions(lambda: client, window=86400)
+    ev, ahead = event_id(), time.time() + 3600
+    await completions.claim("t", [(ev, ["a"])], [ahead])
+    await completions.mark(ev, ["a"], "t")
+    # Then its redelivery still skips the job: the check reads the last minutes at least
+    assert await completions.claim("t2", [(ev, ["a"])], [ahead]) == [{"a": COMPLETED}]
+
+
+async def test_a_completion_older_than_the_window_is_forgotten_and_its_keys_expire(client, rclient):
+    # Given a 1.2 s window (50 ms buckets) and a job completed
+    completions = Completions(lambda: client, window=1.2)
+    ev, published = event_id(), time.time()
+    await completions.claim("t", [(ev, ["a"])], [published])
+    await completions.mark(ev, ["a"], "t")
+    assert await completions.claim("t2", [(ev, ["a"])], [published]) == [{"a": COMPLETED}]
+    done_at = redis_ms(rclient)
+    # When the window and the bucket it completed in have passed
+    wait_for(lambda: redis_ms(rclient) > done_at + 1200 + bucket_ms(1.2), 5, "the window passed")
+    # Then the job runs again, and its records are gone
+    assert await completions.claim("t3", [(ev, ["a"])], [published]) == [{"a": FRESH}]
+    wait_for(lambda: not rclient.keys(f"{keys.dedup_buckets(bucket_ms(1.2))}*"), 5, "the records expired")
+
+
+async def test_every_record_key_expires_within_the_window_and_a_bucket(client):
+    window = 7200.0 + uuid.uuid4().int % 1000
+    completions = Completions(lambda: client, window=window)
+    events = [event_id() for _ in range(300)]
+    await completions.claim("t", [(e, ["a", "b"]) for e in events])
+    assert 0 < await client.client.pttl(keys.job_claims(events[0])) <= CLAIM_TTL * 1000
+    await asyncio.gather(*(completions.mark(e, ["a", "b"], "t") for e in events))
+    ttls = await record_ttls(client.client, window)
+    assert ttls and all(0 < ttl <= window * 1000 + bucket_ms(window) for ttl in ttls)
+
+
+async def test_a_full_shard_starts_a_generation_with_more_shards_and_every_record_is_found():
+    # Given Redis keeping sets of up to 16 integers compact
+    with RedisServer() as server:
+        c = aioredis.Redis.from_url(server.url)
+        try:
+            await c.config_set("set-max-intset-entries", 16)
+            completions = Completions(lambda: c, window=3600)
+            events = [event_id() for _ in range(200)]
+            # When 400 jobs complete in one bucket, which began with one shard
+            await completions.claim("t", [(e, ["a", "b"]) for e in events])
+            await asyncio.gather(*(completions.mark(e, ["a", "b"], "t") for e in events))
+            # Then every set stayed an intset within the limit, and every completion is found
+            sets = [k for k in await record_keys(c, 3600) if k.count(b":") == 5]
+            assert len(sets) > 400 / 16
+            assert {await c.object("encoding", k) for k in sets} == {b"intset"}
+            assert max([await c.scard(k) for k in sets]) <= 16
+            assert sum([await c.scard(k) for k in sets]) == 400
+            results = await completions.claim("t2", [(e, ["a", "b"]) for e in events])
+            assert results == [{"a": COMPLETED, "b": COMPLETED}] * 200
+        finally:
+            await c.aclose()
+
+
+async def test_completions_are_recorded_where_config_is_denied():
+    # Given a Redis user that may not run CONFIG (as on managed Redis)
+    with RedisServer() as server:
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.acl_setuser(
+            "app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-config"]
+        )
+        c = aioredis.Redis.from_url(server.url, username="app", password="pw")
+        try:
+            completions = Completions(lambda: c, window=3600)
+            ev = event_id()
+            # When a job completes
+            await completions.claim("t", [(ev, ["a"])])
+            await completions.mark(ev, ["a"], "t")
+            # Then it is recorded in an intset, sized by the default limit
+            assert await completions.claim("t2", [(ev, ["a"])]) == [{"a": COMPLETED}]
+            sets = [k for k in await record_keys(admin, 3600) if k.count(b":") == 5]
+            assert sets and {await admin.object("encoding", k) for k in sets} == {b"intset"}
+        finally:
+            await c.aclose()
+            await admin.aclose()
+
+
+async def test_redis_keeps_a_few_bytes_per_completed_job():
+    # Given a Redis of its own, its scripts loaded
+    with RedisServer() as server:
+        c = aioredis.Redis.from_url(server.url)
+        try:
+            completions = Completions(lambda: c, window=86400)
+            await handle(completions, [f"warm-{i}" for i in range(50)])
+            before = await used_memory(c)
+            # When 20,000 jobs of 10,000 events (2 handlers) complete, one message per event
+            await handle(completions, [event_id() for _ in range(10_000)])
+            grown = await used_memory(c) - before
+            # Then Redis grew by at most 20 bytes per job (a key per event took ~100-180)
+            assert grown / 20_000 <= 20
+            records = await record_keys(c, 86400)
+            assert sum([await c.memory_usage(k, samples=0) for k in records]) / 20_000 <= 12
+            sets = [k for k in records if k.count(b":") == 5]
+            assert sum([await c.scard(k) for k in sets]) == 20_000 + 100  # with the warm-up's
+            assert {await c.object("encoding", k) for k in sets} == {b"intset"}
+        finally:
+            await c.aclose()
+
+
+async def handle(completions: Completions, events: list[str]) -> None:
+    """Claim and complete 2 handlers per event, 50 messages at a time, as workers do."""
+    for i in range(0, len(events), 50):
+        chunk = events[i : i + 50]
+        await asyncio.gather(*(completions.claim(f"t{e}", [(e, ["h0", "h1"])], [time.time()]) for e in chunk))
+        await asyncio.gather(*(completions.mark(e, ["h0", "h1"], f"t{e}") for e in chunk))
+
+
+async def used_memory(client: aioredis.Redis) -> int:
+    """``used_memory`` with only this client connected (others' buffers are not records)."""
+    await client.connection_pool.disconnect()
+    return int((await client.info("memory"))["used_memory"])
 
 
 async def test_with_the_window_off_claims_still_hold_and_nothing_is_remembered(client):
@@ -202,7 +394,10 @@ async def test_with_the_window_off_claims_still_hold_and_nothing_is_remembered(c
     assert await completions.claim("tag-1", [(ev, ["a"])]) == [{"a": 1}]
     assert await completions.claim("tag-2", [(ev, ["a"])]) == [{"a": HELD}]
     await completions.mark(ev, ["a"], "tag-1")
-    assert not await client.client.exists(keys.job_claims(ev), keys.completed(ev))
+    assert not await client.client.exists(keys.job_claims(ev))
+    member, _ = job_record(ev, "a")
+    sets = [k async for k in client.client.scan_iter(f"{keys.PREFIX}:dedup:*:*:*")]
+    assert not [k for k in sets if await client.client.sismember(k, member)]
     assert await completions.claim("tag-2", [(ev, ["a"])]) == [{"a": 1}]
 
 

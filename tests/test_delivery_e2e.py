@@ -17,10 +17,13 @@ from conftest import results, stays, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus, keys, message, outbox
+from earnevents.config import DEFAULTS
 from earnevents.testing import RedisServer
-from earnevents.worker.completions import completed_in
+from earnevents.worker.completions import recorded
 
 pytestmark = pytest.mark.worker
+
+WINDOW = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])  # the workers' dedup window
 
 
 @pytest.fixture
@@ -167,7 +170,7 @@ async def test_a_redelivered_message_does_not_rerun_completed_handlers(bus, star
     await bus.publish(Event("t.record", {"token": marker}))  # proves the duplicate was consumed
     wait_results(rclient, marker, 2)
     assert len(results(rclient, tok)) == 2
-    assert completed_in(rclient.get(keys.completed(event.id)), "e2e_handlers.record_async")
+    assert recorded(rclient, WINDOW, event.id, "e2e_handlers.record_async")
 
 
 async def test_events_published_while_redis_is_down_go_to_the_outbox_and_are_relayed_in_order(

@@ -15,12 +15,15 @@ from conftest import results, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus, keys
+from earnevents.config import DEFAULTS
 from earnevents.testing import wait_for
-from earnevents.worker.completions import completed_in
+from earnevents.worker.completions import recorded
 
 pytestmark = pytest.mark.worker
 
 FAST = {"max_retries": 3, "interval_start": 0.3, "interval_step": 0.3, "interval_max": 0.6}
+
+WINDOW = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])  # the workers' dedup window
 
 
 async def failed_jobs(**filters):
@@ -316,7 +319,7 @@ async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_
         # Kill once the 30 count jobs are done and recorded as completed (between the two,
         # a kill re-runs a job: the "completed more than once" window the README states).
         wait_for(
-            lambda: all(completed_in(rclient.get(keys.completed(e.id)), "e2e_handlers.count") for e in events[:30]),
+            lambda: all(recorded(rclient, WINDOW, e.id, "e2e_handlers.count") for e in events[:30]),
             10,
             "30 completion records",
         )

@@ -274,7 +274,8 @@ class WorkerRuntime:
     async def claim(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]]:
         tag = jobs[0][0].copy_id  # the jobs of one message share it
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
-        return await self._claim_retrying(lambda: self.completions.claim(tag, pairs))
+        since = [job.event.timestamp.timestamp() for job, _ in jobs]
+        return await self._claim_retrying(lambda: self.completions.claim(tag, pairs, since))
 
     async def started(self, job: Job, handler: str, starts: int) -> None:
         await self._claim_retrying(lambda: self.completions.started(job.event.id, handler, job.copy_id, starts))

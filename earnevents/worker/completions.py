@@ -1,14 +1,15 @@
 """Job state in Redis: who runs an (event, handler) job now, and which jobs completed.
 
-Two keys per event:
+Two kinds of keys:
 
-- ``keys.job_claims``, a hash of handler digest -> ``<starts>:<copy id>`` while a
-  message runs that job: the message with that copy id claimed it, and ``starts``
-  counts the deliveries of that message in which the job started. A field exists only
-  while its job is in flight (an empty hash is no key at all).
-- ``keys.completed``, a string of :data:`DIGEST_SIZE`-byte digests of the handlers
-  that completed, kept for the dedup ``window`` (default 24 h) so a redelivered or
-  duplicated message skips them: one short string per event, however many handlers.
+- ``keys.job_claims``, per event, a hash of handler digest -> ``<starts>:<copy id>``
+  while a message runs that job: the message with that copy id claimed it, and
+  ``starts`` counts the deliveries of that message in which the job started. A field
+  exists only while its job is in flight (an empty hash is no key at all).
+- Completion records under ``keys.dedup_buckets``, kept for the dedup ``window``
+  (default 24 h) so a redelivered or duplicated message skips the jobs that completed:
+  a 64-bit digest per job in small integer sets, sharded and bucketed by completion
+  time (see :data:`WRITE`), ~8-10 bytes per job instead of a key per event.
 
 A worker claims every job of a message in one atomic script (:data:`CLAIM`) before
 running any: a job that completed, or that another copy of the message holds, is
@@ -25,13 +26,17 @@ Completion (:meth:`Completions.mark`) and settling a failure
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
+import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from .. import keys
 from ..groupcommit import GroupCommit
+
+log = logging.getLogger(__name__)
 
 COMPLETED = 0
 """Claim result: the job completed before (within the window); skip it."""
@@ -53,56 +58,150 @@ this long may be started by another copy of its message.
 """
 
 DIGEST_SIZE = 8
-"""Bytes of a handler's digest in a completion string (64 bits: two handlers of one
-event sharing a digest, which would make one skip the other, has odds of 2**-64)."""
+"""Bytes of a handler's digest naming its claim in a ``keys.job_claims`` hash."""
+
+BUCKETS_PER_WINDOW = 24
+"""Completion records are kept in time buckets of ``window / BUCKETS_PER_WINDOW`` (1 h for
+24 h): a record lives its window plus at most one bucket, and a check reads the buckets
+from its event's timestamp on (normally one or two)."""
+
+CLOCK_SLACK = 300.0
+"""Seconds a publisher's clock may be ahead of Redis' and a completion still be found
+from its event's timestamp (a check reads buckets from ``timestamp - CLOCK_SLACK``)."""
+
+SET_MAX_INTSET_ENTRIES = 512
+"""Redis' default ``set-max-intset-entries``: up to it a set of integers is an intset,
+8 bytes per member; above it, a hash table (~60 bytes each). Read from Redis when allowed."""
+
+FILL = 0.5
+"""Share of the intset limit a bucket's shards are sized for (from the previous bucket's
+count), leaving room for the rate to double before a shard fills."""
 
 
 def digest(handler: str) -> bytes:
-    """The handler's fixed-size name digest in :func:`keys.completed` strings."""
+    """The handler's fixed-size name digest naming its claim in :func:`keys.job_claims`."""
     return hashlib.blake2b(handler.encode("utf-8"), digest_size=DIGEST_SIZE).digest()
 
 
-def completed_in(marks: bytes | None, handler: str) -> bool:
-    """Whether the completion string ``marks`` (a ``GET`` of ``keys.completed``) names ``handler``."""
-    mine = digest(handler)
-    data = marks or b""
-    return any(data[i : i + DIGEST_SIZE] == mine for i in range(0, len(data), DIGEST_SIZE))
+def job_record(event_id: str, handler: str) -> tuple[str, int]:
+    """The (member, shard selector) recording that the job (``event_id``, ``handler``) completed.
+
+    The member: a 64-bit digest of the pair as a signed integer in decimal (so its set
+    stays an intset). The selector: 32 bits of a digest of the event id alone, so all
+    jobs of an event share a shard and one SMISMEMBER checks them. A job is taken for
+    another only if its member equals one in the sets its check reads: odds of 2**-64
+    per member there, a few hundred to a thousand (see the README).
+    """
+    raw = hashlib.blake2b(f"{event_id}\0{handler}".encode(), digest_size=8).digest()
+    return str(int.from_bytes(raw, "big", signed=True)), shard_selector(event_id)
 
 
-# The completion string is read digest by digest (never searched as a whole: a match
-# across two digests would be a false "completed").
+def shard_selector(event_id: str) -> int:
+    """32 bits picking the shard of the event's completion records (by its count of shards)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest(), "big")
+
+
+def bucket_ms(window: float) -> int:
+    """Milliseconds per completion bucket for this dedup ``window`` (seconds)."""
+    return max(1, int(window * 1000) // BUCKETS_PER_WINDOW)
+
+
+# Completion records. A completed job (event, handler) is the member of its 128-bit digest
+# (job_record) in an integer set `<prefix><bucket>:<generation>:<shard>`, bucket = Redis
+# time // bucket length when it completed; each set expires one window after its bucket
+# ends. Redis stores a set of up to set-max-intset-entries integers as a sorted array of
+# 8-byte integers (intset): ~8 bytes per job. Each bucket's hash `<prefix><bucket>` holds
+# its last generation g, each generation's shard count n<g> (n0 sized when the bucket
+# starts, from the previous bucket's count) and its record count c. When a shard is full
+# a new generation with more shards starts (a burst, or the first bucket after a quiet
+# one): the check reads every generation of a bucket, so it never misses a record, and
+# the sets stay intsets.
+# ARGV of DONE: the key prefix, window (ms), bucket length (ms).
 _DONE = f"""
-local function done(marks, digest)
-  if not marks then return false end
-  for i = 1, #marks, {DIGEST_SIZE} do
-    if string.sub(marks, i, i + {DIGEST_SIZE - 1}) == digest then return true end
+local slack = {int(CLOCK_SLACK * 1000)}
+local prefix, window, blen = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local metas = {{}}
+-- A bucket's shard count per generation ({{}} for generation 0 at [1]...), false: none.
+local function meta(b)
+  local m = metas[b]
+  if m == nil then
+    local v = redis.call('HMGET', prefix .. b, 'g', 'n0')
+    m = false
+    if v[1] then
+      m = {{tonumber(v[2])}}
+      for g = 1, tonumber(v[1]) do m[g + 1] = tonumber(redis.call('HGET', prefix .. b, 'n' .. g)) end
+    end
+    metas[b] = m
   end
-  return false
+  return m
+end
+local function shard(b, g, n, sel)
+  return prefix .. b .. ':' .. g .. ':' .. (sel % n)
+end
+-- Which of one event's members (its selector sel) completed within the window: a table
+-- of index -> true. Looks from `since` (ms, -1: unknown) on, and in the last `slack` ms at
+-- least (a publisher's clock ahead of Redis' by more); one SMISMEMBER per set read.
+local function done(members, sel, since)
+  local found, ask, at = {{}}, members, nil
+  local first = now - window
+  if since >= 0 then first = math.max(first, math.min(since, now - slack)) end
+  for b = math.floor(now / blen), math.floor(first / blen), -1 do
+    local m = meta(b)
+    if m then
+      for g = #m, 1, -1 do
+        local key, hit = shard(b, g - 1, m[g], sel), false
+        if #ask == 1 then
+          if redis.call('SISMEMBER', key, ask[1]) == 1 then found[at and at[1] or 1] = true; hit = true end
+        else
+          local r = redis.call('SMISMEMBER', key, unpack(ask))
+          for j = 1, #r do
+            if r[j] == 1 then found[at and at[j] or j] = true; hit = true end
+          end
+        end
+        if hit then
+          ask, at = {{}}, {{}}
+          for i = 1, #members do
+            if not found[i] then ask[#ask + 1] = members[i]; at[#at + 1] = i end
+          end
+          if #ask == 0 then return found end
+        end
+      end
+    end
+  end
+  return found
 end
 """
 
-# Handlers are named by digest in both keys: shorter, and the values stored stay small
-# (Redis reuses a script's argument objects, with their allocation, for later values).
-# KEYS: per event, its completion string and its claims hash. ARGV: the copy id, claim
-# TTL (ms), then per event: the number of handlers, then their digests. Returns one
-# integer per handler: 0 completed, -1 held by another message, 1 claimed now (its first
-# start), n >= 2: this message's own claim taken over, n - 1 starts so far.
+# Handlers are named by digest in the claims hash: shorter, and the values stored stay
+# small (Redis reuses a script's argument objects, with their allocation, for later
+# values). KEYS: per event, its claims hash. ARGV: the copy id, claim TTL (ms), the
+# completion key prefix, window (ms; 0: no completion is checked), bucket length (ms),
+# then per event: since when to look (ms, -1: the whole window), its shard selector, the
+# number of handlers, then per handler its digest and record member. Returns
+# one integer per handler: 0 completed, -1 held by another message, 1 claimed now (its
+# first start), n >= 2: this message's own claim taken over, n - 1 starts so far.
 CLAIM = (
     _DONE
     + """
 local tag, ttl = ARGV[1], tonumber(ARGV[2])
-local out, a = {}, 3
-for k = 1, #KEYS, 2 do
-  local marks = redis.call('GET', KEYS[k])
-  local claims = KEYS[k + 1]
-  local n = tonumber(ARGV[a])
-  a = a + 1
+local out, a = {}, 6
+for k = 1, #KEYS do
+  local claims = KEYS[k]
+  local since, sel, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local digests, members = {}, {}
+  for i = 1, n do
+    digests[i], members[i] = ARGV[a + 1 + 2 * i], ARGV[a + 2 + 2 * i]
+  end
+  a = a + 3 + 2 * n
+  local found = {}
+  if window > 0 and n > 0 then found = done(members, sel, since) end
   local claimed = false
-  for _ = 1, n do
-    local digest = ARGV[a]
-    a = a + 1
+  for i = 1, n do
+    local digest = digests[i]
     local result = 1
-    if done(marks, digest) then
+    if found[i] then
       result = 0
     else
       local state = redis.call('HGET', claims, digest)
@@ -129,29 +228,69 @@ return out
 """
 )
 
-# KEYS: per item, the event's completion string and claims hash (may repeat). ARGV:
-# window (ms), then per item: handler digest, copy id, and 'd' (completed), 'r'
-# (release) or a number (the job starts for that time). 'd' with a window adds the
-# digest to the completion string (SET, not APPEND: a short value stays embedded in its
-# key). 'd' and 'r' end the claim, a number updates it, if that copy id holds it.
+# Whether one job completed (tests and tools). ARGV: as CLAIM's first five, then the
+# member and shard selector.
+CHECK = (
+    _DONE
+    + """
+if done({ARGV[6]}, tonumber(ARGV[7]), -1)[1] then return 1 end
+return 0
+"""
+)
+
+# KEYS: per item, the event's claims hash (may repeat). ARGV: 2 unused, the completion
+# key prefix, window (ms), bucket length (ms), the intset limit, the fill the shards are
+# sized for; then per item: handler digest, copy id, 'd' (completed), 'r' (release) or a
+# number (the job starts for that time), record member and shard selector. 'd' with a
+# window records the completion in the current bucket (a job completed twice, which the
+# claims make rare, is recorded twice: memory, not a miss); 'd' and 'r' end the claim, a
+# number updates it, if that copy id holds it.
 WRITE = (
     _DONE
     + """
-local window = tonumber(ARGV[1])
-for i = 1, #KEYS, 2 do
-  local a = (i + 1) * 3 / 2 - 1
-  local digest, tag, op = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  if op == 'd' and window > 0 then
-    local marks = redis.call('GET', KEYS[i])
-    if not done(marks, digest) then marks = (marks or '') .. digest end
-    redis.call('SET', KEYS[i], marks, 'PX', window)
+local most, fill = tonumber(ARGV[6]), tonumber(ARGV[7])
+local b = math.floor(now / blen)
+local expires = (b + 1) * blen + window
+local function record(member, sel)
+  local m = meta(b)
+  if not m then
+    -- A new bucket: shards for the previous bucket's count at `fill` of the limit.
+    local before = tonumber(redis.call('HGET', prefix .. (b - 1), 'c') or '0')
+    m = {math.max(1, math.ceil(before / (most * fill)))}
+    metas[b] = m
+    redis.call('HSET', prefix .. b, 'g', 0, 'n0', m[1], 'c', 0)
+    redis.call('PEXPIREAT', prefix .. b, expires)
   end
-  local state = redis.call('HGET', KEYS[i + 1], digest)
+  local key = shard(b, #m - 1, m[#m], sel)
+  local size = redis.call('SCARD', key)
+  if size >= most then
+    -- This shard is full: a new generation (the check reads all), sized for the rest of
+    -- the bucket at the rate so far, 2 to 16 times the shards of the last one.
+    local count = tonumber(redis.call('HGET', prefix .. b, 'c'))
+    local elapsed = math.max(1, now - b * blen)
+    local n = math.ceil(count * (blen - elapsed) / elapsed / (most * fill))
+    n = math.min(16 * m[#m], math.max(2 * m[#m], n))
+    m[#m + 1] = n
+    redis.call('HSET', prefix .. b, 'g', #m - 1, 'n' .. (#m - 1), n)
+    key = shard(b, #m - 1, n, sel)
+    size = redis.call('SCARD', key)
+  end
+  if redis.call('SADD', key, member) == 1 then
+    if size == 0 then redis.call('PEXPIREAT', key, expires) end
+    redis.call('HINCRBY', prefix .. b, 'c', 1)
+  end
+end
+local a = 8
+for i = 1, #KEYS do
+  local digest, tag, op, member, sel = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  a = a + 5
+  if op == 'd' and window > 0 then record(member, sel) end
+  local state = redis.call('HGET', KEYS[i], digest)
   if state and string.match(state, '^%d+:(.*)$') == tag then
     if tonumber(op) then
-      redis.call('HSET', KEYS[i + 1], digest, op .. ':' .. tag)
+      redis.call('HSET', KEYS[i], digest, op .. ':' .. tag)
     else
-      redis.call('HDEL', KEYS[i + 1], digest)
+      redis.call('HDEL', KEYS[i], digest)
     end
   end
 end
@@ -160,15 +299,28 @@ return 1
 )
 
 
+def check_args(window: float, event_id: str, handler: str) -> list[str | int]:
+    """ARGV of :data:`CHECK` for the job (``event_id``, ``handler``) and this dedup ``window``."""
+    blen = bucket_ms(window)
+    return ["", 0, keys.dedup_buckets(blen), int(window * 1000), blen, *job_record(event_id, handler)]
+
+
+def recorded(client: redis.Redis, window: float, event_id: str, handler: str) -> bool:
+    """Whether Redis (a sync ``client``) records the job as completed within ``window`` seconds."""
+    return bool(client.eval(CHECK, 0, *check_args(window, event_id, handler)))
+
+
 class Completions:
     """Claims, completion marks and releases of (event, handler) jobs in Redis."""
 
     def __init__(self, client: Callable[[], aioredis.Redis], window: float) -> None:
         self._client = client
         self.window = window
+        self._bucket = bucket_ms(window)
         self._commit = GroupCommit(self._write)
         self._claim: AsyncScript | None = None
         self._write_script: AsyncScript | None = None
+        self._most: int | None = None
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
         if self._claim is None or self._write_script is None:
@@ -177,26 +329,62 @@ class Completions:
             self._write_script = AsyncScript(client, WRITE)
         return self._claim, self._write_script
 
-    async def claim(self, tag: str, jobs: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, int]]:
+    def _common(self, tag: str) -> list[str | bytes | int]:
+        """ARGV shared by the scripts: copy id, claim TTL, key prefix, window, bucket length."""
+        ttl = int(max(self.window, CLAIM_TTL) * 1000)
+        return [tag, ttl, keys.dedup_buckets(self._bucket), int(self.window * 1000), self._bucket]
+
+    async def _intset_limit(self) -> int:
+        """Members per shard: Redis' ``set-max-intset-entries``, at most its default.
+
+        Larger intsets would save little (a key's overhead is ~1% at 512) and cost a
+        longer copy per insert. Read once per process (one round trip before the first
+        write); where CONFIG is denied or renamed (managed Redis), the default.
+        """
+        if self._most is None:
+            try:
+                found = await self._client().config_get("set-max-intset-entries")
+                value = found.get("set-max-intset-entries")
+                self._most = SET_MAX_INTSET_ENTRIES if value is None else int(value)
+            except redis.ResponseError as exc:  # an error reply; a connection error propagates
+                log.debug("CONFIG GET set-max-intset-entries refused (%s); assuming %d", exc, SET_MAX_INTSET_ENTRIES)
+                self._most = SET_MAX_INTSET_ENTRIES
+        return max(1, min(self._most, SET_MAX_INTSET_ENTRIES))
+
+    async def claim(
+        self,
+        tag: str,
+        jobs: Sequence[tuple[str, Sequence[str]]],
+        since: Sequence[float | None] | None = None,
+    ) -> list[dict[str, int]]:
         """Claim the jobs of one message (copy id ``tag``): (event id, handlers) pairs.
 
         One round trip for the whole message. For each pair, maps every handler to
         :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for a take-over of this
         message's own claim, the number its next start would be. Calling again (after
         an error) counts nothing: at worst a fresh claim comes back as a take-over.
+        ``since`` gives each event's timestamp (unix seconds): completions are looked
+        for from it (less :data:`CLOCK_SLACK`) on; without it, in the whole window.
         """
         pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
         if not any(handlers for _, handlers in pairs):
             return [{} for _ in pairs]
+        starts = list(since) if since is not None else [None] * len(pairs)
         event_keys: list[str] = []
-        args: list[str | bytes | int] = [tag, int(max(self.window, CLAIM_TTL) * 1000)]
-        for event_id, handlers in pairs:
-            event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
-            args.append(len(handlers))
-            args += [digest(name) for name in handlers]
+        args = self._common(tag)
+        for (event_id, handlers), at in zip(pairs, starts, strict=True):
+            event_keys.append(keys.job_claims(event_id))
+            since_ms = -1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000))
+            args += [since_ms, shard_selector(event_id), len(handlers)]
+            for name in handlers:
+                args += [digest(name), job_record(event_id, name)[0]]
         script, _ = self._scripts()
         results = iter(await script(keys=event_keys, args=args, client=self._client()))
         return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
+
+    async def recorded(self, event_id: str, handler: str) -> bool:
+        """Whether the job is recorded as completed within the window (for tests and tools)."""
+        return bool(await self._client().eval(CHECK, 0, *check_args(self.window, event_id, handler)))
 
     async def mark(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
         """Remember that ``handlers`` completed for ``event_id``; ends their claims.
@@ -222,9 +410,9 @@ class Completions:
 
     async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
         event_keys: list[str] = []
-        args: list[str | bytes | int] = [int(self.window * 1000)]
+        args = [*self._common(""), await self._intset_limit() if self.window > 0 else 1, FILL]
         for event_id, handler, tag, op in items:
-            event_keys += [keys.completed(event_id), keys.job_claims(event_id)]
-            args += [digest(handler), tag, op]
+            event_keys.append(keys.job_claims(event_id))
+            args += [digest(handler), tag, op, *job_record(event_id, handler)]
         _, script = self._scripts()
         await script(keys=event_keys, args=args, client=self._client())
