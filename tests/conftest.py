@@ -6,6 +6,7 @@ Set EARNEVENTS_TEST_MONGO_URI to run every Mongo test against a real MongoDB
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -163,3 +164,48 @@ def stays(check: Callable[[], Any], seconds: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+class LostReply:
+    """A TCP proxy to Redis that forwards the first LPUSH, then drops the connection
+    before Redis' reply reaches the client: the push landed, the publisher cannot know.
+    ``then_down``: from then on it accepts no connection (Redis looks gone)."""
+
+    def __init__(self, redis_port: int, then_down: bool = False) -> None:
+        self.redis_port = redis_port
+        self.then_down = then_down
+        self.dropped = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def replies() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        pump = asyncio.create_task(replies())
+        try:
+            while data := await reader.read(65536):
+                if b"LPUSH" in data and not self.dropped:
+                    self.dropped += 1
+                    pump.cancel()  # Redis' reply to this one never reaches the client
+                    if self.then_down:
+                        self.server.close()  # no new connection from now on
+                    up_writer.write(data)
+                    await up_writer.drain()
+                    await asyncio.sleep(0.2)  # Redis runs it; its reply is dropped with the connection
+                    break
+                up_writer.write(data)
+                await up_writer.drain()
+        finally:
+            pump.cancel()
+            writer.close()
+            up_writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from conftest import LostReply
 
 import earnevents
 from earnevents import Event, NotInitializedError, PublishError, event_bus, keys, message
@@ -343,47 +344,6 @@ async def test_wait_for_around_publish_returns_within_its_timeout_under_a_hung_r
         await earnevents.close()
         hole.close()
     assert elapsed < 0.6, elapsed
-
-
-class LostReply:
-    """A TCP proxy to Redis that forwards the first LPUSH, then drops the connection
-    before Redis' reply reaches the client: the push landed, the publisher cannot know."""
-
-    def __init__(self, redis_port: int) -> None:
-        self.redis_port = redis_port
-        self.dropped = 0
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
-
-        async def replies() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        pump = asyncio.create_task(replies())
-        try:
-            while data := await reader.read(65536):
-                if b"LPUSH" in data and not self.dropped:
-                    self.dropped += 1
-                    pump.cancel()  # Redis' reply to this one never reaches the client
-                    up_writer.write(data)
-                    await up_writer.drain()
-                    await up_reader.read(65536)
-                    break
-                up_writer.write(data)
-                await up_writer.drain()
-        finally:
-            pump.cancel()
-            writer.close()
-            up_writer.close()
-
-    async def stop(self) -> None:
-        self.server.close()
 
 
 async def test_a_push_whose_reply_was_lost_is_sent_again_as_a_copy_of_its_own(redis_server, rclient, queue):

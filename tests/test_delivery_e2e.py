@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import redis
-from conftest import results, stays, token, wait_results
+from conftest import LostReply, results, stays, token, wait_results
 
 import earnevents
 from earnevents import Event, event_bus, keys, message, outbox
@@ -266,3 +266,38 @@ async def test_with_default_settings_a_killed_workers_event_is_handled_within_60
     handled_after = time.monotonic() - killed_at
     assert [r["handler"] for r in recs][-1] == "slow_done"
     assert handled_after < 60, handled_after
+
+
+async def test_a_publish_whose_push_landed_unseen_then_went_to_the_outbox_is_handled_once(
+    redis_server, rclient, mongo_url, mongo_db, queue, start_worker
+):
+    # Given a publisher whose first LPUSH lands but whose reply is lost, Redis then unreachable
+    proxy = LostReply(redis_server.port, then_down=True)
+    port = await proxy.start()
+    env = await earnevents.init(
+        redis_uri=f"redis://127.0.0.1:{port}/0",
+        mongo_uri=mongo_url,
+        database=mongo_db,
+        event_config={"queue_name": queue, "publish_timeout": 3},
+    )
+    try:
+        tok = token()
+        # When it publishes an event whose handler takes 3 s: not knowing whether the push
+        # landed, it keeps the event in the outbox as well
+        await event_bus.publish(Event("t.once", {"token": tok, "seconds": 3}))
+        assert proxy.dropped == 1
+        assert rclient.llen(queue) == 1  # the push had landed
+        assert await env.db[outbox.COLLECTION].count_documents({"queue": queue}) == 1
+        # Then a worker runs the event from the queue while it relays the outbox copy (within
+        # its 1 s relay interval), and the copy, taken by the other pool process meanwhile,
+        # does not run the handler again
+        start_worker(env={"EARNEVENTS_MONGO_URI": mongo_url, "EARNEVENTS_DATABASE": mongo_db})
+        wait_results(rclient, tok, 1)
+        deadline = time.monotonic() + 15
+        while await env.db[outbox.COLLECTION].count_documents({"queue": queue}) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await env.db[outbox.COLLECTION].count_documents({"queue": queue}) == 0
+        assert stays(lambda: len(results(rclient, tok)) == 1 and rclient.llen(queue) == 0, 4)
+    finally:
+        await earnevents.close()
+        await proxy.stop()
