@@ -335,7 +335,7 @@ async def test_a_packed_message_redelivered_after_a_kill_reruns_only_unfinished_
 
 def drained(rclient, queue: str) -> bool:
     """Nothing of ``queue`` waits or is unacknowledged: every message taken was finished."""
-    return rclient.llen(queue) == 0 and not [v for v in rclient.hvals("unacked") if queue.encode() in v]
+    return rclient.llen(queue) == 0 and not [v for v in rclient.hvals(keys.UNACKED) if queue.encode() in v]
 
 
 async def test_a_handler_that_kills_its_process_is_recorded_once_after_max_deliveries(
