@@ -31,6 +31,12 @@ async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclien
     assert envelope["headers"]["id"] == event.id
 
 
+def _holding_itself() -> dict:
+    data: dict = {}
+    data["me"] = data
+    return data
+
+
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
@@ -39,6 +45,7 @@ async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclien
         (lambda b: b.publish(Event("a.b", {}), delay=float("nan")), ValueError, "delay"),
         (lambda b: b.publish(Event("a.b", {}), delay="5"), TypeError, "delay"),
         (lambda b: b.publish(Event("a.b", {"s": {1}})), TypeError, "set"),
+        (lambda b: b.publish(Event("a.b", _holding_itself())), TypeError, r"data\['me'\] is data itself"),
         (lambda b: b.publish_batch([Event("a.b", {}), Event("a.c", {"f": object()})]), TypeError, "object"),
         (lambda b: b.publish_batch(Event("a.b", {})), TypeError, "list"),
         (lambda b: b.publish_batch([Event("a.b", {})], events_per_message=0), ValueError, "events_per_message"),
