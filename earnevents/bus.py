@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import math
 import sys
 import time
 import weakref

@@ -46,6 +46,10 @@ DEFAULTS: dict[str, str] = {
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
+DEFAULT_RETRY_CAPS = RetryCaps(
+    int(DEFAULTS["EARNEVENTS_MAX_RETRIES_CAP"]), float(DEFAULTS["EARNEVENTS_MIN_RETRY_INTERVAL"])
+)
+
 
 class EventConfig(BaseModel):
     """The ``event_config`` dict of ``init()``; every key is optional."""
@@ -87,9 +91,7 @@ class Settings:
     """Seconds a handler try may run unless it sets its own ``timeout``; None: no limit."""
     max_deliveries: int = int(DEFAULTS["EARNEVENTS_MAX_DELIVERIES"])
     """Deliveries of a message a job may die in (its worker process killed) before it is recorded as failed."""
-    retry_caps: RetryCaps = RetryCaps(
-        int(DEFAULTS["EARNEVENTS_MAX_RETRIES_CAP"]), float(DEFAULTS["EARNEVENTS_MIN_RETRY_INTERVAL"])
-    )
+    retry_caps: RetryCaps = DEFAULT_RETRY_CAPS
     """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
 
     @property

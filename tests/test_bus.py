@@ -383,7 +383,7 @@ TEN_YEARS = 10 * 365.25 * 86400
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"delay": 1e12}, ValueError, r"delay must be from 0 to 315576000 seconds \(10 years\), got 1000000000000\.0"),
+        ({"delay": 1e12}, ValueError, r"delay must be from 0 to 315576000 seconds \(10 years\), got 1000000000000"),
         ({"delay": 10**400}, ValueError, r"got an integer of 1329 bits"),
         ({"delay": TEN_YEARS + 1}, ValueError, "10 years"),
         ({"delay": 10**12}, ValueError, "10 years"),
@@ -391,7 +391,9 @@ TEN_YEARS = 10 * 365.25 * 86400
         ({"at": dt.datetime.max.replace(tzinfo=dt.timezone(dt.timedelta(hours=-23)))}, ValueError, "10 years"),
     ],
 )
-async def test_delay_or_at_beyond_ten_years_is_a_value_error_and_nothing_is_sent(bus, rclient, queue, kwargs, exc, match):
+async def test_delay_or_at_beyond_ten_years_is_a_value_error_and_nothing_is_sent(
+    bus, rclient, queue, kwargs, exc, match
+):
     # When an event is published that far ahead, alone or in a batch
     with pytest.raises(exc, match=match):
         await bus.publish(Event("t.far", {}), **kwargs)
@@ -405,7 +407,8 @@ async def test_delay_or_at_beyond_ten_years_is_a_value_error_and_nothing_is_sent
 async def test_ten_years_ahead_is_accepted_and_an_at_long_past_is_due_at_once(bus, rclient, queue):
     # Given events at the limit, and at moments long past (year 1 at UTC+23 is year 0 in UTC)
     at_limit = await bus.publish(Event("t.far", {}), delay=TEN_YEARS)
-    past = await bus.publish(Event("t.past", {}), at=dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=23))))
+    long_ago = dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=23)))
+    past = await bus.publish(Event("t.past", {}), at=long_ago)
     recent = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     recently = await bus.publish(Event("t.past", {}), at=recent)
     # Then all are pending, the past ones due before now, and get_scheduled shows them

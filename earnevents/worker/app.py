@@ -197,9 +197,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
             jobs = [
-                Job.from_message(
-                    event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps
-                )
+                Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps)
                 for event in args
             ]
         except (TypeError, ValueError, RecursionError) as exc:  # it would fail the same way every time

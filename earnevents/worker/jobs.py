@@ -77,15 +77,15 @@ class Job:
         registry: HandlerRegistry | None = None,
         handler_timeout: float | None = None,
         copy_id: str = "",
-        retry_caps: RetryCaps = RetryCaps(),
+        retry_caps: RetryCaps | None = None,
     ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed.
 
         With ``registry``, a retry naming a handler registered for another event
         than the message's is malformed too (it must not run on this event). The
         message's retry policy is held within ``retry_caps`` (the worker's
-        EARNEVENTS_MAX_RETRIES_CAP and EARNEVENTS_MIN_RETRY_INTERVAL), and a retry
-        message built from this job carries it so.
+        EARNEVENTS_MAX_RETRIES_CAP and EARNEVENTS_MIN_RETRY_INTERVAL; None: only
+        the policy bounds), and a retry message built from this job carries it so.
         """
         handler = kwargs.get("handler")
         attempt = kwargs.get("attempt", 0)
@@ -104,7 +104,7 @@ class Job:
             event=decoded,
             handler=handler,
             attempt=attempt,
-            retry_policy=RetryPolicy.from_message(kwargs.get("retry_policy"), retry_caps),
+            retry_policy=RetryPolicy.from_message(kwargs.get("retry_policy"), retry_caps or RetryCaps()),
             queue=queue,
             handler_timeout=handler_timeout,
             copy_id=copy_id,
