@@ -73,7 +73,7 @@ class RetryPolicy(BaseModel):
             raise TypeError(f"retry_policy must be a dict, got {type(value).__name__}")
         given = dict(value)
         retries = given.get("max_retries")
-        if isinstance(retries, int) and not isinstance(retries, bool) and retries > MAX_RETRIES:
+        if isinstance(retries, (int, float)) and not isinstance(retries, bool) and retries > MAX_RETRIES:
             given["max_retries"] = MAX_RETRIES
         for key in ("interval_start", "interval_step", "interval_max"):
             seconds = given.get(key)

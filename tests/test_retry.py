@@ -82,6 +82,7 @@ def test_a_messages_policy_is_held_within_the_workers_caps():
     fine = {"max_retries": 2, "interval_start": 1, "interval_step": 0, "interval_max": 1}
     assert RetryPolicy.from_message(fine, caps) == RetryPolicy(**fine)
     assert RetryPolicy.from_message(None, caps) is None
+    assert RetryPolicy.from_message({"max_retries": float("inf")}, caps).max_retries == 5
 
 
 @pytest.mark.parametrize(
