@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import redisurl
 from .errors import ConfigError
-from .retry import RetryPolicy
+from .retry import MAX_INTERVAL, MAX_RETRIES, RetryCaps, RetryPolicy
 
 ENV_PREFIX = "EARNEVENTS_"
 
@@ -41,8 +41,14 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_DEAD_LETTER_MAX": "10000",
     "EARNEVENTS_HANDLER_TIMEOUT": "",
     "EARNEVENTS_MAX_DELIVERIES": "5",
+    "EARNEVENTS_MAX_RETRIES_CAP": "100",
+    "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
+
+DEFAULT_RETRY_CAPS = RetryCaps(
+    int(DEFAULTS["EARNEVENTS_MAX_RETRIES_CAP"]), float(DEFAULTS["EARNEVENTS_MIN_RETRY_INTERVAL"])
+)
 
 
 class EventConfig(BaseModel):
@@ -85,6 +91,8 @@ class Settings:
     """Seconds a handler try may run unless it sets its own ``timeout``; None: no limit."""
     max_deliveries: int = int(DEFAULTS["EARNEVENTS_MAX_DELIVERIES"])
     """Deliveries of a message a job may die in (its worker process killed) before it is recorded as failed."""
+    retry_caps: RetryCaps = DEFAULT_RETRY_CAPS
+    """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
 
     @property
     def queue_name(self) -> str:
@@ -157,6 +165,7 @@ class Settings:
             dead_letter_max=_int_env(env, "EARNEVENTS_DEAD_LETTER_MAX", 1),
             handler_timeout=_timeout_env(env, "EARNEVENTS_HANDLER_TIMEOUT"),
             max_deliveries=_int_env(env, "EARNEVENTS_MAX_DELIVERIES", 1),
+            retry_caps=_retry_caps_env(env),
         )
 
 
@@ -180,6 +189,16 @@ def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{var} must be >= {minimum}, got {raw!r}")
     return value
+
+
+def _retry_caps_env(env: Mapping[str, str]) -> RetryCaps:
+    retries = _int_env(env, "EARNEVENTS_MAX_RETRIES_CAP", 0)
+    if retries > MAX_RETRIES:
+        raise ConfigError(f"EARNEVENTS_MAX_RETRIES_CAP must be <= {MAX_RETRIES}, got {retries}")
+    interval = _float_env(env, "EARNEVENTS_MIN_RETRY_INTERVAL", allow_zero=True)
+    if not interval <= MAX_INTERVAL:  # NaN and inf too
+        raise ConfigError(f"EARNEVENTS_MIN_RETRY_INTERVAL must be <= {MAX_INTERVAL:g} seconds, got {interval!r}")
+    return RetryCaps(retries, interval)
 
 
 def _timeout_env(env: Mapping[str, str], var: str) -> float | None:
