@@ -175,6 +175,8 @@ def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> fl
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{var} must be a finite number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{var} must be {'>= 0' if allow_zero else 'positive'}, got {raw!r}")
     return value
