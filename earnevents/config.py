@@ -60,7 +60,7 @@ class EventConfig(BaseModel):
     """Celery queue (on Redis, a list of this name) events are published to."""
     retry_policy: RetryPolicy | None = None
     """Policy carried by every message this process publishes; None: the worker's."""
-    publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0)
+    publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0, allow_inf_nan=False)
     """Seconds publish() keeps retrying an unreachable Redis before PublishError."""
     outbox: bool | None = None
     """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""

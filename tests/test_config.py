@@ -69,6 +69,7 @@ def test_event_config_retry_policy_accepts_the_seed_dict():
         ({"event_config": {"queue": "x"}}, {}, "queue"),
         ({"event_config": {"retry_policy": {"max_retries": -1}}}, {}, "max_retries"),
         ({"event_config": {"publish_timeout": 0}}, {}, "publish_timeout"),
+        ({"event_config": {"publish_timeout": float("inf")}}, {}, "publish_timeout"),
         ({"redis_uri": "localhost:6379"}, {}, "redis://"),
         ({"mongo_uri": "localhost"}, {}, "mongodb://"),
         ({}, {"EARNEVENTS_RETRY_POLICY": "{nope"}, "JSON"),
