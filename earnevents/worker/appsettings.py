@@ -2,9 +2,10 @@
 
 On the app object, not in ``app.conf``: any client of the broker can read a worker's
 configuration (``celery inspect conf``, and ``celery report`` prints it), and Celery
-masks only keys it recognizes (``broker_url``, names with PASS, KEY, SECRET, ...), not
-``earnevents_mongo_uri``. The bootsteps (scheduler, keep-alive, relay) read the
-settings, URIs and all, from here.
+masks only keys it recognizes (``broker_url``, names with PASS, KEY, SECRET, ...): the
+``earnevents_mongo_uri`` and ``earnevents_redis_uri`` keys earnevents once set there were
+shown with their passwords. The bootsteps (scheduler, keep-alive, relay) read the settings,
+URIs and all, from here.
 """
 
 from __future__ import annotations
