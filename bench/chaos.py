@@ -33,6 +33,7 @@ import redis
 
 import earnevents
 from earnevents import Event, event_bus, message
+from earnevents.redact import redact_uri
 from earnevents.testing import RedisServer, WorkerProcess
 
 from .chaos_handlers import DONE, STARTS
@@ -175,7 +176,7 @@ def main() -> int:
             worker.start()
         chaos = Chaos(workers, server, args.kill_every)
         chaos.start()
-        log(f"publishing {args.events} events (half delayed 0-5 s) to {server.url}")
+        log(f"publishing {args.events} events (half delayed 0-5 s) to {redact_uri(server.url)}")
         ids = asyncio.run(
             publish_all(server.url, args.events, args.events_per_message, args.poison, args.exit_every, args.hang_every)
         )

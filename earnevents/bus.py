@@ -31,6 +31,7 @@ from .errors import DeadItemNotFoundError, EventTooLargeError, JobNotFoundError,
 from .event import Event
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
+from .redact import redact_uri
 from .schedule import ScheduledEvent
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class EventBus:
                 return
             except (asyncio.TimeoutError, *_TRANSIENT) as exc:
                 redis_error = exc
-        where = f"queue {queue!r} at {_redact(settings.redis_uri)}"
+        where = f"queue {queue!r} at {redact_uri(settings.redis_uri)}"
         if not settings.outbox:
             raise PublishError(
                 f"could not publish {len(messages)} message(s) to {where} within {limit:g}s: {redis_error!r}. "
@@ -447,14 +448,6 @@ def _show(number: int | float) -> str:
     if isinstance(number, int) and number.bit_length() > 64:
         return f"an integer of {number.bit_length()} bits"
     return repr(number)
-
-
-def _redact(uri: str) -> str:
-    """Hide a password in a redis URL for error messages."""
-    if "@" not in uri:
-        return uri
-    scheme, _, rest = uri.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 event_bus = EventBus()

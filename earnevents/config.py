@@ -12,13 +12,14 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import redisurl
 from .errors import ConfigError
+from .redact import redact_uri
 from .retry import MAX_INTERVAL, MAX_RETRIES, RetryCaps, RetryPolicy
 
 ENV_PREFIX = "EARNEVENTS_"
@@ -94,6 +95,16 @@ class Settings:
     retry_caps: RetryCaps = DEFAULT_RETRY_CAPS
     """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
 
+    def __repr__(self) -> str:
+        """The dataclass' repr with the URIs masked (``redact``): settings end up in logs and tracebacks."""
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in ("redis_uri", "mongo_uri") and value is not None:
+                value = redact_uri(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     @property
     def queue_name(self) -> str:
         return self.event.queue_name
@@ -150,7 +161,7 @@ class Settings:
         redis = pick(redis_uri, "EARNEVENTS_REDIS_URI")
         redisurl.parse(redis)  # ConfigError now, not in the worker, for a URL no client can use
         if mongo and not mongo.startswith(("mongodb://", "mongodb+srv://")):
-            raise ConfigError(f"mongo_uri must be a mongodb:// URL, got {mongo!r}")
+            raise ConfigError(f"mongo_uri must be a mongodb:// or mongodb+srv:// URL, got {redact_uri(mongo)!r}")
         if event.outbox and not mongo:
             raise ConfigError("event_config['outbox'] needs a mongo_uri: the outbox is a MongoDB collection")
         return cls(

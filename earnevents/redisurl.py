@@ -28,6 +28,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .errors import ConfigError
+from .redact import redact_uri
 
 SCHEMES = ("redis", "rediss", "unix", "sentinel")
 
@@ -68,7 +69,7 @@ class RedisTarget:
 
 
 def parse(url: str) -> RedisTarget:
-    """Parse and check ``url``; ConfigError naming the problem (never echoing a password)."""
+    """Parse and check ``url``; ConfigError naming the problem (the URL shown masked: ``redact``)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
         given = f"scheme {scheme!r}" if "://" in url else "no scheme"  # never any more of the URL: secrets
@@ -77,11 +78,11 @@ def parse(url: str) -> RedisTarget:
         return _parse_sentinel(url)
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    db = _db(query.pop("db", "") or (parts.path.strip("/") if scheme != "unix" else "") or "0")
+    db = _db(query.pop("db", "") or (parts.path.strip("/") if scheme != "unix" else "") or "0", url)
     try:
         parts.port  # noqa: B018  (parsing it is the check)
     except ValueError:
-        raise ConfigError(f"redis_uri has an invalid port: {scheme}://{parts.hostname}:...") from None
+        raise ConfigError(f"redis_uri has an invalid port: {redact_uri(url)}") from None
     ssl: dict[str, Any] = {}
     if scheme == "rediss":
         reqs = query.get("ssl_cert_reqs", "required").lower()
@@ -118,17 +119,17 @@ def _parse_sentinel(url: str) -> RedisTarget:
         try:
             port = parts.port or SENTINEL_PORT
         except ValueError:
-            raise ConfigError(f"sentinel {parts.hostname} has an invalid port") from None
+            raise ConfigError(f"a sentinel has an invalid port: {redact_uri(url)}") from None
         sentinels.append((parts.hostname, port))
         query.update(parse_qsl(parts.query))
         if parts.path.strip("/"):
-            db = _db(parts.path.strip("/"))
+            db = _db(parts.path.strip("/"), url)
         username = username or (unquote(parts.username) if parts.username else None)
         password = password or (unquote(parts.password) if parts.password else None)
     if any(name.startswith("ssl_") for name in query):
         raise ConfigError("TLS to Sentinel is not supported: use sentinel:// without ssl_* options")
     if "db" in query:
-        db = _db(query["db"])
+        db = _db(query["db"], url)
     master = query.get("master_name", "")
     if not master:
         raise ConfigError("a sentinel:// redis_uri needs ?master_name=NAME (the primary's name in Sentinel)")
@@ -142,11 +143,12 @@ def _parse_sentinel(url: str) -> RedisTarget:
     )
 
 
-def _db(raw: str) -> int:
+def _db(raw: str, url: str) -> int:
+    # The URL is shown masked, not ``raw``: a password with an unescaped "/" ends up in the path.
     try:
         db = int(raw)
     except ValueError:
-        raise ConfigError(f"the Redis database must be a number, got {raw!r}") from None
+        raise ConfigError(f"the Redis database must be a number (the path or ?db=): {redact_uri(url)}") from None
     if db < 0:
         raise ConfigError(f"the Redis database must be >= 0, got {db}")
     return db

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import earnevents
 from earnevents import Event, event_bus
+from earnevents.redact import redact_uri
 from earnevents.testing import MongoServer, RedisServer, WorkerProcess
 
 from .example_handlers import FIXED_KEY, LOG_KEY
@@ -38,11 +39,11 @@ def services() -> Iterator[tuple[str, str]]:
         redis_url = os.environ.get("EARNEVENTS_REDIS_URI")
         if not redis_url:
             redis_url = stack.enter_context(RedisServer()).url
-            say(f"started embedded redis-server at {redis_url}")
+            say(f"started embedded redis-server at {redact_uri(redis_url)}")
         mongo_url = os.environ.get("EARNEVENTS_MONGO_URI")
         if not mongo_url:
             mongo_url = stack.enter_context(MongoServer()).url
-            say(f"started embedded MongoDB stand-in (nx-27017) at {mongo_url}")
+            say(f"started embedded MongoDB stand-in (nx-27017) at {redact_uri(mongo_url)}")
         yield redis_url, mongo_url
 
 
@@ -101,7 +102,7 @@ async def run(redis_url: str, mongo_url: str) -> None:
         raise SystemExit("demo: expected a failed job, found none")
 
     say(
-        f"    (from a shell: EARNEVENTS_MONGO_URI={mongo_url} EARNEVENTS_DATABASE=earnevents_demo "
+        f"    (from a shell: EARNEVENTS_MONGO_URI={redact_uri(mongo_url)} EARNEVENTS_DATABASE=earnevents_demo "
         f"EARNEVENTS_QUEUE={QUEUE} earnevents failed list)"
     )
 
@@ -136,7 +137,8 @@ async def run(redis_url: str, mongo_url: str) -> None:
         raise SystemExit("demo: expected a dead-lettered item, found none")
     for item in dead:
         say(f"    dead item {item.id}: {item.reason} ({item.size} bytes, {item.dropped_at:%H:%M:%S})")
-    say(f"    (from a shell: EARNEVENTS_REDIS_URI={redis_url} EARNEVENTS_QUEUE={QUEUE} earnevents dead list)")
+    shell = f"EARNEVENTS_REDIS_URI={redact_uri(redis_url)} EARNEVENTS_QUEUE={QUEUE}"
+    say(f"    (from a shell: {shell} earnevents dead list)")
     await earnevents.close()
 
 

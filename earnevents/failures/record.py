@@ -29,6 +29,8 @@ def describe(exc: BaseException) -> str:
 
 
 def _format_traceback(exc: BaseException) -> str:
+    """The traceback as Python prints it: files, lines, code, messages; never the frames'
+    local variables (no ``capture_locals``), which may hold passwords or tokens."""
     try:
         return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     except Exception:  # formatting calls into the exception; keep what can be had

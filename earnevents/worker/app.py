@@ -36,6 +36,7 @@ from ..failures import FailedJob
 from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
+from . import appsettings
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures
 from .jobs import Job, Outcome
@@ -48,9 +49,6 @@ from .scheduler import SchedulerStep
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-RELAY_INTERVAL = 1.0
-"""Seconds between a worker's checks of the MongoDB outbox."""
 
 SETTLE_TIMEOUT = 30.0
 """Seconds a worker keeps trying to schedule retries / record failures before requeueing."""
@@ -172,12 +170,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         task_serializer="json",
         include=list(settings.handler_modules),
-        earnevents_redis_uri=settings.redis_uri,
-        earnevents_scheduler_interval=settings.scheduler_interval,
-        earnevents_mongo_uri=settings.mongo_uri,
-        earnevents_database=settings.database,
-        earnevents_relay_interval=RELAY_INTERVAL,
+        # No URIs (passwords) beyond broker_url, which Celery masks when it shows the
+        # configuration: the bootsteps take the settings from the app (appsettings).
     )
+    appsettings.attach(app, settings)
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)

@@ -23,7 +23,7 @@ from typing import Any
 from celery.worker import state
 
 from .. import keys, redisurl
-from . import consumers
+from . import appsettings, consumers
 from .clock import RedisClock
 from .consumers import RETURN_ORPHANS, return_orphans_args
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
@@ -102,4 +102,5 @@ class KeepAliveStep(ThreadStep):
         options = conf.broker_transport_options or {}
         visibility = float(options.get("visibility_timeout", 3600))
         index_key = options.get("unacked_index_key", keys.UNACKED_INDEX)
-        return KeepAlive(conf.earnevents_redis_uri, index_key, max(0.5, visibility / 4), consumed_queues(worker))
+        redis_uri = appsettings.settings_of(worker.app).redis_uri
+        return KeepAlive(redis_uri, index_key, max(0.5, visibility / 4), consumed_queues(worker))

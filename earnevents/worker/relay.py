@@ -18,9 +18,13 @@ from typing import Any
 from pymongo import MongoClient
 
 from .. import keys, message, outbox, redisurl, schedule
+from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
+
+INTERVAL = 1.0
+"""Seconds between a worker's checks of the MongoDB outbox."""
 
 BATCH = 500
 LOCK_MS = 30_000
@@ -101,14 +105,7 @@ class RelayStep(ThreadStep):
     label = "earnevents outbox relay"
 
     def create(self, worker: Any) -> Relay | None:
-        conf = worker.app.conf
-        mongo_uri = conf.get("earnevents_mongo_uri")
-        if not mongo_uri:
+        settings = appsettings.settings_of(worker.app)
+        if not settings.mongo_uri:
             return None
-        return Relay(
-            conf.earnevents_redis_uri,
-            mongo_uri,
-            conf.earnevents_database,
-            consumed_queues(worker),
-            conf.earnevents_relay_interval,
-        )
+        return Relay(settings.redis_uri, settings.mongo_uri, settings.database, consumed_queues(worker), INTERVAL)

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from .. import redisurl, schedule
+from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class SchedulerStep(ThreadStep):
 
     def create(self, worker: Any) -> Mover:
         queues = consumed_queues(worker)
-        interval = worker.app.conf.get("earnevents_scheduler_interval", 0.2)
+        settings = appsettings.settings_of(worker.app)
+        interval = settings.scheduler_interval
         log.info("delay scheduler serving %s every %gs", ", ".join(queues), interval)
-        return Mover(worker.app.conf.earnevents_redis_uri, queues, interval)
+        return Mover(settings.redis_uri, queues, interval)
