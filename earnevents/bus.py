@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import math
 import sys
 import time
@@ -32,9 +31,10 @@ from .errors import DeadItemNotFoundError, EventTooLargeError, JobNotFoundError,
 from .event import Event
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
+from .logtext import get_logger
 from .schedule import ScheduledEvent
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 

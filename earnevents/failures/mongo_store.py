@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,9 +13,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import WriteError
 
 from .. import keys, names
+from ..logtext import get_logger
 from .record import FailedJob
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EVENT_AS_JSON = "event_json"
 """Field set to True when ``event`` is stored as its JSON wire form in a string (see add)."""
