@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import sys
 import time
 import weakref
@@ -23,7 +22,7 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import deadletters, keys, message, outbox, schedule
+from . import deadletters, keys, message, names, outbox, schedule
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
@@ -31,10 +30,11 @@ from .errors import DeadItemNotFoundError, EventTooLargeError, JobNotFoundError,
 from .event import Event
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
+from .logtext import get_logger
 from .redact import redact_uri
 from .schedule import ScheduledEvent
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
@@ -267,7 +267,12 @@ class EventBus:
     # --- the delay schedule -------------------------------------------------------
 
     async def cancel(self, event_id: str) -> bool:
-        """Withdraw a delayed event that is still waiting: True if it was pending."""
+        """Withdraw a delayed event that is still waiting: True if it was pending.
+
+        ``event_id`` is a str (TypeError otherwise), compared as it is.
+        """
+        if not isinstance(event_id, str):
+            raise TypeError(f"event_id must be a str, got {type(event_id).__name__}")
         state = self._state()
         script_keys, argv = schedule.cancel_args(state.settings.queue_name, event_id)
         client = state.connections.redis()
@@ -276,7 +281,11 @@ class EventBus:
     async def get_scheduled(
         self, limit: int = 100, offset: int = 0, event_name: str | None = None
     ) -> list[ScheduledEvent]:
-        """Pending delayed events and handler retries of this queue, soonest first."""
+        """Pending delayed events and handler retries of this queue, soonest first.
+
+        ``event_name`` (a str, compared as it is) shows only that event's.
+        """
+        names.check_filter(event_name, "event_name")
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         if limit == 0:
@@ -300,6 +309,7 @@ class EventBus:
 
     async def count_scheduled(self, event_name: str | None = None) -> int:
         """How many messages :meth:`get_scheduled` pages through."""
+        names.check_filter(event_name, "event_name")
         state = self._state()
         queue = state.settings.queue_name
         index = keys.scheduled_zset(queue) if event_name is None else keys.scheduled_by_event(queue, event_name)
@@ -310,32 +320,47 @@ class EventBus:
     async def get_failed_jobs(
         self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
     ) -> list[FailedJob]:
-        """Failed jobs, newest first, optionally filtered by event name and/or handler."""
+        """Failed jobs, newest first, optionally filtered by event name and/or handler.
+
+        The filters are str (TypeError otherwise) compared as they are: never a pattern
+        or a query operator.
+        """
+        names.check_filter(event_name, "event_name")
+        names.check_filter(handler, "handler")
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         return await self._state().failures.list(limit, offset, event_name, handler)
 
     async def count_failed_jobs(self, event_name: str | None = None, handler: str | None = None) -> int:
         """How many failed jobs :meth:`get_failed_jobs` pages through."""
+        names.check_filter(event_name, "event_name")
+        names.check_filter(handler, "handler")
         return await self._state().failures.count(event_name, handler)
 
     async def get_failed_job(self, job_id: str) -> FailedJob:
-        """One failed job; JobNotFoundError when there is none with that id."""
+        """One failed job; JobNotFoundError when there is none with that id.
+
+        Ids are str (TypeError otherwise); one that is not 32 lowercase hex digits, the
+        form of the ids earnevents makes, is not found without asking the store.
+        """
         job = await self._state().failures.get(job_id)
         if job is None:
-            raise JobNotFoundError(f"no failed job with id {job_id!r}")
+            raise JobNotFoundError(f"no failed job with id {job_id!r}{_id_hint(job_id)}")
         return job
 
     async def retry_job(self, job_id: str) -> str:
         """Re-run that job's handler for its event now and take it off the failed list.
 
         The handler gets a fresh round of retries under this process' retry policy.
-        Returns the id of the message sent. JobNotFoundError for an unknown id.
+        Returns the id of the message sent. JobNotFoundError for an unknown id
+        (ids as for :meth:`get_failed_job`).
         """
         state = self._state()
         job = await state.failures.take(job_id)
         if job is None:
-            raise JobNotFoundError(f"no failed job with id {job_id!r} (already retried or removed?)")
+            raise JobNotFoundError(
+                f"no failed job with id {job_id!r}{_id_hint(job_id) or ' (already retried or removed?)'}"
+            )
         policy = state.settings.event.retry_policy
         task_id = message.new_task_id()
         payload = message.build(
@@ -353,9 +378,10 @@ class EventBus:
         return task_id
 
     async def remove_job(self, job_id: str) -> None:
-        """Delete a failed job for good. JobNotFoundError for an unknown id."""
+        """Delete a failed job for good. JobNotFoundError for an unknown id (ids as for
+        :meth:`get_failed_job`)."""
         if not await self._state().failures.remove(job_id):
-            raise JobNotFoundError(f"no failed job with id {job_id!r}")
+            raise JobNotFoundError(f"no failed job with id {job_id!r}{_id_hint(job_id)}")
 
     # --- dead letters: queue items workers refused --------------------------------
 
@@ -372,18 +398,27 @@ class EventBus:
         return await deadletters.count(state.connections.redis(), state.settings.queue_name)
 
     async def get_dead_item(self, item_id: str) -> DeadItem:
-        """One refused item; DeadItemNotFoundError when there is none with that id."""
+        """One refused item; DeadItemNotFoundError when there is none with that id.
+
+        Ids are str (TypeError otherwise); one not of the form earnevents makes (32
+        lowercase hex digits) is not found without asking Redis.
+        """
         state = self._state()
         item = await deadletters.get(state.connections.redis(), state.settings.queue_name, item_id)
         if item is None:
-            raise DeadItemNotFoundError(f"no dead item with id {item_id!r} on queue {state.settings.queue_name!r}")
+            raise DeadItemNotFoundError(
+                f"no dead item with id {item_id!r} on queue {state.settings.queue_name!r}{_id_hint(item_id)}"
+            )
         return item
 
     async def remove_dead_item(self, item_id: str) -> None:
-        """Delete a refused item's record. DeadItemNotFoundError for an unknown id."""
+        """Delete a refused item's record. DeadItemNotFoundError for an unknown id (ids as
+        for :meth:`get_dead_item`)."""
         state = self._state()
         if not await deadletters.remove(state.connections.redis(), state.settings.queue_name, item_id):
-            raise DeadItemNotFoundError(f"no dead item with id {item_id!r} on queue {state.settings.queue_name!r}")
+            raise DeadItemNotFoundError(
+                f"no dead item with id {item_id!r} on queue {state.settings.queue_name!r}{_id_hint(item_id)}"
+            )
 
 
 if sys.version_info >= (3, 11):
@@ -448,6 +483,12 @@ def _show(number: int | float) -> str:
     if isinstance(number, int) and number.bit_length() > 64:
         return f"an integer of {number.bit_length()} bits"
     return repr(number)
+
+
+def _id_hint(record_id: str) -> str:
+    """Why an id that is not of the form earnevents makes was not found."""
+    return "" if names.is_record_id(record_id) else f" (ids are {names.RECORD_ID_RULE})"
+
 
 
 event_bus = EventBus()

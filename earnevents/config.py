@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import redisurl
+from . import names, redisurl
 from .errors import ConfigError
 from .redact import redact_uri
 from .retry import MAX_INTERVAL, MAX_RETRIES, RetryCaps, RetryPolicy
@@ -58,7 +58,7 @@ class EventConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     queue_name: str = Field(default=DEFAULTS["EARNEVENTS_QUEUE"], min_length=1)
-    """Celery queue (on Redis, a list of this name) events are published to."""
+    """Celery queue (on Redis, a list of this name) events are published to; see ``names.check_queue_name``."""
     retry_policy: RetryPolicy | None = None
     """Policy carried by every message this process publishes; None: the worker's."""
     publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0, allow_inf_nan=False)
@@ -67,6 +67,11 @@ class EventConfig(BaseModel):
     """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""
     max_message_size: int = Field(default=int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"]), ge=MIN_MESSAGE_SIZE)
     """Bytes: workers refuse larger queue items, so publish refuses such messages up front."""
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        return names.check_queue_name(value, "queue_name")
 
     @field_validator("retry_policy", mode="before")
     @classmethod

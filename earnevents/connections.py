@@ -9,7 +9,6 @@ made for it instead of failing with "attached to a different loop".
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,9 +19,10 @@ from redis.backoff import NoBackoff
 
 from . import redisurl
 from .config import Settings
+from .logtext import get_logger
 from .outbox import REDIS_BUDGET as OUTBOX_REDIS_BUDGET
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds one Redis command may take; publish retries around it (tenacity)."""

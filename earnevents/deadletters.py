@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from . import keys
+from . import keys, names
 
 RAW_MAX = 64 * 1024
 """At most this many bytes of a refused item are kept (never decompressed)."""
@@ -137,11 +137,16 @@ async def count(client: Any, queue: str) -> int:
 
 
 async def get(client: Any, queue: str, item_id: str) -> DeadItem | None:
+    """One record; None when there is none with that id (TypeError for a non-str id)."""
+    if not names.is_record_id(item_id, "item_id"):
+        return None
     record = await client.hget(keys.dead_items(queue), item_id)
     return None if record is None else DeadItem.from_json(record)
 
 
 async def remove(client: Any, queue: str, item_id: str) -> bool:
-    """Delete one record; False when there was none with that id."""
+    """Delete one record; False when there was none with that id (TypeError for a non-str id)."""
+    if not names.is_record_id(item_id, "item_id"):
+        return False
     removed = await client.eval(REMOVE_SCRIPT, 2, keys.dead_index(queue), keys.dead_items(queue), item_id)
     return bool(removed)

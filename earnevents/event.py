@@ -22,6 +22,8 @@ from typing import Any
 
 from bson import ObjectId
 
+from . import names
+
 TAG = "__ee__"
 """Key marking a tagged (typed) value in the wire form."""
 
@@ -46,6 +48,8 @@ class Event:
     ``id`` (a unique hex string) and ``timestamp`` (aware UTC) are filled in when
     the event is created; ``metadata`` holds context that is not domain data
     (tracing ids, the model's changed fields, ...) and defaults to an empty dict.
+    ``name`` and a given ``id`` must follow the rules of :mod:`earnevents.names`
+    (TypeError for a non-str, ValueError naming the rule otherwise).
     """
 
     name: str
@@ -55,18 +59,17 @@ class Event:
     timestamp: dt.datetime = field(default_factory=_utcnow)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TypeError(f"Event name must be a str, got {type(self.name).__name__}")
-        if not self.name.strip():
-            raise ValueError("Event name must be a non-empty string such as 'user.created'")
+        names.check_event_name(self.name, "Event name")
+        names.check_event_id(self.id, "Event id")
+        self._check_fields()
+
+    def _check_fields(self) -> None:
         if not isinstance(self.data, Mapping):
             raise TypeError(f"Event data must be a dict, got {type(self.data).__name__}")
         if self.metadata is None:
             object.__setattr__(self, "metadata", {})
         elif not isinstance(self.metadata, Mapping):
             raise TypeError(f"Event metadata must be a dict or None, got {type(self.metadata).__name__}")
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError("Event id must be a non-empty string")
         if not isinstance(self.timestamp, dt.datetime) or self.timestamp.tzinfo is None:
             raise ValueError("Event timestamp must be a timezone-aware datetime")
 
@@ -82,15 +85,28 @@ class Event:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Event:
-        """Rebuild an event from :meth:`to_wire` output; raises ValueError on malformed input."""
+        """Rebuild an event from :meth:`to_wire` output; raises ValueError on malformed input.
+
+        The name and id need only be non-empty strings here, not follow the rules
+        ``Event(...)`` enforces: events stored (failed jobs, the schedule) before a rule
+        existed stay readable. New events cannot break them: publishing builds an Event.
+        """
         try:
-            return cls(
-                name=wire["name"],
-                data=decode(wire["data"]),
-                metadata=decode(wire.get("metadata") or {}),
-                id=wire["id"],
-                timestamp=dt.datetime.fromisoformat(wire["timestamp"]),
-            )
+            fields = {
+                "name": wire["name"],
+                "data": decode(wire["data"]),
+                "metadata": decode(wire.get("metadata") or {}),
+                "id": wire["id"],
+                "timestamp": dt.datetime.fromisoformat(wire["timestamp"]),
+            }
+            for key in ("name", "id"):
+                if not isinstance(fields[key], str) or not fields[key]:
+                    raise TypeError(f"event {key} must be a non-empty str, got {fields[key]!r}")
+            event = object.__new__(cls)
+            for key, value in fields.items():
+                object.__setattr__(event, key, value)
+            event._check_fields()
+            return event
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed event on the wire: {exc!r}") from exc
 

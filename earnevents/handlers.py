@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import names
 from .errors import HandlerNotFoundError
 from .retry import RetryPolicy
 
@@ -63,11 +64,11 @@ class HandlerRegistry:
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Handler:
-        if not isinstance(event_name, str) or not event_name.strip():
-            raise ValueError("event_handler needs a non-empty event name such as 'user.created'")
+        # Exact names only until subscriptions take wildcards (then: names.check_pattern).
+        names.check_event_name(event_name, "event_handler's event name")
         if not callable(func):
             raise TypeError(f"event_handler decorates functions, got {type(func).__name__}")
-        name = f"{func.__module__}.{func.__qualname__}"
+        name = names.check_handler_name(f"{func.__module__}.{func.__qualname__}", "handler name (module.qualname)")
         handler = Handler(
             event_name=event_name,
             func=func,
@@ -126,7 +127,9 @@ def event_handler(
 ) -> Callable[[F], F]:
     """Subscribe an ``async def`` or plain ``def`` function to ``event_name``.
 
-    The function receives the :class:`~earnevents.Event`. ``retry_policy`` (a dict
+    The function receives the :class:`~earnevents.Event`. ``event_name`` and the
+    function's ``module.qualname`` must follow :mod:`earnevents.names` (TypeError or
+    ValueError when decorating). ``retry_policy`` (a dict
     of RetryPolicy fields or a RetryPolicy) overrides every other policy for it.
     ``timeout`` (seconds) makes a try that runs longer fail with HandlerTimeoutError
     (retried, then recorded); None: the worker's ``EARNEVENTS_HANDLER_TIMEOUT``.
@@ -144,9 +147,11 @@ def event_handler(
 def model_event_name(model: str | type, action: str) -> str:
     """``("User", "created")`` -> ``"user.created"``; ``OrderItem`` -> ``order_item``."""
     model_name = model if isinstance(model, str) else model.__name__
+    if not isinstance(model_name, str) or not isinstance(action, str):
+        raise TypeError("a model event needs a model name and an action, both str")
     if not model_name or not action:
         raise ValueError("a model event needs a model name and an action")
-    return f"{snake_case(model_name)}.{action}"
+    return names.check_event_name(f"{snake_case(model_name)}.{action}", "model event name")
 
 
 def snake_case(name: str) -> str:

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 PREFIX = "earnevents"
 
+QUEUE_KEY_WORDS = frozenset({"scheduled", "outbox-lock", "failed", "inflight", "inflight-consumers", "dead"})
+"""What follows ``<PREFIX>:<queue>:`` in a per-queue key. Queue names may not contain these
+as ``:``-separated parts (``names.check_queue_name``): the first such part of a key then marks
+where its queue name ends, so no queue's keys are another queue's."""
+
+GLOBAL_KEY_WORDS = frozenset(
+    {"dedup", "claims", "failed-job", "consumer-alive", "unacked", "unacked_index", "unacked_mutex"}
+)
+"""What follows ``<PREFIX>:`` in a key shared by all queues (reserved in queue names too)."""
+
+RESERVED_WORDS = QUEUE_KEY_WORDS | GLOBAL_KEY_WORDS
+
 TASK_NAME = "earnevents.dispatch"
 """The Celery task that runs an event's handlers. Publishers know it by name only."""
 

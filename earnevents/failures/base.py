@@ -12,6 +12,10 @@ class FailureStore(Protocol):
 
     A store serves one queue: list and count show that queue's jobs; ids are
     unique across queues, so get, take and remove work by id alone.
+
+    Ids and name filters are str only (TypeError otherwise, never a query operator);
+    an id not of the form earnevents makes (``names.is_record_id``) is not found,
+    without a query. Filters are compared as they are, never as patterns.
     """
 
     async def add(self, job: FailedJob) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +12,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import WriteError
 
-from .. import keys
+from .. import keys, names
+from ..logtext import get_logger
 from .record import FailedJob
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EVENT_AS_JSON = "event_json"
 """Field set to True when ``event`` is stored as its JSON wire form in a string (see add)."""
@@ -61,9 +61,9 @@ class MongoFailureStore:
 
     def _filter(self, event_name: str | None, handler: str | None) -> dict[str, Any]:
         query: dict[str, Any] = {"queue": self.queue}
-        if event_name is not None:
+        if names.check_filter(event_name, "event_name") is not None:
             query["event_name"] = event_name
-        if handler is not None:
+        if names.check_filter(handler, "handler") is not None:
             query["handler"] = handler
         return query
 
@@ -96,16 +96,22 @@ class MongoFailureStore:
         return await col.count_documents(self._filter(event_name, handler))
 
     async def get(self, job_id: str) -> FailedJob | None:
+        if not names.is_record_id(job_id, "job_id"):
+            return None
         col = await self._col()
         doc = await col.find_one({"_id": job_id})
         return None if doc is None else FailedJob.from_doc(doc)
 
     async def take(self, job_id: str) -> FailedJob | None:
+        if not names.is_record_id(job_id, "job_id"):
+            return None
         col = await self._col()
         doc = await col.find_one_and_delete({"_id": job_id})
         return None if doc is None else FailedJob.from_doc(doc)
 
     async def remove(self, job_id: str) -> bool:
+        if not names.is_record_id(job_id, "job_id"):
+            return False
         col = await self._col()
         result = await col.delete_one({"_id": job_id})
         return result.deleted_count == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .. import keys
+from .. import keys, names
 from .record import FailedJob
 
 
@@ -45,6 +45,8 @@ class RedisFailureStore:
 
     def _index(self, event_name: str | None, handler: str | None) -> str:
         q = self.queue
+        names.check_filter(event_name, "event_name")
+        names.check_filter(handler, "handler")
         if event_name is not None and handler is not None:
             return keys.failed_by_event_handler(q, event_name, handler)
         if event_name is not None:
@@ -69,6 +71,8 @@ class RedisFailureStore:
         return int(await self._client().zcard(self._index(event_name, handler)))
 
     async def get(self, job_id: str) -> FailedJob | None:
+        if not names.is_record_id(job_id, "job_id"):
+            return None
         raw = await self._client().get(keys.failed_job(job_id))
         return None if raw is None else FailedJob.from_doc(json.loads(raw))
 

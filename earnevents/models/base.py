@@ -289,13 +289,28 @@ class BaseModel(pydantic.BaseModel):
 
     @classmethod
     async def get(cls: type[M], id: Any) -> M | None:
-        """The model stored with that ``_id`` (an ObjectId or its hex string), or None."""
-        doc = await cls.get_collection().find_one({"_id": object_id(id)})
+        """The model stored with that ``_id`` (an ObjectId or its 24-hex-digit string), or None.
+
+        Anything but an ObjectId or a str is a TypeError (a dict would be a query
+        operator); a str that is not 24 hex digits names no model (ids are ObjectIds):
+        None, without a query.
+        """
+        if isinstance(id, str):
+            if not ObjectId.is_valid(id):
+                return None
+            id = ObjectId(id)
+        elif not isinstance(id, ObjectId):
+            raise TypeError(f"{cls.__name__}.get takes an ObjectId or its 24-hex-digit string, got {type(id).__name__}")
+        doc = await cls.get_collection().find_one({"_id": id})
         return None if doc is None else cls.from_document(doc)
 
     @classmethod
     async def find_one(cls: type[M], filter: Mapping[str, Any] | None = None, sort: SortSpec = None) -> M | None:
-        """The first model matching ``filter`` (in ``sort`` order), or None."""
+        """The first model matching ``filter`` (in ``sort`` order), or None.
+
+        ``filter`` is a raw MongoDB filter, operators included: never pass request data
+        into it unchecked (``{"email": request_value}`` with a dict value is a query).
+        """
         doc = await cls.get_collection().find_one(dict(filter or {}), sort=sort_spec(sort))
         return None if doc is None else cls.from_document(doc)
 
@@ -304,6 +319,8 @@ class BaseModel(pydantic.BaseModel):
         cls: type[M], filter: Mapping[str, Any] | None = None, sort: SortSpec = None, skip: int = 0, limit: int = 0
     ) -> Query[M]:
         """Matching models: ``await`` it for a list, or ``async for`` over it.
+
+        ``filter`` is a raw MongoDB filter, as for :meth:`find_one`: check request data first.
 
         ``sort``: ``"name"``, ``"-name"`` (descending), a list of those, or PyMongo's ``[("name", 1)]``.
         """

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pydantic
 
+from .. import names
+
 if TYPE_CHECKING:
     from .base import BaseModel
 
@@ -119,8 +121,7 @@ async def run_action(
 
 
 def _save_event(name: str, when: Literal["before", "after"]) -> Callable[[F], F]:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"@{when}_save needs an event name, as in @{when}_save('user.before_create')")
+    names.check_event_name(name, f"@{when}_save's event name")
 
     def decorate(method: F) -> F:
         if not inspect.iscoroutinefunction(method):

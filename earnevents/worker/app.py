@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from ..failures import FailedJob
 from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
+from ..logtext import get_logger
 from . import appsettings
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures
@@ -46,7 +46,7 @@ from .relay import RelayStep
 from .running import on_termination
 from .scheduler import SchedulerStep
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 

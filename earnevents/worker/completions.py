@@ -26,7 +26,6 @@ Completion (:meth:`Completions.mark`) and settling a failure
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import redis
@@ -35,8 +34,9 @@ from redis.commands.core import AsyncScript
 
 from .. import keys
 from ..groupcommit import GroupCommit
+from ..logtext import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 COMPLETED = 0
 """Claim result: the job completed before (within the window); skip it."""

@@ -10,7 +10,6 @@ schedule) until its policy is spent, then recorded. How one handler try runs is
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -20,11 +19,12 @@ from ..errors import HandlerNotFoundError, WorkerLostError
 from ..failures import FailedJob, FailureStore
 from ..failures.record import describe
 from ..handlers import Handler, HandlerRegistry
+from ..logtext import get_logger
 from ..retry import RetryPolicy
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
 from .running import run_async, run_sync
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def select_handlers(registry: HandlerRegistry, job: Job) -> list[Handler]:

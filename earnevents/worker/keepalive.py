@@ -17,18 +17,18 @@ consumers that died (``worker.consumers``) to the queue.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery.worker import state
 
 from .. import keys, redisurl
+from ..logtext import get_logger
 from . import appsettings, consumers
 from .clock import RedisClock
 from .consumers import RETURN_ORPHANS, return_orphans_args
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def held_delivery_tags() -> list[str]:

@@ -11,7 +11,6 @@ would hold every delayed event.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import weakref
@@ -21,7 +20,9 @@ import redis
 from celery import bootsteps
 from pymongo.errors import PyMongoError
 
-log = logging.getLogger(__name__)
+from ..logtext import get_logger
+
+log = get_logger(__name__)
 
 # Fork safety. A prefork worker forks pool processes from its main thread at start and
 # whenever a child is replaced; these threads run in that same process. A thread inside

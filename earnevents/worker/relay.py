@@ -10,7 +10,6 @@ redis-py's blocking clients.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from typing import Any
@@ -18,10 +17,11 @@ from typing import Any
 from pymongo import MongoClient
 
 from .. import keys, message, outbox, redisurl, schedule
+from ..logtext import get_logger
 from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 INTERVAL = 1.0
 """Seconds between a worker's checks of the MongoDB outbox."""

@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
-import logging
 import signal
 import threading
 import time
@@ -28,9 +27,10 @@ from ..context import _current as _current_job
 from ..errors import HandlerTimeoutError
 from ..event import Event
 from ..handlers import Handler
+from ..logtext import get_logger
 from .jobs import Bookkeeper, Job, Loop, Outcome, job_context
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 async def _record(books: Bookkeeper, job: Job, handler: str) -> Outcome:

@@ -8,14 +8,14 @@ script, so each due message is enqueued once.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from .. import redisurl, schedule
+from ..logtext import get_logger
 from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BATCH = 500
 """Most messages moved by one script call; a full batch is followed at once by another."""

@@ -43,7 +43,6 @@ as the queue it was taken from.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import socket
@@ -61,11 +60,12 @@ from kombu.utils.json import dumps
 
 from .. import deadletters, keys
 from ..config import DEFAULTS
+from ..logtext import get_logger
 from ..redisurl import UNIX_SOCKET_OPTION
 from . import consumers, items
 from .clock import RedisClock
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 # KEYS: queue, unacked hash, unacked index, this consumer's in-flight list. ARGV: how many
