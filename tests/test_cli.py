@@ -210,17 +210,16 @@ def test_durations_take_one_unit():
             cli_module.parse_duration(bad)
 
 
-def test_unknown_id_is_one_error_line_and_exit_1(redis_url, queue, capsys):
+def test_unknown_ids_and_redis_down_are_one_error_line_and_exit_1(redis_url, queue, capsys, monkeypatch):
+    monkeypatch.setenv("EARNEVENTS_MONGO_URI", "")
+    # An unknown id
     status, _, err = run_main(capsys, "--redis-uri", redis_url, "failed", "show", "nope")
     assert status == 1
     assert_one_error_line(err)
     assert "'nope'" in err
-
-
-def test_redis_down_is_one_error_line_and_exit_1(queue, capsys, monkeypatch):
-    monkeypatch.setenv("EARNEVENTS_MONGO_URI", "")
+    # Redis down, whatever the command
     down = f"redis://127.0.0.1:{free_port()}/0"
-    for argv in (("failed", "list"), ("dead", "list"), ("failed", "purge", "--yes")):
+    for argv in (("failed", "list"), ("dead", "list"), ("failed", "purge", "--yes"), ("failed", "remove", "x", "-y")):
         status, _, err = run_main(capsys, "--redis-uri", down, *argv)
         assert status == 1, err
         assert_one_error_line(err)
