@@ -90,7 +90,8 @@ class EventBus:
 
         With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
         before then; the event waits in Redis, and ``cancel(event.id)`` can still
-        withdraw it. Raises TypeError/ValueError on bad input (nothing is sent), among
+        withdraw it. Either is at most 10 years ahead (``schedule.MAX_DELAY``); an
+        ``at`` in the past is due at once. Raises TypeError/ValueError on bad input (nothing is sent), among
         them EventTooLargeError when its message is larger than workers take
         (``max_message_size``), and PublishError when Redis cannot take the event
         within ``publish_timeout`` s.
@@ -452,19 +453,34 @@ def _check_delay(delay: Any) -> float:
         return 0.0
     if isinstance(delay, bool) or not isinstance(delay, (int, float)):
         raise TypeError(f"delay must be a number of seconds, got {type(delay).__name__}")
-    if not math.isfinite(delay) or delay < 0:
-        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    if not 0 <= delay <= schedule.MAX_DELAY:  # NaN fails too; a huge int is compared exactly
+        raise ValueError(
+            f"delay must be from 0 to {schedule.MAX_DELAY:.0f} seconds (10 years), got {_show(delay)}; "
+            "to publish at a moment, use at="
+        )
     return float(delay)
 
 
 def _check_at(at: Any) -> float | None:
+    """Unix time of an aware ``at``, at most MAX_DELAY ahead; one in the past is due at once."""
     if at is None:
         return None
     if not isinstance(at, dt.datetime):
         raise TypeError(f"at must be a datetime, got {type(at).__name__}")
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("at must be timezone-aware (e.g. datetime.now(timezone.utc) + timedelta(hours=1))")
-    return at.timestamp()
+    due = at.timestamp()
+    if due > time.time() + schedule.MAX_DELAY:
+        raise ValueError(f"at must be at most 10 years ahead, got {at.isoformat()}")
+    # Already due; kept from 1970 on so that get_scheduled can show it (year 1 at UTC+23 is year 0 in UTC).
+    return max(due, 0.0)
+
+
+def _show(number: int | float) -> str:
+    """``repr`` that cannot fail: a huge int's digits are not printed."""
+    if isinstance(number, int) and number.bit_length() > 64:
+        return f"an integer of {number.bit_length()} bits"
+    return repr(number)
 
 
 def _redact(uri: str) -> str:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import redisurl
 from .errors import ConfigError
-from .retry import RetryPolicy
+from .retry import MAX_INTERVAL, MAX_RETRIES, RetryCaps, RetryPolicy
 
 ENV_PREFIX = "EARNEVENTS_"
 
@@ -47,8 +47,14 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_FAILED_MAX": "100000",
     "EARNEVENTS_FAILED_MAX_AGE": "2592000",
     "EARNEVENTS_OUTBOX_MAX": "1000000",
+    "EARNEVENTS_MAX_RETRIES_CAP": "100",
+    "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
+
+DEFAULT_RETRY_CAPS = RetryCaps(
+    int(DEFAULTS["EARNEVENTS_MAX_RETRIES_CAP"]), float(DEFAULTS["EARNEVENTS_MIN_RETRY_INTERVAL"])
+)
 
 
 class EventConfig(BaseModel):
@@ -60,7 +66,7 @@ class EventConfig(BaseModel):
     """Celery queue (on Redis, a list of this name) events are published to."""
     retry_policy: RetryPolicy | None = None
     """Policy carried by every message this process publishes; None: the worker's."""
-    publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0)
+    publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0, allow_inf_nan=False)
     """Seconds publish() keeps retrying an unreachable Redis before PublishError."""
     outbox: bool | None = None
     """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""
@@ -97,6 +103,8 @@ class Settings:
     """Seconds a failed-job record is kept after it failed; older ones are not listed and are deleted."""
     outbox_max: int = int(DEFAULTS["EARNEVENTS_OUTBOX_MAX"])
     """Outbox documents per queue; a publish that would go beyond raises OutboxFullError."""
+    retry_caps: RetryCaps = DEFAULT_RETRY_CAPS
+    """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
 
     @property
     def queue_name(self) -> str:
@@ -172,6 +180,7 @@ class Settings:
             failed_max=_int_env(env, "EARNEVENTS_FAILED_MAX", 1),
             failed_max_age=_failed_age_env(env, "EARNEVENTS_FAILED_MAX_AGE"),
             outbox_max=_int_env(env, "EARNEVENTS_OUTBOX_MAX", 1),
+            retry_caps=_retry_caps_env(env),
         )
 
 
@@ -181,6 +190,8 @@ def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> fl
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{var} must be a finite number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{var} must be {'>= 0' if allow_zero else 'positive'}, got {raw!r}")
     return value
@@ -198,10 +209,20 @@ def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
 
 
 def _failed_age_env(env: Mapping[str, str], var: str) -> float:
-    value = _float_env(env, var)
-    if not math.isfinite(value) or value > MAX_FAILED_AGE:
+    value = _float_env(env, var)  # positive and finite
+    if value > MAX_FAILED_AGE:
         raise ConfigError(f"{var} must be at most {MAX_FAILED_AGE} seconds (about 100 years), got {value:g}")
     return value
+
+
+def _retry_caps_env(env: Mapping[str, str]) -> RetryCaps:
+    retries = _int_env(env, "EARNEVENTS_MAX_RETRIES_CAP", 0)
+    if retries > MAX_RETRIES:
+        raise ConfigError(f"EARNEVENTS_MAX_RETRIES_CAP must be <= {MAX_RETRIES}, got {retries}")
+    interval = _float_env(env, "EARNEVENTS_MIN_RETRY_INTERVAL", allow_zero=True)
+    if not interval <= MAX_INTERVAL:  # NaN and inf too
+        raise ConfigError(f"EARNEVENTS_MIN_RETRY_INTERVAL must be <= {MAX_INTERVAL:g} seconds, got {interval!r}")
+    return RetryCaps(retries, interval)
 
 
 def _timeout_env(env: Mapping[str, str], var: str) -> float | None:

@@ -5,8 +5,9 @@ small tagged form, ``{"__ee__": <tag>, "v": <json value>}``, so a handler gets b
 exactly the types that were published: datetime, date, time, timedelta, UUID,
 Decimal, bson ObjectId, bytes and tuple, at any depth. A user dict that happens to
 contain the tag key is wrapped too, so nothing published is ever misread.
-Anything else (sets, arbitrary objects, non-string dict keys) is refused with a
-TypeError when the event is encoded, which happens at publish time.
+Anything else (sets, arbitrary objects, non-string dict keys, containers nested
+deeper than :data:`MAX_DEPTH` or holding themselves) is refused with a TypeError
+naming the place when the event is encoded, which happens at publish time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ TAG = "__ee__"
 """Key marking a tagged (typed) value in the wire form."""
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+
+MAX_DEPTH = 100
+"""How deep dicts, lists and tuples may nest in an event's data or metadata (data itself is level 1)."""
 
 
 def _utcnow() -> dt.datetime:
@@ -125,21 +129,66 @@ _DECODERS: dict[str, _Decoder] = {
 def encode(value: Any, path: str = "value") -> Any:
     """Return ``value`` in JSON-safe wire form, keeping supported types tagged.
 
-    ``path`` names the position in error messages (``data['when'][2]``).
+    ``path`` names the position in error messages (``data['when'][2]``). Containers
+    (dicts, lists, tuples) may nest :data:`MAX_DEPTH` deep, ``value`` itself counting
+    as one; deeper nesting, and a container that holds itself, are a TypeError.
     """
+    try:
+        return _encode(value, path, 1)
+    except _TooDeep as exc:
+        raise TypeError(exc.explain()) from None
+
+
+class _TooDeep(Exception):
+    """Raised past MAX_DEPTH; each container on the way out adds itself, outermost last."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        super().__init__(path)
+        self.chain: list[tuple[Any, str]] = [(value, path)]
+
+    def explain(self) -> str:
+        # Tracking the open containers at every level would slow every publish: only
+        # once the depth limit is hit, tell a container holding itself from deep data.
+        seen: dict[int, str] = {}
+        for value, path in reversed(self.chain):
+            if id(value) in seen:
+                return (
+                    f"{path} is {seen[id(value)]} itself: an event cannot carry a dict, list or tuple "
+                    "that contains itself"
+                )
+            seen[id(value)] = path
+        return (
+            f"{self.chain[0][1]} is nested {MAX_DEPTH + 1} levels deep; event data and metadata may "
+            f"nest dicts, lists and tuples {MAX_DEPTH} levels deep at most"
+        )
+
+
+def _encode(value: Any, path: str, depth: int) -> Any:
+    # ``value`` sits at level ``depth`` (the top value is level 1).
     if isinstance(value, _JSON_SCALARS):
         return value
     if isinstance(value, Mapping):
+        if depth > MAX_DEPTH:
+            raise _TooDeep(value, path)
         out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{path} has a {type(key).__name__} key {key!r}; event dict keys must be str")
-            out[key] = encode(item, f"{path}[{key!r}]")
+        try:
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"{path} has a {type(key).__name__} key {key!r}; event dict keys must be str")
+                out[key] = _encode(item, f"{path}[{key!r}]", depth + 1)
+        except _TooDeep as exc:
+            exc.chain.append((value, path))
+            raise
         return {TAG: "dict", "v": out} if TAG in out else out
-    if isinstance(value, list):
-        return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, tuple):
-        return {TAG: "tuple", "v": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+    if isinstance(value, (list, tuple)):
+        if depth > MAX_DEPTH:
+            raise _TooDeep(value, path)
+        try:
+            items = [_encode(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        except _TooDeep as exc:
+            exc.chain.append((value, path))
+            raise
+        return items if isinstance(value, list) else {TAG: "tuple", "v": items}
     for typ, tag, to_json in _ENCODERS:
         if isinstance(value, typ):
             return {TAG: tag, "v": to_json(value)}

@@ -23,6 +23,9 @@ from typing import Any
 from . import keys, message
 from .event import Event
 
+MAX_DELAY = 10 * 365.25 * 86400
+"""The furthest ahead an event may be scheduled, in seconds: 10 years (``delay`` or ``at``)."""
+
 # KEYS: zset, messages, names. ARGV: name-index prefix, "rel"|"abs", seconds, then (id, name, message) triples.
 ADD_SCRIPT = """
 local due = tonumber(ARGV[3])

@@ -31,6 +31,12 @@ async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclien
     assert envelope["headers"]["id"] == event.id
 
 
+def _holding_itself() -> dict:
+    data: dict = {}
+    data["me"] = data
+    return data
+
+
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
@@ -39,6 +45,7 @@ async def test_publish_returns_the_event_id_and_enqueues_one_message(bus, rclien
         (lambda b: b.publish(Event("a.b", {}), delay=float("nan")), ValueError, "delay"),
         (lambda b: b.publish(Event("a.b", {}), delay="5"), TypeError, "delay"),
         (lambda b: b.publish(Event("a.b", {"s": {1}})), TypeError, "set"),
+        (lambda b: b.publish(Event("a.b", _holding_itself())), TypeError, r"data\['me'\] is data itself"),
         (lambda b: b.publish_batch([Event("a.b", {}), Event("a.c", {"f": object()})]), TypeError, "object"),
         (lambda b: b.publish_batch(Event("a.b", {})), TypeError, "list"),
         (lambda b: b.publish_batch([Event("a.b", {})], events_per_message=0), ValueError, "events_per_message"),
@@ -365,3 +372,49 @@ async def test_a_push_whose_reply_was_lost_is_sent_again_as_a_copy_of_its_own(re
     assert [m["headers"]["id"] for m in items] == [event.id, event.id]
     copies = {m["properties"][message.COPY_ID] for m in items}
     assert len(copies) == 2
+
+
+# --- bounds on delay and at (10 years ahead at most) ---------------------------------
+
+TEN_YEARS = 10 * 365.25 * 86400
+"""The documented maximum of delay and at (earnevents.schedule.MAX_DELAY)."""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"delay": 1e12}, ValueError, r"delay must be from 0 to 315576000 seconds \(10 years\), got 1000000000000"),
+        ({"delay": 10**400}, ValueError, r"got an integer of 1329 bits"),
+        ({"delay": TEN_YEARS + 1}, ValueError, "10 years"),
+        ({"delay": 10**12}, ValueError, "10 years"),
+        ({"at": dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3660)}, ValueError, "at most 10 years ahead"),
+        ({"at": dt.datetime.max.replace(tzinfo=dt.timezone(dt.timedelta(hours=-23)))}, ValueError, "10 years"),
+    ],
+)
+async def test_delay_or_at_beyond_ten_years_is_a_value_error_and_nothing_is_sent(
+    bus, rclient, queue, kwargs, exc, match
+):
+    # When an event is published that far ahead, alone or in a batch
+    with pytest.raises(exc, match=match):
+        await bus.publish(Event("t.far", {}), **kwargs)
+    with pytest.raises(exc, match=match):
+        await bus.publish_batch([Event("t.far", {})], **kwargs)
+    # Then nothing reached Redis, and the schedule still lists fine
+    assert rclient.llen(queue) == 0 and rclient.zcard(keys.scheduled_zset(queue)) == 0
+    assert await bus.get_scheduled() == []
+
+
+async def test_ten_years_ahead_is_accepted_and_an_at_long_past_is_due_at_once(bus, rclient, queue):
+    # Given events at the limit, and at moments long past (year 1 at UTC+23 is year 0 in UTC)
+    at_limit = await bus.publish(Event("t.far", {}), delay=TEN_YEARS)
+    long_ago = dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=23)))
+    past = await bus.publish(Event("t.past", {}), at=long_ago)
+    recent = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    recently = await bus.publish(Event("t.past", {}), at=recent)
+    # Then all are pending, the past ones due before now, and get_scheduled shows them
+    listed = {s.id: s.due_at for s in await bus.get_scheduled()}
+    now = dt.datetime.now(dt.timezone.utc)
+    assert set(listed) == {at_limit, past, recently}
+    assert listed[past] < listed[recently] < now
+    assert abs(listed[recently] - recent) < dt.timedelta(milliseconds=1)
+    assert listed[at_limit] - now > dt.timedelta(days=3652)

@@ -8,6 +8,7 @@ import pytest
 
 from earnevents import ConfigError, RetryPolicy
 from earnevents.config import DEFAULTS, Settings
+from earnevents.retry import RetryCaps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,10 +69,15 @@ def test_event_config_retry_policy_accepts_the_seed_dict():
         ({"event_config": {"queue": "x"}}, {}, "queue"),
         ({"event_config": {"retry_policy": {"max_retries": -1}}}, {}, "max_retries"),
         ({"event_config": {"publish_timeout": 0}}, {}, "publish_timeout"),
+        ({"event_config": {"publish_timeout": float("inf")}}, {}, "publish_timeout"),
         ({"redis_uri": "localhost:6379"}, {}, "redis://"),
         ({"mongo_uri": "localhost"}, {}, "mongodb://"),
         ({}, {"EARNEVENTS_RETRY_POLICY": "{nope"}, "JSON"),
         ({}, {"EARNEVENTS_VISIBILITY_TIMEOUT": "soon"}, "number"),
+        ({}, {"EARNEVENTS_VISIBILITY_TIMEOUT": "nan"}, "EARNEVENTS_VISIBILITY_TIMEOUT must be a finite number"),
+        ({}, {"EARNEVENTS_SCHEDULER_INTERVAL": "inf"}, "EARNEVENTS_SCHEDULER_INTERVAL must be a finite number"),
+        ({}, {"EARNEVENTS_DEDUP_WINDOW": "nan"}, "EARNEVENTS_DEDUP_WINDOW must be a finite number"),
+        ({}, {"EARNEVENTS_PUBLISH_TIMEOUT": "inf"}, "EARNEVENTS_PUBLISH_TIMEOUT must be a finite number"),
         ({}, {"EARNEVENTS_MAX_DELIVERIES": "0"}, "EARNEVENTS_MAX_DELIVERIES must be >= 1"),
         ({}, {"EARNEVENTS_MAX_DELIVERIES": "2.5"}, "EARNEVENTS_MAX_DELIVERIES must be a whole number"),
     ],
@@ -90,3 +96,26 @@ def test_handler_timeout_is_unset_by_default_and_read_from_the_environment():
 def test_a_bad_handler_timeout_is_a_config_error(raw):
     with pytest.raises(ConfigError, match="EARNEVENTS_HANDLER_TIMEOUT"):
         Settings.resolve(environ={"EARNEVENTS_HANDLER_TIMEOUT": raw})
+
+
+def test_retry_caps_for_message_policies_default_and_come_from_the_environment():
+    assert Settings.resolve(environ={}).retry_caps == RetryCaps(max_retries=100, min_interval=0.1)
+    env = {"EARNEVENTS_MAX_RETRIES_CAP": "7", "EARNEVENTS_MIN_RETRY_INTERVAL": "0"}
+    assert Settings.resolve(environ=env).retry_caps == RetryCaps(max_retries=7, min_interval=0.0)
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("EARNEVENTS_MAX_RETRIES_CAP", "101"),
+        ("EARNEVENTS_MAX_RETRIES_CAP", "-1"),
+        ("EARNEVENTS_MAX_RETRIES_CAP", "1e12"),
+        ("EARNEVENTS_MIN_RETRY_INTERVAL", "-1"),
+        ("EARNEVENTS_MIN_RETRY_INTERVAL", "nan"),
+        ("EARNEVENTS_MIN_RETRY_INTERVAL", "inf"),
+        ("EARNEVENTS_MIN_RETRY_INTERVAL", "86401"),
+    ],
+)
+def test_a_bad_retry_cap_is_a_config_error_naming_it(var, raw):
+    with pytest.raises(ConfigError, match=var):
+        Settings.resolve(environ={var: raw})

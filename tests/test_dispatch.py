@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from earnevents import Event, RetryPolicy
+from earnevents import Event, RetryPolicy, message
 from earnevents.failures import FailedJob
 from earnevents.handlers import HandlerRegistry
+from earnevents.retry import RetryCaps
 from earnevents.worker.dispatch import (
     SettleFailed,
     choose_policy,
@@ -936,3 +937,30 @@ def test_a_packed_message_back_after_its_worker_died_runs_the_cut_short_jobs_one
     outcomes = handle_message(jobs, registry, InlineLoop(), books)
     assert len(outcomes) == 5 and all(o.error is None for o in outcomes)
     assert most == 1 and books.log == ["start handler 2"] * 5
+
+
+# --- the worker's caps on a message's retry policy -----------------------------------
+
+
+def test_a_publishers_policy_is_capped_by_the_worker_and_its_retries_carry_the_capped_one(registry):
+    # Given a worker allowing 2 retries at least 0.25 s apart, and a handler without a policy of its own
+    h = registry.register("e.x", lambda e: None)
+    caps = RetryCaps(max_retries=2, min_interval=0.25)
+    wire = Event("e.x", {}).to_wire()
+    absurd = {"max_retries": 10**12, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+    # When a message asks for 10**12 retries at 0 s
+    job = Job.from_message(wire, {"retry_policy": absurd}, "q", registry, retry_caps=caps)
+    # Then the effective policy is the capped one
+    policy = choose_policy(h, job, None)
+    assert (policy.max_retries, policy.interval_start, policy.interval_max) == (2, 0.25, 0.25)
+    assert [retry_delay(policy, attempt) for attempt in range(3)] == [0.25, 0.25, None]
+    # And the retry it schedules waits 0.25 s and carries the capped policy on
+    bus, store = FakeBus(), FakeStore()
+    asyncio.run(settle_failures(job, [Outcome(h.name, RuntimeError("x"))], registry, bus, store, None))  # type: ignore[arg-type]
+    [([(_, _, payload)], _, delay)] = bus.enqueued
+    assert delay == 0.25
+    assert message.parse(payload)[1]["retry_policy"]["max_retries"] == 2
+    # And after the capped number of tries the failure is recorded, not retried
+    last = Job.from_message(wire, {"retry_policy": absurd, "attempt": 2}, "q", registry, retry_caps=caps)
+    asyncio.run(settle_failures(last, [Outcome(h.name, RuntimeError("x"))], registry, bus, store, None))  # type: ignore[arg-type]
+    assert len(bus.enqueued) == 1 and [r.attempts for r in store.added] == [3]

@@ -105,3 +105,55 @@ def test_event_round_trips_through_the_wire_form():
 def test_malformed_wire_form_is_a_value_error():
     with pytest.raises(ValueError, match="malformed"):
         Event.from_wire({"name": "x"})
+
+
+# --- bounds: nesting depth and self-references ------------------------------------
+
+DEPTH = 100
+"""The documented nesting limit (earnevents.event.MAX_DEPTH); data itself is level 1."""
+
+
+def nested(levels: int) -> dict:
+    """A dict nested ``levels`` deep, itself counting as level 1: {'a': {'a': ... {}}}."""
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def test_nesting_up_to_the_limit_is_carried_and_beyond_it_is_a_type_error_naming_the_place():
+    # Given data exactly at the limit, data one level beyond it, and a list nested far deeper
+    at_limit = nested(DEPTH)
+    too_deep = {"list": [nested(DEPTH - 1)]}  # levels: data, the list, then DEPTH - 1 more
+    deeper: list = []
+    for _ in range(50_000):
+        deeper = [deeper]
+    # Then the first survives the wire form
+    assert Event.from_wire(json.loads(json.dumps(Event("x.y", at_limit).to_wire()))).data == at_limit
+    # And the others are TypeErrors naming where they went too deep (not RecursionError)
+    with pytest.raises(TypeError, match=r"^data\['list'\]\[0\](\['a'\]){98} is nested 101 levels deep.* 100 levels"):
+        Event("x.y", too_deep).to_wire()
+    with pytest.raises(TypeError, match=r"^data\['x'\](\[0\]){99} is nested 101 levels deep"):
+        Event("x.y", {"x": deeper}).to_wire()
+    with pytest.raises(TypeError, match=r"^metadata\['m'\](\['a'\]){99} is nested 101 levels deep"):
+        Event("x.y", {}, metadata={"m": nested(DEPTH)}).to_wire()
+
+
+def test_a_container_holding_itself_is_a_type_error_naming_both_places():
+    # Given data and metadata that contain themselves, directly or further down
+    data: dict = {"a": {"b": [1]}}
+    data["a"]["b"].append(data)
+    metadata: dict = {}
+    metadata["self"] = metadata
+    loop: list = []
+    loop.append(loop)
+    # Then each is a TypeError saying where the cycle closes
+    with pytest.raises(TypeError, match=re.escape("data['a']['b'][1] is data itself")):
+        Event("x.y", data).to_wire()
+    with pytest.raises(TypeError, match=re.escape("metadata['self'] is metadata itself")):
+        Event("x.y", {}, metadata=metadata).to_wire()
+    with pytest.raises(TypeError, match=re.escape("data['t'][0][0] is data['t'][0] itself")):
+        Event("x.y", {"t": (loop,)}).to_wire()
+    # But the same container twice side by side is no cycle
+    shared = [1, 2]
+    assert Event("x.y", {"a": shared, "b": [shared, shared]}).to_wire()["data"] == {"a": [1, 2], "b": [[1, 2], [1, 2]]}

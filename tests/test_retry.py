@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from earnevents import RetryPolicy
-from earnevents.retry import backoff
+from earnevents.retry import RetryCaps, backoff
 
 
 def test_backoff_is_linear_from_start_and_capped():
@@ -46,3 +46,57 @@ def test_coerce_accepts_policy_dict_and_none():
     assert RetryPolicy.coerce(None) is None
     with pytest.raises(TypeError):
         RetryPolicy.coerce(3)  # type: ignore[arg-type]
+
+
+# --- bounds ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"max_retries": 101}, "max_retries"),
+        ({"max_retries": 10**12}, "max_retries"),
+        ({"interval_step": float("inf")}, "interval_step"),
+        ({"interval_start": 86401, "interval_max": 86401}, "interval_start"),
+        ({"interval_max": float("inf")}, "interval_max"),
+        ({"interval_max": 1e300}, "interval_max"),
+    ],
+)
+def test_policies_over_the_documented_bounds_are_a_value_error(bad, field):
+    # 100 retries at most; each interval finite and one day at most
+    with pytest.raises(ValueError, match=f"invalid retry_policy.*{field}"):
+        RetryPolicy.coerce(bad)
+    assert RetryPolicy(max_retries=100, interval_start=86400, interval_step=86400, interval_max=86400)
+
+
+def test_a_messages_policy_is_held_within_the_workers_caps():
+    # Given a worker allowing 5 retries at least 0.25 s apart
+    caps = RetryCaps(max_retries=5, min_interval=0.25)
+    # When a message carries a policy far beyond them (built without this library)
+    raw = {"max_retries": 10**12, "interval_start": 0, "interval_step": float("inf"), "interval_max": 1e300}
+    policy = RetryPolicy.from_message(raw, caps)
+    # Then the worker's effective policy is 5 retries, each wait from 0.25 s to one day
+    assert policy == RetryPolicy(max_retries=5, interval_start=0.25, interval_step=86400, interval_max=86400)
+    assert [policy.delay_for(n) for n in (1, 2, 5)] == [0.25, 86400, 86400]
+    # And a policy within the caps is kept as it is, none stays none
+    fine = {"max_retries": 2, "interval_start": 1, "interval_step": 0, "interval_max": 1}
+    assert RetryPolicy.from_message(fine, caps) == RetryPolicy(**fine)
+    assert RetryPolicy.from_message(None, caps) is None
+    assert RetryPolicy.from_message({"max_retries": float("inf")}, caps).max_retries == 5
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_retries": -1}, {"max_retries": "x"}, {"interval_step": float("nan")}, {"retries": 3}, [3], "x"],
+)
+def test_a_malformed_message_policy_is_still_refused(bad):
+    with pytest.raises((ValueError, TypeError)):
+        RetryPolicy.from_message(bad, RetryCaps())
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_retries": 101}, {"max_retries": -1}, {"min_interval": float("nan")}, {"min_interval": 1e6}]
+)
+def test_caps_outside_the_policy_bounds_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        RetryCaps(**kwargs)

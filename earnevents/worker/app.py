@@ -197,7 +197,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             if len(args) > 1 and kwargs.get("handler") is not None:
                 raise ValueError("a retry message carries one event")
             jobs = [
-                Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id) for event in args
+                Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps)
+                for event in args
             ]
         except (TypeError, ValueError, RecursionError) as exc:  # it would fail the same way every time
             log.error("dropping malformed message %s on %s: %s", self.request.id, queue, describe(exc))

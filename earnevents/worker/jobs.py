@@ -17,7 +17,7 @@ from .. import message
 from ..context import JobContext
 from ..event import Event
 from ..handlers import HandlerRegistry
-from ..retry import RetryPolicy
+from ..retry import RetryCaps, RetryPolicy
 
 T = TypeVar("T")
 
@@ -77,11 +77,15 @@ class Job:
         registry: HandlerRegistry | None = None,
         handler_timeout: float | None = None,
         copy_id: str = "",
+        retry_caps: RetryCaps | None = None,
     ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed.
 
         With ``registry``, a retry naming a handler registered for another event
-        than the message's is malformed too (it must not run on this event).
+        than the message's is malformed too (it must not run on this event). The
+        message's retry policy is held within ``retry_caps`` (the worker's
+        EARNEVENTS_MAX_RETRIES_CAP and EARNEVENTS_MIN_RETRY_INTERVAL; None: only
+        the policy bounds), and a retry message built from this job carries it so.
         """
         handler = kwargs.get("handler")
         attempt = kwargs.get("attempt", 0)
@@ -100,7 +104,7 @@ class Job:
             event=decoded,
             handler=handler,
             attempt=attempt,
-            retry_policy=RetryPolicy.coerce(kwargs.get("retry_policy")),
+            retry_policy=RetryPolicy.from_message(kwargs.get("retry_policy"), retry_caps or RetryCaps()),
             queue=queue,
             handler_timeout=handler_timeout,
             copy_id=copy_id,
