@@ -7,7 +7,7 @@ LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed
 WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
-.PHONY: venv test test-fast test-lowest lint demo bench bench-quick chaos clean
+.PHONY: venv test test-fast test-lowest lint demo bench bench-quick capacity chaos clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,9 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python -m bench.run --quick
+
+capacity: venv  ## Redis and MongoDB bytes per delayed event, message, failed job, ... (README "Capacity")
+	$(BIN)/python -m bench.capacity
 
 chaos: venv
 	$(BIN)/python -m bench.chaos $(ARGS)

@@ -30,6 +30,7 @@ from .errors import (
     ModelStateError,
     ModelValidationError,
     NotInitializedError,
+    OutboxFullError,
     PublishError,
     WorkerLostError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "ConfigError",
     "NotInitializedError",
     "PublishError",
+    "OutboxFullError",
     "EventTooLargeError",
     "JobNotFoundError",
     "DeadItemNotFoundError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import sys
 import time
 import weakref
@@ -26,7 +27,14 @@ from . import deadletters, keys, message, names, outbox, schedule
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
-from .errors import DeadItemNotFoundError, EventTooLargeError, JobNotFoundError, NotInitializedError, PublishError
+from .errors import (
+    DeadItemNotFoundError,
+    EventTooLargeError,
+    JobNotFoundError,
+    NotInitializedError,
+    OutboxFullError,
+    PublishError,
+)
 from .event import Event
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
@@ -251,7 +259,11 @@ class EventBus:
             ) from redis_error
         try:
             copies = [(message_id, name, message.new_copy(payload)) for message_id, name, payload in messages]
-            await asyncio.wait_for(outbox.store(state.connections.db(), copies, queue, due), timeout=remaining)
+            await asyncio.wait_for(
+                outbox.store(state.connections.db(), copies, queue, due, settings.outbox_max), timeout=remaining
+            )
+        except OutboxFullError as exc:
+            raise OutboxFullError(f"{exc} (Redis: {where}, {redis_error!r})") from redis_error
         except Exception as exc:
             raise PublishError(
                 f"could not publish {len(messages)} message(s): Redis ({where}) failed with {redis_error!r} "
@@ -382,6 +394,30 @@ class EventBus:
         :meth:`get_failed_job`)."""
         if not await self._state().failures.remove(job_id):
             raise JobNotFoundError(f"no failed job with id {job_id!r}{_id_hint(job_id)}")
+
+    async def purge_failed_jobs(
+        self,
+        older_than: float | dt.timedelta | None = None,
+        event_name: str | None = None,
+        handler: str | None = None,
+    ) -> int:
+        """Delete this queue's failed jobs for good, only those that failed more than
+        ``older_than`` (seconds or a timedelta) ago and/or of one event name and/or handler;
+        with no argument, all of them. Returns how many were deleted."""
+        names.check_filter(event_name, "event_name")
+        names.check_filter(handler, "handler")
+        seconds: float | None = None
+        if older_than is not None:
+            if isinstance(older_than, dt.timedelta):
+                seconds = older_than.total_seconds()
+            elif isinstance(older_than, bool) or not isinstance(older_than, (int, float)):
+                raise TypeError(f"older_than must be seconds or a timedelta, got {type(older_than).__name__}")
+            else:
+                seconds = float(older_than)
+            if not math.isfinite(seconds) or seconds < 0:
+                raise ValueError(f"older_than must be a finite duration >= 0, got {older_than!r}")
+            seconds = min(seconds, time.time())  # before 1970: nothing is that old
+        return await self._state().failures.purge(seconds, event_name, handler)
 
     # --- dead letters: queue items workers refused --------------------------------
 

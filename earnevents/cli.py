@@ -3,15 +3,21 @@ remove dead letters (queue items workers refused).
 
     earnevents failed list [--event NAME] [--handler DOTTED] [--limit N] [--offset N] [--json]
     earnevents failed show JOB_ID
-    earnevents failed retry JOB_ID [JOB_ID ...]
-    earnevents failed remove JOB_ID [JOB_ID ...]
+    earnevents failed retry JOB_ID [JOB_ID ...] [--yes]
+    earnevents failed remove JOB_ID [JOB_ID ...] [--yes]
+    earnevents failed purge [--older-than 7d] [--event NAME] [--handler DOTTED] [--yes]
     earnevents dead list [--limit N] [--offset N] [--json]
     earnevents dead show ID
-    earnevents dead remove ID [ID ...]
+    earnevents dead remove ID [ID ...] [--yes]
 
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
---redis-uri / --mongo-uri / --database. Exit status: 0 done, 1 an id was not
-found (the others were still handled), 2 bad usage or configuration.
+--redis-uri / --mongo-uri / --database. Commands that delete records or run
+handlers again (retry, remove, purge) ask for confirmation on a terminal; with
+stdin not a terminal they refuse (exit 2) unless given --yes.
+
+Exit status: 0 done; 1 a runtime error (an id not found, the others still
+handled; Redis or MongoDB unreachable; confirmation declined); 2 bad usage or
+configuration. Errors are one ``error: ...`` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,16 +25,72 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+import redis.exceptions as redis_errors
+from pymongo.errors import PyMongoError
 
 from . import runtime
 from .bus import event_bus
 from .deadletters import DeadItem
-from .errors import DeadItemNotFoundError, EarnEventsError, JobNotFoundError
+from .errors import ConfigError, DeadItemNotFoundError, EarnEventsError, JobNotFoundError, NotInitializedError
 from .event import encode
 from .failures import FailedJob
+
+USAGE = 2
+"""Exit status for bad usage or configuration."""
+FAILURE = 1
+"""Exit status for a runtime error: an unknown id, a server unreachable, a declined confirmation."""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number and one unit, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``.
+
+    ValueError, saying what is expected, for anything else (no unit, a negative number, ...).
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: give a number and a unit (s, m, h, d, w), e.g. 90s, 12h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class UsageError(EarnEventsError):
+    """Raised for a command that cannot run as given (exit status 2)."""
+
+
+class Declined(EarnEventsError):
+    """Raised when the operator did not confirm a destructive command (exit status 1)."""
+
+
+def confirm(what: str, yes: bool) -> None:
+    """Go on only if ``yes`` (--yes) or the operator answers y on a terminal.
+
+    Without a terminal there is no one to ask: UsageError telling to pass --yes.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what}: stdin is not a terminal, so nobody can confirm; pass --yes to go ahead")
+    sys.stderr.write(f"{what}? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise Declined("not confirmed; nothing was changed")
 
 
 def _job_dict(job: FailedJob, full: bool = False) -> dict[str, Any]:
@@ -79,6 +141,7 @@ async def _run_dead(args: argparse.Namespace) -> int:
     if args.command == "show":
         print(json.dumps(_dead_dict(await event_bus.get_dead_item(args.item_id), full=True), indent=2))
         return 0
+    confirm(f"remove {len(args.item_ids)} dead item record(s) of queue {_queue()!r}", args.yes)
     status = 0
     for item_id in args.item_ids:
         try:
@@ -112,6 +175,12 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "show":
             print(json.dumps(_job_dict(await event_bus.get_failed_job(args.job_id), full=True), indent=2))
             return 0
+        if args.command == "purge":
+            return await _purge(args)
+        if args.command == "retry":
+            confirm(f"retry {len(args.job_ids)} failed job(s): run their handlers again", args.yes)
+        else:
+            confirm(f"remove {len(args.job_ids)} failed job(s) for good", args.yes)
         status = 0
         for job_id in args.job_ids:
             try:
@@ -129,8 +198,52 @@ async def _run(args: argparse.Namespace) -> int:
         await runtime.close()
 
 
+def _queue() -> str:
+    return runtime.current().settings.queue_name
+
+
+async def _purge(args: argparse.Namespace) -> int:
+    what = f"delete the failed jobs of queue {_queue()!r}"
+    if args.older_than is not None:
+        what += f" that failed more than {args.older_than_text} ago"
+    if args.event is not None:
+        what += f", event {args.event!r}"
+    if args.handler is not None:
+        what += f", handler {args.handler!r}"
+    confirm(
+        what + " (all of them)" if args.older_than is None and args.event is None and args.handler is None else what,
+        args.yes,
+    )
+    purged = await event_bus.purge_failed_jobs(args.older_than, args.event, args.handler)
+    print(f"purged {purged} failed job(s)")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error: ...`` line (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(USAGE)
+
+
+class _Duration(argparse.Action):
+    """Keeps the duration in seconds and as typed (for the confirmation question)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        try:
+            setattr(namespace, self.dest, parse_duration(values))
+        except ValueError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+        setattr(namespace, self.dest + "_text", values)
+
+
+def _add_yes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", "-y", action="store_true", help="do it without asking (needed when not on a terminal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earnevents", description="Manage earnevents failed jobs and dead letters.")
+    parser = _Parser(prog="earnevents", description="Manage earnevents failed jobs and dead letters.")
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
@@ -139,36 +252,57 @@ def build_parser() -> argparse.ArgumentParser:
     lst = failed.add_parser("list", help="newest first")
     lst.add_argument("--event", help="only this event name")
     lst.add_argument("--handler", help="only this handler (dotted name)")
-    lst.add_argument("--limit", type=int, default=100)
-    lst.add_argument("--offset", type=int, default=0)
+    lst.add_argument("--limit", type=_count_arg, default=100)
+    lst.add_argument("--offset", type=_count_arg, default=0)
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     show = failed.add_parser("show", help="one job with its data and traceback, as JSON")
     show.add_argument("job_id")
     for name, what in (("retry", "re-run the handler now and take the job off the list"), ("remove", "delete the job")):
         sub = failed.add_parser(name, help=what)
         sub.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+        _add_yes(sub)
+    purge = failed.add_parser("purge", help="delete failed jobs in bulk (all of the queue's unless filtered)")
+    purge.add_argument(
+        "--older-than", action=_Duration, metavar="DURATION", help="only jobs that failed longer ago: 90s, 30m, 12h, 7d"
+    )
+    purge.add_argument("--event", help="only this event name")
+    purge.add_argument("--handler", help="only this handler (dotted name)")
+    purge.set_defaults(older_than=None, older_than_text=None)
+    _add_yes(purge)
     dead = groups.add_parser("dead", help="queue items workers refused").add_subparsers(dest="command", required=True)
     lst = dead.add_parser("list", help="newest first")
-    lst.add_argument("--limit", type=int, default=100)
-    lst.add_argument("--offset", type=int, default=0)
+    lst.add_argument("--limit", type=_count_arg, default=100)
+    lst.add_argument("--offset", type=_count_arg, default=0)
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     show = dead.add_parser("show", help="one item with its raw text, as JSON")
     show.add_argument("item_id", metavar="ID")
     remove = dead.add_parser("remove", help="delete the record")
     remove.add_argument("item_ids", nargs="+", metavar="ID")
+    _add_yes(remove)
     return parser
+
+
+def _fail(message: str, status: int) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)  # one line, whatever the text holds
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except (JobNotFoundError, DeadItemNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except EarnEventsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, NotInitializedError, UsageError, ValueError, TypeError) as exc:
+        return _fail(str(exc), USAGE)
+    except EarnEventsError as exc:  # JobNotFoundError, DeadItemNotFoundError, Declined, PublishError
+        return _fail(str(exc), FAILURE)
+    except (redis_errors.RedisError, OSError) as exc:
+        return _fail(f"Redis: {type(exc).__name__}: {exc} (check EARNEVENTS_REDIS_URI or --redis-uri)", FAILURE)
+    except PyMongoError as exc:
+        return _fail(f"MongoDB: {type(exc).__name__}: {exc} (check EARNEVENTS_MONGO_URI or --mongo-uri)", FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # no traceback for an operator; the type says where to look
+        return _fail(f"unexpected {type(exc).__name__}: {exc}", FAILURE)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ ENV_PREFIX = "EARNEVENTS_"
 MIN_MESSAGE_SIZE = 4096
 """The smallest EARNEVENTS_MAX_MESSAGE_SIZE accepted (bytes)."""
 
+MAX_FAILED_AGE = 100 * 365 * 86400
+"""The largest EARNEVENTS_FAILED_MAX_AGE accepted (seconds, about 100 years)."""
+
 DEFAULTS: dict[str, str] = {
     "EARNEVENTS_REDIS_URI": "redis://localhost:6379/0",
     "EARNEVENTS_MONGO_URI": "",
@@ -42,6 +45,9 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_DEAD_LETTER_MAX": "10000",
     "EARNEVENTS_HANDLER_TIMEOUT": "",
     "EARNEVENTS_MAX_DELIVERIES": "5",
+    "EARNEVENTS_FAILED_MAX": "100000",
+    "EARNEVENTS_FAILED_MAX_AGE": "2592000",
+    "EARNEVENTS_OUTBOX_MAX": "1000000",
     "EARNEVENTS_MAX_RETRIES_CAP": "100",
     "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
 }
@@ -97,6 +103,12 @@ class Settings:
     """Seconds a handler try may run unless it sets its own ``timeout``; None: no limit."""
     max_deliveries: int = int(DEFAULTS["EARNEVENTS_MAX_DELIVERIES"])
     """Deliveries of a message a job may die in (its worker process killed) before it is recorded as failed."""
+    failed_max: int = int(DEFAULTS["EARNEVENTS_FAILED_MAX"])
+    """Failed-job records kept per queue (the oldest deleted first when one more is added)."""
+    failed_max_age: float = float(DEFAULTS["EARNEVENTS_FAILED_MAX_AGE"])
+    """Seconds a failed-job record is kept after it failed; older ones are not listed and are deleted."""
+    outbox_max: int = int(DEFAULTS["EARNEVENTS_OUTBOX_MAX"])
+    """Outbox documents per queue; a publish that would go beyond raises OutboxFullError."""
     retry_caps: RetryCaps = DEFAULT_RETRY_CAPS
     """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
 
@@ -181,6 +193,9 @@ class Settings:
             dead_letter_max=_int_env(env, "EARNEVENTS_DEAD_LETTER_MAX", 1),
             handler_timeout=_timeout_env(env, "EARNEVENTS_HANDLER_TIMEOUT"),
             max_deliveries=_int_env(env, "EARNEVENTS_MAX_DELIVERIES", 1),
+            failed_max=_int_env(env, "EARNEVENTS_FAILED_MAX", 1),
+            failed_max_age=_failed_age_env(env, "EARNEVENTS_FAILED_MAX_AGE"),
+            outbox_max=_int_env(env, "EARNEVENTS_OUTBOX_MAX", 1),
             retry_caps=_retry_caps_env(env),
         )
 
@@ -206,6 +221,13 @@ def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
         raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{var} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def _failed_age_env(env: Mapping[str, str], var: str) -> float:
+    value = _float_env(env, var)  # positive and finite
+    if value > MAX_FAILED_AGE:
+        raise ConfigError(f"{var} must be at most {MAX_FAILED_AGE} seconds (about 100 years), got {value:g}")
     return value
 
 

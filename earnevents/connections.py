@@ -27,6 +27,9 @@ log = get_logger(__name__)
 REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds one Redis command may take; publish retries around it (tenacity)."""
 
+MONGO_SERVER_SELECTION_MS = 10_000
+"""Milliseconds a MongoDB operation waits for a reachable server before failing."""
+
 
 class Connections:
     """The process' clients for one :class:`~earnevents.config.Settings`."""
@@ -69,7 +72,10 @@ class Connections:
         loop = asyncio.get_running_loop()
         if self._mongo is None or self._mongo[0] is not loop:
             client: AsyncMongoClient[Any] = AsyncMongoClient(
-                self.settings.mongo_uri, tz_aware=True, uuidRepresentation="standard", serverSelectionTimeoutMS=10_000
+                self.settings.mongo_uri,
+                tz_aware=True,
+                uuidRepresentation="standard",
+                serverSelectionTimeoutMS=MONGO_SERVER_SELECTION_MS,
             )
             self._mongo = (loop, client)
         return self._mongo[1]

@@ -7,6 +7,7 @@ catches anything the library raises on purpose::
     ├── ConfigError (ValueError)          bad init() arguments or environment
     ├── NotInitializedError (RuntimeError) publish/query before init()
     ├── PublishError                      the broker could not take the event in time
+    │   └── OutboxFullError               ... and the MongoDB outbox holds its maximum already
     ├── EventTooLargeError (ValueError)   the event's message is over the maximum message size
     ├── JobNotFoundError (LookupError)    no failed job with that id
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
@@ -38,6 +39,11 @@ class NotInitializedError(EarnEventsError, RuntimeError):
 
 class PublishError(EarnEventsError):
     """Raised when an event could not be handed to Redis within ``publish_timeout``."""
+
+
+class OutboxFullError(PublishError):
+    """Raised when Redis is unreachable and the queue's MongoDB outbox already holds
+    ``EARNEVENTS_OUTBOX_MAX`` documents: the events were not stored anywhere."""
 
 
 class EventTooLargeError(EarnEventsError, ValueError):

@@ -85,6 +85,12 @@ def failed_by_event_handler(queue: str, event_name: str, handler: str) -> str:
     return f"{PREFIX}:{queue}:failed:event-handler:{event_name}:{handler}"
 
 
+def failed_keys(queue: str) -> str:
+    """Hash of failed job id -> JSON list of its record key and its per-event/handler index keys,
+    so the Redis store's scripts can trim a job with everything that names it."""
+    return f"{PREFIX}:{queue}:failed:keys"
+
+
 def failed_job(job_id: str) -> str:
     """String key holding one failed job record as JSON (ids are unique across queues)."""
     return f"{PREFIX}:failed-job:{job_id}"

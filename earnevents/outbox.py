@@ -6,6 +6,11 @@ does not fail when Redis is down: after trying Redis for up to
 ``earnevents_outbox`` collection and returns. Workers relay them to Redis in
 publish order once it is reachable (``earnevents.worker.relay``).
 
+Bounded: a queue's outbox holds at most ``outbox_max`` documents
+(EARNEVENTS_OUTBOX_MAX); a publish that would go beyond stores nothing and raises
+OutboxFullError (a PublishError), so no event is dropped without its publisher
+knowing.
+
 The trade-off: a successful publish then means "durably stored", not "queued";
 handlers start only after Redis is back and a worker (with the same MongoDB
 configured) has relayed the event, and a relay interrupted between pushing and
@@ -21,6 +26,8 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+
+from .errors import OutboxFullError
 
 COLLECTION = "earnevents_outbox"
 
@@ -52,13 +59,25 @@ def documents(messages: Sequence[tuple[str, str, str]], queue: str, due: float |
 
 
 async def store(
-    db: AsyncDatabase[Any], messages: Sequence[tuple[str, str, str]], queue: str, due: float | None
+    db: AsyncDatabase[Any], messages: Sequence[tuple[str, str, str]], queue: str, due: float | None, cap: int
 ) -> None:
-    """Insert the messages; one already stored (a retried publish) is kept once."""
+    """Insert the messages; one already stored (a retried publish) is kept once.
+
+    OutboxFullError, and nothing stored, when the queue's outbox would then hold more than
+    ``cap`` documents (checked before inserting: concurrent publishers may each pass the
+    check, so it can overshoot by their batches).
+    """
     col = db[COLLECTION]
     await col.create_index(ORDER_INDEX)
     docs = documents(messages, queue, due)
     existing = {d["_id"] async for d in col.find({"_id": {"$in": [d["_id"] for d in docs]}}, {"_id": 1})}
     fresh = [d for d in docs if d["_id"] not in existing]
-    if fresh:
-        await col.insert_many(fresh, ordered=True)
+    if not fresh:
+        return
+    held = await col.count_documents({"queue": queue})
+    if held + len(fresh) > cap:
+        raise OutboxFullError(
+            f"Redis is unreachable and the MongoDB outbox of queue {queue!r} holds {held} event(s): "
+            f"{len(fresh)} more would pass its maximum of {cap} (EARNEVENTS_OUTBOX_MAX); nothing was stored"
+        )
+    await col.insert_many(fresh, ordered=True)

@@ -27,9 +27,19 @@ class Environment:
         self.settings = settings
         self.connections = Connections(settings)
         self.failures: FailureStore = (
-            MongoFailureStore(self.connections.db, settings.queue_name)
+            MongoFailureStore(
+                self.connections.db,
+                settings.queue_name,
+                max_jobs=settings.failed_max,
+                max_age=settings.failed_max_age,
+            )
             if self.connections.has_mongo
-            else RedisFailureStore(self.connections.redis, settings.queue_name)
+            else RedisFailureStore(
+                self.connections.redis,
+                settings.queue_name,
+                max_jobs=settings.failed_max,
+                max_age=settings.failed_max_age,
+            )
         )
         self.event_bus = bus
 

@@ -35,7 +35,9 @@ def drop(rclient, queue: str, item: bytes, reason: str, cap: int = 100) -> deadl
 def cli(redis_url: str, queue: str, *args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "earnevents"
     env = {**os.environ, "EARNEVENTS_REDIS_URI": redis_url, "EARNEVENTS_QUEUE": queue, "EARNEVENTS_MONGO_URI": ""}
-    return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(exe), *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
 
 
 @pytest.fixture
@@ -201,7 +203,7 @@ async def test_cli_show_prints_the_raw_item(redis_url, queue, three):
 
 
 async def test_cli_remove_takes_items_off_and_unknown_ids_exit_1(redis_url, queue, bus, three):
-    out = cli(redis_url, queue, "dead", "remove", three[0].id, "nope", three[1].id)
+    out = cli(redis_url, queue, "dead", "remove", three[0].id, "nope", three[1].id, "--yes")
     assert out.returncode == 1
     assert f"removed {three[0].id}" in out.stdout and f"removed {three[1].id}" in out.stdout
     assert "nope" in out.stderr

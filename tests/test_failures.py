@@ -20,7 +20,9 @@ def job(queue):
             raise RuntimeError("boom")
         except RuntimeError as exc:
             record = FailedJob.from_exception(Event(name, data or {"k": 1}), handler, exc, attempts=4, queue=queue)
-        when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=seconds)
+        # Recent (records older than EARNEVENTS_FAILED_MAX_AGE are not kept), whole seconds (BSON keeps ms).
+        base = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
+        when = base + dt.timedelta(seconds=seconds)
         return FailedJob(**{**record.__dict__, "failed_at": when})
 
     return make

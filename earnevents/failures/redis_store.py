@@ -1,15 +1,79 @@
-"""Failed jobs in Redis: one JSON string per job plus sorted-set indexes by time."""
+"""Failed jobs in Redis: one JSON string per job plus sorted-set indexes by time.
+
+Bounded: a queue keeps at most ``max_jobs`` records (adding one more deletes the
+oldest, in the same script) and none older than ``max_age`` seconds (not listed
+or counted; the record key expires then, its index entries go at the next add).
+So a handler failing 1,000 times a second holds Redis at ``max_jobs`` records.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from .. import keys, names
+from .base import DEFAULT_MAX_AGE, DEFAULT_MAX_JOBS
 from .record import FailedJob
+
+TRIM_BATCH = 1000
+"""At most this many old records are deleted by one add (and per round of a purge), so
+lowering the cap or the age on a full store never makes one script block Redis for long."""
+
+# Deletes one job by id with everything that names it, from the key list filed beside it in
+# KEYS[2] (key names come from keys.py, never built here). A job filed before that list
+# existed is taken off the queue's index only and returned, for the caller to finish.
+_DROP = """
+local function drop(id, orphans)
+  redis.call('ZREM', KEYS[1], id)
+  local names = redis.call('HGET', KEYS[2], id)
+  if not names then
+    table.insert(orphans, id)
+    return
+  end
+  for i, name in ipairs(cjson.decode(names)) do
+    if i == 1 then redis.call('DEL', name) else redis.call('ZREM', name, id) end
+  end
+  redis.call('HDEL', KEYS[2], id)
+end
+"""
+
+# KEYS: queue index, key list hash, record key, the job's other indexes.
+# ARGV: id, score (failed_at), record JSON, expire-at (unix s), cap, cutoff score (older ones
+# go), key list JSON, trim batch. Returns the ids of old-style jobs left to the caller.
+ADD_SCRIPT = (
+    _DROP
+    + """
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('EXPIREAT', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[7])
+local orphans, batch = {}, tonumber(ARGV[8])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[6], 'LIMIT', 0, batch)) do
+  drop(id, orphans)
+end
+local excess = math.min(redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5]), batch)
+if excess > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do drop(id, orphans) end
+end
+return orphans
+"""
+)
+
+# KEYS: queue index, key list hash. ARGV: ids. Returns the ids of old-style jobs left to the caller.
+REMOVE_SCRIPT = (
+    _DROP
+    + """
+local orphans = {}
+for _, id in ipairs(ARGV) do drop(id, orphans) end
+return orphans
+"""
+)
 
 
 def _dumps(job: FailedJob) -> str:
@@ -21,9 +85,22 @@ def _dumps(job: FailedJob) -> str:
 class RedisFailureStore:
     """Used when no MongoDB is configured. Lists show ``queue``'s jobs, newest first."""
 
-    def __init__(self, client: Callable[[], aioredis.Redis], queue: str) -> None:
+    def __init__(
+        self,
+        client: Callable[[], aioredis.Redis],
+        queue: str,
+        *,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> None:
         self._client = client
         self.queue = queue
+        self.max_jobs = max_jobs
+        self.max_age = max_age
+
+    def _cutoff(self) -> float:
+        """Scores (failure times) below this are older than ``max_age``."""
+        return time.time() - self.max_age
 
     @staticmethod
     def _indexes(job: FailedJob) -> list[str]:
@@ -36,12 +113,55 @@ class RedisFailureStore:
         ]
 
     async def add(self, job: FailedJob) -> None:
+        """Keep ``job``; in the same script, delete the queue's records beyond the cap or age."""
         score = job.failed_at.timestamp()
-        pipe = self._client().pipeline(transaction=True)
-        pipe.set(keys.failed_job(job.id), _dumps(job))
-        for index in self._indexes(job):
-            pipe.zadd(index, {job.id: score})
-        await pipe.execute()
+        main, *others = self._indexes(job)
+        record_key = keys.failed_job(job.id)
+        script_keys = [main, keys.failed_keys(job.queue), record_key, *others]
+        argv: list[str | int | float] = [
+            job.id,
+            repr(score),
+            _dumps(job),
+            max(1, math.ceil(score + self.max_age)),
+            self.max_jobs,
+            repr(self._cutoff()),
+            json.dumps([record_key, *others]),
+            TRIM_BATCH,
+        ]
+        orphans = await self._client().eval(ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+        await self._finish(orphans)
+
+    async def _finish(self, orphans: Sequence[Any], index: str | None = None) -> None:
+        """Delete what the scripts left: jobs filed before the key list existed (off the queue
+        index already), and, when paging through ``index``, their entries there."""
+        for raw in orphans:
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            job = await self.get(job_id)
+            pipe = self._client().pipeline(transaction=True)
+            pipe.delete(keys.failed_job(job_id))
+            for name in self._indexes(job) if job is not None else []:
+                pipe.zrem(name, job_id)
+            if index is not None:
+                pipe.zrem(index, job_id)
+            await pipe.execute()
+
+    async def purge(
+        self, older_than: float | None = None, event_name: str | None = None, handler: str | None = None
+    ) -> int:
+        """Delete the queue's jobs (of one event and/or handler) that failed more than
+        ``older_than`` seconds ago (None: all); returns how many."""
+        client = self._client()
+        index = self._index(event_name, handler)
+        upper = "+inf" if older_than is None else f"({time.time() - older_than!r}"
+        removed = 0
+        while True:
+            ids = await client.zrangebyscore(index, "-inf", upper, start=0, num=TRIM_BATCH)
+            if not ids:
+                return removed
+            script_keys = [keys.failed_index(self.queue), keys.failed_keys(self.queue)]
+            orphans = await client.eval(REMOVE_SCRIPT, len(script_keys), *script_keys, *ids)
+            await self._finish(orphans, index)
+            removed += len(ids)
 
     def _index(self, event_name: str | None, handler: str | None) -> str:
         q = self.queue
@@ -61,14 +181,16 @@ class RedisFailureStore:
         if limit <= 0:
             return []
         client = self._client()
-        ids = await client.zrevrange(self._index(event_name, handler), offset, offset + limit - 1)
+        ids = await client.zrevrangebyscore(
+            self._index(event_name, handler), "+inf", repr(self._cutoff()), start=offset, num=limit
+        )
         if not ids:
             return []
         raw = await client.mget([keys.failed_job(i.decode() if isinstance(i, bytes) else str(i)) for i in ids])
         return [FailedJob.from_doc(json.loads(r)) for r in raw if r is not None]
 
     async def count(self, event_name: str | None = None, handler: str | None = None) -> int:
-        return int(await self._client().zcard(self._index(event_name, handler)))
+        return int(await self._client().zcount(self._index(event_name, handler), repr(self._cutoff()), "+inf"))
 
     async def get(self, job_id: str) -> FailedJob | None:
         if not names.is_record_id(job_id, "job_id"):
@@ -84,6 +206,7 @@ class RedisFailureStore:
         pipe.delete(keys.failed_job(job_id))
         for index in self._indexes(job):
             pipe.zrem(index, job_id)
+        pipe.hdel(keys.failed_keys(job.queue), job_id)
         deleted: list[Any] = await pipe.execute()
         # The DEL inside MULTI decides between concurrent takers.
         return job if deleted[0] == 1 else None
