@@ -526,6 +526,5 @@ def _id_hint(record_id: str) -> str:
     return "" if names.is_record_id(record_id) else f" (ids are {names.RECORD_ID_RULE})"
 
 
-
 event_bus = EventBus()
 """The process' event bus: ``from earnevents import event_bus``."""

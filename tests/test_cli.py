@@ -219,7 +219,7 @@ def test_unknown_ids_and_redis_down_are_one_error_line_and_exit_1(redis_url, que
     assert "'nope'" in err
     # Redis down, whatever the command
     down = f"redis://127.0.0.1:{free_port()}/0"
-    for argv in (("failed", "list"), ("dead", "list"), ("failed", "purge", "--yes"), ("failed", "remove", "x", "-y")):
+    for argv in (("failed", "list"), ("dead", "list"), ("failed", "purge", "--yes"), ("failed", "remove", "0" * 32, "-y")):
         status, _, err = run_main(capsys, "--redis-uri", down, *argv)
         assert status == 1, err
         assert_one_error_line(err)
