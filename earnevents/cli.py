@@ -39,6 +39,7 @@ from .deadletters import DeadItem
 from .errors import ConfigError, DeadItemNotFoundError, EarnEventsError, JobNotFoundError, NotInitializedError
 from .event import encode
 from .failures import FailedJob
+from .logtext import escape
 
 USAGE = 2
 """Exit status for bad usage or configuration."""
@@ -136,7 +137,7 @@ async def _run_dead(args: argparse.Namespace) -> int:
             total = await event_bus.count_dead_items()
             print(f"{total} dead item(s)" + (f", showing {len(items)}" if len(items) < total else ""))
             for item in items:
-                print(f"{item.id}  {item.dropped_at:%Y-%m-%d %H:%M:%S}  {item.size} bytes  {item.reason}")
+                print(f"{item.id}  {item.dropped_at:%Y-%m-%d %H:%M:%S}  {item.size} bytes  {escape(item.reason)}")
         return 0
     if args.command == "show":
         print(json.dumps(_dead_dict(await event_bus.get_dead_item(args.item_id), full=True), indent=2))
@@ -148,7 +149,7 @@ async def _run_dead(args: argparse.Namespace) -> int:
             await event_bus.remove_dead_item(item_id)
             print(f"removed {item_id}")
         except DeadItemNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {escape(str(exc))}", file=sys.stderr)
             status = 1
     return status
 
@@ -168,8 +169,8 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else ""))
                 for job in jobs:
                     print(
-                        f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {job.event.name}  "
-                        f"{job.handler}  x{job.attempts}  {job.error}"
+                        f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {escape(job.event.name)}  "
+                        f"{escape(job.handler)}  x{job.attempts}  {escape(job.error)}"
                     )
             return 0
         if args.command == "show":
@@ -191,7 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
                     await event_bus.remove_job(job_id)
                     print(f"removed {job_id}")
             except JobNotFoundError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {escape(str(exc))}", file=sys.stderr)
                 status = 1
         return status
     finally:
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, status: int) -> int:
-    print("error: " + " ".join(message.split()), file=sys.stderr)  # one line, whatever the text holds
+    print("error: " + escape(" ".join(message.split())), file=sys.stderr)  # one line, whatever the text holds
     return status
 
 

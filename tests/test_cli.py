@@ -219,7 +219,12 @@ def test_unknown_ids_and_redis_down_are_one_error_line_and_exit_1(redis_url, que
     assert "'nope'" in err
     # Redis down, whatever the command
     down = f"redis://127.0.0.1:{free_port()}/0"
-    for argv in (("failed", "list"), ("dead", "list"), ("failed", "purge", "--yes"), ("failed", "remove", "0" * 32, "-y")):
+    for argv in (
+        ("failed", "list"),
+        ("dead", "list"),
+        ("failed", "purge", "--yes"),
+        ("failed", "remove", "0" * 32, "-y"),
+    ):
         status, _, err = run_main(capsys, "--redis-uri", down, *argv)
         assert status == 1, err
         assert_one_error_line(err)
@@ -233,3 +238,19 @@ def test_mongo_down_is_one_error_line_and_exit_1(redis_url, capsys, monkeypatch)
     assert status == 1, err
     assert_one_error_line(err)
     assert err.startswith("error: MongoDB: ServerSelectionTimeoutError")
+
+
+async def test_listed_errors_cannot_forge_lines_or_drive_the_terminal(redis_url, queue, bus):
+    hostile = "broke\nFAKE 1 failed job(s)\x1b[2J\x07"
+    try:
+        raise RuntimeError(hostile)
+    except RuntimeError as exc:
+        job = FailedJob.from_exception(Event("user.created", {}), "app.handlers.h", exc, 1, queue)
+    await earnevents.runtime.current().failures.add(job)
+    listed = cli(redis_url, queue, "failed", "list")
+    assert listed.returncode == 0, listed.stderr
+    out = listed.stdout
+    lines = out.splitlines()
+    assert len(lines) == 2 and not any(line.startswith("FAKE") for line in lines), out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "broke\\nFAKE" in lines[1] and "\\x1b[2J" in lines[1]
