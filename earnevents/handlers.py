@@ -99,6 +99,10 @@ class HandlerRegistry:
     def for_event(self, event_name: str) -> list[Handler]:
         return list(self._by_event.get(event_name, ()))
 
+    def handlers(self) -> list[Handler]:
+        """Every registered handler, in registration order."""
+        return list(self._by_name.values())
+
     def event_of(self, name: str) -> str | None:
         """The event name the handler called ``name`` subscribes to; None if it is not registered."""
         handler = self._by_name.get(name)

@@ -120,6 +120,20 @@ def registry() -> HandlerRegistry:
     return HandlerRegistry()
 
 
+def test_the_registry_lists_every_handler_in_registration_order(registry):
+    def first(e):
+        pass
+
+    def second(e):
+        pass
+
+    a = registry.register("e.x", first)
+    b = registry.register("e.y", second)
+    assert registry.handlers() == [a, b]
+    registry.unregister(a.name)
+    assert registry.handlers() == [b]
+
+
 def test_policy_precedence_handler_then_message_then_worker_then_default(registry):
     own, msg, worker = RetryPolicy(max_retries=1), RetryPolicy(max_retries=2), RetryPolicy(max_retries=5)
 
