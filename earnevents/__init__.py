@@ -32,12 +32,14 @@ from .errors import (
     NotInitializedError,
     OutboxFullError,
     PublishError,
+    ReceiverSignatureError,
     WorkerLostError,
 )
 from .event import Event
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler
 from .models import BaseModel, dispatch_model_event
+from .receivers import on
 from .retry import RetryPolicy
 from .runtime import Environment, close, init
 
@@ -63,6 +65,7 @@ __all__ = [
     # handling
     "event_handler",
     "model_event_handler",
+    "on",
     "RetryPolicy",
     "current_job",
     "JobContext",
@@ -83,6 +86,7 @@ __all__ = [
     "DeadItemNotFoundError",
     "HandlerNotFoundError",
     "HandlerTimeoutError",
+    "ReceiverSignatureError",
     "ModelValidationError",
     "ModelStateError",
     "WorkerLostError",

@@ -97,9 +97,9 @@ class Job:
             raise TypeError(f"event must be a dict, got {type(event).__name__}")
         decoded = Event.from_wire(event)
         if handler is not None and registry is not None:
-            subscribed = registry.event_of(handler)
-            if subscribed is not None and subscribed != decoded.name:
-                raise ValueError(f"handler {handler} is subscribed to {subscribed!r}, not to {decoded.name!r}")
+            if registry.subscribed(handler, decoded.name) is False:
+                subscribed = ", ".join(repr(h.event_name) for h in registry.handlers() if h.name == handler)
+                raise ValueError(f"handler {handler} is subscribed to {subscribed}, not to {decoded.name!r}")
         return cls(
             event=decoded,
             handler=handler,
