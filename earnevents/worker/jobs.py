@@ -81,8 +81,8 @@ class Job:
     ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed.
 
-        With ``registry``, a retry naming a handler registered for another event
-        than the message's is malformed too (it must not run on this event). The
+        With ``registry``, a retry naming a handler none of whose names or patterns
+        match the message's event is malformed too (it must not run on this event). The
         message's retry policy is held within ``retry_caps`` (the worker's
         EARNEVENTS_MAX_RETRIES_CAP and EARNEVENTS_MIN_RETRY_INTERVAL; None: only
         the policy bounds), and a retry message built from this job carries it so.
