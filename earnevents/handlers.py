@@ -190,7 +190,7 @@ class HandlerRegistry:
         Exact names and patterns alike; a function subscribed several ways runs once;
         a handler with a sender filter only for that sender.
         """
-        handlers, filtered = self._matching(event_name)
+        handlers, filtered = self._resolved.get(event_name) or self._matching(event_name)
         if not filtered:
             return list(handlers)
         return [h for h in handlers if h.sender is None or h.sender == sender]
