@@ -46,8 +46,8 @@ class Handler:
     """Seconds one try may run before it fails with HandlerTimeoutError; None: the worker's."""
     sender: str | None = None
     """Runs only for events whose ``Event.sender`` is this name; None: for every sender."""
-    kind: str = "handler"
-    """``"handler"`` (called with the Event) or ``"receiver"`` (``@on``: ``func(sender, **data, event=)``)."""
+    receiver: bool = False
+    """Registered with ``@on``: called ``func(sender, **data, event=)`` rather than ``func(event)``."""
     invoke: Callable[[Event], Any] | None = field(default=None, repr=False, compare=False)
     """How to call ``func`` with an event, when not as ``func(event)``."""
     call: Callable[[Event], Any] = field(init=False, repr=False, compare=False)
@@ -112,7 +112,7 @@ class HandlerRegistry:
         timeout: float | None = None,
         *,
         sender: type | str | None = None,
-        kind: str = "handler",
+        receiver: bool = False,
         invoke: Callable[[Event], Any] | None = None,
         what: str = "event_handler",
     ) -> list[Handler]:
@@ -138,7 +138,7 @@ class HandlerRegistry:
                 is_async=inspect.iscoroutinefunction(func),
                 timeout=seconds,
                 sender=sender_name,
-                kind=kind,
+                receiver=receiver,
                 invoke=invoke,
             )
             for event_name in subscribed

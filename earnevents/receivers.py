@@ -141,11 +141,11 @@ def _schema_fields(definition: object) -> dict[str, bool] | None:
     model_fields = getattr(getattr(definition, "schema", None), "model_fields", None)
     if not isinstance(model_fields, Mapping):
         return None
+    # Keyed by field name: publishing sends a defined event's data as the schema dumps it.
     fields: dict[str, bool] = {}
     for field_name, info in model_fields.items():
-        alias = getattr(info, "alias", None)
         is_required = getattr(info, "is_required", None)
-        fields[alias if isinstance(alias, str) else field_name] = bool(is_required()) if callable(is_required) else True
+        fields[str(field_name)] = bool(is_required()) if callable(is_required) else True
     return fields
 
 
@@ -215,7 +215,7 @@ def on(
             policy,
             seconds,
             sender=sender_name,
-            kind="receiver",
+            receiver=True,
             invoke=signature.caller(func),
             what="@on",
         )

@@ -197,7 +197,7 @@ def test_receivers_taking_the_sender_first_are_accepted(fresh_registry):
 
     for receiver in (caluma_style, named, anything, positional_only):
         assert on("a.b")(receiver) is receiver
-    assert [h.kind for h in fresh_registry.for_event("a.b")] == ["receiver"] * 4
+    assert [h.receiver for h in fresh_registry.for_event("a.b")] == [True] * 4
     assert fresh_registry.for_event("a.b")[3].is_async
 
 
