@@ -21,7 +21,7 @@ import difflib
 import enum
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
@@ -169,10 +169,16 @@ class PatternEntry:
 
 
 class EventRegistry:
-    """Every :class:`DefinedEvent` of this process, by name (in definition order)."""
+    """Every :class:`DefinedEvent` of this process, by name (in definition order).
 
-    def __init__(self) -> None:
+    ``handlers``: what lists the subscribed handlers (objects with ``name``,
+    ``event_name`` and optionally ``sender`` and ``receiver``); by default
+    ``earnevents.handlers.registry.handlers``.
+    """
+
+    def __init__(self, handlers: Callable[[], Iterable[Any]] | None = None) -> None:
         self._by_name: dict[str, DefinedEvent] = {}
+        self._handlers = handlers
 
     # --- definitions ---------------------------------------------------------------
 
@@ -256,7 +262,7 @@ class EventRegistry:
     def entries(self) -> list[RegistryEntry]:
         """Each defined name (sorted), then each exact name handlers subscribe to without
         a definition, with the handlers and receivers that run for it."""
-        subscribers = _subscribers()
+        subscribers = _subscribers(self._handlers)
         patterns = [(s, _matcher(s.subscription)) for s in subscribers if _is_pattern(s.subscription)]
         exact: dict[str, list[Subscriber]] = {}
         for s in subscribers:
@@ -279,7 +285,7 @@ class EventRegistry:
     def patterns(self) -> list[PatternEntry]:
         """Each wildcard subscription (sorted), with the defined names it matches."""
         by_pattern: dict[str, list[Subscriber]] = {}
-        for s in _subscribers():
+        for s in _subscribers(self._handlers):
             if _is_pattern(s.subscription):
                 by_pattern.setdefault(s.subscription, []).append(s)
         out = []
@@ -298,7 +304,7 @@ class EventRegistry:
 
     def undefined_subscriptions(self) -> list[Subscriber]:
         """Handlers and receivers subscribed to an exact name that has no definition."""
-        return [s for s in _subscribers() if not _is_pattern(s.subscription) and s.subscription not in self._by_name]
+        return [s for s in _subscribers(self._handlers) if not _is_pattern(s.subscription) and s.subscription not in self._by_name]
 
     def check_subscriptions(self) -> None:
         """UndefinedEventError naming every handler subscribed to an undefined exact name
@@ -361,11 +367,13 @@ def define_event(
 # --- helpers ------------------------------------------------------------------------
 
 
-def _subscribers() -> list[Subscriber]:
-    # Imported here: handlers may take definitions (``@on(OrderPaid)``), so handlers
-    # must be able to import this module, not the other way round at import time.
-    from .handlers import registry as handlers
+def _subscribers(source: Callable[[], Iterable[Any]] | None) -> list[Subscriber]:
+    if source is None:
+        # Imported here: handlers may take definitions (``@on(OrderPaid)``), so handlers
+        # must be able to import this module, not the other way round at import time.
+        from .handlers import registry as handlers
 
+        source = handlers.handlers
     return [
         Subscriber(
             name=h.name,
@@ -373,7 +381,7 @@ def _subscribers() -> list[Subscriber]:
             sender=getattr(h, "sender", None),
             receiver=bool(getattr(h, "receiver", False)),
         )
-        for h in handlers.handlers()
+        for h in source()
     ]
 
 

@@ -18,10 +18,6 @@ import importlib.util
 import pkgutil
 from collections.abc import Iterable
 
-from .logtext import get_logger
-
-log = get_logger(__name__)
-
 SUBMODULES = ("events", "handlers", "receivers")
 """The submodules autodiscovery imports from each package, in this order."""
 
@@ -65,8 +61,10 @@ def _discover(package: str) -> list[str]:
             continue
         try:
             importlib.import_module(name)
-        except BaseException:
-            log.error("autodiscovery: %s exists but failed to import", name)
+        except Exception as exc:
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+: the traceback says which import failed
+            if add_note is not None:
+                add_note(f"(while autodiscovery imported {name})")
             raise
         imported.append(name)
     return imported
