@@ -39,7 +39,21 @@ from .event import Event
 _CODE_NAME = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
 
 # Values the event codec carries with their type (earnevents.event): kept as they are.
-_CARRIED = (str, int, float, bool, type(None), dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, Decimal, ObjectId, bytes)
+_CARRIED = (
+    str,
+    int,
+    float,
+    bool,
+    type(None),
+    dt.datetime,
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    uuid.UUID,
+    Decimal,
+    ObjectId,
+    bytes,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,14 +318,20 @@ class EventRegistry:
 
     def undefined_subscriptions(self) -> list[Subscriber]:
         """Handlers and receivers subscribed to an exact name that has no definition."""
-        return [s for s in _subscribers(self._handlers) if not _is_pattern(s.subscription) and s.subscription not in self._by_name]
+        return [
+            s
+            for s in _subscribers(self._handlers)
+            if not _is_pattern(s.subscription) and s.subscription not in self._by_name
+        ]
 
     def check_subscriptions(self) -> None:
         """UndefinedEventError naming every handler subscribed to an undefined exact name
         (what a worker in strict mode checks at start; patterns are not checked)."""
         missing = self.undefined_subscriptions()
         if missing:
-            listed = "; ".join(f"{s.name} subscribes to {s.subscription!r}{self._hint(s.subscription)}" for s in missing)
+            listed = "; ".join(
+                f"{s.name} subscribes to {s.subscription!r}{self._hint(s.subscription)}" for s in missing
+            )
             raise UndefinedEventError(
                 f"strict mode: {len(missing)} handler(s) subscribe to events that are not defined: {listed}. "
                 "Define them with earnevents.define_event(...) in a module the worker imports "

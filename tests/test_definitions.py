@@ -287,7 +287,11 @@ async def test_publish_sends_the_data_as_validated_keeping_id_and_metadata(bus, 
 
     body = json.loads(base64.b64decode(json.loads(rclient.lindex(queue, 0))["body"]))
     sent = Event.from_wire(body[0][0])
-    assert (sent.id, sent.metadata, sent.data) == (event.id, {"trace": "t1"}, {"order_id": 7, "total": Decimal(3), "paid_at": None})
+    assert (sent.id, sent.metadata, sent.data) == (
+        event.id,
+        {"trace": "t1"},
+        {"order_id": 7, "total": Decimal(3), "paid_at": None},
+    )
 
 
 async def test_model_events_are_validated_like_any_publish(bus, rclient, queue, defined):
@@ -298,7 +302,7 @@ async def test_model_events_are_validated_like_any_publish(bus, rclient, queue, 
 
     define(defined, "parcel_ev.shipped", schema=Shipment)
 
-    with pytest.raises(earnevents.EventValidationError, match="parcel_ev.shipped.*data\\['id'\\]"):
+    with pytest.raises(earnevents.EventValidationError, match=r"parcel_ev\.shipped.*data\['id'\]"):
         await dispatch_model_event(bus, "ParcelEv", "shipped", "not-a-number")
     assert rclient.llen(queue) == 0
 

@@ -174,9 +174,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         # configuration: the bootsteps take the settings from the app (appsettings).
     )
     appsettings.attach(app, settings)
+
     # Handler modules, autodiscovery and the strict-mode check, before the worker consumes;
     # Celery raises what a receiver of this signal raised, so a failure stops the worker.
-    signals.import_modules.connect(lambda **_: startup.prepare(settings), sender=app, weak=False)
+    def prepare_worker(**_: Any) -> None:
+        startup.prepare(settings)
+
+    signals.import_modules.connect(prepare_worker, sender=app, weak=False)
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)

@@ -15,17 +15,12 @@ import importlib
 from ..config import Settings
 from ..definitions import registry as definitions
 from ..discovery import autodiscover
-from ..logtext import get_logger
-
-log = get_logger(__name__)
 
 
 def prepare(settings: Settings) -> None:
     """Import the worker's handler modules and discovered modules; check strict mode."""
     for module in settings.handler_modules:
         importlib.import_module(module)
-    discovered = autodiscover(settings.autodiscover)
-    if discovered:
-        log.info("autodiscovery imported %s", ", ".join(discovered))
+    autodiscover(settings.autodiscover)
     if settings.strict:
         definitions.check_subscriptions()
