@@ -256,7 +256,7 @@ def _add_yes(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="earnevents", description="Manage earnevents failed jobs and dead letters; list the event registry.")
+    parser = _Parser(prog="earnevents", description="Failed jobs, dead letters and the event registry.")
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
