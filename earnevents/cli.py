@@ -167,7 +167,8 @@ async def _run_dead(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
+    # No autodiscovery: managing failed jobs and dead letters must not depend on importing the application.
+    await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database, autodiscover=())
     try:
         if args.group == "dead":
             return await _run_dead(args)

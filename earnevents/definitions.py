@@ -73,7 +73,7 @@ class DefinedEvent:
     metadata: Mapping[str, Any]
     """The other keyword arguments of ``define_event``, read-only."""
 
-    def __call__(self, **data: Any) -> Event:
+    def __call__(self, /, **data: Any) -> Event:
         """An Event of this name whose data is ``data`` as the schema validated it."""
         return Event(self.name, self.validate(data))
 

@@ -118,7 +118,7 @@ def test_a_definition_without_schema_takes_any_data():
     name = unique()
     try:
         Note = define_event(name, description="free text")
-        assert Note(text="hi", n=1).data == {"text": "hi", "n": 1}
+        assert Note(text="hi", n=1, self="me").data == {"text": "hi", "n": 1, "self": "me"}
         assert Note.schema is None
     finally:
         registry.unregister(name)
