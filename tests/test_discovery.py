@@ -3,6 +3,7 @@ and `earnevents events`, on the small packages in tests/discover_apps."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 
 import earnevents
 from earnevents import cli as cli_module
-from earnevents import registry
+from earnevents import DefinedEvent, registry
+from earnevents.definitions import EventRegistry
 
 TESTS_DIR = Path(__file__).parent
 
@@ -143,3 +145,30 @@ def test_earnevents_events_reports_a_module_that_fails_to_import_in_one_line(mon
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: could not import the application's modules")
     assert "RuntimeError: broken.events cannot be imported" in err
+
+
+def test_the_registry_table_shows_patterns_receivers_and_senders(monkeypatch):
+    @dataclasses.dataclass
+    class Sub:  # a subscription as the handler registry lists it (wildcards and @on receivers)
+        name: str
+        event_name: str
+        sender: str | None = None
+        receiver: bool = False
+
+    subs = [
+        Sub("app.handlers.audit", "user.*"),
+        Sub("app.receivers.notify", "user.created", sender="User", receiver=True),
+    ]
+    reg = EventRegistry(handlers=lambda: subs)
+    reg.add(DefinedEvent("user.created", None, "A user\nsigned up", {}, {}))
+    monkeypatch.setattr(cli_module, "event_registry", reg)
+
+    text = cli_module.registry_text()
+
+    assert text.split("\n\n") == [
+        "1 event(s) defined, 0 subscribed to without a definition, 1 pattern subscription(s)",
+        "user.created  A user\\nsigned up\n"  # control characters escaped: one line per fact
+        "  handler   app.handlers.audit (via user.*)\n"
+        "  receiver  app.receivers.notify (sender User)",
+        "user.*  (pattern; matches user.created)\n  handler   app.handlers.audit",
+    ]
