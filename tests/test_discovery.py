@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import earnevents
-from earnevents import cli as cli_module
 from earnevents import DefinedEvent, registry
+from earnevents import cli as cli_module
 from earnevents.definitions import EventRegistry
 
 TESTS_DIR = Path(__file__).parent
