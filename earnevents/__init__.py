@@ -19,11 +19,15 @@ from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
 from .context import JobContext, current_job
 from .deadletters import DeadItem
+from .definitions import DefinedEvent, EventRegistry, define_event, registry
+from .discovery import autodiscover
 from .errors import (
     ConfigError,
     DeadItemNotFoundError,
     EarnEventsError,
+    EventDefinitionError,
     EventTooLargeError,
+    EventValidationError,
     HandlerNotFoundError,
     HandlerTimeoutError,
     JobNotFoundError,
@@ -32,6 +36,7 @@ from .errors import (
     NotInitializedError,
     OutboxFullError,
     PublishError,
+    UndefinedEventError,
     WorkerLostError,
 )
 from .event import Event
@@ -60,6 +65,12 @@ __all__ = [
     "Event",
     "EventBus",
     "event_bus",
+    # the event registry
+    "define_event",
+    "DefinedEvent",
+    "registry",
+    "EventRegistry",
+    "autodiscover",
     # handling
     "event_handler",
     "model_event_handler",
@@ -79,6 +90,9 @@ __all__ = [
     "PublishError",
     "OutboxFullError",
     "EventTooLargeError",
+    "EventValidationError",
+    "UndefinedEventError",
+    "EventDefinitionError",
     "JobNotFoundError",
     "DeadItemNotFoundError",
     "HandlerNotFoundError",
