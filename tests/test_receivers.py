@@ -323,3 +323,25 @@ async def test_a_sender_already_in_metadata_is_kept(bus, rclient, queue):
     await bus.publish(Event("user.created", {}, metadata={"sender": "User"}), sender=User)
     [sent] = _queued(rclient, queue)
     assert json.loads(json.dumps(sent.metadata)) == {"sender": "User"}
+
+
+def test_a_receiver_of_a_defined_event_is_checked_against_its_schema_and_listed_by_the_registry(fresh_registry):
+    # Given an event defined with a schema
+    from earnevents import define_event, registry
+
+    defined = define_event("rcv.order.shipped", schema=Paid, description="shipped")
+
+    def ships(sender: Any, order_id: int, total: float) -> None: ...
+
+    def lacks_total(sender: Any, order_id: int) -> None: ...
+
+    # When receivers subscribe to the definition, Then one naming every field is accepted and listed
+    # with its sender, the other refused
+    try:
+        on(defined, sender=User)(ships)
+        [entry] = [e for e in registry.entries() if e.name == "rcv.order.shipped"]
+        assert [(r.name, r.sender) for r in entry.receivers] == [(f"{__name__}.{ships.__qualname__}", "User")]
+        with pytest.raises(ReceiverSignatureError, match=r"does not take its field\(s\) \['total'\]"):
+            on(defined)(lacks_total)
+    finally:
+        registry.unregister(defined.name)
