@@ -122,6 +122,8 @@ class HandlerRegistry:
         name, pattern or sender, and ValueError when another function is registered
         under the same dotted name.
         """
+        if isinstance(event_names, str):
+            raise TypeError("subscribe takes a list of event names; register() takes one")
         subscribed = list(dict.fromkeys(names.check_pattern(e, f"{what}'s event name") for e in event_names))
         if not subscribed:
             raise ValueError(f"{what} needs at least one event name")
@@ -232,6 +234,11 @@ def dotted_name(func: object, what: str = "event_handler") -> str:
         raise TypeError(f"{what} decorates functions, got {type(func).__name__}")
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"{what} decorates functions, which have a __module__ and a __qualname__ to name them by; "
+            f"got {type(func).__name__}"
+        )
     return names.check_handler_name(f"{module}.{qualname}", "handler name (module.qualname)")
 
 

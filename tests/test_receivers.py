@@ -345,3 +345,12 @@ def test_a_receiver_of_a_defined_event_is_checked_against_its_schema_and_listed_
             on(defined)(lacks_total)
     finally:
         registry.unregister(defined.name)
+
+
+def test_a_callable_without_a_dotted_name_is_refused_with_a_type_error():
+    import functools
+
+    def receiver(sender: Any, extra: int, **kwargs: Any) -> None: ...
+
+    with pytest.raises(TypeError, match=r"@on decorates functions, which have a __module__ and a __qualname__"):
+        on("a.b")(functools.partial(receiver, extra=1))
