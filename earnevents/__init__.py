@@ -23,6 +23,7 @@ from .errors import (
     ConfigError,
     DeadItemNotFoundError,
     EarnEventsError,
+    EventNotFoundError,
     EventTooLargeError,
     HandlerNotFoundError,
     HandlerTimeoutError,
@@ -35,6 +36,7 @@ from .errors import (
     WorkerLostError,
 )
 from .event import Event
+from .eventlog import EventRecord, HandlerRecord
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler
 from .models import BaseModel, dispatch_model_event
@@ -72,6 +74,9 @@ __all__ = [
     # failed jobs, refused queue items
     "FailedJob",
     "DeadItem",
+    # the event log
+    "EventRecord",
+    "HandlerRecord",
     # errors
     "EarnEventsError",
     "ConfigError",
@@ -80,6 +85,7 @@ __all__ = [
     "OutboxFullError",
     "EventTooLargeError",
     "JobNotFoundError",
+    "EventNotFoundError",
     "DeadItemNotFoundError",
     "HandlerNotFoundError",
     "HandlerTimeoutError",
