@@ -162,3 +162,18 @@ async def test_without_the_event_log_nothing_is_recorded(bus):
     await bus.flush_event_log()
     with pytest.raises(EventNotFoundError, match="EARNEVENTS_EVENT_LOG=1"):
         await bus.get_event(event.id)
+
+
+async def test_a_log_store_that_fails_never_fails_a_publish(logged, caplog):
+    # Given an event log store that refuses every write
+    async def broken(changes):
+        raise ConnectionError("log store down")
+
+    recorder = earnevents.event_bus._state().recorder
+    assert recorder is not None
+    recorder.store.write = broken  # type: ignore[method-assign]
+    # When an event is published, then the publish succeeds and the loss is logged
+    event_id = await earnevents.event_bus.publish(Event("still.works", {}))
+    await earnevents.event_bus.flush_event_log()
+    assert event_id and recorder.dropped == 1
+    assert "could not record 1 change(s) of published events" in caplog.text

@@ -123,16 +123,12 @@ async def test_statuses_retry_failure_retry_job_cancel_and_replay(
 
 
 async def test_a_log_store_that_is_down_fails_no_handler(redis_url, queue, start_worker, rclient):
-    # Given workers and publishers whose event log store (MongoDB) is unreachable
+    # Given workers whose event log store (MongoDB) is unreachable
     dead_mongo = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     worker = start_worker(env={"EARNEVENTS_EVENT_LOG": "1", "EARNEVENTS_MONGO_URI": dead_mongo})
-    await earnevents.init(
-        redis_uri=redis_url,
-        mongo_uri=dead_mongo,
-        event_config={"queue_name": queue, "event_log": True, "outbox": False},
-    )
+    await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
     try:
-        # When events are published, then publishing and every handler still work
+        # When events are published, then every handler runs
         tok = token()
         await event_bus.publish_batch([Event("t.record", {"token": tok, "i": i}) for i in range(3)])
         assert len(wait_results(rclient, tok, 6)) == 6

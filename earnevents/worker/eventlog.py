@@ -54,11 +54,15 @@ def _writer_for(settings: Settings) -> Callable[[Sequence[Change]], None]:
     if settings.mongo_uri is not None:
         from pymongo import MongoClient
 
+        timeouts = {
+            "serverSelectionTimeoutMS": int(CLIENT_TIMEOUT * 1000),
+            "socketTimeoutMS": int(CLIENT_TIMEOUT * 1000),
+        }
+        given = settings.mongo_uri.lower()
         client: MongoClient[Any] = MongoClient(
             settings.mongo_uri,
             tz_aware=True,
-            serverSelectionTimeoutMS=int(CLIENT_TIMEOUT * 1000),
-            socketTimeoutMS=int(CLIENT_TIMEOUT * 1000),
+            **{k: v for k, v in timeouts.items() if k.lower() not in given},  # the URI's own win
         )
         col = client[settings.database][keys.MONGO_EVENTLOG_COLLECTION]
         indexed = False
