@@ -54,7 +54,7 @@ def _writer_for(settings: Settings) -> Callable[[Sequence[Change]], None]:
     if settings.mongo_uri is not None:
         from pymongo import MongoClient
 
-        timeouts = {
+        timeouts: dict[str, Any] = {
             "serverSelectionTimeoutMS": int(CLIENT_TIMEOUT * 1000),
             "socketTimeoutMS": int(CLIENT_TIMEOUT * 1000),
         }
