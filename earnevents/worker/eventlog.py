@@ -121,6 +121,7 @@ class LogWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self._stop_requested = threading.Event()
         self.dropped = 0
         self._reported = 0
         self._thread = threading.Thread(target=self._run, name="earnevents-eventlog", daemon=True)
@@ -154,14 +155,12 @@ class LogWriter:
         write: Callable[[Sequence[Change]], None] | None = None
         failing = 0
         while True:
-            self._wake.wait()
-            if not self._stopping:
-                time.sleep(FLUSH_INTERVAL)  # let a message's changes gather
+            if not failing:
+                self._wake.wait()
+                if not self._stopping:
+                    time.sleep(FLUSH_INTERVAL)  # let a message's changes gather
             self._wake.clear()
-            while True:
-                batch = self._take()
-                if not batch:
-                    break
+            while batch := self._take():
                 try:
                     if write is None:
                         write = self._make_write()
@@ -176,10 +175,7 @@ class LogWriter:
                             MAX_BUFFER,
                         )
                     failing += 1
-                    if self._stopping:
-                        return
-                    self._wake.wait(min(RETRY_MAX, 0.1 * 2 ** min(failing, 6)))
-                    continue
+                    break
                 if failing:
                     log.info("event log: its store works again; caught up on the changes kept meanwhile")
                     failing = 0
@@ -193,10 +189,13 @@ class LogWriter:
                 self._reported = self.dropped
             if self._stopping:
                 return
+            if failing:  # try again after a pause (cut short by stop)
+                self._stop_requested.wait(min(RETRY_MAX, 0.05 * 2 ** min(failing, 7)))
 
     def stop(self, timeout: float = 2.0) -> None:
         """Write what is buffered (for at most ``timeout`` s), then end the thread."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         self._thread.join(timeout)
         with self._lock:
