@@ -1,5 +1,5 @@
 """``earnevents`` command line: look at, retry and remove failed jobs; look at and
-remove dead letters (queue items workers refused).
+remove dead letters (queue items workers refused); look at and replay logged events.
 
     earnevents failed list [--event NAME] [--handler DOTTED] [--limit N] [--offset N] [--json]
     earnevents failed show JOB_ID
@@ -15,7 +15,7 @@ remove dead letters (queue items workers refused).
 
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
-handlers again (retry, remove, purge) ask for confirmation on a terminal; with
+handlers again (retry, remove, purge, replay) ask for confirmation on a terminal; with
 stdin not a terminal they refuse (exit 2) unless given --yes.
 
 Exit status: 0 done; 1 a runtime error (an id not found, the others still
@@ -340,7 +340,7 @@ def _add_events(groups: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="earnevents", description="Manage earnevents failed jobs and dead letters.")
+    parser = _Parser(prog="earnevents", description="Manage earnevents failed jobs, dead letters and the event log.")
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
