@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Tests spend most of their time waiting on worker subprocesses: pytest-xdist runs TEST_JOBS of them
+# at once, each pytest process with its own private redis-server and nx-27017 (TEST_JOBS=0: one process).
+TEST_JOBS ?= 3
+
 test: venv  ## the whole suite against real redis-server, nx-27017 and celery workers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS)
 
 # The lowest versions pyproject.toml allows (.ci/lowest-constraints.txt), in a venv of their own.
 $(LOWEST_STAMP): pyproject.toml .ci/lowest-constraints.txt .ci/lowest-dev.py
@@ -34,7 +38,7 @@ test-lowest: venv $(LOWEST_STAMP)  ## the worker end-to-end tests on the lowest 
 	# The one-minute default-settings timing test runs in `make test` only: it measures the visibility
 	# timeout's defaults, which the versions do not change (kombu's restore interval is checked by the
 	# killed-worker tests with short timeouts).
-	PATH="$$PATH:$(CURDIR)/$(BIN)" $(LOWEST)/bin/python -m pytest -p no:cacheprovider $(WORKER_E2E) \
+	PATH="$$PATH:$(CURDIR)/$(BIN)" $(LOWEST)/bin/python -m pytest -n $(TEST_JOBS) -p no:cacheprovider $(WORKER_E2E) \
 		-k "not with_default_settings_a_killed_workers_event"
 
 test-fast: venv  ## unit tests only (no worker subprocesses)

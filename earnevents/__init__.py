@@ -19,12 +19,16 @@ from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
 from .context import JobContext, current_job
 from .deadletters import DeadItem
+from .definitions import DefinedEvent, EventRegistry, define_event, registry
+from .discovery import autodiscover
 from .errors import (
     ConfigError,
     DeadItemNotFoundError,
     EarnEventsError,
+    EventDefinitionError,
     EventNotFoundError,
     EventTooLargeError,
+    EventValidationError,
     HandlerNotFoundError,
     HandlerTimeoutError,
     JobNotFoundError,
@@ -33,6 +37,7 @@ from .errors import (
     NotInitializedError,
     OutboxFullError,
     PublishError,
+    UndefinedEventError,
     WorkerLostError,
 )
 from .event import Event
@@ -62,6 +67,12 @@ __all__ = [
     "Event",
     "EventBus",
     "event_bus",
+    # the event registry
+    "define_event",
+    "DefinedEvent",
+    "registry",
+    "EventRegistry",
+    "autodiscover",
     # handling
     "event_handler",
     "model_event_handler",
@@ -84,6 +95,9 @@ __all__ = [
     "PublishError",
     "OutboxFullError",
     "EventTooLargeError",
+    "EventValidationError",
+    "UndefinedEventError",
+    "EventDefinitionError",
     "JobNotFoundError",
     "EventNotFoundError",
     "DeadItemNotFoundError",

@@ -23,7 +23,7 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import deadletters, keys, message, names, outbox, schedule
+from . import deadletters, definitions, keys, message, names, outbox, schedule
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
@@ -124,7 +124,9 @@ class EventBus:
         """Publish many events in one Redis round trip; return their ids in order.
 
         Every event is checked and encoded before anything is sent: one bad event
-        rejects the whole batch.
+        rejects the whole batch. An event whose name was defined with a schema
+        (``define_event``) is validated (EventValidationError) and sent with the data
+        as validated; in strict mode an undefined name is an UndefinedEventError.
 
         ``events_per_message`` > 1 packs up to that many events into each queue
         message (immediate publishing only). A worker process takes a packed
@@ -155,6 +157,8 @@ class EventBus:
         for event in events:
             if not isinstance(event, Event):
                 raise TypeError(f"publish takes earnevents.Event objects, got {type(event).__name__}")
+        # Defined schemas validate (and shape) the data; strict mode refuses undefined names.
+        events = definitions.registry.prepare(events, settings.event.strict)
         wires = [event.to_wire() for event in events]
         messages = []
         if events_per_message == 1:

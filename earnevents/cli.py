@@ -9,9 +9,17 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents dead list [--limit N] [--offset N] [--json]
     earnevents dead show ID
     earnevents dead remove ID [ID ...] [--yes]
+    earnevents events [--json]
     earnevents events list [--name NAME] [--status STATUS] [--sender S] [--since 1h] [--limit N] [--offset N] [--json]
     earnevents events show EVENT_ID
     earnevents events replay EVENT_ID [--handler DOTTED ...] [--yes]
+
+``earnevents events`` lists the event registry: every ``define_event`` with its
+description, schema, codes and metadata, and the handlers and receivers subscribed
+to it. It imports the application's modules to know them (EARNEVENTS_HANDLER_MODULES
+and EARNEVENTS_AUTODISCOVER, from the current directory as Celery does) and needs
+neither Redis nor MongoDB. ``earnevents events list|show|replay`` work on the event
+log (see ``event_bus.get_event``).
 
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
@@ -28,18 +36,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import redis.exceptions as redis_errors
 from pymongo.errors import PyMongoError
 
-from . import runtime
+from . import discovery, runtime
 from .bus import event_bus
+from .config import Settings
 from .deadletters import DeadItem
+from .definitions import RegistryEntry, Subscriber
+from .definitions import registry as event_registry
 from .errors import ConfigError, DeadItemNotFoundError, EarnEventsError, JobNotFoundError, NotInitializedError
 from .event import encode
 from .eventlog import EVENT_STATUSES, EventRecord
@@ -225,7 +238,8 @@ async def _run_events(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
+    # No autodiscovery: managing failed jobs and dead letters must not depend on importing the application.
+    await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database, autodiscover=())
     try:
         if args.group == "dead":
             return await _run_dead(args)
@@ -315,11 +329,10 @@ def _add_yes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do it without asking (needed when not on a terminal)")
 
 
-def _add_events(groups: Any) -> None:
-    """``earnevents events``: the event log's subcommands (optional: without one, the registry)."""
-    events = groups.add_parser("events", help="the event log (and the registry of events)").add_subparsers(
-        dest="command", required=False
-    )
+def _add_event_log(parser: argparse.ArgumentParser) -> None:
+    """``earnevents events list|show|replay``: the event log's subcommands of the ``events`` group
+    (optional: without one, the group prints the registry)."""
+    events = parser.add_subparsers(dest="command", required=False)
     lst = events.add_parser("list", help="logged events, newest first")
     lst.add_argument("--name", help="only this event name")
     lst.add_argument("--status", choices=EVENT_STATUSES, help="only events with this status")
@@ -340,7 +353,7 @@ def _add_events(groups: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="earnevents", description="Manage earnevents failed jobs, dead letters and the event log.")
+    parser = _Parser(prog="earnevents", description="Failed jobs, dead letters, the event registry and the event log.")
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
@@ -376,8 +389,114 @@ def build_parser() -> argparse.ArgumentParser:
     remove = dead.add_parser("remove", help="delete the record")
     remove.add_argument("item_ids", nargs="+", metavar="ID")
     _add_yes(remove)
-    _add_events(groups)
+    _add_event_log(_add_events(groups))
     return parser
+
+
+# --- earnevents events: the event registry ------------------------------------------
+
+
+def _add_events(groups: Any) -> argparse.ArgumentParser:
+    """The ``events`` group; without a subcommand it prints the registry (subcommands
+    may be added to the parser returned)."""
+    events = groups.add_parser("events", help="the event registry: definitions, codes, handlers and receivers")
+    events.add_argument("--json", action="store_true", help="the registry as one JSON document")
+    events.set_defaults(command=None)
+    return cast(argparse.ArgumentParser, events)
+
+
+def _is_registry(args: argparse.Namespace) -> bool:
+    return args.group == "events" and getattr(args, "command", None) is None
+
+
+class ImportFailed(EarnEventsError):
+    """Raised when the application's modules could not be imported (exit status 1)."""
+
+
+def _import_app_modules(settings: Settings) -> None:
+    """Import what a worker of these settings would: its handler modules, then autodiscovery."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `celery -A` does: the application is where we run
+    try:
+        for module in settings.handler_modules:
+            importlib.import_module(module)
+        discovery.autodiscover(settings.autodiscover)
+    except Exception as exc:
+        notes = " ".join(getattr(exc, "__notes__", ()))
+        raise ImportFailed(
+            f"could not import the application's modules (EARNEVENTS_HANDLER_MODULES, EARNEVENTS_AUTODISCOVER): "
+            f"{type(exc).__name__}: {exc} {notes}".rstrip()
+        ) from exc
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    settings = Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
+    _import_app_modules(settings)
+    if args.json:
+        print(json.dumps(event_registry.to_dict(), indent=2))
+    else:
+        print(registry_text())
+    return 0
+
+
+def registry_text() -> str:
+    """The registry as the table ``earnevents events`` prints."""
+    entries = event_registry.entries()
+    patterns = event_registry.patterns()
+    defined = sum(1 for entry in entries if entry.definition is not None)
+    lines = [
+        f"{defined} event(s) defined, {len(entries) - defined} subscribed to without a definition, "
+        f"{len(patterns)} pattern subscription(s)"
+    ]
+    for entry in entries:
+        lines.append("")
+        lines.extend(_entry_lines(entry))
+    for pattern in patterns:
+        lines.append("")
+        matches = ", ".join(pattern.matches) or "no defined event"
+        lines.append(f"{pattern.pattern}  (pattern; matches {matches})")
+        lines.extend(_subscriber_lines(pattern.handlers, pattern.receivers, via=False))
+    return "\n".join(lines)
+
+
+def _entry_lines(entry: RegistryEntry) -> list[str]:
+    definition = entry.definition
+    if definition is None:
+        lines = [f"{entry.name}  (not defined)"]
+    else:
+        lines = [f"{entry.name}  {escape(definition.description)}".rstrip()]
+        if definition.schema is not None:
+            fields = ", ".join(definition.schema.model_fields)
+            lines.append(f"  schema    {definition.schema.__module__}.{definition.schema.__qualname__} ({fields})")
+        for code, meta in definition.codes.items():
+            described = meta.get("description")
+            rest = "  ".join(f"{key}={_shown(value)}" for key, value in meta.items() if key != "description")
+            text = f"{code}  {rest}".rstrip() + (f": {escape(described)}" if isinstance(described, str) else "")
+            lines.append(f"  code      {text}")
+        if definition.metadata:
+            shown = "  ".join(f"{key}={_shown(value)}" for key, value in definition.metadata.items())
+            lines.append(f"  metadata  {shown}")
+    lines.extend(_subscriber_lines(entry.handlers, entry.receivers, via=True))
+    if not entry.handlers and not entry.receivers:
+        lines.append("  (no handler)")
+    return lines
+
+
+def _subscriber_lines(handlers: Sequence[Subscriber], receivers: Sequence[Subscriber], via: bool) -> list[str]:
+    lines = []
+    for kind, subscribers in (("handler ", handlers), ("receiver", receivers)):
+        for s in subscribers:
+            notes = []
+            if via and "*" in s.subscription:
+                notes.append(f"via {s.subscription}")
+            if s.sender is not None:
+                notes.append(f"sender {escape(s.sender)}")
+            lines.append(f"  {kind}  {s.name}" + (f" ({', '.join(notes)})" if notes else ""))
+    return lines
+
+
+def _shown(value: Any) -> str:
+    return escape(value) if isinstance(value, str) else escape(json.dumps(encode(value)))
 
 
 def _fail(message: str, status: int) -> int:
@@ -388,6 +507,8 @@ def _fail(message: str, status: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if _is_registry(args):
+            return _run_registry(args)
         return asyncio.run(_run(args))
     except (ConfigError, NotInitializedError, UsageError, ValueError, TypeError) as exc:
         return _fail(str(exc), USAGE)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import names, redisurl
+from .discovery import check_package_name
 from .errors import ConfigError
 from .redact import redact_uri
 from .retry import MAX_INTERVAL, MAX_RETRIES, RetryCaps, RetryPolicy
@@ -36,6 +37,8 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_DATABASE": "earnevents",
     "EARNEVENTS_QUEUE": "earnevents",
     "EARNEVENTS_HANDLER_MODULES": "",
+    "EARNEVENTS_AUTODISCOVER": "",
+    "EARNEVENTS_STRICT": "0",
     "EARNEVENTS_RETRY_POLICY": "",
     "EARNEVENTS_PUBLISH_TIMEOUT": "10",
     "EARNEVENTS_VISIBILITY_TIMEOUT": "40",
@@ -78,6 +81,9 @@ class EventConfig(BaseModel):
     event_log: bool = Field(default=False, strict=True)
     """Record every published event and its handlers' outcomes (``event_bus.get_event``); workers
     record when their EARNEVENTS_EVENT_LOG is on."""
+    strict: bool = False
+    """Refuse to publish event names no ``define_event`` defined (UndefinedEventError); workers
+    refuse to start with a handler subscribed to one."""
 
     @field_validator("queue_name")
     @classmethod
@@ -99,6 +105,8 @@ class Settings:
     database: str
     event: EventConfig
     handler_modules: tuple[str, ...] = ()
+    autodiscover: tuple[str, ...] = ()
+    """Packages whose events/handlers/receivers submodules are imported (earnevents.discovery)."""
     visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
     scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
     dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
@@ -143,6 +151,10 @@ class Settings:
         return self.event.event_log
 
     @property
+    def strict(self) -> bool:
+        return self.event.strict
+
+    @property
     def outbox(self) -> bool:
         """Whether publish falls back to the MongoDB outbox when Redis is unreachable."""
         return self.mongo_uri is not None and self.event.outbox is not False
@@ -156,6 +168,7 @@ class Settings:
         database: str | None = None,
         event_config: Mapping[str, Any] | EventConfig | None = None,
         handler_modules: tuple[str, ...] | list[str] | None = None,
+        autodiscover: Iterable[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Merge explicit arguments over the environment over :data:`DEFAULTS`."""
@@ -180,6 +193,8 @@ class Settings:
                 given["max_message_size"] = _int_env(env, "EARNEVENTS_MAX_MESSAGE_SIZE", MIN_MESSAGE_SIZE)
             if "event_log" not in given:
                 given["event_log"] = _bool_env(env, "EARNEVENTS_EVENT_LOG")
+            if "strict" not in given:
+                given["strict"] = _bool_env(env, "EARNEVENTS_STRICT")
             try:
                 event = EventConfig(**given)
             except (ValidationError, TypeError, ValueError) as exc:
@@ -188,6 +203,17 @@ class Settings:
         if handler_modules is None:
             raw = pick(None, "EARNEVENTS_HANDLER_MODULES")
             handler_modules = [m.strip() for m in raw.split(",") if m.strip()]
+        if autodiscover is None:
+            raw = pick(None, "EARNEVENTS_AUTODISCOVER")
+            autodiscover = [m.strip() for m in raw.split(",") if m.strip()]
+        elif isinstance(autodiscover, str):
+            raise ConfigError("autodiscover takes a list of package names, e.g. ['myapp', 'billing']")
+        packages = tuple(autodiscover)
+        for package in packages:
+            try:
+                check_package_name(package, "EARNEVENTS_AUTODISCOVER / autodiscover package")
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc)) from None
         mongo = pick(mongo_uri, "EARNEVENTS_MONGO_URI")
         redis = pick(redis_uri, "EARNEVENTS_REDIS_URI")
         redisurl.parse(redis)  # ConfigError now, not in the worker, for a URL no client can use
@@ -201,6 +227,7 @@ class Settings:
             database=pick(database, "EARNEVENTS_DATABASE"),
             event=event,
             handler_modules=tuple(handler_modules),
+            autodiscover=packages,
             visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
@@ -228,6 +255,19 @@ def _float_env(env: Mapping[str, str], var: str, allow_zero: bool = False) -> fl
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool_env(env: Mapping[str, str], var: str) -> bool:
+    raw = (env.get(var) or DEFAULTS[var]).strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{var} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
 def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
     raw = env.get(var) or DEFAULTS[var]
     try:
@@ -237,15 +277,6 @@ def _int_env(env: Mapping[str, str], var: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{var} must be >= {minimum}, got {raw!r}")
     return value
-
-
-def _bool_env(env: Mapping[str, str], var: str) -> bool:
-    raw = (env.get(var) or DEFAULTS[var]).strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{var} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
 
 
 def _failed_age_env(env: Mapping[str, str], var: str) -> float:

@@ -16,6 +16,9 @@ catches anything the library raises on purpose::
     ├── HandlerTimeoutError (TimeoutError) a handler ran longer than its timeout
     ├── WorkerLostError                   the worker process died while running a handler, again and again
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
+    ├── EventValidationError (ValueError) an event's data does not fit its defined schema
+    ├── UndefinedEventError (ValueError)  strict mode: an event name nobody defined
+    ├── EventDefinitionError (ValueError) define_event: one name defined twice, differently
     └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
 
 Bad event input (not an Event, empty name, unserializable data, negative delay)
@@ -87,3 +90,25 @@ class ModelStateError(EarnEventsError, RuntimeError):
 
 class DeadItemNotFoundError(EarnEventsError, LookupError):
     """Raised when no dead-lettered queue item has the given id (it was removed or aged out)."""
+
+
+class EventValidationError(EarnEventsError, ValueError):
+    """Raised when an event's data does not fit the schema its name was defined with
+    (``define_event(name, schema=...)``), at publish or when the definition builds an
+    event; the message names the event and each field. Nothing is sent.
+
+    ``errors`` holds pydantic's error details (``loc``, ``msg``, ``type``, ...)."""
+
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class UndefinedEventError(EarnEventsError, ValueError):
+    """Raised in strict mode when an event name has no ``define_event``: at publish
+    (nothing is sent), or at worker start for a handler subscribing to one."""
+
+
+class EventDefinitionError(EarnEventsError, ValueError):
+    """Raised when ``define_event`` is given a name already defined with other contents
+    (schema, description, codes or metadata)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from . import discovery
 from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
 from .connections import Connections
@@ -71,13 +72,17 @@ async def init(
     handler_modules: Iterable[str] = (),
     *,
     mongodb_uri: str | None = None,
+    autodiscover: Iterable[str] | None = None,
 ) -> Environment:
     """Configure earnevents for this process and bind ``event_bus``.
 
     Each argument falls back to its EARNEVENTS_* variable, then to the default
     (see ``earnevents.config.DEFAULTS``). ``mongodb_uri`` is an alias of
     ``mongo_uri``. ``handler_modules`` are imported now, so their handlers are
-    registered in this process. Calling init again replaces the configuration.
+    registered in this process. ``autodiscover`` (default: EARNEVENTS_AUTODISCOVER)
+    names packages whose ``events``, ``handlers`` and ``receivers`` submodules are
+    imported now (see :mod:`earnevents.discovery`), so that definitions are known
+    here (strict mode, schemas). Calling init again replaces the configuration.
     """
     global _env
     if mongo_uri is not None and mongodb_uri is not None and mongo_uri != mongodb_uri:
@@ -88,9 +93,11 @@ async def init(
         database=database,
         event_config=event_config,
         handler_modules=list(handler_modules),
+        autodiscover=autodiscover,
     )
     for module in settings.handler_modules:
         importlib.import_module(module)
+    discovery.autodiscover(settings.autodiscover)
     if _env is not None:
         await close()
     env = Environment(settings, event_bus)

@@ -180,13 +180,14 @@ async def test_init_hands_the_retention_settings_to_the_failure_store(redis_url,
 
 @pytest.mark.mongo
 async def test_a_full_outbox_refuses_the_publish_and_stores_nothing(mongo_url, mongo_db, queue, monkeypatch):
-    # Given Redis unreachable and an outbox of at most 3 events per queue
+    # Given Redis unreachable (publish_timeout 2: 1 s for Redis, 1 s left for the outbox even on a loaded
+    # machine) and an outbox of at most 3 events per queue
     monkeypatch.setenv("EARNEVENTS_OUTBOX_MAX", "3")
     env = await earnevents.init(
         redis_uri=f"redis://127.0.0.1:{free_port()}/0",
         mongo_uri=mongo_url,
         database=mongo_db,
-        event_config={"queue_name": queue, "publish_timeout": 0.4},
+        event_config={"queue_name": queue, "publish_timeout": 2},
     )
     col = env.db[outbox.COLLECTION]
     try:

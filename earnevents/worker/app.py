@@ -36,7 +36,7 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings
+from . import appsettings, startup
 from . import eventlog as eventlog_writer
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures
@@ -175,6 +175,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         # configuration: the bootsteps take the settings from the app (appsettings).
     )
     appsettings.attach(app, settings)
+
+    # Handler modules, autodiscovery and the strict-mode check, before the worker consumes;
+    # Celery raises what a receiver of this signal raised, so a failure stops the worker.
+    def prepare_worker(**_: Any) -> None:
+        startup.prepare(settings)
+
+    signals.import_modules.connect(prepare_worker, sender=app, weak=False)
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)
@@ -247,7 +254,7 @@ class WorkerRuntime:
         with cls._lock:
             if cls._current is None or cls._current[0] != os.getpid():
                 loop = process_loop()
-                env = loop.run(runtime.init(handler_modules=()))
+                env = loop.run(runtime.init(handler_modules=(), autodiscover=()))  # done at start
                 cls._current = (os.getpid(), cls(loop, env))
             return cls._current[1]
 

@@ -1,0 +1,1 @@
+raise RuntimeError("broken.events cannot be imported (on purpose)")

@@ -1,0 +1,1 @@
+"""An app with events, handlers and receivers modules, and subpackages (Django-style apps)."""

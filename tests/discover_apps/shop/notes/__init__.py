@@ -1,0 +1,1 @@
+"""A subpackage with nothing to discover."""

@@ -1,0 +1,3 @@
+from discover_apps import IMPORTED
+
+IMPORTED.append(__name__)

@@ -1,0 +1,1 @@
+"""An app with a handler subscribed to a name no define_event defines (strict mode refuses it)."""

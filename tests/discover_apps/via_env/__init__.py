@@ -1,0 +1,1 @@
+"""Discovered through EARNEVENTS_AUTODISCOVER by init() in the tests."""

@@ -1,0 +1,3 @@
+from earnevents import define_event
+
+define_event("via_env.defined")

@@ -1,0 +1,1 @@
+"""Discovered by init(autodiscover=[...]) in the tests."""
