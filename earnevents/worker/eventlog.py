@@ -261,7 +261,7 @@ def started(job: Job, handlers: Iterable[str]) -> None:
 
 def _ended(job: Job, outcome: Outcome, status: str) -> HandlerChange:
     started_at = _started.get((job.event.id, outcome.handler))  # kept: settling may run twice
-    now = time.time()
+    now = outcome.at
     entry: dict[str, Any] = {
         "status": status,
         "attempts": job.attempt + 1,
