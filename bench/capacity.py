@@ -15,7 +15,8 @@ Rows: a pending delayed event; a message waiting on the queue; an in-flight mess
 (taken by a worker and not yet acknowledged: kombu's unacknowledged record in
 earnevents' transport, plus the job claim of its event); a failed job (Redis store
 and MongoDB store); a completed job (the dedup record, 24 h window, one handler); a
-dead-lettered 1 KiB item; an event in the MongoDB outbox (Redis unreachable).
+dead-lettered 1 KiB item; an event in the MongoDB outbox (Redis unreachable); an
+event-log record (``event_log`` on: the event published, one handler succeeded).
 
     python -m bench.capacity [--n 10000]      (make capacity)
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 import time
@@ -39,6 +41,8 @@ from pymongo import MongoClient
 
 import earnevents
 from earnevents import Event, FailedJob, deadletters, event_bus, keys, message, outbox
+from earnevents.eventlog import MongoEventLog, RedisEventLog
+from earnevents.eventlog.record import SUCCEEDED, HandlerChange, HandlerRecord, Published
 from earnevents.failures import MongoFailureStore, RedisFailureStore
 from earnevents.testing import MongoServer, RedisServer
 from earnevents.worker.completions import Completions
@@ -199,6 +203,50 @@ def outboxed(mongo_url: str, n: int) -> tuple[float, float]:
         return mongo_sizes(col)
 
 
+def logged_changes(batch: list[Event], queue: str) -> list[Any]:
+    """What publish and a worker write for each event: published, then one handler succeeded."""
+    now = time.time()
+    changes: list[Any] = []
+    for event in batch:
+        changes.append(Published(event, queue, now))
+        done = HandlerRecord(
+            HANDLER,
+            SUCCEEDED,
+            attempts=1,
+            started_at=dt.datetime.fromtimestamp(now, dt.timezone.utc),
+            finished_at=dt.datetime.fromtimestamp(now + 0.002, dt.timezone.utc),
+            duration=0.002,
+        )
+        changes.append(HandlerChange(event.id, queue, HANDLER, done.to_entry()))
+    return changes
+
+
+async def logged_redis(redis_url: str, client: redis.Redis, n: int) -> float:
+    queue = f"cap-log-{uuid.uuid4().hex[:6]}"
+    aclient = aioredis.Redis.from_url(redis_url)
+    store = RedisEventLog(lambda: aclient, queue)
+    ids: list[str] = []
+    for start in range(0, n, 1000):
+        batch = events(min(1000, n - start))
+        ids.extend(e.id for e in batch)
+        await store.write(logged_changes(batch, queue))
+    await aclient.aclose()
+    return redis_bytes(client, [f"{keys.eventlog_index(queue)}*"], tuple(keys.eventlog_record(i) for i in ids)) / n
+
+
+async def logged_mongo(mongo_url: str, n: int) -> tuple[float, float]:
+    from pymongo import AsyncMongoClient
+
+    database = f"cap_{uuid.uuid4().hex[:6]}"
+    aclient: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url, tz_aware=True)
+    store = MongoEventLog(lambda: aclient[database], "cap-log")
+    for start in range(0, n, 1000):
+        await store.write(logged_changes(events(min(1000, n - start)), "cap-log"))
+    await aclient.close()
+    with MongoClient(mongo_url, tz_aware=True) as sync:
+        return mongo_sizes(sync[database][keys.MONGO_EVENTLOG_COLLECTION])
+
+
 def dead_lettered(client: redis.Redis, n: int) -> float:
     queue = f"cap-dead-{uuid.uuid4().hex[:6]}"
     item = json.dumps({"not": "a message", "blob": "x" * 1000}).encode()[:1024]
@@ -252,6 +300,13 @@ def main() -> int:
         rows["dead-lettered 1 KiB item"] = {"redis": dead_lettered(client, n), "mongo": 0}
         mongo_outbox, nx_outbox = outboxed(mongo_server.url, n_mongo)
         rows["event in the outbox (Redis down)"] = {"redis": 0, "mongo": mongo_outbox, "nx": nx_outbox}
+        mongo_log, nx_log = asyncio.run(logged_mongo(mongo_server.url, n_mongo))
+        rows["event-log record (one handler)"] = {
+            "redis": asyncio.run(logged_redis(redis_server.url, client, n)),
+            "mongo": mongo_log,
+            "nx": nx_log,
+            "note": "Redis or MongoDB store, not both",
+        }
         info = client.info("server")
         client.close()
     result = {

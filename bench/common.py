@@ -33,12 +33,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def earnevents_worker(redis_url: str, queue: str, pool: str = "prefork", concurrency: int = 2) -> WorkerProcess:
+def earnevents_worker(
+    redis_url: str, queue: str, pool: str = "prefork", concurrency: int = 2, event_log: bool = False
+) -> WorkerProcess:
     env = {
         "EARNEVENTS_REDIS_URI": redis_url,
         "EARNEVENTS_QUEUE": queue,
         "EARNEVENTS_MONGO_URI": "",
         "EARNEVENTS_HANDLER_MODULES": "bench.handlers",
+        "EARNEVENTS_EVENT_LOG": "1" if event_log else "0",
         "PYTHONPATH": str(ROOT),
     }
     LOGS.mkdir(exist_ok=True)

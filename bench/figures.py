@@ -97,11 +97,13 @@ def publish(side: str, redis_url: str, n: int, mode: str) -> Metrics:
 # --- 4-5: end to end --------------------------------------------------------------------
 
 
-def _prepublish(side: str, redis_url: str, queue: str, name: str, key: str, n: int, per_message: int = 1) -> None:
+def _prepublish(
+    side: str, redis_url: str, queue: str, name: str, key: str, n: int, per_message: int = 1, event_log: bool = False
+) -> None:
     if side == "earnevents":
 
         async def go() -> None:
-            await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+            await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue, "event_log": event_log})
             try:
                 for start in range(0, n, 1000):
                     await event_bus.publish_batch(
@@ -136,10 +138,13 @@ def end_to_end(
     concurrency: int = 2,
     processes: int = 1,
     per_message: int = 1,
+    event_log: bool = False,
 ) -> Metrics:
     """Pre-publish ``n`` events, start the worker(s), time until all are handled.
 
     ``per_message`` > 1 (earnevents only): that many events packed per queue message.
+    ``event_log`` (earnevents only): publisher and workers record every event and its
+    handler's outcome in the event log (Redis store).
     Also reports what stays in Redis per handled event once the workers are gone and
     the queue is empty (bytes held in keys and key count, before vs after): the cost
     of remembering completed jobs, which plain Celery (results ignored) does not pay.
@@ -147,9 +152,11 @@ def end_to_end(
     queue, key = unique(f"e2e-{side}"), unique("count")
     client = redis.Redis.from_url(redis_url)
     mem_before, keys_before = key_memory(client), client.dbsize()
-    _prepublish(side, redis_url, queue, name, key, n, per_message if side == "earnevents" else 1)
-    make = earnevents_worker if side == "earnevents" else celery_worker
-    workers = [make(redis_url, queue, pool, concurrency) for _ in range(processes)]
+    _prepublish(side, redis_url, queue, name, key, n, per_message if side == "earnevents" else 1, event_log)
+    if side == "earnevents":
+        workers = [earnevents_worker(redis_url, queue, pool, concurrency, event_log) for _ in range(processes)]
+    else:
+        workers = [celery_worker(redis_url, queue, pool, concurrency) for _ in range(processes)]
     try:
         t_start = time.perf_counter()
         for worker in workers:

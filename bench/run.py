@@ -6,6 +6,7 @@ and the earnevents/Celery ratio taken within each round. Raw results go to
 bench/results/latest.json, the table to bench/results/summary.json.
 
     python -m bench.run [--quick] [--rounds N] [--only 1,4]
+    python -m bench.run --only 4L     # the event log's cost: fig 4 with it on, as a ratio to off
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def build(size: dict[str, Any]) -> list[Figure]:
                 ("redis_bytes_per_job", "lower", "report"),
                 ("redis_keys_per_job", "lower", "report"),
             ),
+        ),
+        Figure(
+            "4L",
+            "end to end as fig 4, earnevents with the event log on (earnevents column) vs off (Celery column)",
+            lambda side, url: figures.end_to_end("earnevents", url, size["n4"], event_log=side == "earnevents"),
+            (("rate", "higher", ">= 0.7x"),),
         ),
         Figure(
             "4b",

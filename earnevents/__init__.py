@@ -26,6 +26,7 @@ from .errors import (
     DeadItemNotFoundError,
     EarnEventsError,
     EventDefinitionError,
+    EventNotFoundError,
     EventTooLargeError,
     EventValidationError,
     HandlerNotFoundError,
@@ -41,6 +42,7 @@ from .errors import (
     WorkerLostError,
 )
 from .event import Event
+from .eventlog import EventRecord, HandlerRecord
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler
 from .models import BaseModel, dispatch_model_event
@@ -86,6 +88,9 @@ __all__ = [
     # failed jobs, refused queue items
     "FailedJob",
     "DeadItem",
+    # the event log
+    "EventRecord",
+    "HandlerRecord",
     # errors
     "EarnEventsError",
     "ConfigError",
@@ -97,6 +102,7 @@ __all__ = [
     "UndefinedEventError",
     "EventDefinitionError",
     "JobNotFoundError",
+    "EventNotFoundError",
     "DeadItemNotFoundError",
     "HandlerNotFoundError",
     "HandlerTimeoutError",

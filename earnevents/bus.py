@@ -1,4 +1,4 @@
-"""The event bus: publish events, and inspect, retry or remove failed jobs.
+"""The event bus: publish events, and inspect, retry or remove failed jobs and logged events.
 
 Publishing puts a Celery task message for ``earnevents.dispatch`` on the Redis
 list named after the queue (or, with a delay, in the Redis delay schedule) with
@@ -30,6 +30,7 @@ from .connections import Connections
 from .deadletters import DeadItem
 from .errors import (
     DeadItemNotFoundError,
+    EventNotFoundError,
     EventTooLargeError,
     JobNotFoundError,
     NotInitializedError,
@@ -37,6 +38,9 @@ from .errors import (
     PublishError,
 )
 from .event import Event
+from .eventlog import EventLogStore, EventRecord
+from .eventlog.record import RETRYING, HandlerChange, HandlerRecord, Marked, Published
+from .eventlog.recorder import Recorder
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
 from .logtext import get_logger
@@ -57,6 +61,9 @@ class _Bound:
     settings: Settings
     connections: Connections
     failures: FailureStore
+    eventlog: EventLogStore | None = None
+    recorder: Recorder | None = None
+    """Set when this process records events (``event_config["event_log"]``)."""
 
 
 class EventBus:
@@ -71,8 +78,15 @@ class EventBus:
 
     # --- wiring (called by earnevents.runtime) ----------------------------------
 
-    def bind(self, settings: Settings, connections: Connections, failures: FailureStore) -> None:
-        self._bound = _Bound(settings, connections, failures)
+    def bind(
+        self,
+        settings: Settings,
+        connections: Connections,
+        failures: FailureStore,
+        eventlog: EventLogStore | None = None,
+    ) -> None:
+        recorder = Recorder(eventlog) if eventlog is not None and settings.event_log else None
+        self._bound = _Bound(settings, connections, failures, eventlog, recorder)
 
     def unbind(self) -> None:
         self._bound = None
@@ -186,6 +200,10 @@ class EventBus:
                 await self.enqueue(messages, queue=settings.queue_name, delay=delay or None, at=due_at)
             else:
                 await self._push_now(messages, settings.queue_name)
+            if state.recorder is not None:  # in the background: never a round trip of the caller's
+                now = time.time()
+                due = due_at if due_at is not None else (now + delay if delay else None)
+                state.recorder.add([Published(event, settings.queue_name, now, due) for event in events])
         return [event.id for event in events]
 
     async def _push_now(self, messages: list[tuple[str, str, str]], queue: str) -> None:
@@ -310,7 +328,19 @@ class EventBus:
         state = self._state()
         script_keys, argv = schedule.cancel_args(state.settings.queue_name, event_id)
         client = state.connections.redis()
-        return bool(await client.eval(schedule.CANCEL_SCRIPT, len(script_keys), *script_keys, *argv))
+        cancelled = bool(await client.eval(schedule.CANCEL_SCRIPT, len(script_keys), *script_keys, *argv))
+        if cancelled:
+            await self._log_now(state, [Marked(event_id, "cancelled_at", time.time())], f"cancel of {event_id}")
+        return cancelled
+
+    async def _log_now(self, state: _Bound, changes: list[Any], what: str) -> None:
+        """Record ``changes`` of an admin call (cancel, retry_job) now; a failure is only logged."""
+        if state.recorder is None:
+            return
+        try:
+            await state.recorder.store.write(changes)
+        except Exception as exc:  # the call itself succeeded: the log must not fail it
+            log.warning("event log: could not record the %s: %r", what, exc)
 
     async def get_scheduled(
         self, limit: int = 100, offset: int = 0, event_name: str | None = None
@@ -409,6 +439,9 @@ class EventBus:
         except BaseException:
             await state.failures.add(job)  # not sent: keep it on the list
             raise
+        entry = HandlerRecord(job.handler, RETRYING, job.attempts, error=job.error).to_entry()
+        change = HandlerChange(job.event.id, job.queue, job.handler, entry, job.event)
+        await self._log_now(state, [change], f"retry of {job.handler} for event {job.event.id}")
         return task_id
 
     async def remove_job(self, job_id: str) -> None:
@@ -440,6 +473,93 @@ class EventBus:
                 raise ValueError(f"older_than must be a finite duration >= 0, got {older_than!r}")
             seconds = min(seconds, time.time())  # before 1970: nothing is that old
         return await self._state().failures.purge(seconds, event_name, handler)
+
+    # --- the event log -------------------------------------------------------------
+
+    def _eventlog(self) -> EventLogStore:
+        store = self._state().eventlog
+        if store is None:  # pragma: no cover - runtime.init always gives one
+            raise NotInitializedError("earnevents was initialized without an event log store")
+        return store
+
+    async def get_event(self, event_id: str) -> EventRecord:
+        """The event log's record of one event: the event, its times, its derived status and
+        each handler's status, attempts, times and last error.
+
+        EventNotFoundError when there is none (not published with the event log on, or
+        older than EARNEVENTS_EVENT_LOG_TTL). Ids are str (TypeError otherwise); one that
+        is not of the form event ids take is not found without asking the store.
+        """
+        record = await self._eventlog().get(event_id)
+        if record is None:
+            hint = "" if self._state().settings.event_log else " (the event log is off here: EARNEVENTS_EVENT_LOG=1)"
+            raise EventNotFoundError(f"no logged event with id {event_id!r}{hint}")
+        return record
+
+    async def find_events(
+        self,
+        name: str | None = None,
+        status: str | None = None,
+        sender: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[EventRecord]:
+        """Logged events of this queue, newest first (by publish time), filtered by exact
+        name, sender (str, never patterns or query operators), derived status (one of
+        ``eventlog.EVENT_STATUSES``) and publish time (aware datetimes: ``since`` inclusive,
+        ``until`` exclusive). A status filter reads the records the other filters select."""
+        return await self._eventlog().find(name, status, sender, since, until, limit, offset)
+
+    async def replay(self, event_id: str, handlers: Sequence[str] | None = None) -> str:
+        """Publish a copy of a logged event now: a new id, the same name and data, and
+        ``metadata["replay_of"]`` = ``event_id``; returns the new id.
+
+        ``handlers`` (dotted names): run only those, as ``retry_job`` targets one handler
+        (one message each); None: every handler of the event. EventNotFoundError for an
+        unknown id.
+        """
+        if handlers is not None:
+            if isinstance(handlers, str) or not isinstance(handlers, Sequence):
+                raise TypeError(f"handlers must be a list of handler names or None, got {type(handlers).__name__}")
+            handlers = [names.check_handler_name(h, "handler") for h in handlers]
+            if not handlers:
+                raise ValueError("handlers must name at least one handler (None: all of them)")
+        record = await self.get_event(event_id)
+        event = Event(name=record.name, data=record.data, metadata={**record.metadata, "replay_of": record.id})
+        if handlers is None:
+            return await self.publish(event)
+        state = self._state()
+        settings = state.settings
+        policy = settings.event.retry_policy
+        wire = event.to_wire()
+        messages = []
+        for handler in dict.fromkeys(handlers):
+            task_id = message.new_task_id()
+            payload = message.build(
+                wire,
+                queue=settings.queue_name,
+                task_id=task_id,
+                handler=handler,
+                retry_policy=policy.model_dump() if policy is not None else None,
+            )
+            messages.append((task_id, event.name, payload))
+        _check_sizes(messages, settings.max_message_size)
+        await self._push_now(messages, settings.queue_name)
+        if state.recorder is not None:
+            pending = HandlerRecord("", "pending").to_entry()
+            state.recorder.add(
+                [Published(event, settings.queue_name, time.time())]
+                + [HandlerChange(event.id, settings.queue_name, h, pending) for h in dict.fromkeys(handlers)]
+            )
+        return event.id
+
+    async def flush_event_log(self, timeout: float = 5.0) -> None:
+        """Wait until the records this loop's publishes queued are written (at most ``timeout`` s)."""
+        state = self._bound
+        if state is not None and state.recorder is not None:
+            await state.recorder.flush(timeout)
 
     # --- dead letters: queue items workers refused --------------------------------
 

@@ -1,5 +1,5 @@
 """``earnevents`` command line: look at, retry and remove failed jobs; look at and
-remove dead letters (queue items workers refused).
+remove dead letters (queue items workers refused); look at and replay logged events.
 
     earnevents failed list [--event NAME] [--handler DOTTED] [--limit N] [--offset N] [--json]
     earnevents failed show JOB_ID
@@ -10,16 +10,20 @@ remove dead letters (queue items workers refused).
     earnevents dead show ID
     earnevents dead remove ID [ID ...] [--yes]
     earnevents events [--json]
+    earnevents events list [--name NAME] [--status STATUS] [--sender S] [--since 1h] [--limit N] [--offset N] [--json]
+    earnevents events show EVENT_ID
+    earnevents events replay EVENT_ID [--handler DOTTED ...] [--yes]
 
 ``earnevents events`` lists the event registry: every ``define_event`` with its
 description, schema, codes and metadata, and the handlers and receivers subscribed
 to it. It imports the application's modules to know them (EARNEVENTS_HANDLER_MODULES
 and EARNEVENTS_AUTODISCOVER, from the current directory as Celery does) and needs
-neither Redis nor MongoDB.
+neither Redis nor MongoDB. ``earnevents events list|show|replay`` work on the event
+log (see ``event_bus.get_event``).
 
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
-handlers again (retry, remove, purge) ask for confirmation on a terminal; with
+handlers again (retry, remove, purge, replay) ask for confirmation on a terminal; with
 stdin not a terminal they refuse (exit 2) unless given --yes.
 
 Exit status: 0 done; 1 a runtime error (an id not found, the others still
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import importlib
 import json
 import os
@@ -50,6 +55,7 @@ from .definitions import RegistryEntry, Subscriber
 from .definitions import registry as event_registry
 from .errors import ConfigError, DeadItemNotFoundError, EarnEventsError, JobNotFoundError, NotInitializedError
 from .event import encode
+from .eventlog import EVENT_STATUSES, EventRecord
 from .failures import FailedJob
 from .logtext import escape
 
@@ -166,12 +172,79 @@ async def _run_dead(args: argparse.Namespace) -> int:
     return status
 
 
+def _event_dict(record: EventRecord, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "status": record.status,
+        "sender": record.sender,
+        "published_at": None if record.published_at is None else record.published_at.isoformat(),
+        "due_at": None if record.due_at is None else record.due_at.isoformat(),
+        "cancelled_at": None if record.cancelled_at is None else record.cancelled_at.isoformat(),
+        "replay_of": record.replay_of,
+        "queue": record.queue,
+        "handlers": {
+            name: {
+                "status": h.status,
+                "attempts": h.attempts,
+                "started_at": None if h.started_at is None else h.started_at.isoformat(),
+                "finished_at": None if h.finished_at is None else h.finished_at.isoformat(),
+                "duration": h.duration,
+                "error": h.error,
+                **({"traceback": h.traceback} if full else {}),
+            }
+            for name, h in record.handlers.items()
+        },
+    }
+    if full:
+        out["data"] = encode(record.data)
+        out["metadata"] = encode(record.metadata)
+    return out
+
+
+async def _run_events(args: argparse.Namespace) -> int:
+    """``earnevents events list|show|replay``: the event log."""
+    if args.command == "list":
+        since = None
+        if args.since is not None:
+            since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=args.since)
+        records = await event_bus.find_events(
+            name=args.name, status=args.status, sender=args.sender, since=since, limit=args.limit, offset=args.offset
+        )
+        if args.json:
+            for record in records:
+                print(json.dumps(_event_dict(record)))
+            return 0
+        print(f"{len(records)} event(s)")
+        for record in records:
+            done = sum(h.status == "succeeded" for h in record.handlers.values())
+            when = "-" if record.published_at is None else f"{record.published_at:%Y-%m-%d %H:%M:%S}"
+            print(
+                f"{escape(record.id)}  {when}  {record.status:<16}  {escape(record.name)}  "
+                f"{escape(record.sender or '-')}  {done}/{len(record.handlers)} handler(s) succeeded"
+            )
+        return 0
+    if args.command == "show":
+        print(json.dumps(_event_dict(await event_bus.get_event(args.event_id), full=True), indent=2))
+        return 0
+    if args.command == "replay":
+        handlers = args.handlers or None
+        record = await event_bus.get_event(args.event_id)
+        targets = ", ".join(handlers) if handlers else "all its handlers"
+        confirm(f"replay event {record.id} ({record.name}): run {targets} again", args.yes)
+        print(f"replayed {record.id} as {await event_bus.replay(record.id, handlers)}")
+        return 0
+    raise UsageError("give a subcommand: earnevents events list, show or replay")
+
+
 async def _run(args: argparse.Namespace) -> int:
     # No autodiscovery: managing failed jobs and dead letters must not depend on importing the application.
     await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database, autodiscover=())
     try:
         if args.group == "dead":
             return await _run_dead(args)
+        if args.group == "events":
+            return await _run_events(args)
         if args.command == "list":
             jobs = await event_bus.get_failed_jobs(args.limit, args.offset, args.event, args.handler)
             if args.json:
@@ -256,8 +329,31 @@ def _add_yes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do it without asking (needed when not on a terminal)")
 
 
+def _add_event_log(parser: argparse.ArgumentParser) -> None:
+    """``earnevents events list|show|replay``: the event log's subcommands of the ``events`` group
+    (optional: without one, the group prints the registry)."""
+    events = parser.add_subparsers(dest="command", required=False)
+    lst = events.add_parser("list", help="logged events, newest first")
+    lst.add_argument("--name", help="only this event name")
+    lst.add_argument("--status", choices=EVENT_STATUSES, help="only events with this status")
+    lst.add_argument("--sender", help="only events from this sender")
+    lst.add_argument("--since", action=_Duration, metavar="DURATION", help="only events published within: 90s, 1h, 7d")
+    lst.add_argument("--limit", type=_count_arg, default=100)
+    lst.add_argument("--offset", type=_count_arg, default=0)
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    lst.set_defaults(since=None, since_text=None)
+    show = events.add_parser("show", help="one event with its data and each handler's outcome, as JSON")
+    show.add_argument("event_id", metavar="EVENT_ID")
+    replay = events.add_parser("replay", help="publish a copy of the event (a new id) to its handlers again")
+    replay.add_argument("event_id", metavar="EVENT_ID")
+    replay.add_argument(
+        "--handler", dest="handlers", action="append", metavar="DOTTED", help="only this handler (repeatable)"
+    )
+    _add_yes(replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="earnevents", description="Failed jobs, dead letters and the event registry.")
+    parser = _Parser(prog="earnevents", description="Failed jobs, dead letters, the event registry and the event log.")
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
@@ -293,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = dead.add_parser("remove", help="delete the record")
     remove.add_argument("item_ids", nargs="+", metavar="ID")
     _add_yes(remove)
-    _add_events(groups)
+    _add_event_log(_add_events(groups))
     return parser
 
 
@@ -416,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except (ConfigError, NotInitializedError, UsageError, ValueError, TypeError) as exc:
         return _fail(str(exc), USAGE)
-    except EarnEventsError as exc:  # JobNotFoundError, DeadItemNotFoundError, Declined, PublishError
+    except EarnEventsError as exc:  # JobNotFoundError, DeadItemNotFoundError, EventNotFoundError, Declined, ...
         return _fail(str(exc), FAILURE)
     except (redis_errors.RedisError, OSError) as exc:
         return _fail(f"Redis: {type(exc).__name__}: {exc} (check EARNEVENTS_REDIS_URI or --redis-uri)", FAILURE)

@@ -29,7 +29,7 @@ MIN_MESSAGE_SIZE = 4096
 """The smallest EARNEVENTS_MAX_MESSAGE_SIZE accepted (bytes)."""
 
 MAX_FAILED_AGE = 100 * 365 * 86400
-"""The largest EARNEVENTS_FAILED_MAX_AGE accepted (seconds, about 100 years)."""
+"""The largest EARNEVENTS_FAILED_MAX_AGE (and EARNEVENTS_EVENT_LOG_TTL) accepted (seconds, about 100 years)."""
 
 DEFAULTS: dict[str, str] = {
     "EARNEVENTS_REDIS_URI": "redis://localhost:6379/0",
@@ -53,6 +53,8 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_OUTBOX_MAX": "1000000",
     "EARNEVENTS_MAX_RETRIES_CAP": "100",
     "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
+    "EARNEVENTS_EVENT_LOG": "0",
+    "EARNEVENTS_EVENT_LOG_TTL": "604800",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -76,6 +78,9 @@ class EventConfig(BaseModel):
     """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""
     max_message_size: int = Field(default=int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"]), ge=MIN_MESSAGE_SIZE)
     """Bytes: workers refuse larger queue items, so publish refuses such messages up front."""
+    event_log: bool = Field(default=False, strict=True)
+    """Record every published event and its handlers' outcomes (``event_bus.get_event``); workers
+    record when their EARNEVENTS_EVENT_LOG is on."""
     strict: bool = False
     """Refuse to publish event names no ``define_event`` defined (UndefinedEventError); workers
     refuse to start with a handler subscribed to one."""
@@ -119,6 +124,8 @@ class Settings:
     """Outbox documents per queue; a publish that would go beyond raises OutboxFullError."""
     retry_caps: RetryCaps = DEFAULT_RETRY_CAPS
     """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
+    event_log_ttl: float = float(DEFAULTS["EARNEVENTS_EVENT_LOG_TTL"])
+    """Seconds an event log record is kept after its last change."""
 
     def __repr__(self) -> str:
         """The dataclass' repr with the URIs masked (``redact``): settings end up in logs and tracebacks."""
@@ -137,6 +144,11 @@ class Settings:
     @property
     def max_message_size(self) -> int:
         return self.event.max_message_size
+
+    @property
+    def event_log(self) -> bool:
+        """Whether this process records events in the event log."""
+        return self.event.event_log
 
     @property
     def strict(self) -> bool:
@@ -179,6 +191,8 @@ class Settings:
                 given["publish_timeout"] = _float_env(env, "EARNEVENTS_PUBLISH_TIMEOUT")
             if "max_message_size" not in given:
                 given["max_message_size"] = _int_env(env, "EARNEVENTS_MAX_MESSAGE_SIZE", MIN_MESSAGE_SIZE)
+            if "event_log" not in given:
+                given["event_log"] = _bool_env(env, "EARNEVENTS_EVENT_LOG")
             if "strict" not in given:
                 given["strict"] = _bool_env(env, "EARNEVENTS_STRICT")
             try:
@@ -224,6 +238,7 @@ class Settings:
             failed_max_age=_failed_age_env(env, "EARNEVENTS_FAILED_MAX_AGE"),
             outbox_max=_int_env(env, "EARNEVENTS_OUTBOX_MAX", 1),
             retry_caps=_retry_caps_env(env),
+            event_log_ttl=_failed_age_env(env, "EARNEVENTS_EVENT_LOG_TTL"),
         )
 
 

@@ -10,6 +10,7 @@ catches anything the library raises on purpose::
     │   └── OutboxFullError               ... and the MongoDB outbox holds its maximum already
     ├── EventTooLargeError (ValueError)   the event's message is over the maximum message size
     ├── JobNotFoundError (LookupError)    no failed job with that id
+    ├── EventNotFoundError (LookupError)  no event log record with that id
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
     ├── DeadItemNotFoundError (LookupError) no dead-lettered queue item with that id
     ├── HandlerTimeoutError (TimeoutError) a handler ran longer than its timeout
@@ -57,6 +58,11 @@ class EventTooLargeError(EarnEventsError, ValueError):
 
 class JobNotFoundError(EarnEventsError, LookupError):
     """Raised when no failed job has the given id (it was retried or removed)."""
+
+
+class EventNotFoundError(EarnEventsError, LookupError):
+    """Raised when the event log holds no record with the given id (never published with the
+    event log on, or older than EARNEVENTS_EVENT_LOG_TTL)."""
 
 
 class HandlerNotFoundError(EarnEventsError, LookupError):

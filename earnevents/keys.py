@@ -8,13 +8,15 @@ from __future__ import annotations
 
 PREFIX = "earnevents"
 
-QUEUE_KEY_WORDS = frozenset({"scheduled", "outbox-lock", "failed", "inflight", "inflight-consumers", "dead"})
+QUEUE_KEY_WORDS = frozenset(
+    {"scheduled", "outbox-lock", "failed", "inflight", "inflight-consumers", "dead", "eventlog"}
+)
 """What follows ``<PREFIX>:<queue>:`` in a per-queue key. Queue names may not contain these
 as ``:``-separated parts (``names.check_queue_name``): the first such part of a key then marks
 where its queue name ends, so no queue's keys are another queue's."""
 
 GLOBAL_KEY_WORDS = frozenset(
-    {"dedup", "claims", "failed-job", "consumer-alive", "unacked", "unacked_index", "unacked_mutex"}
+    {"dedup", "claims", "failed-job", "consumer-alive", "unacked", "unacked_index", "unacked_mutex", "logged-event"}
 )
 """What follows ``<PREFIX>:`` in a key shared by all queues (reserved in queue names too)."""
 
@@ -94,6 +96,30 @@ def failed_keys(queue: str) -> str:
 def failed_job(job_id: str) -> str:
     """String key holding one failed job record as JSON (ids are unique across queues)."""
     return f"{PREFIX}:failed-job:{job_id}"
+
+
+def eventlog_index(queue: str) -> str:
+    """Sorted set of the ids of ``queue``'s logged events scored by publish time (Redis event log)."""
+    return f"{PREFIX}:{queue}:eventlog"
+
+
+def eventlog_by_name(queue: str, event_name: str) -> str:
+    """Sorted set of logged event ids of one event name."""
+    return f"{PREFIX}:{queue}:eventlog:name:{event_name}"
+
+
+def eventlog_by_sender(queue: str, sender: str) -> str:
+    """Sorted set of logged event ids of one sender."""
+    return f"{PREFIX}:{queue}:eventlog:sender:{sender}"
+
+
+def eventlog_record(event_id: str) -> str:
+    """Hash holding one event's log record: the event, its times, one field per handler."""
+    return f"{PREFIX}:logged-event:{event_id}"
+
+
+MONGO_EVENTLOG_COLLECTION = "earnevents_events"
+"""Collection of event log records (the MongoDB event log)."""
 
 
 UNACKED = f"{PREFIX}:unacked"

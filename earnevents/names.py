@@ -152,3 +152,12 @@ def is_record_id(value: object, what: str = "id") -> bool:
     the store, so no value reaches a query but an id earnevents could have made.
     """
     return bool(_RECORD_ID.fullmatch(_text(value, what)))
+
+
+def is_event_id(value: object, what: str = "event id") -> bool:
+    """Whether ``value`` has the form of an event id; TypeError for a non-str.
+
+    Lookups by event id (the event log) treat another str as not found, without asking the store.
+    """
+    event_id = _text(value, what)
+    return len(event_id) <= MAX_LENGTH and bool(_EVENT_ID.fullmatch(event_id))

@@ -18,6 +18,7 @@ from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
 from .connections import Connections
 from .errors import ConfigError, NotInitializedError
+from .eventlog import EventLogStore, MongoEventLog, RedisEventLog
 from .failures import FailureStore, MongoFailureStore, RedisFailureStore
 
 
@@ -41,6 +42,11 @@ class Environment:
                 max_jobs=settings.failed_max,
                 max_age=settings.failed_max_age,
             )
+        )
+        self.eventlog: EventLogStore = (
+            MongoEventLog(self.connections.db, settings.queue_name, ttl=settings.event_log_ttl)
+            if self.connections.has_mongo
+            else RedisEventLog(self.connections.redis, settings.queue_name, ttl=settings.event_log_ttl)
         )
         self.event_bus = bus
 
@@ -95,7 +101,7 @@ async def init(
     if _env is not None:
         await close()
     env = Environment(settings, event_bus)
-    event_bus.bind(settings, env.connections, env.failures)
+    event_bus.bind(settings, env.connections, env.failures, env.eventlog)
     _env = env
     return env
 
@@ -104,6 +110,7 @@ async def close() -> None:
     """Release the clients and unbind the event bus; ``init()`` may be called again."""
     global _env
     env, _env = _env, None
+    await event_bus.flush_event_log()
     event_bus.unbind()
     if env is not None:
         await env.connections.aclose()

@@ -150,6 +150,9 @@ def _queue_keys(queue: str) -> list[str]:
         keys.inflight_consumers(queue),
         keys.dead_index(queue),
         keys.dead_items(queue),
+        keys.eventlog_index(queue),
+        keys.eventlog_by_name(queue, "e.x"),
+        keys.eventlog_by_sender(queue, "m.Model"),
     ]
 
 
@@ -159,7 +162,13 @@ def test_the_reserved_words_are_the_ones_the_keys_use():
         assert key.startswith(f"{keys.PREFIX}:Q:")
         assert key.split(":")[2] in keys.QUEUE_KEY_WORDS, key
     # ...and every shared key with one right after the prefix.
-    for key in (keys.dedup_buckets(1000), keys.job_claims("e1"), keys.failed_job("j"), keys.consumer_alive("c")):
+    for key in (
+        keys.dedup_buckets(1000),
+        keys.job_claims("e1"),
+        keys.failed_job("j"),
+        keys.consumer_alive("c"),
+        keys.eventlog_record("e1"),
+    ):
         assert key.split(":")[1] in keys.GLOBAL_KEY_WORDS, key
     for key in (keys.UNACKED, keys.UNACKED_INDEX, keys.UNACKED_MUTEX):
         assert key.split(":")[1] in keys.GLOBAL_KEY_WORDS, key

@@ -37,6 +37,7 @@ from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
 from . import appsettings, startup
+from . import eventlog as eventlog_writer
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures
 from .jobs import Job, Outcome
@@ -246,6 +247,7 @@ class WorkerRuntime:
         self.env = env
         self.completions = Completions(env.connections.redis, env.settings.dedup_window)
         self.max_deliveries = env.settings.max_deliveries
+        eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
 
     @classmethod
     def get(cls) -> WorkerRuntime:
@@ -261,6 +263,7 @@ class WorkerRuntime:
         with cls._lock:
             entry, cls._current = cls._current, None
         if entry is not None and entry[0] == os.getpid():
+            eventlog_writer.stop()
             try:
                 entry[1].loop.run(runtime.close(), timeout=5)
             except Exception:  # best effort at exit

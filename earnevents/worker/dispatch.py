@@ -21,6 +21,7 @@ from ..failures.record import describe
 from ..handlers import Handler, HandlerRegistry
 from ..logtext import get_logger
 from ..retry import RetryPolicy
+from . import eventlog as eventlog_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
 from .running import run_async, run_sync
 
@@ -99,6 +100,7 @@ async def settle_failures(
                 job_id=message.derived_id("failed", job.event.id, outcome.handler, job.attempt + 1),
             )
             await failures.add(record)
+            eventlog_hooks.settled(job, outcome, retrying=False)
             continue
         log.warning(
             "handler %s failed for %s %s (try %d): %s; retrying in %.3gs",
@@ -119,6 +121,7 @@ async def settle_failures(
             retry_policy=job.retry_policy.model_dump() if job.retry_policy is not None else None,
         )
         await bus.enqueue([(task_id, job.event.name, payload)], queue=job.queue, delay=delay)
+        eventlog_hooks.settled(job, outcome, retrying=True)
 
 
 def died(starts: int) -> WorkerLostError:
@@ -185,16 +188,20 @@ async def _claim(books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]) -> l
 async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
     """Run the claimed async handlers on the loop: fresh ones together, then the others one by one."""
     job = claimed.job
+    eventlog_hooks.started(job, [h.name for h in claimed.fresh])
     outcomes = claimed.dead + await run_async(claimed.fresh, job, books)
     for h in claimed.again:
         await books.started(job, h.name, job.deliveries[h.name])
+        eventlog_hooks.started(job, [h.name])
         outcomes += await run_async([h], job, books)
+    eventlog_hooks.finished(job, outcomes)
     return outcomes
 
 
 def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """:func:`_run_claimed` for a mix of sync (run in this thread) and async handlers."""
     job = claimed.job
+    eventlog_hooks.started(job, [h.name for h in claimed.fresh])
     async_handlers = [h for h in claimed.fresh if h.is_async]
     pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
     try:
@@ -208,7 +215,9 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
     outcomes = claimed.dead + outcomes
     for h in claimed.again:
         loop.run(books.started(job, h.name, job.deliveries[h.name]))
+        eventlog_hooks.started(job, [h.name])
         outcomes += loop.run(run_async([h], job, books)) if h.is_async else [run_sync(h, job, loop, books)]
+    eventlog_hooks.finished(job, outcomes)
     return outcomes
 
 
@@ -311,6 +320,7 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
             job.event.sender,
             job.event.id,
         )
+        eventlog_hooks.no_handlers(job)
         return []
     if all(h.is_async for h in handlers):
         return loop.run(_handle_async(job, handlers, books))

@@ -8,6 +8,7 @@ of several, when packed), or one job (a retry).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class Outcome:
     error: BaseException | None = None
     recorded: bool = False
     """A success already remembered as completed (so a redelivery skips it)."""
+    at: float = field(default_factory=time.time, compare=False)
+    """When the try ended (unix seconds): the event log's ``finished_at``."""
 
 
 @dataclass(frozen=True)

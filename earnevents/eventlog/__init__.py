@@ -1,0 +1,22 @@
+"""The event log: every published event with the outcome of each of its handlers.
+
+Stored in MongoDB (collection ``earnevents_events``) when a mongo_uri is configured,
+else in Redis; the API is the same (``event_bus.get_event``, ``find_events``, ``replay``).
+Publishers record events in the background (:mod:`.recorder`); workers record their
+handlers' outcomes from a writer thread of their own (``earnevents.worker.eventlog``).
+"""
+
+from .base import EventLogStore
+from .mongo_store import MongoEventLog
+from .record import EVENT_STATUSES, HANDLER_STATUSES, EventRecord, HandlerRecord
+from .redis_store import RedisEventLog
+
+__all__ = [
+    "EVENT_STATUSES",
+    "HANDLER_STATUSES",
+    "EventLogStore",
+    "EventRecord",
+    "HandlerRecord",
+    "MongoEventLog",
+    "RedisEventLog",
+]

@@ -1,0 +1,179 @@
+"""The event log in-process, on both stores: what publish, cancel and the queries do.
+
+Workers' writes are in test_eventlog_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+import earnevents
+from earnevents import Event, EventNotFoundError, keys
+from earnevents.eventlog.record import (
+    CANCELLED,
+    FAILED,
+    PARTIALLY_FAILED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    SUCCEEDED,
+    derive_status,
+)
+
+
+@pytest.fixture(params=["redis", "mongo"])
+async def logged(request: pytest.FixtureRequest, redis_url: str, queue: str) -> AsyncIterator[Any]:
+    """earnevents with the event log on, once on each store (TTL one hour)."""
+    mongo: dict[str, Any] = {"mongo_uri": ""}
+    if request.param == "mongo":
+        mongo = {"mongo_uri": request.getfixturevalue("mongo_url"), "database": request.getfixturevalue("mongo_db")}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EARNEVENTS_EVENT_LOG_TTL", "3600")
+    try:
+        environment = await earnevents.init(
+            redis_uri=redis_url, event_config={"queue_name": queue, "event_log": True}, **mongo
+        )
+        yield environment
+    finally:
+        await earnevents.close()
+        mp.undo()
+
+
+async def _record(event_id: str, timeout: float = 5.0) -> earnevents.EventRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await earnevents.event_bus.get_event(event_id)
+        except EventNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+def test_the_event_status_is_derived_from_the_handlers():
+    assert derive_status([], cancelled=False, dispatched=False) == PENDING
+    assert derive_status([], cancelled=False, dispatched=True) == SUCCEEDED
+    assert derive_status([SUCCEEDED], cancelled=True, dispatched=True) == CANCELLED
+    assert derive_status([SUCCEEDED, RUNNING], cancelled=False, dispatched=True) == RUNNING
+    assert derive_status([FAILED, RETRYING], cancelled=False, dispatched=True) == RUNNING
+    assert derive_status([PENDING, PENDING], cancelled=False, dispatched=False) == PENDING
+    assert derive_status([SUCCEEDED, PENDING], cancelled=False, dispatched=True) == RUNNING
+    assert derive_status([SUCCEEDED, SUCCEEDED], cancelled=False, dispatched=True) == SUCCEEDED
+    assert derive_status([FAILED], cancelled=False, dispatched=True) == FAILED
+    assert derive_status([SUCCEEDED, FAILED], cancelled=False, dispatched=True) == PARTIALLY_FAILED
+
+
+async def test_a_published_event_is_recorded_pending_with_its_fields(logged):
+    # Given the event log on, when an event with a sender is published
+    event = Event("order.paid", {"n": 1, "when": dt.date(2026, 1, 2)}, metadata={"sender": "shop.Order"})
+    await earnevents.event_bus.publish(event)
+    # Then its record holds the event and is pending (no worker took it)
+    record = await _record(event.id)
+    assert (record.id, record.name, record.data, record.sender) == (event.id, "order.paid", event.data, "shop.Order")
+    assert record.status == PENDING and record.handlers == {} and record.due_at is None
+    assert record.published_at is not None and abs(record.published_at.timestamp() - time.time()) < 60
+
+
+async def test_a_cancelled_delayed_event_shows_cancelled(logged):
+    event = Event("invoice.reminder", {"n": 1})
+    await earnevents.event_bus.publish(event, delay=3600)
+    record = await _record(event.id)
+    assert record.status == PENDING and record.due_at is not None
+    assert record.due_at.timestamp() == pytest.approx(time.time() + 3600, abs=60)
+    assert await earnevents.event_bus.cancel(event.id)
+    record = await earnevents.event_bus.get_event(event.id)
+    assert record.status == CANCELLED and record.cancelled_at is not None
+
+
+async def test_find_events_filters_and_pages_newest_first(logged):
+    bus = earnevents.event_bus
+    events = [
+        Event("a.one", {"i": 0}, metadata={"sender": "S1"}),
+        Event("a.two", {"i": 1}, metadata={"sender": "S2"}),
+        Event("a.one", {"i": 2}, metadata={"sender": "S2"}),
+    ]
+    for event in events:
+        await bus.publish(event)
+        await asyncio.sleep(0.01)  # distinct publish times
+    await bus.flush_event_log()
+    assert [r.id for r in await bus.find_events()] == [e.id for e in reversed(events)]
+    assert [r.id for r in await bus.find_events(name="a.one")] == [events[2].id, events[0].id]
+    assert [r.id for r in await bus.find_events(sender="S2")] == [events[2].id, events[1].id]
+    assert [r.id for r in await bus.find_events(name="a.one", sender="S2")] == [events[2].id]
+    assert [r.id for r in await bus.find_events(limit=1, offset=1)] == [events[1].id]
+    assert [r.id for r in await bus.find_events(status=PENDING, limit=2)] == [events[2].id, events[1].id]
+    assert await bus.find_events(status=FAILED) == []
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=60)
+    assert await bus.find_events(since=later) == []
+    assert len(await bus.find_events(until=later)) == 3
+
+
+async def test_ids_and_filters_are_str_only_and_unknown_ids_are_not_found(logged):
+    bus = earnevents.event_bus
+    with pytest.raises(TypeError, match="event_id must be a str"):
+        await bus.get_event({"$gt": ""})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be a str"):
+        await bus.find_events(name={"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sender must be a str"):
+        await bus.find_events(sender=["x"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status must be one of"):
+        await bus.find_events(status="done")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await bus.find_events(since=dt.datetime(2026, 1, 1))
+    with pytest.raises(EventNotFoundError, match="no logged event"):
+        await bus.get_event("0" * 32)
+    with pytest.raises(EventNotFoundError):
+        await bus.get_event("not an id")  # a space: not of the form, not looked up
+
+
+async def test_records_expire_after_the_ttl(logged, request):
+    event = Event("ttl.check", {})
+    await earnevents.event_bus.publish(event)
+    await earnevents.event_bus.flush_event_log()
+    settings = logged.settings
+    assert settings.event_log_ttl == 3600
+    if "mongo" in request.node.callspec.id:
+        client: MongoClient[Any] = MongoClient(settings.mongo_uri, tz_aware=True)
+        try:
+            col = client[settings.database][keys.MONGO_EVENTLOG_COLLECTION]
+            ttl = [i for i in col.index_information().values() if "expireAfterSeconds" in i]
+            assert [(i["key"], i["expireAfterSeconds"]) for i in ttl] == [([("expire_at", 1)], 0)]
+            doc = col.find_one({"_id": event.id})
+            assert doc is not None and isinstance(doc["expire_at"], dt.datetime)
+            assert doc["expire_at"].timestamp() == pytest.approx(time.time() + 3600, abs=60)
+        finally:
+            client.close()
+    else:
+        client_r = logged.connections.redis()
+        assert 3500 < await client_r.ttl(keys.eventlog_record(event.id)) <= 3601
+        assert 3500 < await client_r.ttl(keys.eventlog_index(settings.queue_name)) <= 3600
+
+
+async def test_without_the_event_log_nothing_is_recorded(bus):
+    event = Event("quiet.event", {})
+    await bus.publish(event)
+    await bus.flush_event_log()
+    with pytest.raises(EventNotFoundError, match="EARNEVENTS_EVENT_LOG=1"):
+        await bus.get_event(event.id)
+
+
+async def test_a_log_store_that_fails_never_fails_a_publish(logged, caplog):
+    # Given an event log store that refuses every write
+    async def broken(changes):
+        raise ConnectionError("log store down")
+
+    recorder = earnevents.event_bus._state().recorder
+    assert recorder is not None
+    recorder.store.write = broken  # type: ignore[method-assign]
+    # When an event is published, then the publish succeeds and the loss is logged
+    event_id = await earnevents.event_bus.publish(Event("still.works", {}))
+    await earnevents.event_bus.flush_event_log()
+    assert event_id and recorder.dropped == 1
+    assert "could not record 1 change(s) of published events" in caplog.text
