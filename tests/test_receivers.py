@@ -307,6 +307,9 @@ async def test_publish_carries_the_sender_in_metadata_and_leaves_the_callers_eve
     [
         ({}, 5, TypeError, "sender must be a class, a str or None"),
         ({}, "two words", ValueError, "sender 'two words' is not allowed"),
+        ({}, "evil\x1b[31m\nforged", ValueError, r"sender 'evil\\x1b\[31m\\nforged' is not allowed"),
+        ({}, "user*", ValueError, r"sender 'user\*' is not allowed"),
+        ({"sender": "a\nb"}, None, ValueError, r"metadata\['sender'\] 'a\\nb' is not allowed"),
         ({"sender": 5}, None, TypeError, r"metadata\['sender'\] must be a str"),
         ({"sender": "A"}, "B", ValueError, "already names sender 'A'"),
     ],
