@@ -37,6 +37,7 @@ from .errors import (
     NotInitializedError,
     OutboxFullError,
     PublishError,
+    ReceiverSignatureError,
     UndefinedEventError,
     WorkerLostError,
 )
@@ -45,6 +46,7 @@ from .eventlog import EventRecord, HandlerRecord
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler
 from .models import BaseModel, dispatch_model_event
+from .receivers import on
 from .retry import RetryPolicy
 from .runtime import Environment, close, init
 
@@ -76,6 +78,7 @@ __all__ = [
     # handling
     "event_handler",
     "model_event_handler",
+    "on",
     "RetryPolicy",
     "current_job",
     "JobContext",
@@ -103,6 +106,7 @@ __all__ = [
     "DeadItemNotFoundError",
     "HandlerNotFoundError",
     "HandlerTimeoutError",
+    "ReceiverSignatureError",
     "ModelValidationError",
     "ModelStateError",
     "WorkerLostError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import math
 import sys
@@ -100,8 +101,21 @@ class EventBus:
 
     # --- publishing ---------------------------------------------------------------
 
-    async def publish(self, event: Event, delay: float | None = None, at: dt.datetime | None = None) -> str:
+    async def publish(
+        self,
+        event: Event,
+        delay: float | None = None,
+        at: dt.datetime | None = None,
+        *,
+        sender: type | str | None = None,
+    ) -> str:
         """Send ``event`` to every handler subscribed to its name; return its id.
+
+        ``sender`` (a class, standing for its ``__qualname__``, or a str) travels in
+        ``metadata["sender"]``: receivers get it first, and handlers filtered by sender
+        run only for their own. The caller's ``event`` is left as it is; the one sent
+        is a copy with the same id. An event whose metadata names another sender
+        already is a ValueError.
 
         With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
         before then; the event waits in Redis, and ``cancel(event.id)`` can still
@@ -111,7 +125,7 @@ class EventBus:
         (``max_message_size``), and PublishError when Redis cannot take the event
         within ``publish_timeout`` s.
         """
-        return (await self.publish_batch([event], delay=delay, at=at))[0]
+        return (await self.publish_batch([event], delay=delay, at=at, sender=sender))[0]
 
     async def publish_batch(
         self,
@@ -120,6 +134,7 @@ class EventBus:
         at: dt.datetime | None = None,
         *,
         events_per_message: int = 1,
+        sender: type | str | None = None,
     ) -> list[str]:
         """Publish many events in one Redis round trip; return their ids in order.
 
@@ -127,6 +142,7 @@ class EventBus:
         rejects the whole batch. An event whose name was defined with a schema
         (``define_event``) is validated (EventValidationError) and sent with the data
         as validated; in strict mode an undefined name is an UndefinedEventError.
+        ``sender`` is every event's sender (see :meth:`publish`).
 
         ``events_per_message`` > 1 packs up to that many events into each queue
         message (immediate publishing only). A worker process takes a packed
@@ -159,6 +175,8 @@ class EventBus:
                 raise TypeError(f"publish takes earnevents.Event objects, got {type(event).__name__}")
         # Defined schemas validate (and shape) the data; strict mode refuses undefined names.
         events = definitions.registry.prepare(events, settings.event.strict)
+        sender_name = names.check_sender(sender)
+        events = [_with_sender(event, sender_name) for event in events]
         wires = [event.to_wire() for event in events]
         messages = []
         if events_per_message == 1:
@@ -596,6 +614,25 @@ else:  # pragma: no cover - Python 3.10
             raise asyncio.TimeoutError from exc
         finally:
             handle.cancel()
+
+
+def _with_sender(event: Event, sender: str | None) -> Event:
+    """``event`` carrying ``sender`` in its metadata (a copy, same id); checks a sender it carries already."""
+    metadata = event.metadata or {}
+    if "sender" in metadata:
+        carried = metadata["sender"]
+        if not isinstance(carried, str):
+            raise TypeError(
+                f"Event metadata['sender'] must be a str, got {type(carried).__name__}; "
+                "to send a class's name, use publish(..., sender=TheClass)"
+            )
+        names.check_sender(carried, "Event metadata['sender']")
+        if sender is not None and carried != sender:
+            raise ValueError(f"event {event.id} already names sender {carried!r} in its metadata, not {sender!r}")
+        return event
+    if sender is None:
+        return event
+    return dataclasses.replace(event, metadata={**metadata, "sender": sender})
 
 
 def _check_sizes(messages: Sequence[tuple[str, str, str]], max_size: int) -> None:

@@ -35,6 +35,7 @@ from . import event as codec
 from . import names
 from .errors import EventDefinitionError, EventValidationError, UndefinedEventError
 from .event import Event
+from .patterns import compile_pattern, is_pattern
 
 _CODE_NAME = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
 
@@ -277,10 +278,10 @@ class EventRegistry:
         """Each defined name (sorted), then each exact name handlers subscribe to without
         a definition, with the handlers and receivers that run for it."""
         subscribers = _subscribers(self._handlers)
-        patterns = [(s, _matcher(s.subscription)) for s in subscribers if _is_pattern(s.subscription)]
+        patterns = [(s, compile_pattern(s.subscription)) for s in subscribers if is_pattern(s.subscription)]
         exact: dict[str, list[Subscriber]] = {}
         for s in subscribers:
-            if not _is_pattern(s.subscription):
+            if not is_pattern(s.subscription):
                 exact.setdefault(s.subscription, []).append(s)
         out = []
         undefined = sorted(name for name in exact if name not in self._by_name)
@@ -300,11 +301,11 @@ class EventRegistry:
         """Each wildcard subscription (sorted), with the defined names it matches."""
         by_pattern: dict[str, list[Subscriber]] = {}
         for s in _subscribers(self._handlers):
-            if _is_pattern(s.subscription):
+            if is_pattern(s.subscription):
                 by_pattern.setdefault(s.subscription, []).append(s)
         out = []
         for pattern in sorted(by_pattern):
-            matches = _matcher(pattern)
+            matches = compile_pattern(pattern)
             subs = by_pattern[pattern]
             out.append(
                 PatternEntry(
@@ -321,7 +322,7 @@ class EventRegistry:
         return [
             s
             for s in _subscribers(self._handlers)
-            if not _is_pattern(s.subscription) and s.subscription not in self._by_name
+            if not is_pattern(s.subscription) and s.subscription not in self._by_name
         ]
 
     def check_subscriptions(self) -> None:
@@ -403,20 +404,6 @@ def _subscribers(source: Callable[[], Iterable[Any]] | None) -> list[Subscriber]
         )
         for h in source()
     ]
-
-
-def _is_pattern(subscription: str) -> bool:
-    return "*" in subscription
-
-
-def _matcher(pattern: str) -> Callable[[str], bool]:
-    """Whether an event name matches ``pattern``: ``*`` one segment, ``**`` any number."""
-    parts = pattern.split(".")
-    regex = "".join(
-        r"(?:\.[^.]+)*" if part == "**" else r"\.[^.]+" if part == "*" else re.escape("." + part) for part in parts
-    )
-    match = re.compile(regex).fullmatch
-    return lambda name: match("." + name) is not None
 
 
 def _problem(error: ErrorDetails) -> str:

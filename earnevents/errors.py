@@ -14,6 +14,7 @@ catches anything the library raises on purpose::
     ├── HandlerNotFoundError (LookupError) a message names a handler the worker lacks
     ├── DeadItemNotFoundError (LookupError) no dead-lettered queue item with that id
     ├── HandlerTimeoutError (TimeoutError) a handler ran longer than its timeout
+    ├── ReceiverSignatureError (TypeError) an @on receiver cannot take what it would be called with
     ├── WorkerLostError                   the worker process died while running a handler, again and again
     ├── ModelValidationError (ValueError) a model field got a value of the wrong type
     ├── EventValidationError (ValueError) an event's data does not fit its defined schema
@@ -71,6 +72,15 @@ class HandlerNotFoundError(EarnEventsError, LookupError):
 class HandlerTimeoutError(EarnEventsError, TimeoutError):
     """Raised in place of a handler's result when it ran longer than its ``timeout``;
     the worker treats it as that handler's failure (retried, then recorded)."""
+
+
+class ReceiverSignatureError(EarnEventsError, TypeError):
+    """Raised when an ``@on`` receiver's parameters cannot take its calls: when it is
+    registered (no positional parameter for the sender first, a parameter no call
+    fills), or in the worker when an event's data has keys it does not name (and it
+    takes no ``**kwargs``), lacks one it requires, or clashes with ``event``/its
+    sender parameter. In the worker it is the job's failure, recorded at once
+    without retries (it would fail the same way every time)."""
 
 
 class WorkerLostError(EarnEventsError):

@@ -73,6 +73,13 @@ class Event:
         if not isinstance(self.timestamp, dt.datetime) or self.timestamp.tzinfo is None:
             raise ValueError("Event timestamp must be a timezone-aware datetime")
 
+    @property
+    def sender(self) -> str | None:
+        """Who sent it: ``metadata["sender"]`` (a class's qualified name or a str given to
+        ``publish(..., sender=)``, a model's class name for model events); None if unsaid."""
+        sender = self.metadata.get("sender") if self.metadata else None
+        return sender if isinstance(sender, str) else None
+
     def to_wire(self) -> dict[str, Any]:
         """Return the JSON-safe form of this event; raises TypeError on unserializable data."""
         return {

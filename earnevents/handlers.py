@@ -1,8 +1,10 @@
 """The handler registry: ``@event_handler`` and ``@model_event_handler``.
 
-Decorating a function records it under an event name; nothing else happens at
-import time. Workers import the modules named in ``EARNEVENTS_HANDLER_MODULES``
-and look handlers up here, by event name or by dotted handler name.
+Decorating a function records it under an event name or pattern; nothing else
+happens at import time. Workers import the modules named in
+``EARNEVENTS_HANDLER_MODULES`` and look handlers up here, by event name (and
+sender) or by dotted handler name. ``@on`` receivers (:mod:`earnevents.receivers`)
+are registered here too, as handlers with another calling convention.
 """
 
 from __future__ import annotations
@@ -10,28 +12,49 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import names
+from . import names, patterns
 from .errors import HandlerNotFoundError
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .event import Event
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class Handler:
-    """One subscriber: the function, its dotted name, its own retry policy and timeout."""
+    """One subscription: the function, its dotted name, what it subscribes to, its own
+    retry policy, timeout and sender filter, and how the worker calls it.
+
+    A function subscribed to several events (``@on([...])``) has one Handler per
+    subscription, all with the same ``name``: retries, completions and failed-job
+    records know a job by (event id, handler name), and an event runs each name once.
+    """
 
     event_name: str
+    """An exact event name or a pattern with ``*``/``**`` segments (:mod:`earnevents.patterns`)."""
     func: Callable[..., Any]
     name: str
     retry_policy: RetryPolicy | None
     is_async: bool
     timeout: float | None = None
     """Seconds one try may run before it fails with HandlerTimeoutError; None: the worker's."""
+    sender: str | None = None
+    """Runs only for events whose ``Event.sender`` is this name; None: for every sender."""
+    receiver: bool = False
+    """Registered with ``@on``: called ``func(sender, **data, event=)`` rather than ``func(event)``."""
+    invoke: Callable[[Event], Any] | None = field(default=None, repr=False, compare=False)
+    """How to call ``func`` with an event, when not as ``func(event)``."""
+    call: Callable[[Event], Any] = field(init=False, repr=False, compare=False)
+    """What the worker calls with the event: ``invoke``, else ``func``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "call", self.invoke if self.invoke is not None else self.func)
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -50,12 +73,24 @@ def check_timeout(timeout: object) -> float | None:
     return value
 
 
+MAX_RESOLVED = 10_000
+"""Event names whose matching handlers a registry remembers; past that it starts over
+(names come from queue messages: the memory must stay bounded whatever arrives)."""
+
+
 class HandlerRegistry:
-    """Handlers by event name (in registration order) and by dotted name."""
+    """Subscriptions by event name or pattern (in registration order) and by dotted name.
+
+    The worker asks :meth:`resolve` for every event: the handlers matching a name
+    (exact names and patterns alike) are worked out once and remembered per name,
+    so the hot path is one dict lookup, plus the sender filter when a matching
+    handler has one.
+    """
 
     def __init__(self) -> None:
-        self._by_event: dict[str, list[Handler]] = {}
-        self._by_name: dict[str, Handler] = {}
+        self._by_name: dict[str, tuple[Handler, ...]] = {}
+        self._matchers: dict[str, Callable[[str], bool]] = {}  # per pattern, compiled once
+        self._resolved: dict[str, tuple[tuple[Handler, ...], bool]] = {}
 
     def register(
         self,
@@ -63,58 +98,148 @@ class HandlerRegistry:
         func: Callable[..., Any],
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        *,
+        sender: type | str | None = None,
     ) -> Handler:
-        # Exact names only until subscriptions take wildcards (then: names.check_pattern).
-        names.check_event_name(event_name, "event_handler's event name")
-        if not callable(func):
-            raise TypeError(f"event_handler decorates functions, got {type(func).__name__}")
-        name = names.check_handler_name(f"{func.__module__}.{func.__qualname__}", "handler name (module.qualname)")
-        handler = Handler(
-            event_name=event_name,
-            func=func,
-            name=name,
-            retry_policy=RetryPolicy.coerce(retry_policy),
-            is_async=inspect.iscoroutinefunction(func),
-            timeout=check_timeout(timeout),
+        """Subscribe ``func`` (called with the Event) to one event name or pattern."""
+        return self.subscribe([event_name], func, retry_policy, timeout, sender=sender)[0]
+
+    def subscribe(
+        self,
+        event_names: Sequence[str],
+        func: Callable[..., Any],
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        *,
+        sender: type | str | None = None,
+        receiver: bool = False,
+        invoke: Callable[[Event], Any] | None = None,
+        what: str = "event_handler",
+    ) -> list[Handler]:
+        """Subscribe ``func`` to each of ``event_names`` (names or patterns); one Handler each.
+
+        ``what`` names the decorator in error messages. TypeError/ValueError for a bad
+        name, pattern or sender, and ValueError when another function is registered
+        under the same dotted name.
+        """
+        if isinstance(event_names, str):
+            raise TypeError("subscribe takes a list of event names; register() takes one")
+        subscribed = list(dict.fromkeys(names.check_pattern(e, f"{what}'s event name") for e in event_names))
+        if not subscribed:
+            raise ValueError(f"{what} needs at least one event name")
+        sender_name = names.check_sender(sender, f"{what}'s sender")
+        name = dotted_name(func, what)
+        policy = RetryPolicy.coerce(retry_policy)
+        seconds = check_timeout(timeout)
+        handlers = tuple(
+            Handler(
+                event_name=event_name,
+                func=func,
+                name=name,
+                retry_policy=policy,
+                is_async=inspect.iscoroutinefunction(func),
+                timeout=seconds,
+                sender=sender_name,
+                receiver=receiver,
+                invoke=invoke,
+            )
+            for event_name in subscribed
         )
         existing = self._by_name.get(name)
         if existing is not None:
-            if existing.event_name == event_name and _location(existing.func) == _location(func):
+            if [h.event_name for h in existing] == subscribed and _location(existing[0].func) == _location(func):
                 # The same definition imported again (e.g. as __main__ and by name).
                 self.unregister(name)
             else:
                 raise ValueError(
-                    f"another handler is already registered as {name} (for {existing.event_name!r}); "
-                    "retries find handlers by this dotted name, so give each handler function a name "
-                    "of its own (lambdas all share '<lambda>')"
+                    f"another handler is already registered as {name} (for "
+                    f"{', '.join(repr(h.event_name) for h in existing)}); retries find handlers by this dotted "
+                    "name, so give each handler function a name of its own (lambdas all share '<lambda>'), "
+                    "and subscribe one function to several events with one decorator: @on([...])"
                 )
-        self._by_event.setdefault(event_name, []).append(handler)
-        self._by_name[name] = handler
-        return handler
+        for event_name in subscribed:
+            if patterns.is_pattern(event_name) and event_name not in self._matchers:
+                self._matchers[event_name] = patterns.compile_pattern(event_name)
+        self._by_name[name] = handlers
+        self._resolved.clear()
+        return list(handlers)
 
     def unregister(self, name: str) -> None:
-        handler = self._by_name.pop(name)
-        self._by_event[handler.event_name].remove(handler)
+        del self._by_name[name]
+        self._resolved.clear()
+
+    def _matching(self, event_name: str) -> tuple[tuple[Handler, ...], bool]:
+        """The handlers matching ``event_name`` (each name once, registration order), and
+        whether any of them filters by sender; remembered per name."""
+        found = self._resolved.get(event_name)
+        if found is not None:
+            return found
+        matched: list[Handler] = []
+        for handlers in self._by_name.values():
+            for h in handlers:
+                if self._matches(h.event_name, event_name):
+                    matched.append(h)
+                    break  # one job per function and event, however many of its subscriptions match
+        found = (tuple(matched), any(h.sender is not None for h in matched))
+        if len(self._resolved) >= MAX_RESOLVED:
+            self._resolved.clear()
+        self._resolved[event_name] = found
+        return found
+
+    def resolve(self, event_name: str, sender: str | None) -> list[Handler]:
+        """The handlers that run for an event of that name and sender (the worker's hot path).
+
+        Exact names and patterns alike; a function subscribed several ways runs once;
+        a handler with a sender filter only for that sender.
+        """
+        handlers, filtered = self._resolved.get(event_name) or self._matching(event_name)
+        if not filtered:
+            return list(handlers)
+        return [h for h in handlers if h.sender is None or h.sender == sender]
 
     def for_event(self, event_name: str) -> list[Handler]:
-        return list(self._by_event.get(event_name, ()))
+        """The handlers whose name or pattern matches ``event_name``, whatever their sender filter."""
+        return list(self._matching(event_name)[0])
 
     def handlers(self) -> list[Handler]:
-        """Every registered handler, in registration order."""
-        return list(self._by_name.values())
+        """Every subscription, in registration order (a function on several events: one each)."""
+        return [h for handlers in self._by_name.values() for h in handlers]
 
-    def event_of(self, name: str) -> str | None:
-        """The event name the handler called ``name`` subscribes to; None if it is not registered."""
-        handler = self._by_name.get(name)
-        return None if handler is None else handler.event_name
+    def subscribed(self, name: str, event_name: str) -> bool | None:
+        """Whether the handler called ``name`` subscribes to ``event_name``; None if it is not registered."""
+        handlers = self._by_name.get(name)
+        if handlers is None:
+            return None
+        return any(self._matches(h.event_name, event_name) for h in handlers)
+
+    def _matches(self, subscription: str, event_name: str) -> bool:
+        if subscription == event_name:
+            return True
+        match = self._matchers.get(subscription)
+        return match is not None and match(event_name)
 
     def get(self, name: str) -> Handler:
+        """The handler called ``name`` (a function on several events: its first subscription)."""
         try:
-            return self._by_name[name]
+            return self._by_name[name][0]
         except KeyError:
             raise HandlerNotFoundError(
                 f"no handler named {name!r} is registered; is its module in EARNEVENTS_HANDLER_MODULES?"
             ) from None
+
+
+def dotted_name(func: object, what: str = "event_handler") -> str:
+    """``module.qualname`` of a function to subscribe; TypeError for a non-callable."""
+    if not callable(func):
+        raise TypeError(f"{what} decorates functions, got {type(func).__name__}")
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"{what} decorates functions, which have a __module__ and a __qualname__ to name them by; "
+            f"got {type(func).__name__}"
+        )
+    return names.check_handler_name(f"{module}.{qualname}", "handler name (module.qualname)")
 
 
 def _location(func: Callable[..., Any]) -> tuple[str, int] | None:
@@ -127,22 +252,31 @@ registry = HandlerRegistry()
 
 
 def event_handler(
-    event_name: str, retry_policy: RetryPolicy | Mapping[str, Any] | None = None, *, timeout: float | None = None
+    event_name: str,
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+    sender: type | str | None = None,
 ) -> Callable[[F], F]:
     """Subscribe an ``async def`` or plain ``def`` function to ``event_name``.
 
-    The function receives the :class:`~earnevents.Event`. ``event_name`` and the
-    function's ``module.qualname`` must follow :mod:`earnevents.names` (TypeError or
-    ValueError when decorating). ``retry_policy`` (a dict
+    The function receives the :class:`~earnevents.Event`. ``event_name`` is an event
+    name or a pattern (``user.*``: one segment, ``billing.**``: any number,
+    ``**``: every event). It and the function's ``module.qualname`` must follow
+    :mod:`earnevents.names` (TypeError or ValueError when decorating). ``retry_policy`` (a dict
     of RetryPolicy fields or a RetryPolicy) overrides every other policy for it.
     ``timeout`` (seconds) makes a try that runs longer fail with HandlerTimeoutError
     (retried, then recorded); None: the worker's ``EARNEVENTS_HANDLER_TIMEOUT``.
+    ``sender`` (a class or its qualified name) runs it only for events published
+    with that sender; the others make no job for it.
     """
     policy = RetryPolicy.coerce(retry_policy)
     seconds = check_timeout(timeout)
+    names.check_pattern(event_name, "event_handler's event name")
+    sender_name = names.check_sender(sender, "event_handler's sender")
 
     def decorate(func: F) -> F:
-        registry.register(event_name, func, policy, seconds)
+        registry.register(event_name, func, policy, seconds, sender=sender_name)
         return func
 
     return decorate
@@ -170,6 +304,11 @@ def model_event_handler(
     retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
     *,
     timeout: float | None = None,
+    sender: type | str | None = None,
 ) -> Callable[[F], F]:
-    """Subscribe to ``<model>.<action>``: ``@model_event_handler("User", "created")``."""
-    return event_handler(model_event_name(model, action), retry_policy, timeout=timeout)
+    """Subscribe to ``<model>.<action>``: ``@model_event_handler("User", "created")``.
+
+    Model events carry their model class as sender, so ``sender=`` tells apart two
+    models whose names give the same event name (``HTTPLog`` and ``HttpLog``).
+    """
+    return event_handler(model_event_name(model, action), retry_policy, timeout=timeout, sender=sender)

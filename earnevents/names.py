@@ -18,6 +18,9 @@ and a ValueError naming the value and the rule for a str that breaks it:
   ...) can never be another queue's.
 - event ids: 1-200 printable ASCII characters, no space (the default is 32 hex
   digits).
+- senders (:func:`check_sender`): a class, which stands for its ``__qualname__``
+  (``User``, ``Outer.Inner``), or a str of 1-200 letters, digits and ``_ . : - < >``
+  (any qualname fits; the event log keeps an index per sender).
 - failed-job and dead-item ids: 32 lowercase hex digits, as earnevents makes them.
 
 None of these characters is special in a Redis key pattern (``* ? [ ] \\``), and
@@ -38,6 +41,7 @@ _EVENT_NAME = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
 _PATTERN_SEGMENT = re.compile(rf"{_SEGMENT}|\*\*?")
 _QUEUE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _EVENT_ID = re.compile(r"[!-~]+")
+_SENDER = re.compile(r"[\w.:<>-]+")
 _RECORD_ID = re.compile(r"[0-9a-f]{32}")
 _QUALNAME_MARKERS = frozenset({"<locals>", "<lambda>"})
 
@@ -52,6 +56,7 @@ QUEUE_NAME_RULE = (
     "starting with a letter or digit, "
     f"no part one of {sorted(keys.RESERVED_WORDS)} and no '{keys.PREFIX}:' at the start"
 )
+SENDER_RULE = f"a class or a non-empty name of at most {MAX_LENGTH} letters, digits and '_.:-<>', such as 'User'"
 EVENT_ID_RULE = f"a non-empty id of at most {MAX_LENGTH} printable ASCII characters, no spaces"
 RECORD_ID_RULE = "32 lowercase hex digits"
 
@@ -115,6 +120,25 @@ def check_event_id(value: object, what: str = "event id") -> str:
     if len(event_id) > MAX_LENGTH or not _EVENT_ID.fullmatch(event_id):
         raise _refuse(what, event_id, EVENT_ID_RULE)
     return event_id
+
+
+def check_sender(value: object, what: str = "sender") -> str | None:
+    """The sender's name: a class's ``__qualname__``, a str as it is, None for None.
+
+    So ``sender=User`` and ``sender="User"`` are interchangeable wherever a sender
+    is given (publishing, ``@on``/``@event_handler`` filters). The name is the
+    qualified name, not the module-qualified one: two classes called ``User`` in
+    different modules are the same sender.
+    """
+    if value is None:
+        return None
+    if isinstance(value, type):
+        value = value.__qualname__
+    elif not isinstance(value, str):
+        raise TypeError(f"{what} must be a class, a str or None, got {type(value).__name__}")
+    if len(value) > MAX_LENGTH or not _SENDER.fullmatch(value):
+        raise _refuse(what, value, SENDER_RULE)
+    return value
 
 
 def check_filter(value: object, what: str) -> str | None:

@@ -6,12 +6,14 @@ import asyncio
 import io
 import json
 import sys
+import time
 
 import pytest
 from test_cli import assert_one_error_line, run_main
 
 import earnevents
 from earnevents import Event
+from earnevents.eventlog.record import Published
 
 
 @pytest.fixture
@@ -23,9 +25,11 @@ def logged_events(redis_url, queue, monkeypatch):
     second = Event("shop.reminder", {"n": 2})
 
     async def publish() -> None:
-        await earnevents.init()
+        env = await earnevents.init()
         try:
-            await earnevents.event_bus.publish(first)
+            # publish() refuses such a sender, so the record is written to the log directly: a
+            # message put on the queue without earnevents can carry one, and it must print escaped.
+            await env.eventlog.write([Published(first, queue, time.time())])
             await asyncio.sleep(0.01)
             await earnevents.event_bus.publish(second, delay=600)
             await earnevents.event_bus.cancel(second.id)

@@ -239,3 +239,31 @@ def test_an_unknown_automatic_event_is_refused_when_the_class_is_defined():
         class Bad(BaseModel):
             _events = ("created", "exploded")
             name: str
+
+
+# --- senders ------------------------------------------------------------------------------
+
+
+async def test_every_kind_of_model_event_carries_its_model_class_as_sender(models_env, rclient, queue):
+    # Given a user (its create() publishes user.before_create, then dispatches user.created)
+    user = User(username="ada", email="ada@example.com")
+    # When it is created, logs in (@after_save), and a gadget is created, saved and deleted (automatic)
+    await user.create()
+    await user.login()
+    gadget = await Gadget(name="lamp").create()
+    gadget.price = 2.0
+    await gadget.save()
+    await gadget.delete()
+    # and events are dispatched for a model given by name
+    await dispatch_model_event(models_env.event_bus, "OrderItem", "lost", "7")
+    # Then each names its model as its sender (the user's login save and the rest, in order)
+    senders = [(event.name, event.sender, event.metadata["sender"]) for event in queued(rclient, queue)]
+    assert senders == [
+        ("user.before_create", "User", "User"),
+        ("user.created", "User", "User"),
+        ("user.login", "User", "User"),
+        ("gadget.created", "Gadget", "Gadget"),
+        ("gadget.updated", "Gadget", "Gadget"),
+        ("gadget.deleted", "Gadget", "Gadget"),
+        ("order_item.lost", "OrderItem", "OrderItem"),
+    ]

@@ -53,7 +53,11 @@ async def test_automatic_events_reach_the_worker_with_the_changed_fields(models_
     # Then the worker handled parcel.created and parcel.updated, the latter naming the changed fields
     seen = {record["handler"]: record for record in wait_results(rclient, tok, 2)}
     assert seen["parcel_created"]["repr"]["id"] == repr(str(parcel.id))
-    assert seen["parcel_updated"]["metadata"] == {"model": "Parcel", "changed_fields": ["status", "shipped_at"]}
+    assert seen["parcel_updated"]["metadata"] == {
+        "model": "Parcel",
+        "changed_fields": ["status", "shipped_at"],
+        "sender": "Parcel",
+    }
     assert seen["parcel_updated"]["types"]["shipped_at"] == "datetime"
 
 

@@ -282,8 +282,11 @@ class BaseModel(pydantic.BaseModel):
         return True
 
     async def publish_event(self, name: str, delay: float | None = None) -> str:
-        """Publish an event called ``name`` whose data is this model's :meth:`to_dict`; returns its id."""
-        return await runtime.current().event_bus.publish(Event(name=name, data=self.to_dict()), delay=delay)
+        """Publish an event called ``name`` whose data is this model's :meth:`to_dict`, sent by
+        this model's class (``Event.sender``); returns its id."""
+        return await runtime.current().event_bus.publish(
+            Event(name=name, data=self.to_dict()), delay=delay, sender=type(self)
+        )
 
     # --- reads ------------------------------------------------------------------------
 

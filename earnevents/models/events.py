@@ -36,9 +36,10 @@ async def dispatch_model_event(
     instance's fields plus ``id`` = ``record_id``; ``model`` is a class or its name.
 
     Returns the event id. ``delay`` (seconds) schedules it, as for ``event_bus.publish``.
+    The event's sender is ``model`` (a class: its qualified name).
     """
     event = Event(name=model_event_name(model, action), data=model_data(instance, record_id))
-    return await event_bus.publish(event, delay=delay)
+    return await event_bus.publish(event, delay=delay, sender=model)
 
 
 async def publish_automatic(instance: BaseModel, action: str, changed_fields: Sequence[str] | None = None) -> None:
@@ -46,7 +47,7 @@ async def publish_automatic(instance: BaseModel, action: str, changed_fields: Se
 
     ``id`` is the stored id as a string, as the seed's ``dispatch_model_event(..., str(self.id), ...)``
     sends it, so a handler sees the same ``id`` from either; metadata names the model and,
-    for updates, the changed fields.
+    for updates, the changed fields; the sender is the model class.
     """
     model = type(instance)
     if action not in model._events:
@@ -55,4 +56,4 @@ async def publish_automatic(instance: BaseModel, action: str, changed_fields: Se
     if changed_fields is not None:
         metadata["changed_fields"] = list(changed_fields)
     event = Event(name=model_event_name(model, action), data=model_data(instance, str(instance.id)), metadata=metadata)
-    await runtime.current().event_bus.publish(event)
+    await runtime.current().event_bus.publish(event, sender=model)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from .. import message
 from ..bus import EventBus
-from ..errors import HandlerNotFoundError, WorkerLostError
+from ..errors import HandlerNotFoundError, ReceiverSignatureError, WorkerLostError
 from ..failures import FailedJob, FailureStore
 from ..failures.record import describe
 from ..handlers import Handler, HandlerRegistry
@@ -29,10 +29,15 @@ log = get_logger(__name__)
 
 
 def select_handlers(registry: HandlerRegistry, job: Job) -> list[Handler]:
-    """The handlers this message runs (HandlerNotFoundError for an unknown retry target)."""
+    """The handlers this message runs (HandlerNotFoundError for an unknown retry target).
+
+    An event runs each handler whose name or pattern matches its name and whose
+    sender filter (if any) is its sender: the others get no job at all (no claim, no
+    completion, no failure). A retry runs the handler it names.
+    """
     if job.handler is not None:
         return [registry.get(job.handler)]
-    return registry.for_event(job.event.name)
+    return registry.resolve(job.event.name, job.event.sender)
 
 
 def choose_policy(handler: Handler | None, job: Job, worker_policy: RetryPolicy | None) -> RetryPolicy:
@@ -72,8 +77,10 @@ async def settle_failures(
             handler = None
         policy = choose_policy(handler, job, worker_policy)
         err = outcome.error
-        # A job whose process died max-deliveries times is final: retrying would kill more.
-        delay = None if handler is None or isinstance(err, WorkerLostError) else retry_delay(policy, job.attempt)
+        # A job whose process died max-deliveries times is final: retrying would kill more;
+        # so is a receiver that cannot take the event's data: it would fail the same way.
+        final = handler is None or isinstance(err, (WorkerLostError, ReceiverSignatureError))
+        delay = None if final else retry_delay(policy, job.attempt)
         if delay is None:
             log.error(
                 "handler %s failed for %s %s after %d tries: %s; recorded as a failed job",
@@ -307,7 +314,12 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         loop.run(books.settle(job, outcomes))
         return outcomes
     if not handlers:
-        log.info("no handler subscribes to %r; event %s acknowledged", job.event.name, job.event.id)
+        log.info(
+            "no handler subscribes to %r from sender %r; event %s acknowledged",
+            job.event.name,
+            job.event.sender,
+            job.event.id,
+        )
         eventlog_hooks.no_handlers(job)
         return []
     if all(h.is_async for h in handlers):

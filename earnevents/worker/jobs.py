@@ -84,8 +84,8 @@ class Job:
     ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed.
 
-        With ``registry``, a retry naming a handler registered for another event
-        than the message's is malformed too (it must not run on this event). The
+        With ``registry``, a retry naming a handler none of whose names or patterns
+        match the message's event is malformed too (it must not run on this event). The
         message's retry policy is held within ``retry_caps`` (the worker's
         EARNEVENTS_MAX_RETRIES_CAP and EARNEVENTS_MIN_RETRY_INTERVAL; None: only
         the policy bounds), and a retry message built from this job carries it so.
@@ -100,9 +100,9 @@ class Job:
             raise TypeError(f"event must be a dict, got {type(event).__name__}")
         decoded = Event.from_wire(event)
         if handler is not None and registry is not None:
-            subscribed = registry.event_of(handler)
-            if subscribed is not None and subscribed != decoded.name:
-                raise ValueError(f"handler {handler} is subscribed to {subscribed!r}, not to {decoded.name!r}")
+            if registry.subscribed(handler, decoded.name) is False:
+                subscribed = ", ".join(repr(h.event_name) for h in registry.handlers() if h.name == handler)
+                raise ValueError(f"handler {handler} is subscribed to {subscribed}, not to {decoded.name!r}")
         return cls(
             event=decoded,
             handler=handler,

@@ -171,16 +171,16 @@ def _call_sync(handler: Handler, event: Event, timeout: float | None) -> Any:
     still finish later (documented in the README).
     """
     if timeout is None:
-        return handler.func(event)
+        return handler.call(event)
     if _can_alarm():
         with _alarm(timeout, handler.name):
-            return handler.func(event)
+            return handler.call(event)
     future: Future[Any] = Future()
     context = contextvars.copy_context()
 
     def call() -> None:
         try:
-            future.set_result(context.run(handler.func, event))
+            future.set_result(context.run(handler.call, event))
         except BaseException as exc:  # handed to the waiting thread as the handler's failure
             future.set_exception(exc)
 
@@ -223,9 +223,9 @@ async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
     token = _current_job.set(job_context(job, handler.name))
     try:
         if timeout is None:  # the usual case: no timer, no wrapper
-            await handler.func(job.event)
+            await handler.call(job.event)
         else:
-            await _within(handler.func(job.event), timeout, handler.name)
+            await _within(handler.call(job.event), timeout, handler.name)
     except BaseException as exc:  # a handler's failure is data here, SystemExit too: the loop goes on
         if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
             raise
