@@ -286,7 +286,11 @@ class EventRegistry:
         out = []
         undefined = sorted(name for name in exact if name not in self._by_name)
         for name in [*self.names(), *undefined]:
-            subs = exact.get(name, []) + [s for s, matches in patterns if matches(name)]
+            # A subscriber whose exact name and pattern both match runs once: list it once.
+            once: dict[str, Subscriber] = {}
+            for s in exact.get(name, []) + [s for s, matches in patterns if matches(name)]:
+                once.setdefault(s.name, s)
+            subs = list(once.values())
             out.append(
                 RegistryEntry(
                     name,
@@ -399,8 +403,8 @@ def _subscribers(source: Callable[[], Iterable[Any]] | None) -> list[Subscriber]
         Subscriber(
             name=h.name,
             subscription=h.event_name,
-            sender=getattr(h, "sender", None),
-            receiver=bool(getattr(h, "receiver", False)),
+            sender=h.sender,
+            receiver=h.receiver,
         )
         for h in source()
     ]

@@ -248,6 +248,16 @@ def test_the_registry_lists_receivers_apart_with_their_sender():
     assert entry.handlers == () and [(r.name, r.sender) for r in entry.receivers] == [("app.receivers.notify", "User")]
 
 
+def test_a_receiver_both_named_and_matched_by_its_pattern_is_listed_once_as_it_runs_once():
+    subs = [Sub("app.receivers.r", "user.created", receiver=True), Sub("app.receivers.r", "user.**", receiver=True)]
+    reg = EventRegistry(handlers=lambda: subs)
+    reg.add(earnevents.DefinedEvent("user.created", None, "", {}, {}))
+
+    (entry,) = reg.entries()
+
+    assert [r.name for r in entry.receivers] == ["app.receivers.r"]
+
+
 def test_check_subscriptions_names_each_handler_of_an_undefined_name_and_suggests_close_names():
     handlers = HandlerRegistry()  # the real one: it reads exact names from HandlerRegistry.handlers()
     reg = EventRegistry(handlers=lambda: [*handlers.handlers(), Sub("app.handlers.pattern", "user.*")])

@@ -30,7 +30,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .. import keys, names
 from ..event import Event
 from .base import DEFAULT_TTL, check_query
-from .record import Change, EventRecord, HandlerChange, Published, sender_of, utc
+from .record import Change, EventRecord, HandlerChange, Published, utc
 
 EXPIRE_AT = "expire_at"
 """Field (always a datetime) under the TTL index: when MongoDB deletes the record."""
@@ -55,7 +55,7 @@ def _event_fields(event: Event, queue: str) -> dict[str, Any]:
     return {
         "queue": queue,
         "name": event.name,
-        "sender": sender_of(event),
+        "sender": event.sender,
         "event_json": json.dumps(event.to_wire(), separators=(",", ":")),
         "published_at": event.timestamp.timestamp(),
     }

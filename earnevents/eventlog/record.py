@@ -38,12 +38,6 @@ def utc(timestamp: float | None) -> dt.datetime | None:
     return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
 
 
-def sender_of(event: Event) -> str | None:
-    """The event's sender (``metadata["sender"]``) when it is a str."""
-    sender = (event.metadata or {}).get("sender")
-    return sender if isinstance(sender, str) else None
-
-
 def error_text(exc: BaseException) -> tuple[str, str]:
     """``("ExcType: message", traceback)``, cut to MAX_TEXT; never the frames' local variables."""
     try:
@@ -165,7 +159,7 @@ class EventRecord:
 
     @property
     def sender(self) -> str | None:
-        return sender_of(self.event)
+        return self.event.sender
 
     @property
     def replay_of(self) -> str | None:

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from .. import keys, names
 from ..event import Event
 from .base import DEFAULT_TTL, check_query
-from .record import Change, EventRecord, HandlerChange, Published, sender_of
+from .record import Change, EventRecord, HandlerChange, Published
 
 HANDLER_FIELD = "h:"
 """Prefix of the hash fields holding one handler's entry each."""
@@ -44,7 +44,7 @@ def _wire(event: Event) -> str:
 
 def _indexes(queue: str, event: Event) -> list[str]:
     out = [keys.eventlog_index(queue), keys.eventlog_by_name(queue, event.name)]
-    sender = sender_of(event)
+    sender = event.sender
     if sender is not None:
         out.append(keys.eventlog_by_sender(queue, sender))
     return out
