@@ -106,9 +106,16 @@ def marks(n: int, exit_every: int, hang_every: int) -> dict[str, bool]:
 
 
 async def publish_all(
-    redis_url: str, total: int, per_message: int = 1, poison: int = 0, exit_every: int = 0, hang_every: int = 0
+    redis_url: str,
+    total: int,
+    per_message: int = 1,
+    poison: int = 0,
+    exit_every: int = 0,
+    hang_every: int = 0,
+    event_log: bool = False,
 ) -> list[str]:
-    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": QUEUE, "publish_timeout": 60})
+    config = {"queue_name": QUEUE, "publish_timeout": 60, "event_log": event_log}
+    await earnevents.init(redis_uri=redis_url, event_config=config)
     rng = random.Random(1)
     ids: list[str] = []
     bad = poison_items(poison)
@@ -136,6 +143,22 @@ async def publish_all(
     return ids
 
 
+async def _logged_statuses(redis_url: str, ids: list[str]) -> dict[str, int]:
+    """How many of ``ids`` the event log shows in each status ("missing": no record)."""
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": QUEUE, "event_log": True})
+    counts: dict[str, int] = {}
+    try:
+        for event_id in ids:
+            try:
+                status = (await event_bus.get_event(event_id)).status
+            except earnevents.EventNotFoundError:
+                status = "missing"
+            counts[status] = counts.get(status, 0) + 1
+    finally:
+        await earnevents.close()
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
@@ -151,6 +174,7 @@ def main() -> int:
     parser.add_argument("--poison", type=int, default=0, help="queue items that are not valid messages to push")
     parser.add_argument("--exit-every", type=int, default=0, help="every K-th event: a handler calls os._exit")
     parser.add_argument("--hang-every", type=int, default=0, help="every K-th event: a handler never returns")
+    parser.add_argument("--event-log", action="store_true", help="event log on (publisher and workers); report it")
     args = parser.parse_args()
     faults = bool(args.exit_every or args.hang_every)
 
@@ -164,6 +188,7 @@ def main() -> int:
         "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
         "EARNEVENTS_MAX_DELIVERIES": "3",
         "PYTHONPATH": str(ROOT),
+        "EARNEVENTS_EVENT_LOG": "1" if args.event_log else "0",
     }
     logs = ROOT / ".run"
     logs.mkdir(exist_ok=True)
@@ -178,7 +203,15 @@ def main() -> int:
         chaos.start()
         log(f"publishing {args.events} events (half delayed 0-5 s) to {redact_uri(server.url)}")
         ids = asyncio.run(
-            publish_all(server.url, args.events, args.events_per_message, args.poison, args.exit_every, args.hang_every)
+            publish_all(
+                server.url,
+                args.events,
+                args.events_per_message,
+                args.poison,
+                args.exit_every,
+                args.hang_every,
+                args.event_log,
+            )
         )
         log(f"published {len(ids)}; waiting for every job while the chaos goes on")
         expected = {f"{i}:{h}" for i in ids for h in HANDLERS}
@@ -228,6 +261,10 @@ def main() -> int:
         print(f"unexpected failed jobs:            {len(failed - must_fail)}")
         print(f"poison items dead-lettered:        {dead} of {args.poison} pushed")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
+        if args.event_log:
+            statuses = asyncio.run(_logged_statuses(server.url, ids))
+            shown = ", ".join(f"{status} {count}" for status, count in sorted(statuses.items()))
+            print(f"event log, status of each event:   {shown}")
         for field in sorted(lost)[:20]:
             print("  lost:", field, where_is(client, field.split(":")[0]), "starts:", starts.get(field.encode()))
         return 0 if not lost and not failed - must_fail and dead == args.poison else 1

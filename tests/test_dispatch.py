@@ -288,6 +288,26 @@ def test_handlers_completed_before_are_skipped_and_the_rest_run(registry):
     assert ran == ["second"] and len(outcomes) == 1
 
 
+def test_handlers_completed_before_are_told_to_the_event_log(registry, monkeypatch):
+    # (the worker that completed them may have died before its log writes left its buffer)
+    from earnevents.worker import eventlog as eventlog_hooks
+
+    told: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(eventlog_hooks, "completed_before", lambda job, names: told.append((job.event.id, names)))
+
+    def done_handler(e):
+        pass
+
+    def other_handler(e):
+        pass
+
+    done = registry.register("e.x", done_handler)
+    registry.register("e.x", other_handler)
+    event = Event("e.x", {})
+    handle(job_for(event), registry, InlineLoop(), FakeBooks(done={done.name}))
+    assert told == [(event.id, [done.name])]
+
+
 def test_a_redelivered_message_reruns_nothing_that_completed(registry):
     ran: list[str] = []
 

@@ -24,6 +24,9 @@ from earnevents.eventlog.record import (
     RETRYING,
     RUNNING,
     SUCCEEDED,
+    Completed,
+    HandlerChange,
+    Published,
     derive_status,
 )
 
@@ -79,6 +82,32 @@ async def test_a_published_event_is_recorded_pending_with_its_fields(logged):
     assert (record.id, record.name, record.data, record.sender) == (event.id, "order.paid", event.data, "shop.Order")
     assert record.status == PENDING and record.handlers == {} and record.due_at is None
     assert record.published_at is not None and abs(record.published_at.timestamp() - time.time()) < 60
+
+
+async def test_a_handler_a_later_delivery_found_completed_shows_succeeded_keeping_what_was_written(logged, queue):
+    # Given an event whose worker wrote "running" for one handler and nothing for another,
+    # then died before its "succeeded" writes left its buffer
+    event = Event("order.paid", {"n": 1})
+    started = time.time() - 1
+    running = {"status": RUNNING, "attempts": 1, "started_at": started}
+    await logged.eventlog.write(
+        [Published(event, queue, started), HandlerChange(event.id, queue, "app.h.first", running, None)]
+    )
+    assert (await _record(event.id)).status == RUNNING
+    # When the redelivered message finds both jobs completed (the dedup record) and says so
+    await logged.eventlog.write(
+        [
+            Completed(event.id, queue, "app.h.first", time.time()),
+            Completed(event.id, queue, "app.h.second", time.time()),
+        ]
+    )
+    # Then both show succeeded, the first with the start its worker wrote, and so does the event
+    record = await _record(event.id)
+    assert record.status == SUCCEEDED
+    first, second = record.handlers["app.h.first"], record.handlers["app.h.second"]
+    assert first.status == SUCCEEDED and first.started_at is not None
+    assert abs(first.started_at.timestamp() - started) < 0.01
+    assert second.status == SUCCEEDED and second.finished_at is not None
 
 
 async def test_a_cancelled_delayed_event_shows_cancelled(logged):

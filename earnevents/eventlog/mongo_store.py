@@ -30,7 +30,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .. import keys, names
 from ..event import Event
 from .base import DEFAULT_TTL, check_query
-from .record import Change, EventRecord, HandlerChange, Published, utc
+from .record import Change, Completed, EventRecord, HandlerChange, Published, utc
 
 EXPIRE_AT = "expire_at"
 """Field (always a datetime) under the TTL index: when MongoDB deletes the record."""
@@ -77,6 +77,8 @@ def requests(changes: Sequence[Change], ttl: float, now: float | None = None) ->
             continue
         if isinstance(change, HandlerChange):
             update = {"$set": {f"handlers.{handler_key(change.handler)}": change.entry}}
+        elif isinstance(change, Completed):
+            update = {"$set": {f"completed.{handler_key(change.handler)}": change.at}}
         else:
             update = {"$set": {change.field: change.at}}
         inserted: dict[str, Any] = {EXPIRE_AT: utc(now + ttl)}
@@ -101,6 +103,7 @@ def parse(doc: dict[str, Any]) -> EventRecord | None:
         due_at=doc.get("due_at"),
         cancelled_at=doc.get("cancelled_at"),
         dispatched_at=doc.get("dispatched_at"),
+        completed={key.replace(":", "."): at for key, at in (doc.get("completed") or {}).items()},
     )
 
 

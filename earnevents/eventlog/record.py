@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import traceback as tb
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..event import Event
@@ -178,9 +178,18 @@ class EventRecord:
         due_at: Any = None,
         cancelled_at: Any = None,
         dispatched_at: Any = None,
+        completed: Mapping[str, Any] | None = None,
     ) -> EventRecord:
-        """From a store's fields (times as datetimes or unix seconds)."""
+        """From a store's fields (times as datetimes or unix seconds); ``completed``: the
+        handlers found completed by a later delivery (:class:`Completed`), with when."""
         records = {name: HandlerRecord.from_entry(name, entry) for name, entry in sorted(handlers.items())}
+        for name, at in (completed or {}).items():
+            known = records.get(name)
+            if known is None:
+                records[name] = HandlerRecord(name, SUCCEEDED, attempts=1, finished_at=_time(at))
+            elif known.status != SUCCEEDED:
+                records[name] = replace(known, status=SUCCEEDED, error=None, traceback=None)
+        records = dict(sorted(records.items()))
         status = derive_status(
             (r.status for r in records.values()), cancelled_at is not None, dispatched_at is not None
         )
@@ -235,4 +244,18 @@ class Marked:
     queue: str = ""
 
 
-Change = Published | HandlerChange | Marked
+@dataclass(frozen=True)
+class Completed:
+    """A worker found the handler's job completed by an earlier delivery (the dedup record
+    says it succeeded) and skipped it: the record shows it succeeded, whatever entry an
+    earlier worker did or did not manage to write before it died. A marker of its own
+    (never a rewrite of the entry), so a complete entry keeps its times."""
+
+    event_id: str
+    queue: str
+    handler: str
+    at: float
+    event: Event | None = None
+
+
+Change = Published | HandlerChange | Marked | Completed

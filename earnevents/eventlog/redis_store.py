@@ -27,10 +27,13 @@ import redis.asyncio as aioredis
 from .. import keys, names
 from ..event import Event
 from .base import DEFAULT_TTL, check_query
-from .record import Change, EventRecord, HandlerChange, Published
+from .record import Change, Completed, EventRecord, HandlerChange, Published
 
 HANDLER_FIELD = "h:"
 """Prefix of the hash fields holding one handler's entry each."""
+
+COMPLETED_FIELD = "c:"
+"""Prefix of the hash fields marking a handler found completed by a later delivery."""
 
 SCAN_BATCH = 200
 """Index entries read per round while a query filters by status (or by name and sender)."""
@@ -87,6 +90,11 @@ def commands(changes: Sequence[Change], ttl: float, now: float | None = None) ->
             out.append(("hset", (record, HANDLER_FIELD + change.handler, entry), {}))
             if change.event is not None:
                 fill(record, change.event, change.queue, only_missing=True)
+        elif isinstance(change, Completed):
+            record = keys.eventlog_record(change.event_id)
+            out.append(("hset", (record, COMPLETED_FIELD + change.handler, repr(change.at)), {}))
+            if change.event is not None:
+                fill(record, change.event, change.queue, only_missing=True)
         else:
             record = keys.eventlog_record(change.event_id)
             out.append(("hset", (record, change.field, repr(change.at)), {}))
@@ -118,6 +126,11 @@ def parse(raw: dict[Any, Any]) -> EventRecord | None:
         due_at=_float(fields.get("due_at")),
         cancelled_at=_float(fields.get("cancelled_at")),
         dispatched_at=_float(fields.get("dispatched_at")),
+        completed={
+            name[len(COMPLETED_FIELD) :]: _float(value)
+            for name, value in fields.items()
+            if name.startswith(COMPLETED_FIELD)
+        },
     )
 
 

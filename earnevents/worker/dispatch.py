@@ -167,6 +167,7 @@ def _claimed(job: Job, handlers: list[Handler], states: Mapping[str, int], most:
             again.append(h)
     if done:
         log.info("event %s: skipping %s, completed before", job.event.id, ", ".join(sorted(done)))
+        eventlog_hooks.completed_before(job, done)
     if held:
         log.info("event %s: skipping %s, another copy of the message runs it", job.event.id, ", ".join(sorted(held)))
     if again:

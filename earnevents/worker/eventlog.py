@@ -26,7 +26,7 @@ from typing import Any
 from .. import keys, redisurl
 from ..config import Settings
 from ..eventlog import mongo_store, redis_store
-from ..eventlog.record import FAILED, RETRYING, RUNNING, SUCCEEDED, Change, HandlerChange, Marked, error_text
+from ..eventlog.record import FAILED, RETRYING, RUNNING, SUCCEEDED, Change, Completed, HandlerChange, Marked, error_text
 from ..logtext import get_logger
 from .jobs import Job, Outcome
 
@@ -96,14 +96,16 @@ def coalesce(changes: Iterable[Change]) -> list[Change]:
     for change in changes:
         if isinstance(change, HandlerChange):
             key = (change.event_id, "h:" + change.handler)
+        elif isinstance(change, Completed):
+            key = (change.event_id, "c:" + change.handler)
         elif isinstance(change, Marked):
             key = (change.event_id, change.field)
         else:
             key = (change.event.id, "published")
         before = last.pop(key, None)
         if (
-            isinstance(change, (HandlerChange, Marked))
-            and isinstance(before, (HandlerChange, Marked))
+            isinstance(change, (HandlerChange, Marked, Completed))
+            and isinstance(before, (HandlerChange, Marked, Completed))
             and change.event is None
             and before.event is not None
         ):
@@ -288,6 +290,15 @@ def settled(job: Job, outcome: Outcome, retrying: bool) -> None:
     writer = _writer()
     if writer is not None:
         writer.put([_ended(job, outcome, RETRYING if retrying else FAILED)])
+
+
+def completed_before(job: Job, handlers: Iterable[str]) -> None:
+    """``handlers`` were skipped: an earlier delivery of the message completed them. Its
+    worker may have died before its log writes left its buffer, so say so again."""
+    writer = _writer()
+    if writer is not None:
+        now = time.time()
+        writer.put([Completed(job.event.id, job.queue, h, now, job.event) for h in handlers])
 
 
 def no_handlers(job: Job) -> None:
