@@ -21,7 +21,7 @@ from earnevents import Event, event_bus
 from earnevents.redact import redact_uri
 from earnevents.testing import MongoServer, RedisServer, WorkerProcess
 
-from .example_handlers import FIXED_KEY, LOG_KEY
+from .example_handlers import FIXED_KEY, LOG_KEY, OrderShipped
 from .example_models import Customer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,11 @@ async def run(redis_url: str, mongo_url: str) -> None:
         mongo_uri=mongo_url,
         database="earnevents_demo",
         redis_uri=redis_url,
-        event_config={"queue_name": QUEUE, "retry_policy": {"max_retries": 2, "interval_start": 0.5}},
+        event_config={
+            "queue_name": QUEUE,
+            "retry_policy": {"max_retries": 2, "interval_start": 0.5},
+            "event_log": True,
+        },
     )
     await env.redis.delete(LOG_KEY, FIXED_KEY)
     await env.db["customers"].delete_many({})
@@ -84,7 +88,7 @@ async def run(redis_url: str, mongo_url: str) -> None:
     seen = await show_new(seen, 1)
 
     say("\n3. publish order.paid: one handler works, the other fails and is retried (max_retries=2)")
-    await event_bus.publish(Event(name="order.paid", data={"order_id": 42, "total": Decimal("19.90")}))
+    paid_id = await event_bus.publish(Event(name="order.paid", data={"order_id": 42, "total": Decimal("19.90")}))
     seen = await show_new(seen, 4)
     jobs: list[earnevents.FailedJob] = []
     deadline = time.monotonic() + 20
@@ -139,7 +143,38 @@ async def run(redis_url: str, mongo_url: str) -> None:
         say(f"    dead item {item.id}: {item.reason} ({item.size} bytes, {item.dropped_at:%H:%M:%S})")
     shell = f"EARNEVENTS_REDIS_URI={redact_uri(redis_url)} EARNEVENTS_QUEUE={QUEUE}"
     say(f"    (from a shell: {shell} earnevents dead list)")
+
+    say("\n8. a defined event, a receiver that only hears the warehouse, and the event log")
+    await event_bus.publish(OrderShipped(order_id=42, carrier="DHL"), sender="Warehouse")
+    seen = await show_new(seen, 1)
+    returned = await event_bus.publish(OrderShipped(order_id=43, carrier="UPS"), sender="Returns")
+    try:
+        await event_bus.publish(Event("order.shipped", {"order_id": "forty-four"}))
+    except earnevents.EventValidationError as exc:
+        say(f"    refused at publish, nothing sent: {exc}")
+    for event_id, what in ((paid_id, "order.paid of step 3"), (returned, "order.shipped sent by Returns")):
+        record = await settled_record(event_id)
+        handlers = ", ".join(f"{h.rsplit('.', 1)[-1]} {r.status} x{r.attempts}" for h, r in record.handlers.items())
+        say(f"    event log, {what}: {record.status}" + (f" ({handlers})" if handlers else " (no handler for it)"))
+    say(
+        f"    (from a shell: EARNEVENTS_MONGO_URI={redact_uri(mongo_url)} EARNEVENTS_DATABASE=earnevents_demo "
+        f"EARNEVENTS_QUEUE={QUEUE} earnevents events list)"
+    )
     await earnevents.close()
+
+
+async def settled_record(event_id: str, timeout: float = 20) -> earnevents.EventRecord:
+    """The event's log record once no handler of it is running any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            record = await event_bus.get_event(event_id)
+            if record.status not in ("pending", "running") or time.monotonic() > deadline:
+                return record
+        except earnevents.EventNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 def main() -> int:
@@ -150,6 +185,7 @@ def main() -> int:
             "EARNEVENTS_DATABASE": "earnevents_demo",
             "EARNEVENTS_QUEUE": QUEUE,
             "EARNEVENTS_HANDLER_MODULES": "workers.example_handlers",
+            "EARNEVENTS_EVENT_LOG": "1",
             "PYTHONPATH": str(ROOT),
         }
         log_path = ROOT / ".run" / "demo-worker.log"

@@ -15,8 +15,9 @@ import os
 import time
 
 import redis
+from pydantic import BaseModel
 
-from earnevents import Event, event_handler, model_event_handler, redisurl, runtime
+from earnevents import Event, define_event, event_handler, model_event_handler, on, redisurl, runtime
 
 LOG_KEY = "earnevents:demo:log"
 FIXED_KEY = "earnevents:demo:invoicing-fixed"
@@ -72,6 +73,21 @@ async def issue_invoice(event: Event) -> None:
 @event_handler("order.paid")
 async def update_stats(event: Event) -> None:
     await log(f"update_stats: +{event.data['total']} ({type(event.data['total']).__name__})")
+
+
+class Shipment(BaseModel):
+    order_id: int
+    carrier: str
+
+
+OrderShipped = define_event("order.shipped", schema=Shipment, description="An order left the warehouse")
+"""A defined event: publishing one whose data does not fit ``Shipment`` is refused."""
+
+
+@on(OrderShipped, sender="Warehouse")
+async def tell_customer(sender: str, order_id: int, carrier: str, event: Event) -> None:
+    """A receiver: runs only for order.shipped events the warehouse sent."""
+    await log(f"tell_customer: order {order_id} shipped with {carrier} (sender {sender})")
 
 
 @model_event_handler("Customer", "created")
