@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -98,3 +99,73 @@ def test_hooks_do_nothing_unless_configured_on(on, monkeypatch):
     finally:
         writer_module.stop()
     assert on or store.written == []
+
+
+def test_flush_returns_once_what_was_buffered_is_written_without_waiting_for_the_batch_interval(monkeypatch):
+    # Given a writer that gathers changes for a long time before writing them
+    monkeypatch.setattr(writer_module, "FLUSH_INTERVAL", 5.0)
+    store = Store()
+    store.up.set()
+    writer = LogWriter(lambda: store.write)
+    writer.start()
+    try:
+        writer.put([change("e1", "m.h", "succeeded")])
+        # When a message is about to be acknowledged, its changes are flushed
+        started = time.monotonic()
+        assert writer.flush(timeout=3) is True
+        # Then they are written by then, without the gathering pause
+        assert [c.event_id for c in store.written] == ["e1"] and time.monotonic() - started < 2
+        assert writer.flush(timeout=3) is True  # nothing left: at once
+    finally:
+        writer.stop()
+
+
+def test_flush_does_not_wait_on_a_store_that_is_down():
+    # Given a store that is down, and a writer that has seen it fail
+    store = Store()
+    writer = LogWriter(lambda: store.write)
+    writer.start()
+    try:
+        writer.put([change("e1", "m.h", "succeeded")])
+        assert writer.flush(timeout=3) is False  # ends at the first failure, not at the timeout
+        wait_for(lambda: store.calls >= 1, 5, "a failed write")
+        # When the next message is acknowledged, then it does not wait at all
+        writer.put([change("e2", "m.h", "succeeded")])
+        started = time.monotonic()
+        assert writer.flush(timeout=3) is False
+        assert time.monotonic() - started < 0.5
+        # And once the store is back, everything is written
+        store.up.set()
+        wait_for(lambda: len(store.written) == 2, 10, "the buffered changes written")
+    finally:
+        writer.stop()
+
+
+def test_a_hung_store_costs_one_flush_wait_not_one_per_message():
+    # Given a store whose writes hang
+    release = threading.Event()
+    written: list[Change] = []
+
+    def hung_write(changes: Sequence[Change]) -> None:
+        release.wait(10)
+        written.extend(changes)
+
+    writer = LogWriter(lambda: hung_write)
+    writer.start()
+    try:
+        writer.put([change("e1", "m.h", "succeeded")])
+        assert writer.flush(timeout=0.2) is False  # the first message waits its bound
+        # When the next messages are acknowledged, then they do not wait
+        started = time.monotonic()
+        for i in range(5):
+            writer.put([change(f"e{i + 2}", "m.h", "succeeded")])
+            assert writer.flush(timeout=0.2) is False
+        assert time.monotonic() - started < 0.2
+        # And once the store answers, everything is written and flushes wait again
+        release.set()
+        wait_for(lambda: len(written) == 6, 10, "everything written")
+        writer.put([change("e9", "m.h", "succeeded")])
+        assert writer.flush(timeout=3) is True
+    finally:
+        release.set()
+        writer.stop()

@@ -217,6 +217,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             raise Reject(str(exc), requeue=True) from exc
         try:
             handle_message(jobs, registry, worker.loop, worker)
+            eventlog_writer.flush()  # the log's changes of this message, written before its ack
         except (SettleError, SettleFailed, RedisError, PyMongoError, OSError) as exc:
             # Our own bookkeeping failed (handler errors never get here): acknowledging
             # would lose the event, so hand the message back to be run again.

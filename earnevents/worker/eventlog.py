@@ -44,6 +44,10 @@ MAX_BUFFER = 100_000
 RETRY_MAX = 5.0
 """Longest wait, in seconds, between tries of an unreachable store."""
 
+FLUSH_WAIT = 0.5
+"""Seconds a message's acknowledgement waits at most for its log changes to be written
+(not at all while the store is failing: handlers never wait on a store that is down)."""
+
 CLIENT_TIMEOUT = 5.0
 """Seconds one write may take before it counts as failed."""
 
@@ -126,6 +130,11 @@ class LogWriter:
         self._stop_requested = threading.Event()
         self.dropped = 0
         self._reported = 0
+        self._put = 0  # changes ever buffered
+        self._done = 0  # of those, written or dropped: never waited for again
+        self._progress = threading.Condition(self._lock)
+        self._urgent = False
+        self._failing = False
         self._thread = threading.Thread(target=self._run, name="earnevents-eventlog", daemon=True)
 
     def start(self) -> None:
@@ -134,12 +143,40 @@ class LogWriter:
     def put(self, changes: Iterable[Change]) -> None:
         """Buffer ``changes`` (cheap; any thread); the oldest go when the buffer is full."""
         with self._lock:
+            before = len(self._buffer)
             self._buffer.extend(changes)
+            self._put += len(self._buffer) - before
             excess = len(self._buffer) - MAX_BUFFER
             for _ in range(max(excess, 0)):
                 self._buffer.popleft()
             self.dropped += max(excess, 0)
+            self._done += max(excess, 0)
         self._wake.set()
+
+    def flush(self, timeout: float = FLUSH_WAIT) -> bool:
+        """Wait (at most ``timeout`` s) until what was buffered so far is written; at once
+        False while the store is failing. The worker calls it before a message is
+        acknowledged, so a process killed after the acknowledgement has nothing of that
+        message left unwritten (a message not acknowledged is redelivered and logged again)."""
+        with self._lock:
+            if self._failing:
+                return False
+            target = self._put
+            if self._done >= target:
+                return True
+            self._urgent = True
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._done < target and not self._failing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # A store this slow counts as failing: later acknowledgements do not wait
+                    # until a write succeeds again (a hung store costs one wait, not one per message).
+                    self._failing = True
+                    return False
+                self._progress.wait(left)
+            return self._done >= target
 
     def _take(self) -> list[Change]:
         with self._lock:
@@ -152,6 +189,13 @@ class LogWriter:
             for _ in range(max(excess, 0)):
                 self._buffer.pop()  # the newest of the oldest: what was given back last
             self.dropped += max(excess, 0)
+            self._done += max(excess, 0)
+
+    def _written(self, count: int, failing: bool) -> None:
+        with self._lock:
+            self._done += count
+            self._failing = failing
+            self._progress.notify_all()
 
     def _run(self) -> None:
         write: Callable[[Sequence[Change]], None] | None = None
@@ -159,9 +203,10 @@ class LogWriter:
         while True:
             if not failing:
                 self._wake.wait()
-                if not self._stopping:
+                if not self._stopping and not self._urgent:
                     time.sleep(FLUSH_INTERVAL)  # let a message's changes gather
             self._wake.clear()
+            self._urgent = False
             while batch := self._take():
                 try:
                     if write is None:
@@ -169,6 +214,7 @@ class LogWriter:
                     write(coalesce(batch))
                 except Exception as exc:
                     self._give_back(batch)
+                    self._written(0, failing=True)  # waiting flushes return now
                     if not failing:
                         log.warning(
                             "event log: cannot write to its store (%r); handlers go on, changes wait "
@@ -178,6 +224,7 @@ class LogWriter:
                         )
                     failing += 1
                     break
+                self._written(len(batch), failing=False)
                 if failing:
                     log.info("event log: its store works again; caught up on the changes kept meanwhile")
                     failing = 0
@@ -299,6 +346,13 @@ def completed_before(job: Job, handlers: Iterable[str]) -> None:
     if writer is not None:
         now = time.time()
         writer.put([Completed(job.event.id, job.queue, h, now, job.event) for h in handlers])
+
+
+def flush() -> None:
+    """Before a message is acknowledged: wait (briefly) until its changes are written."""
+    writer = _writer()
+    if writer is not None:
+        writer.flush()
 
 
 def no_handlers(job: Job) -> None:
