@@ -133,15 +133,17 @@ class LogWriter:
         self._put = 0  # changes ever buffered
         self._done = 0  # of those, written or dropped: never waited for again
         self._progress = threading.Condition(self._lock)
-        self._urgent = False
+        self._hurry = threading.Event()  # a flush waits: cut the gathering pause short
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="earnevents-eventlog", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, changes: Iterable[Change]) -> None:
-        """Buffer ``changes`` (cheap; any thread); the oldest go when the buffer is full."""
+    def put(self, changes: Iterable[Change], hurry: bool = False) -> None:
+        """Buffer ``changes`` (cheap; any thread); the oldest go when the buffer is full.
+        ``hurry``: write them now, without the gathering pause (a message's final changes:
+        written while the worker settles the message, so its flush seldom waits)."""
         with self._lock:
             before = len(self._buffer)
             self._buffer.extend(changes)
@@ -151,6 +153,8 @@ class LogWriter:
                 self._buffer.popleft()
             self.dropped += max(excess, 0)
             self._done += max(excess, 0)
+        if hurry:
+            self._hurry.set()
         self._wake.set()
 
     def flush(self, timeout: float = FLUSH_WAIT) -> bool:
@@ -164,7 +168,7 @@ class LogWriter:
             target = self._put
             if self._done >= target:
                 return True
-            self._urgent = True
+        self._hurry.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -203,10 +207,10 @@ class LogWriter:
         while True:
             if not failing:
                 self._wake.wait()
-                if not self._stopping and not self._urgent:
-                    time.sleep(FLUSH_INTERVAL)  # let a message's changes gather
+                if not self._stopping:
+                    self._hurry.wait(FLUSH_INTERVAL)  # let a message's changes gather, unless one waits
             self._wake.clear()
-            self._urgent = False
+            self._hurry.clear()
             while batch := self._take():
                 try:
                     if write is None:
@@ -329,14 +333,14 @@ def finished(job: Job, outcomes: Iterable[Outcome]) -> None:
     """The handlers of ``outcomes`` without an error succeeded."""
     writer = _writer()
     if writer is not None:
-        writer.put([_ended(job, o, SUCCEEDED) for o in outcomes if o.error is None])
+        writer.put([_ended(job, o, SUCCEEDED) for o in outcomes if o.error is None], hurry=True)
 
 
 def settled(job: Job, outcome: Outcome, retrying: bool) -> None:
     """A failed handler was scheduled for a retry (``retrying``) or recorded as failed."""
     writer = _writer()
     if writer is not None:
-        writer.put([_ended(job, outcome, RETRYING if retrying else FAILED)])
+        writer.put([_ended(job, outcome, RETRYING if retrying else FAILED)], hurry=True)
 
 
 def completed_before(job: Job, handlers: Iterable[str]) -> None:
@@ -345,7 +349,7 @@ def completed_before(job: Job, handlers: Iterable[str]) -> None:
     writer = _writer()
     if writer is not None:
         now = time.time()
-        writer.put([Completed(job.event.id, job.queue, h, now, job.event) for h in handlers])
+        writer.put([Completed(job.event.id, job.queue, h, now, job.event) for h in handlers], hurry=True)
 
 
 def flush() -> None:
@@ -359,4 +363,4 @@ def no_handlers(job: Job) -> None:
     """A worker took the event and no handler subscribes to it."""
     writer = _writer()
     if writer is not None:
-        writer.put([Marked(job.event.id, "dispatched_at", time.time(), job.event, job.queue)])
+        writer.put([Marked(job.event.id, "dispatched_at", time.time(), job.event, job.queue)], hurry=True)
