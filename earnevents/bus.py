@@ -39,7 +39,7 @@ from .errors import (
 )
 from .event import Event
 from .eventlog import EventLogStore, EventRecord
-from .eventlog.record import RETRYING, HandlerChange, HandlerRecord, Marked, Published
+from .eventlog.record import PENDING, RETRYING, HandlerChange, HandlerRecord, Marked, Published
 from .eventlog.recorder import Recorder
 from .failures import FailedJob, FailureStore
 from .groupcommit import GroupCommit
@@ -425,15 +425,7 @@ class EventBus:
             raise JobNotFoundError(
                 f"no failed job with id {job_id!r}{_id_hint(job_id) or ' (already retried or removed?)'}"
             )
-        policy = state.settings.event.retry_policy
-        task_id = message.new_task_id()
-        payload = message.build(
-            job.event.to_wire(),
-            queue=job.queue,
-            task_id=task_id,
-            handler=job.handler,
-            retry_policy=policy.model_dump() if policy is not None else None,
-        )
+        task_id, _, payload = _handler_message(job.event.to_wire(), job.queue, job.handler, state.settings)
         try:
             await self.enqueue([(task_id, job.event.name, payload)], queue=job.queue)
         except BaseException:
@@ -532,23 +524,12 @@ class EventBus:
             return await self.publish(event)
         state = self._state()
         settings = state.settings
-        policy = settings.event.retry_policy
         wire = event.to_wire()
-        messages = []
-        for handler in dict.fromkeys(handlers):
-            task_id = message.new_task_id()
-            payload = message.build(
-                wire,
-                queue=settings.queue_name,
-                task_id=task_id,
-                handler=handler,
-                retry_policy=policy.model_dump() if policy is not None else None,
-            )
-            messages.append((task_id, event.name, payload))
+        messages = [_handler_message(wire, settings.queue_name, h, settings) for h in dict.fromkeys(handlers)]
         _check_sizes(messages, settings.max_message_size)
         await self._push_now(messages, settings.queue_name)
         if state.recorder is not None:
-            pending = HandlerRecord("", "pending").to_entry()
+            pending = HandlerRecord("", PENDING).to_entry()
             state.recorder.add(
                 [Published(event, settings.queue_name, time.time())]
                 + [HandlerChange(event.id, settings.queue_name, h, pending) for h in dict.fromkeys(handlers)]
@@ -633,6 +614,21 @@ def _with_sender(event: Event, sender: str | None) -> Event:
     if sender is None:
         return event
     return dataclasses.replace(event, metadata={**metadata, "sender": sender})
+
+
+def _handler_message(wire: dict[str, Any], queue: str, handler: str, settings: Settings) -> tuple[str, str, str]:
+    """``(task_id, event name, payload)`` of a message running one handler for an event
+    (``retry_job``, ``replay``), under this process' retry policy."""
+    policy = settings.event.retry_policy
+    task_id = message.new_task_id()
+    payload = message.build(
+        wire,
+        queue=queue,
+        task_id=task_id,
+        handler=handler,
+        retry_policy=policy.model_dump() if policy is not None else None,
+    )
+    return task_id, wire["name"], payload
 
 
 def _check_sizes(messages: Sequence[tuple[str, str, str]], max_size: int) -> None:

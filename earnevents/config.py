@@ -291,7 +291,7 @@ def _retry_caps_env(env: Mapping[str, str]) -> RetryCaps:
     if retries > MAX_RETRIES:
         raise ConfigError(f"EARNEVENTS_MAX_RETRIES_CAP must be <= {MAX_RETRIES}, got {retries}")
     interval = _float_env(env, "EARNEVENTS_MIN_RETRY_INTERVAL", allow_zero=True)
-    if not interval <= MAX_INTERVAL:  # NaN and inf too
+    if interval > MAX_INTERVAL:  # NaN and inf are refused by _float_env already
         raise ConfigError(f"EARNEVENTS_MIN_RETRY_INTERVAL must be <= {MAX_INTERVAL:g} seconds, got {interval!r}")
     return RetryCaps(retries, interval)
 
