@@ -22,7 +22,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from . import names
+from . import entities, names
 
 TAG = "__ee__"
 """Key marking a tagged (typed) value in the wire form."""
@@ -79,6 +79,27 @@ class Event:
         ``publish(..., sender=)``, a model's class name for model events); None if unsaid."""
         sender = self.metadata.get("sender") if self.metadata else None
         return sender if isinstance(sender, str) else None
+
+    @property
+    def entity_ref(self) -> entities.EntityRef | None:
+        """The document this event is about (``metadata["entity"]``: model name and id),
+        without loading it; None for an event about no document."""
+        return entities.EntityRef.from_metadata(self.metadata.get("entity") if self.metadata else None)
+
+    async def entity(self) -> Any:
+        """Load the document this event is about as its model instance (a query each call).
+
+        None if the document was deleted since. ValueError for an event about no
+        document (no ``entity_ref``); :class:`earnevents.entities.UnknownModelError` when
+        its model class is not imported in this process.
+        """
+        ref = self.entity_ref
+        if ref is None:
+            raise ValueError(
+                f"event {self.name} {self.id} names no entity: only model events "
+                "(automatic, dispatch_model_event, EventDefinition) carry metadata['entity']"
+            )
+        return await entities.load(ref)
 
     def to_wire(self) -> dict[str, Any]:
         """Return the JSON-safe form of this event; raises TypeError on unserializable data."""

@@ -91,6 +91,7 @@ class HandlerRegistry:
         self._by_name: dict[str, tuple[Handler, ...]] = {}
         self._matchers: dict[str, Callable[[str], bool]] = {}  # per pattern, compiled once
         self._resolved: dict[str, tuple[tuple[Handler, ...], bool]] = {}
+        self._targeted: dict[str, Handler] = {}
 
     def register(
         self,
@@ -164,6 +165,27 @@ class HandlerRegistry:
         self._resolved.clear()
         return list(handlers)
 
+    def register_targeted(
+        self, name: str, func: Callable[..., Any], retry_policy: RetryPolicy | None, timeout: float | None = None
+    ) -> Handler:
+        """Register ``func`` under ``name`` for messages that name it, subscribed to no event.
+
+        earnevents' own handlers (a model's scheduled event is fired by one) run only
+        for messages built for them: no event name or pattern, ``**`` included, reaches
+        them, and they are not listed among :meth:`handlers`.
+        """
+        names.check_handler_name(name)
+        handler = Handler(
+            event_name=name,
+            func=func,
+            name=name,
+            retry_policy=retry_policy,
+            is_async=inspect.iscoroutinefunction(func),
+            timeout=check_timeout(timeout),
+        )
+        self._targeted[name] = handler
+        return handler
+
     def unregister(self, name: str) -> None:
         del self._by_name[name]
         self._resolved.clear()
@@ -209,7 +231,7 @@ class HandlerRegistry:
         """Whether the handler called ``name`` subscribes to ``event_name``; None if it is not registered."""
         handlers = self._by_name.get(name)
         if handlers is None:
-            return None
+            return True if name in self._targeted else None
         return any(self._matches(h.event_name, event_name) for h in handlers)
 
     def _matches(self, subscription: str, event_name: str) -> bool:
@@ -220,8 +242,11 @@ class HandlerRegistry:
 
     def get(self, name: str) -> Handler:
         """The handler called ``name`` (a function on several events: its first subscription)."""
+        found = self._by_name.get(name)
+        if found is not None:
+            return found[0]
         try:
-            return self._by_name[name][0]
+            return self._targeted[name]
         except KeyError:
             raise HandlerNotFoundError(
                 f"no handler named {name!r} is registered; is its module in EARNEVENTS_HANDLER_MODULES?"
@@ -312,3 +337,59 @@ def model_event_handler(
     models whose names give the same event name (``HTTPLog`` and ``HttpLog``).
     """
     return event_handler(model_event_name(model, action), retry_policy, timeout=timeout, sender=sender)
+
+
+OCCURRENCE_CHANGES = ("created", "cancelled")
+"""What happens to a scheduled model event's pending occurrence, each announced by an event."""
+
+
+def occurrence_event_name(event_name: str, change: str) -> str:
+    """The event announcing that an occurrence of a model's scheduled event ``event_name``
+    was ``created`` (or moved) or ``cancelled``: ``checkin_due:created``."""
+    if change not in OCCURRENCE_CHANGES:
+        raise ValueError(f"an occurrence is {' or '.join(OCCURRENCE_CHANGES)}, not {change!r}")
+    return names.check_event_name(f"{event_name}:{change}", "occurrence event name")
+
+
+def on_event(
+    event_name: str,
+    entity_type: type | str | None = None,
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """A handler for an event a model declares (``EventDefinition``), or any event:
+    ``@on_event("reservation_confirmed")``; the function gets the Event, and
+    ``await event.entity()`` loads the document.
+
+    ``entity_type`` (a model class or its name) runs it only for that model's events:
+    the same filter as ``@event_handler(..., sender=)``.
+    """
+    return event_handler(event_name, retry_policy, timeout=timeout, sender=entity_type)
+
+
+def on_event_created(
+    event_name: str,
+    entity_type: type | str | None = None,
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Run when an occurrence of the scheduled model event ``event_name`` is created or
+    moved to another time: the Event (``<event_name>:created``) has ``data["due_at"]``,
+    ``data["previous_due_at"]`` (None unless moved) and the entity."""
+    return on_event(occurrence_event_name(event_name, "created"), entity_type, retry_policy, timeout=timeout)
+
+
+def on_event_cancelled(
+    event_name: str,
+    entity_type: type | str | None = None,
+    retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Run when a pending occurrence of the scheduled model event ``event_name`` is
+    cancelled (its condition stopped holding, its date was cleared or its document
+    deleted): the Event (``<event_name>:cancelled``) has ``data["due_at"]``,
+    ``data["reason"]`` and the entity."""
+    return on_event(occurrence_event_name(event_name, "cancelled"), entity_type, retry_policy, timeout=timeout)

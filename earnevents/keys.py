@@ -9,7 +9,7 @@ from __future__ import annotations
 PREFIX = "earnevents"
 
 QUEUE_KEY_WORDS = frozenset(
-    {"scheduled", "outbox-lock", "failed", "inflight", "inflight-consumers", "dead", "eventlog"}
+    {"scheduled", "outbox-lock", "failed", "inflight", "inflight-consumers", "dead", "eventlog", "occurrences"}
 )
 """What follows ``<PREFIX>:<queue>:`` in a per-queue key. Queue names may not contain these
 as ``:``-separated parts (``names.check_queue_name``): the first such part of a key then marks
@@ -44,6 +44,28 @@ def scheduled_names(queue: str) -> str:
 def scheduled_by_event(queue: str, event_name: str) -> str:
     """Sorted set of scheduled message ids of one event name, scored by due time."""
     return f"{PREFIX}:{queue}:scheduled:event:{event_name}"
+
+
+OCCURRENCE_HANDLER = "earnevents.worker.occurrences.fire"
+"""The worker's handler that fires a model's scheduled event when it is due (after checking the
+document again). Models schedule occurrences for it by name only, as publishers name TASK_NAME."""
+
+
+def occurrence_member(model: str, record_id: str, definition: str) -> str:
+    """The delay-schedule id of the one pending occurrence of a model's scheduled event for one
+    document (what ``cancel`` takes): scheduling again replaces it."""
+    return f"model-event:{model}:{record_id}:{definition}"
+
+
+def occurrences_rebuilt(queue: str) -> str:
+    """Set of the model names whose pending occurrences are in ``queue``'s schedule since it was
+    last rebuilt; missing (Redis lost its data) means workers rebuild them from MongoDB."""
+    return f"{PREFIX}:{queue}:occurrences"
+
+
+def occurrences_lock(queue: str) -> str:
+    """Held (with a TTL) by the one worker rebuilding ``queue``'s model occurrences."""
+    return f"{PREFIX}:{queue}:occurrences:lock"
 
 
 def outbox_lock(queue: str) -> str:

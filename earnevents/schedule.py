@@ -21,23 +21,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import keys, message
+from .entities import EntityRef
 from .event import Event
 
 MAX_DELAY = 10 * 365.25 * 86400
 """The furthest ahead an event may be scheduled, in seconds: 10 years (``delay`` or ``at``)."""
 
-# KEYS: zset, messages, names. ARGV: name-index prefix, "rel"|"abs", seconds, then (id, name, message) triples.
+# KEYS: zset, messages, names. ARGV: name-index prefix, "rel"|"abs"|"abs-new", seconds, then
+# (id, name, message) triples. "abs-new" leaves an id that is pending already as it is.
 ADD_SCRIPT = """
 local due = tonumber(ARGV[3])
 if ARGV[2] == 'rel' then
   local t = redis.call('TIME')
   due = due + tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+local only_new = ARGV[2] == 'abs-new'
 for i = 4, #ARGV, 3 do
-  redis.call('ZADD', KEYS[1], due, ARGV[i])
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', ARGV[1] .. ARGV[i + 1], due, ARGV[i])
+  if not only_new or not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], due, ARGV[i])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', ARGV[1] .. ARGV[i + 1], due, ARGV[i])
+  end
 end
 return tostring(due)
 """
@@ -60,14 +65,17 @@ redis.call('HDEL', KEYS[3], unpack(ids))
 return #ids
 """
 
-# KEYS: zset, messages, names. ARGV: name-index prefix, id. Returns 1 if it was pending.
+# KEYS: zset, messages, names. ARGV: name-index prefix, id. Returns its due time (a string) if it
+# was pending, else 0.
 CANCEL_SCRIPT = """
-if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+local due = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if not due then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[2])
 local name = redis.call('HGET', KEYS[3], ARGV[2])
 if name then redis.call('ZREM', ARGV[1] .. name, ARGV[2]) end
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
-return 1
+return due
 """
 
 
@@ -76,13 +84,21 @@ def schedule_keys(queue: str) -> list[str]:
 
 
 def add_args(
-    queue: str, messages: Sequence[tuple[str, str, str]], *, delay: float | None = None, at: float | None = None
+    queue: str,
+    messages: Sequence[tuple[str, str, str]],
+    *,
+    delay: float | None = None,
+    at: float | None = None,
+    only_new: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for :data:`ADD_SCRIPT`: park ``(id, event name, message)`` triples
-    ``delay`` seconds from now (Redis' clock) or at unix time ``at``."""
+    ``delay`` seconds from now (Redis' clock) or at unix time ``at``; with ``only_new``
+    (``at`` only), ids already pending keep their time and message."""
     if (delay is None) == (at is None):
         raise ValueError("give exactly one of delay and at")
-    mode, when = ("rel", delay) if delay is not None else ("abs", at)
+    if only_new and at is None:
+        raise ValueError("only_new takes at, not delay")
+    mode, when = ("rel", delay) if delay is not None else ("abs-new" if only_new else "abs", at)
     argv: list[Any] = [keys.scheduled_by_event(queue, ""), mode, repr(float(when))]  # type: ignore[arg-type]
     for triple in messages:
         argv.extend(triple)
@@ -110,6 +126,12 @@ class ScheduledEvent:
     handler: str | None
     """None: every handler of the event; else the one handler a retry is for."""
     attempt: int
+
+    @property
+    def entity(self) -> EntityRef | None:
+        """For a model's scheduled event (``EventDefinition(date_field=...)``): the document
+        it is for; None for other messages."""
+        return self.event.entity_ref
 
     @classmethod
     def from_message(cls, message_id: str, payload: str | bytes, due: float) -> ScheduledEvent:

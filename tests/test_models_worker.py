@@ -55,6 +55,7 @@ async def test_automatic_events_reach_the_worker_with_the_changed_fields(models_
     assert seen["parcel_created"]["repr"]["id"] == repr(str(parcel.id))
     assert seen["parcel_updated"]["metadata"] == {
         "model": "Parcel",
+        "entity": {"model": "Parcel", "id": str(parcel.id)},
         "changed_fields": ["status", "shipped_at"],
         "sender": "Parcel",
     }

@@ -33,11 +33,12 @@ from bson import ObjectId
 from pydantic import BeforeValidator, ConfigDict, PlainSerializer, PrivateAttr, WithJsonSchema
 from pymongo.asynchronous.collection import AsyncCollection
 
-from .. import runtime
+from .. import entities, runtime
 from ..errors import ModelStateError, ModelValidationError
 from ..event import Event
 from ..handlers import snake_case
-from . import hooks
+from . import automations, hooks
+from .automations import EventDefinition
 from .events import ACTIONS, publish_automatic
 from .fields import MISSING, from_bson, object_id, to_bson, validation_error
 from .query import Query, SortSpec, sort_spec
@@ -62,15 +63,17 @@ def collection_name(model: type) -> str:
 class BaseModel(pydantic.BaseModel):
     """Base class of earnevents' MongoDB models: a pydantic model with an ``id`` and CRUD.
 
-    Class settings: ``_collection`` (the MongoDB collection) and ``_events`` (which of
-    ``created``/``updated``/``deleted`` to publish automatically).
+    Class settings: ``_collection`` (the MongoDB collection) and ``_events``: which of
+    ``created``/``updated``/``deleted`` to publish automatically, and the events the
+    model declares (:class:`~earnevents.models.automations.EventDefinition`).
     """
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid", arbitrary_types_allowed=True)
 
     _collection: ClassVar[str]
-    _events: ClassVar[tuple[str, ...]] = ()
+    _events: ClassVar[tuple[str | EventDefinition, ...]] = ()
     __hooks__: ClassVar[hooks.Registry] = {kind: () for kind in hooks.KINDS}
+    __event_definitions__: ClassVar[dict[str, EventDefinition]] = {}
 
     id: Annotated[
         ObjectId | None,
@@ -90,10 +93,14 @@ class BaseModel(pydantic.BaseModel):
         if not isinstance(cls._collection, str) or not cls._collection:
             raise TypeError(f"{cls.__name__}._collection must be a non-empty collection name")
         cls._events = tuple(cls._events)
-        unknown = sorted(set(cls._events) - set(ACTIONS))
+        unknown = sorted(str(e) for e in cls._events if not isinstance(e, EventDefinition) and e not in ACTIONS)
         if unknown:
-            raise ValueError(f"{cls.__name__}._events: unknown {unknown}; choose from {ACTIONS}")
+            raise ValueError(
+                f"{cls.__name__}._events: unknown {unknown}; choose from {ACTIONS} or give EventDefinition(...)s"
+            )
         cls.__hooks__ = hooks.collect(cls)
+        cls.__event_definitions__ = automations.collect(cls, cls._events)
+        entities.register(cls)
         if _default_required_to_missing(cls) and cls.__pydantic_complete__:
             cls.model_rebuild(force=True)
         # else: an unresolved forward reference; pydantic rebuilds later, through model_rebuild below
@@ -230,6 +237,7 @@ class BaseModel(pydantic.BaseModel):
         self._set_id(result.inserted_id)
         self._take_snapshot()
         await publish_automatic(self, "created")
+        await automations.after_write(self, None)
 
     async def save(self, *, skip_hooks: bool = False) -> list[str]:
         """Create when new, else ``$set`` only the changed fields; returns the fields written.
@@ -260,8 +268,10 @@ class BaseModel(pydantic.BaseModel):
                 f"{type(self).__name__} {self.id} is no longer in {self._collection!r} (deleted elsewhere?); "
                 "nothing was updated; call create() to store it again"
             )
+        before = self._snapshot
         self._take_snapshot()
         await publish_automatic(self, "updated", changed)
+        await automations.after_write(self, before)
         return changed
 
     async def delete(self, *, skip_hooks: bool = False) -> bool:
@@ -279,6 +289,7 @@ class BaseModel(pydantic.BaseModel):
         if not result.deleted_count:
             return False
         await publish_automatic(self, "deleted")
+        await automations.after_delete(self)
         return True
 
     async def publish_event(self, name: str, delay: float | None = None) -> str:

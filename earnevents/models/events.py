@@ -36,9 +36,15 @@ async def dispatch_model_event(
     instance's fields plus ``id`` = ``record_id``; ``model`` is a class or its name.
 
     Returns the event id. ``delay`` (seconds) schedules it, as for ``event_bus.publish``.
-    The event's sender is ``model`` (a class: its qualified name).
+    The event's sender is ``model`` (a class: its qualified name), and
+    ``metadata["entity"]`` names the document (model name, ``str(record_id)``), so a
+    handler can ``await event.entity()``.
     """
-    event = Event(name=model_event_name(model, action), data=model_data(instance, record_id))
+    model_name = model if isinstance(model, str) else getattr(model, "__name__", None)
+    metadata = None
+    if isinstance(model_name, str) and record_id is not None:
+        metadata = {"entity": {"model": model_name, "id": str(record_id)}}
+    event = Event(name=model_event_name(model, action), data=model_data(instance, record_id), metadata=metadata)
     return await event_bus.publish(event, delay=delay, sender=model)
 
 
@@ -46,13 +52,13 @@ async def publish_automatic(instance: BaseModel, action: str, changed_fields: Se
     """Publish ``<model>.<action>`` if the model lists ``action`` in ``_events``.
 
     ``id`` is the stored id as a string, as the seed's ``dispatch_model_event(..., str(self.id), ...)``
-    sends it, so a handler sees the same ``id`` from either; metadata names the model and,
-    for updates, the changed fields; the sender is the model class.
+    sends it, so a handler sees the same ``id`` from either; metadata names the model, the
+    entity (``event.entity()``) and, for updates, the changed fields; the sender is the model class.
     """
     model = type(instance)
     if action not in model._events:
         return
-    metadata: dict[str, Any] = {"model": model.__name__}
+    metadata: dict[str, Any] = {"model": model.__name__, "entity": {"model": model.__name__, "id": str(instance.id)}}
     if changed_fields is not None:
         metadata["changed_fields"] = list(changed_fields)
     event = Event(name=model_event_name(model, action), data=model_data(instance, str(instance.id)), metadata=metadata)

@@ -36,7 +36,7 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings, startup
+from . import appsettings, occurrences, startup
 from . import eventlog as eventlog_writer
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures
@@ -185,6 +185,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)
+    app.steps["worker"].add(occurrences.OccurrencesStep)
 
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:

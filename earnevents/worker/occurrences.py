@@ -1,0 +1,173 @@
+"""The worker's side of models' scheduled events: firing occurrences, rebuilding them.
+
+- :func:`fire` is the handler every occurrence message names (``keys.OCCURRENCE_HANDLER``).
+  At due time it loads the document again and publishes the model's event only if the
+  document exists, the condition holds and its due time is the one scheduled: a stale
+  occurrence (a write raced the schedule, the document changed through ``update_many``)
+  is dropped. It runs as a job like any handler: a MongoDB outage is retried by
+  :data:`POLICY` and then recorded as a failed job; a redelivery after it completed is
+  skipped; the event it publishes has an id derived from the occurrence's, so
+  publishing twice delivers once.
+- :class:`Rebuilder` (a thread in every worker's main process) notices when Redis has
+  lost the schedule (the ``occurrences`` marker set is gone: a flush, a failover to an
+  empty replica, no persistence) and, one worker at a time under a lock, recreates the
+  pending occurrences of the models this worker imports from MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from .. import entities, keys, redisurl
+from ..event import Event
+from ..handlers import dotted_name, registry
+from ..logtext import get_logger
+from ..models import automations
+from ..models.base import BaseModel
+from ..retry import RetryPolicy
+from . import appsettings
+from .periodic import PeriodicThread, ThreadStep, consumed_queues
+
+log = get_logger(__name__)
+
+POLICY = RetryPolicy(max_retries=10, interval_start=1.0, interval_step=2.0, interval_max=30.0)
+"""Firing an occurrence fails only when MongoDB or Redis does (or the model is not imported):
+tried again for about four minutes before it is recorded as a failed job."""
+
+INTERVAL = 1.0
+"""Seconds between a worker's checks that the schedule still holds the models' occurrences."""
+
+LOCK_MS = 300_000
+"""How long one worker's rebuild may hold the lock before another may take over."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class MalformedOccurrenceError(ValueError):
+    """An occurrence message without the entity or occurrence fields models write."""
+
+
+async def fire(event: Event) -> None:
+    """Publish the model event ``event`` stands for, if its document still calls for it now."""
+    ref = event.entity_ref
+    occurrence = (event.metadata or {}).get("occurrence")
+    if ref is None or not isinstance(occurrence, dict):
+        raise MalformedOccurrenceError(f"event {event.id} is no model occurrence: it names no entity or occurrence")
+    name, due = occurrence.get("definition"), occurrence.get("due_ms")
+    if not isinstance(name, str) or isinstance(due, bool) or not isinstance(due, int):
+        raise MalformedOccurrenceError(f"event {event.id}: malformed occurrence {occurrence!r}")
+    model = entities.lookup(ref.model)
+    definition = automations.of(model).get(name)
+    if definition is None or not definition.scheduled:
+        raise LookupError(f"the model {ref.model} declares no scheduled event {name!r} (any more?)")
+    instance = await model.get(ref.id)
+    if instance is None:
+        log.info("%s for %s not published: the document was deleted", name, ref)
+        return
+    now_due = await definition.due_if_holds(instance)
+    if now_due != due:
+        why = "its condition no longer holds" if now_due is None else f"it is due at {automations.when(now_due)} now"
+        log.info("%s for %s due at %s not published: %s", name, ref, automations.when(due), why)
+        return
+    await automations.publish(instance, definition, due, event.id)
+
+
+if dotted_name(fire) != keys.OCCURRENCE_HANDLER:  # pragma: no cover - caught by any test run
+    raise RuntimeError(f"keys.OCCURRENCE_HANDLER must be {dotted_name(fire)}")
+registry.register_targeted(keys.OCCURRENCE_HANDLER, fire, POLICY)
+
+
+def scheduled_models() -> list[Any]:
+    """The imported model classes that declare scheduled events."""
+    return [
+        model
+        for model in entities.models()
+        if isinstance(model, type)
+        and issubclass(model, BaseModel)
+        and any(d.scheduled for d in automations.of(model).values())
+    ]
+
+
+class Rebuilder(PeriodicThread):
+    """Rebuilds ``queue``'s model occurrences whenever Redis has lost them."""
+
+    what = "occurrence rebuilder"
+
+    def __init__(self, redis_uri: str, mongo_uri: str, database: str, queue: str, interval: float) -> None:
+        super().__init__(interval)
+        self.queue = queue
+        self._redis_uri = redis_uri
+        self._mongo_uri = mongo_uri
+        self._database = database
+        self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
+        self._release = self._redis.register_script(_RELEASE)
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def missing(self) -> list[Any]:
+        """The scheduled models whose occurrences the schedule does not hold (never rebuilt,
+        or Redis lost them)."""
+        models = scheduled_models()
+        if not models:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for model in models:
+            pipe.sismember(keys.occurrences_rebuilt(self.queue), model.__name__)
+        present = pipe.execute()
+        return [model for model, found in zip(models, present, strict=True) if not found]
+
+    def tick(self) -> None:
+        self.rebuild_missing()
+
+    def rebuild_missing(self) -> list[automations.Rebuilt]:
+        """Rebuild the models :meth:`missing` names, if no other worker is doing it."""
+        models = self.missing()
+        if not models:
+            return []
+        token = uuid.uuid4().hex
+        lock = keys.occurrences_lock(self.queue)
+        if not self._redis.set(lock, token, nx=True, px=LOCK_MS):
+            return []  # another worker rebuilds them
+        try:
+            models = self.missing()  # that worker may have finished just before
+            if not models:
+                return []
+            log.warning(
+                "the schedule of %s holds no occurrences of %s (Redis lost them, or never had them): "
+                "rebuilding them from MongoDB",
+                self.queue,
+                ", ".join(m.__name__ for m in models),
+            )
+            return asyncio.run(self._rebuild(models))
+        finally:
+            self._release(keys=[lock], args=[token])
+
+    async def _rebuild(self, models: list[Any]) -> list[automations.Rebuilt]:
+        redis = redisurl.async_client(self._redis_uri, socket_timeout=10, socket_connect_timeout=5)
+        mongo: AsyncMongoClient[Any] = AsyncMongoClient(self._mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+        try:
+            return await automations.rebuild(redis, mongo[self._database], self.queue, models)
+        finally:
+            await redis.aclose()
+            await mongo.close()
+
+
+class OccurrencesStep(ThreadStep):
+    """Celery worker bootstep owning one :class:`Rebuilder`, when a MongoDB is configured and
+    the worker consumes the configured queue (model writes schedule there)."""
+
+    label = "earnevents occurrence rebuilder"
+
+    def create(self, worker: Any) -> Rebuilder | None:
+        settings = appsettings.settings_of(worker.app)
+        if not settings.mongo_uri or settings.queue_name not in consumed_queues(worker):
+            return None
+        return Rebuilder(settings.redis_uri, settings.mongo_uri, settings.database, settings.queue_name, INTERVAL)
