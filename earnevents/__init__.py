@@ -21,6 +21,7 @@ from .context import JobContext, current_job
 from .deadletters import DeadItem
 from .definitions import DefinedEvent, EventRegistry, define_event, registry
 from .discovery import autodiscover
+from .entities import EntityRef
 from .errors import (
     ConfigError,
     DeadItemNotFoundError,
@@ -44,8 +45,8 @@ from .errors import (
 from .event import Event
 from .eventlog import EventRecord, HandlerRecord
 from .failures import FailedJob
-from .handlers import event_handler, model_event_handler
-from .models import BaseModel, dispatch_model_event
+from .handlers import event_handler, model_event_handler, on_event, on_event_cancelled, on_event_created
+from .models import BaseModel, EventDefinition, dispatch_model_event
 from .receivers import on
 from .retry import RetryPolicy
 from .runtime import Environment, close, init
@@ -79,11 +80,16 @@ __all__ = [
     "event_handler",
     "model_event_handler",
     "on",
+    "on_event",
+    "on_event_created",
+    "on_event_cancelled",
     "RetryPolicy",
     "current_job",
     "JobContext",
     # models
     "BaseModel",
+    "EventDefinition",
+    "EntityRef",
     "dispatch_model_event",
     # failed jobs, refused queue items
     "FailedJob",

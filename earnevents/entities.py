@@ -14,20 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from . import names
 
-
-class Loadable(Protocol):
-    """What the registry needs of a model class: its name and an async ``get`` by id."""
-
-    __name__: str
-    __module__: str
-    __qualname__: str
-
-    @classmethod
-    async def get(cls, id: Any) -> Any: ...
+Loadable = type[Any]
+"""A model class: registered by ``__name__``, loading a document with ``await cls.get(id)``."""
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,12 @@
 - ``base``: :class:`BaseModel` (fields, CRUD, changed-field saves, collection names)
 - ``hooks``: the lifecycle decorators, the hook registry and the runner around writes
 - ``events``: :func:`dispatch_model_event` and the automatic ``_events``
+- ``automations``: :class:`EventDefinition`: conditional and date-scheduled events a model declares
 - ``query``: what ``Model.find()`` returns
 - ``fields``: the MISSING marker, BSON conversions, validation messages
 """
 
+from .automations import EventDefinition
 from .base import BaseModel
 from .events import dispatch_model_event
 from .fields import MISSING
@@ -26,6 +28,7 @@ from .query import Query
 
 __all__ = [
     "BaseModel",
+    "EventDefinition",
     "Query",
     "MISSING",
     "dispatch_model_event",

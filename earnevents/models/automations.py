@@ -263,7 +263,11 @@ async def _reschedule(
         queue=queue,
         at=after_due / 1000,
     )
-    data = {"id": ref.id, "due_at": when(after_due), "previous_due_at": None if before_due is None else when(before_due)}
+    data = {
+        "id": ref.id,
+        "due_at": when(after_due),
+        "previous_due_at": None if before_due is None else when(before_due),
+    }
     await _announce(instance, definition, "created", data)
 
 
@@ -388,7 +392,9 @@ async def rebuild(
                     skipped += 1
                     continue
                 member = keys.occurrence_member(ref.model, ref.id, definition.name)
-                pending.append((due / 1000, (member, definition.name, occurrence_message(ref, definition.name, due, queue))))
+                pending.append(
+                    (due / 1000, (member, definition.name, occurrence_message(ref, definition.name, due, queue)))
+                )
             if len(pending) >= batch:
                 scheduled += await _add_new(redis, queue, pending)
                 pending = []

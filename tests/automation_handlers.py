@@ -1,0 +1,75 @@
+"""Handlers of the automation tests' workers: each records what it saw to ``results:<token>``,
+the token being the Reservation's, loaded through ``event.entity()`` as seed 003 §2 does."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from automation_models import Reservation
+
+from earnevents import Event, on_event, on_event_cancelled, on_event_created, runtime
+
+
+def entry(event: Event, handler: str, **extra: Any) -> str:
+    return json.dumps(
+        {
+            "handler": handler,
+            "name": event.name,
+            "event_id": event.id,
+            "pid": os.getpid(),
+            "at": time.time(),
+            "data": {key: repr(value) for key, value in event.data.items()},
+            "metadata": {key: repr(value) for key, value in (event.metadata or {}).items()},
+            "entity_ref": None if event.entity_ref is None else event.entity_ref.to_dict(),
+            **extra,
+        }
+    )
+
+
+async def record_entity(event: Event, handler: str) -> None:
+    """Load the reservation through event.entity() and record it under its token (under
+    its id when it was deleted meanwhile: the test knows both)."""
+    reservation = await event.entity()
+    ref = event.entity_ref
+    assert ref is not None
+    if reservation is None:
+        key = ref.id
+        status = None
+    else:
+        assert isinstance(reservation, Reservation)
+        key = reservation.token
+        status = reservation.status
+    await runtime.current().redis.rpush(f"results:{key}", entry(event, handler, loaded=status))
+
+
+@on_event("reservation_confirmed")
+async def send_welcome_email(event: Event) -> None:
+    await record_entity(event, "send_welcome_email")
+
+
+@on_event("checkin_due", entity_type="Reservation")
+async def prepare_room(event: Event) -> None:
+    await record_entity(event, "prepare_room")
+
+
+@on_event("checkin_due", entity_type="SomethingElse")
+async def never_runs(event: Event) -> None:
+    await record_entity(event, "never_runs")
+
+
+@on_event("checkin_reminder")
+async def remind_guest(event: Event) -> None:
+    await record_entity(event, "remind_guest")
+
+
+@on_event_created("checkin_due")
+async def checkin_scheduled(event: Event) -> None:
+    await record_entity(event, "checkin_scheduled")
+
+
+@on_event_cancelled("checkin_due")
+async def checkin_cancelled(event: Event) -> None:
+    await record_entity(event, "checkin_cancelled")
