@@ -3,12 +3,13 @@ the token being the Reservation's, loaded through ``event.entity()`` as seed 003
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
 from typing import Any
 
-from automation_models import Reservation
+from automation_models import Appointment, Reservation
 
 from earnevents import Event, on_event, on_event_cancelled, on_event_created, runtime
 
@@ -24,6 +25,8 @@ def entry(event: Event, handler: str, **extra: Any) -> str:
             "data": {key: repr(value) for key, value in event.data.items()},
             "metadata": {key: repr(value) for key, value in (event.metadata or {}).items()},
             "entity_ref": None if event.entity_ref is None else event.entity_ref.to_dict(),
+            # datetimes in the data as unix seconds, to compare without parsing reprs
+            "times": {key: value.timestamp() for key, value in event.data.items() if isinstance(value, dt.datetime)},
             **extra,
         }
     )
@@ -73,3 +76,23 @@ async def checkin_scheduled(event: Event) -> None:
 @on_event_cancelled("checkin_due")
 async def checkin_cancelled(event: Event) -> None:
     await record_entity(event, "checkin_cancelled")
+
+
+async def record_appointment(event: Event, handler: str) -> None:
+    """Like record_entity, for an Appointment."""
+    appointment = await event.entity()
+    ref = event.entity_ref
+    assert ref is not None
+    key = ref.id if appointment is None else appointment.token
+    assert appointment is None or isinstance(appointment, Appointment)
+    await runtime.current().redis.rpush(f"results:{key}", entry(event, handler, loaded=appointment is not None))
+
+
+@on_event("appointment_followup", entity_type=Appointment)
+async def follow_up(event: Event) -> None:
+    await record_appointment(event, "follow_up")
+
+
+@on_event("appointment_started")
+async def appointment_started(event: Event) -> None:
+    await record_appointment(event, "appointment_started")

@@ -5,11 +5,15 @@ the seed's way (tests/automation_handlers.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
-from automation_models import Reservation
+from automation_models import Appointment, Reservation
 from conftest import results, stays, token, wait_for
-from model_fixtures import worker_env
+from model_fixtures import eventually, worker_env
+
+from earnevents import keys
+from earnevents.models import automations
 
 pytest_plugins = ["model_fixtures"]
 pytestmark = [pytest.mark.mongo, pytest.mark.worker]
@@ -36,6 +40,26 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def soon(seconds: float) -> dt.datetime:
+    """Now plus ``seconds``, in whole milliseconds (as MongoDB stores it and due times count)."""
+    moment = utcnow() + dt.timedelta(seconds=seconds)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def on_time(record, moment: dt.datetime) -> bool:
+    """The handler ran within a second of ``moment`` (not before it)."""
+    return moment.timestamp() <= record["at"] < moment.timestamp() + 1.0
+
+
+async def scheduled(bus, definition: str) -> dict[str, dt.datetime]:
+    """Pending occurrences of ``definition`` in the schedule: document id -> due time."""
+    return {
+        pending.entity.id: pending.due_at
+        for pending in await bus.get_scheduled(event_name=definition)
+        if pending.entity is not None
+    }
+
+
 async def test_the_seeds_reservation_confirmed_then_checked_in(models_env, worker, rclient):
     # Given a pending reservation checking in two seconds from now
     tok = token()
@@ -53,3 +77,234 @@ async def test_the_seeds_reservation_confirmed_then_checked_in(models_env, worke
     assert due["entity_ref"] == {"model": "Reservation", "id": str(reservation.id)}
     assert stays(lambda: len(handled(rclient, tok, "send_welcome_email")) == 1, 0.5)
     assert handled(rclient, tok, "never_runs") == []
+
+
+async def test_a_moved_date_fires_at_the_new_time_only_and_announces_the_move(models_env, worker, rclient):
+    # Given a confirmed reservation checking in 1.5 s from now
+    tok = token()
+    first = soon(1.5)
+    reservation = await Reservation(token=tok, checkin_at=first, status="confirmed").create()
+    [created] = wait_handled(rclient, tok, "checkin_scheduled")
+    assert created["times"] == {"due_at": first.timestamp()}
+    assert created["data"]["previous_due_at"] == "None"
+    # When its check-in moves to 3 s from now
+    moved = soon(3.0)
+    reservation.checkin_at = moved
+    await reservation.save()
+    # Then @on_event_created runs again with the new and the previous due time
+    [_, announced] = wait_handled(rclient, tok, "checkin_scheduled", count=2)
+    assert announced["times"] == {"due_at": moved.timestamp(), "previous_due_at": first.timestamp()}
+    assert announced["entity_ref"] == {"model": "Reservation", "id": str(reservation.id)}
+    # And checkin_due fires at the new time, within a second, and not at the old one
+    [due] = wait_handled(rclient, tok, "prepare_room")
+    assert on_time(due, moved), due["at"] - moved.timestamp()
+    assert stays(lambda: len(handled(rclient, tok, "prepare_room")) == 1, 0.5)
+    assert handled(rclient, tok, "checkin_cancelled") == []
+
+
+async def test_an_occurrence_is_cancelled_when_its_condition_turns_false_its_date_is_cleared_or_it_is_deleted(
+    models_env, worker, rclient
+):
+    # Given three confirmed reservations checking in 2 s from now
+    checkin = soon(2.0)
+    toks = {why: token() for why in ("condition", "date_cleared", "deleted")}
+    reservations = {
+        why: await Reservation(token=tok, checkin_at=checkin, status="confirmed").create() for why, tok in toks.items()
+    }
+    assert set(await scheduled(models_env.event_bus, "checkin_due")) >= {str(r.id) for r in reservations.values()}
+    # When one goes back to pending, one loses its date and one is deleted
+    reservations["condition"].status = "pending"
+    await reservations["condition"].save()
+    reservations["date_cleared"].checkin_at = None
+    await reservations["date_cleared"].save()
+    await reservations["deleted"].delete()
+    # Then @on_event_cancelled ran for each, with the reason and the due time it had
+    # (the deleted one's handler finds no document: it records under the id)
+    for why, tok in toks.items():
+        key = str(reservations[why].id) if why == "deleted" else tok
+        [cancelled] = wait_handled(rclient, key, "checkin_cancelled")
+        assert cancelled["data"]["reason"] == repr(why)
+        assert cancelled["times"] == {"due_at": checkin.timestamp()}
+        assert cancelled["entity_ref"] == {"model": "Reservation", "id": str(reservations[why].id)}
+    assert handled(rclient, str(reservations["deleted"].id), "checkin_cancelled")[0]["loaded"] is None
+    # And nothing is pending any more, and nothing fires at check-in time
+    pending = await scheduled(models_env.event_bus, "checkin_due")
+    assert not set(pending) & {str(r.id) for r in reservations.values()}
+    wait_for(lambda: time.time() > checkin.timestamp() + 1.0, 5, "check-in time to pass")
+    for why, tok in toks.items():
+        assert handled(rclient, tok, "prepare_room") == []
+        assert handled(rclient, str(reservations[why].id), "prepare_room") == []
+
+
+async def test_a_stale_occurrence_is_dropped_at_due_time(models_env, worker, rclient):
+    # Given three confirmed reservations checking in 1.5 s from now
+    checkin = soon(1.5)
+    toks = {why: token() for why in ("status", "date", "gone")}
+    reservations = {
+        why: await Reservation(token=tok, checkin_at=checkin, status="confirmed").create() for why, tok in toks.items()
+    }
+    ids = {why: str(r.id) for why, r in reservations.items()}
+    # When their documents change behind the model's back (the pending occurrences stay as they were)
+    collection = models_env.db[Reservation._collection]
+    await collection.update_one({"_id": reservations["status"].id}, {"$set": {"status": "pending"}})
+    later = soon(60)
+    await collection.update_one({"_id": reservations["date"].id}, {"$set": {"checkin_at": later}})
+    await collection.delete_one({"_id": reservations["gone"].id})
+    assert set(await scheduled(models_env.event_bus, "checkin_due")) >= set(ids.values())
+    # Then at due time the worker checks each document again and publishes nothing, saying why
+    expected = {
+        "status": f"checkin_due for Reservation {ids['status']} due at {checkin} not published: "
+        "its condition no longer holds",
+        "date": f"checkin_due for Reservation {ids['date']} due at {checkin} not published: "
+        f"it is due at {later} now",
+        "gone": f"checkin_due for Reservation {ids['gone']} not published: the document was deleted",
+    }
+    wait_for(lambda: all(line in worker.log() for line in expected.values()), 6, "the worker to drop the occurrences")
+    assert not set(await scheduled(models_env.event_bus, "checkin_due")) & set(ids.values())
+    assert stays(lambda: all(handled(rclient, tok, "prepare_room") == [] for tok in toks.values()), 0.5)
+
+
+async def test_offsets_schedule_before_and_after_the_date(models_env, worker, rclient):
+    # Given a reservation checking in 24 h and 1.5 s from now (its reminder: 24 h before)
+    # and an appointment starting 1 s from now (its follow-up: 1 s after)
+    reservation_tok, appointment_tok = token(), token()
+    checkin = soon(86_400 + 1.5)
+    await Reservation(token=reservation_tok, checkin_at=checkin).create()
+    starts = soon(1.0)
+    await Appointment(token=appointment_tok, starts_at=starts).create()
+    # Then the reminder fires 24 h before check-in, within a second
+    [reminder] = wait_handled(rclient, reservation_tok, "remind_guest")
+    assert on_time(reminder, checkin - dt.timedelta(hours=24))
+    # And the appointment's own event fires at its start, the follow-up a second later
+    [started] = wait_handled(rclient, appointment_tok, "appointment_started")
+    assert on_time(started, starts)
+    [follow_up] = wait_handled(rclient, appointment_tok, "follow_up")
+    assert on_time(follow_up, starts + dt.timedelta(seconds=1))
+    assert follow_up["metadata"]["due_at"] == repr(starts + dt.timedelta(seconds=1))
+
+
+async def test_a_due_time_already_past_fires_at_once_unless_catch_up_is_off(models_env, worker, rclient):
+    # Given an appointment that started a minute ago (follow-up: catch_up; started: catch_up=False)
+    tok = token()
+    written = time.time()
+    appointment = await Appointment(token=tok, starts_at=soon(-60)).create()
+    # Then the follow-up, due 59 s ago, fires at once
+    [follow_up] = wait_handled(rclient, tok, "follow_up")
+    assert follow_up["at"] < written + 1.0
+    # And the event without catch-up is neither scheduled nor published
+    assert str(appointment.id) not in await scheduled(models_env.event_bus, "appointment_started")
+    assert stays(lambda: handled(rclient, tok, "appointment_started") == [], 0.5)
+
+
+async def test_workers_rebuild_the_schedule_after_redis_lost_it(
+    models_env, start_worker, mongo_url, mongo_db, queue, rclient
+):
+    # Given two workers running (started together)
+    workers = [
+        start_worker(modules="automation_handlers", env=worker_env(mongo_url, mongo_db), wait=False) for _ in range(2)
+    ]
+    for each in workers:
+        each.wait_ready()
+    wait_for(lambda: rclient.sismember(keys.occurrences_rebuilt(queue), "Reservation"), 5, "the start's rebuild")
+    # And two confirmed reservations checking in 2.5 and 3 s from now
+    toks = [token(), token()]
+    checkins = [soon(2.5), soon(3.0)]
+    reservations = [
+        await Reservation(token=tok, checkin_at=checkin, status="confirmed").create()
+        for tok, checkin in zip(toks, checkins, strict=True)
+    ]
+    expected = {str(r.id): checkin for r, checkin in zip(reservations, checkins, strict=True)}
+    assert (await scheduled(models_env.event_bus, "checkin_due")).items() >= expected.items()
+    # When Redis loses everything
+    rclient.flushall()
+    assert await scheduled(models_env.event_bus, "checkin_due") == {}
+    # Then a worker puts the occurrences back from MongoDB, due when they were
+    await eventually(
+        lambda: _holds(models_env.event_bus, "checkin_due", expected), 3, "the occurrences to be rebuilt"
+    )
+    # And each fires once at its time
+    for tok, checkin in zip(toks, checkins, strict=True):
+        [due] = wait_handled(rclient, tok, "prepare_room")
+        assert on_time(due, checkin), due["at"] - checkin.timestamp()
+    assert stays(lambda: all(len(handled(rclient, tok, "prepare_room")) == 1 for tok in toks), 0.5)
+    # And one worker rebuilt each time (at the first start, after the flush), not both
+    assert sum(each.log().count("rebuilding them from MongoDB") for each in workers) == 2
+
+    # Given no worker running, a reservation checking in, and Redis losing it again
+    for each in workers:
+        each.stop()
+    tok = token()
+    checkin = soon(4.0)
+    await Reservation(token=tok, checkin_at=checkin, status="confirmed").create()
+    rclient.flushall()
+    # When a worker starts
+    fresh = start_worker(modules="automation_handlers", env=worker_env(mongo_url, mongo_db))
+    # Then it rebuilt the schedule at start, and the occurrence fires at its time
+    [due] = wait_handled(rclient, tok, "prepare_room")
+    assert on_time(due, checkin), due["at"] - checkin.timestamp()
+    assert "rebuilding them from MongoDB" in fresh.log()
+
+
+async def _holds(bus, definition: str, expected: dict[str, dt.datetime]) -> bool:
+    return (await scheduled(bus, definition)).items() >= expected.items()
+
+
+async def test_an_occurrence_scheduled_twice_for_the_same_time_fires_once(models_env, worker, queue, rclient):
+    # Given a confirmed reservation checking in 2 s from now
+    tok = token()
+    checkin = soon(2.0)
+    reservation = await Reservation(token=tok, checkin_at=checkin, status="confirmed").create()
+    # When it goes pending and confirmed again before then (cancelled, then scheduled again)
+    reservation.status = "pending"
+    await reservation.save()
+    reservation.status = "confirmed"
+    await reservation.save()
+    wait_handled(rclient, tok, "checkin_scheduled", count=2)
+    assert len(handled(rclient, tok, "checkin_cancelled")) == 1
+    # Then it fires once, at its time
+    [due] = wait_handled(rclient, tok, "prepare_room")
+    assert on_time(due, checkin)
+    # When a rebuild reaching back a minute puts the fired occurrence in the schedule again
+    [report] = await automations.rebuild(models_env.redis, models_env.db, queue, [Reservation], since=60)
+    assert report.scheduled >= 1
+    # Then the worker takes it (it is due) and skips it: the occurrence completed before
+    await eventually(
+        lambda: _gone(models_env.event_bus, str(reservation.id)), 3, "the worker to take the occurrence again"
+    )
+    wait_for(lambda: rclient.llen(queue) == 0, 3, "the queue to drain")
+    assert stays(lambda: len(handled(rclient, tok, "prepare_room")) == 1, 1.0)
+
+
+async def _gone(bus, record_id: str) -> bool:
+    return record_id not in await scheduled(bus, "checkin_due")
+
+
+async def test_an_occurrence_a_worker_cannot_fire_is_retried_not_lost(
+    models_env, start_worker, mongo_url, mongo_db, rclient
+):
+    # Given a worker whose handler modules do not import the Reservation model
+    blind = start_worker(modules="e2e_handlers", env=worker_env(mongo_url, mongo_db))
+    # And a confirmed reservation checking in 1 s from now
+    tok = token()
+    reservation = await Reservation(token=tok, checkin_at=soon(1.0), status="confirmed").create()
+
+    # When it is due, that worker fails to fire it, and the occurrence waits for a retry
+    async def retry_pending():
+        return [
+            pending
+            for pending in await models_env.event_bus.get_scheduled(event_name="checkin_due")
+            if pending.handler == keys.OCCURRENCE_HANDLER
+            and pending.attempt >= 1
+            and pending.entity is not None
+            and pending.entity.id == str(reservation.id)
+        ]
+
+    await eventually(retry_pending, 6, "the occurrence's retry")
+    assert "no model class named 'Reservation' is imported" in blind.log()
+    assert handled(rclient, tok, "prepare_room") == []
+    # When a worker that imports the model takes over
+    blind.stop()
+    start_worker(modules="automation_handlers", env=worker_env(mongo_url, mongo_db))
+    # Then the retry fires it: late, but delivered
+    [due] = wait_handled(rclient, tok, "prepare_room", timeout=15)
+    assert due["entity_ref"] == {"model": "Reservation", "id": str(reservation.id)}
