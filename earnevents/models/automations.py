@@ -148,7 +148,8 @@ def collect(model: type[BaseModel], declared: Iterable[Any]) -> dict[str, EventD
     against the model: a ``date_field`` must name a datetime field, a name appear once.
 
     Each name (and, for scheduled ones, ``<name>:created`` / ``<name>:cancelled``) is
-    defined in the event registry if it is not already, so strict mode accepts them.
+    defined in the event registry if it is not already, so strict mode accepts them; a
+    later ``define_event`` of the name (a schema for its data) takes its place.
     """
     found: dict[str, EventDefinition] = {}
     for item in declared:
@@ -173,7 +174,9 @@ def collect(model: type[BaseModel], declared: Iterable[Any]) -> dict[str, EventD
             described += [occurrence_event_name(item.name, "created"), occurrence_event_name(item.name, "cancelled")]
         for name in described:
             if name not in definitions.registry:
-                definitions.define_event(name, description=f"declared by the model {model.__name__}")
+                definitions.define_event(
+                    name, description="declared by a model (EventDefinition)", **{definitions.MODEL_DECLARED: True}
+                )
     return found
 
 
