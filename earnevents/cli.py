@@ -332,7 +332,8 @@ async def _rebuild(args: argparse.Namespace) -> int:
             "scheduled rebuild reads the models' documents from MongoDB, and none is configured: "
             "set EARNEVENTS_MONGO_URI (and EARNEVENTS_DATABASE) or pass --mongo-uri / --database"
         )
-    _import_app_modules(settings)
+    # What a worker imports; init() above had the CLI import nothing (handler_modules=())
+    _import_app_modules(Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database))
     models = scheduled_models()
     if not models:
         raise NothingToRebuild(
