@@ -59,7 +59,7 @@ from typing import Any, NoReturn, cast
 import redis.exceptions as redis_errors
 from pymongo.errors import PyMongoError
 
-from . import discovery, entities, runtime
+from . import discovery, runtime
 from .bus import event_bus
 from .config import Settings
 from .deadletters import DeadItem
@@ -71,7 +71,6 @@ from .eventlog import EVENT_STATUSES, EventRecord
 from .failures import FailedJob
 from .logtext import escape
 from .models import automations
-from .models.base import BaseModel
 from .redact import redact_uri
 from .schedule import ScheduledEvent
 
@@ -280,21 +279,6 @@ def _scheduled_line(item: ScheduledEvent) -> str:
     return line
 
 
-def scheduled_models() -> list[type[BaseModel]]:
-    """The imported model classes that declare scheduled events (``EventDefinition(date_field=...)``).
-
-    The same choice as ``earnevents.worker.occurrences.scheduled_models``, which the
-    command line cannot import: importing ``earnevents.worker`` creates the Celery app.
-    """
-    return [
-        model
-        for model in entities.models()
-        if isinstance(model, type)
-        and issubclass(model, BaseModel)
-        and any(d.scheduled for d in automations.of(model).values())
-    ]
-
-
 async def _run_scheduled(args: argparse.Namespace) -> int:
     """``earnevents scheduled list|cancel|rebuild``: the delay schedule."""
     if args.command == "list":
@@ -334,7 +318,7 @@ async def _rebuild(args: argparse.Namespace) -> int:
         )
     # What a worker imports; init() above had the CLI import nothing (handler_modules=())
     _import_app_modules(Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database))
-    models = scheduled_models()
+    models = automations.scheduled_models()
     if not models:
         raise NothingToRebuild(
             "no imported model declares a scheduled event (EventDefinition with date_field), so nothing was "

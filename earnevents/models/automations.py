@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from .. import definitions, keys, message, names, runtime, schedule
+from .. import definitions, entities, keys, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..event import Event
 from ..handlers import occurrence_event_name
@@ -174,8 +174,9 @@ def collect(model: type[BaseModel], declared: Iterable[Any]) -> dict[str, EventD
             described += [occurrence_event_name(item.name, "created"), occurrence_event_name(item.name, "cancelled")]
         for name in described:
             if name not in definitions.registry:
+                # declared_by_model: definitions.MODEL_DECLARED, so define_event may replace it
                 definitions.define_event(
-                    name, description="declared by a model (EventDefinition)", **{definitions.MODEL_DECLARED: True}
+                    name, description="declared by a model (EventDefinition)", declared_by_model=True
                 )
     return found
 
@@ -195,6 +196,12 @@ def _is_datetime(annotation: Any) -> bool:
 def of(model: type) -> Mapping[str, EventDefinition]:
     """The EventDefinitions a model class declares, by name."""
     return cast("Mapping[str, EventDefinition]", getattr(model, "__event_definitions__", {}))
+
+
+def scheduled_models() -> list[type[BaseModel]]:
+    """The model classes imported in this process that declare scheduled events (only
+    ``BaseModel`` subclasses register in :mod:`earnevents.entities`)."""
+    return [model for model in entities.models() if any(d.scheduled for d in of(model).values())]
 
 
 # --- ids ----------------------------------------------------------------------------
