@@ -326,10 +326,14 @@ class EventBus:
         if not isinstance(event_id, str):
             raise TypeError(f"event_id must be a str, got {type(event_id).__name__}")
         state = self._state()
-        script_keys, argv = schedule.cancel_args(state.settings.queue_name, event_id)
+        queue = state.settings.queue_name
+        script_keys, argv = schedule.cancel_args(queue, event_id)
         client = state.connections.redis()
+        # The event log marks a cancelled event, not a cancelled handler retry or model occurrence
+        # (their ids name no logged event): read which it is first, only when logging.
+        payload = await client.hget(keys.scheduled_payloads(queue), event_id) if state.recorder is not None else None
         cancelled = bool(await client.eval(schedule.CANCEL_SCRIPT, len(script_keys), *script_keys, *argv))
-        if cancelled:
+        if cancelled and payload is not None and _is_event_message(payload, event_id):
             await self._log_now(state, [Marked(event_id, "cancelled_at", time.time())], f"cancel of {event_id}")
         return cancelled
 
@@ -614,6 +618,16 @@ def _with_sender(event: Event, sender: str | None) -> Event:
     if sender is None:
         return event
     return dataclasses.replace(event, metadata={**metadata, "sender": sender})
+
+
+def _is_event_message(payload: bytes | str, event_id: str) -> bool:
+    """Whether a scheduled message is the event ``event_id`` for all its handlers (a delayed
+    publish), rather than a handler's retry or a model occurrence's check."""
+    try:
+        wire, kwargs = message.parse(payload)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return kwargs.get("handler") is None and wire.get("id") == event_id
 
 
 def _handler_message(wire: dict[str, Any], queue: str, handler: str, settings: Settings) -> tuple[str, str, str]:

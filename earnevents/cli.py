@@ -13,6 +13,9 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents events list [--name NAME] [--status STATUS] [--sender S] [--since 1h] [--limit N] [--offset N] [--json]
     earnevents events show EVENT_ID
     earnevents events replay EVENT_ID [--handler DOTTED ...] [--yes]
+    earnevents scheduled list [--event NAME] [--limit N] [--offset N] [--json]
+    earnevents scheduled cancel ID [ID ...] [--yes]
+    earnevents scheduled rebuild [--since DURATION] [--yes]
 
 ``earnevents events`` lists the event registry: every ``define_event`` with its
 description, schema, codes and metadata, and the handlers and receivers subscribed
@@ -21,9 +24,18 @@ and EARNEVENTS_AUTODISCOVER, from the current directory as Celery does) and need
 neither Redis nor MongoDB. ``earnevents events list|show|replay`` work on the event
 log (see ``event_bus.get_event``).
 
+``earnevents scheduled list|cancel`` look at and withdraw what waits in the delay
+schedule: delayed events, handler retries and models' scheduled occurrences
+(``EventDefinition(date_field=...)``), the document each is for shown as its entity.
+``earnevents scheduled rebuild`` recreates models' pending occurrences from MongoDB
+(after Redis lost its data, or writes that bypassed the models): it imports the
+application's modules as ``earnevents events`` does, and needs MongoDB. When no
+imported model declares a scheduled event it has nothing to do and says so, with
+exit status 1: the likely cause is that the application's modules were not found.
+
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
-handlers again (retry, remove, purge, replay) ask for confirmation on a terminal; with
+handlers again (retry, remove, purge, replay, cancel, rebuild --since) ask for confirmation on a terminal; with
 stdin not a terminal they refuse (exit 2) unless given --yes.
 
 Exit status: 0 done; 1 a runtime error (an id not found, the others still
@@ -58,6 +70,9 @@ from .event import encode
 from .eventlog import EVENT_STATUSES, EventRecord
 from .failures import FailedJob
 from .logtext import escape
+from .models import automations
+from .redact import redact_uri
+from .schedule import ScheduledEvent
 
 USAGE = 2
 """Exit status for bad usage or configuration."""
@@ -237,6 +252,110 @@ async def _run_events(args: argparse.Namespace) -> int:
     raise UsageError("give a subcommand: earnevents events list, show or replay")
 
 
+# --- earnevents scheduled: the delay schedule -----------------------------------------
+
+
+def _scheduled_dict(item: ScheduledEvent) -> dict[str, Any]:
+    entity = item.entity
+    return {
+        "id": item.id,
+        "event": item.event.name,
+        "event_id": item.event.id,
+        "due_at": item.due_at.isoformat(),
+        "handler": item.handler,
+        "attempt": item.attempt,
+        "entity": None if entity is None else entity.to_dict(),
+    }
+
+
+def _scheduled_line(item: ScheduledEvent) -> str:
+    line = f"{escape(item.id)}  {item.due_at:%Y-%m-%d %H:%M:%S}  {escape(item.event.name)}"
+    if item.handler is not None:
+        line += f"  handler {escape(item.handler)}"
+    if item.attempt:
+        line += f"  attempt {item.attempt}"
+    if item.entity is not None:
+        line += f"  entity {escape(item.entity.model)} {escape(item.entity.id)}"
+    return line
+
+
+async def _run_scheduled(args: argparse.Namespace) -> int:
+    """``earnevents scheduled list|cancel|rebuild``: the delay schedule."""
+    if args.command == "list":
+        items = await event_bus.get_scheduled(args.limit, args.offset, args.event)
+        if args.json:
+            for item in items:
+                print(json.dumps(_scheduled_dict(item)))
+            return 0
+        total = await event_bus.count_scheduled(args.event)
+        print(f"{total} scheduled message(s)" + (f", showing {len(items)}" if len(items) < total else ""))
+        for item in items:
+            print(_scheduled_line(item))
+        return 0
+    if args.command == "cancel":
+        confirm(f"cancel {len(args.ids)} scheduled message(s) of queue {_queue()!r}", args.yes)
+        status = 0
+        for message_id in args.ids:
+            if await event_bus.cancel(message_id):
+                print(f"cancelled {escape(message_id)}")
+            else:
+                print(
+                    f"error: nothing scheduled with id {escape(repr(message_id))} (fired or cancelled?)",
+                    file=sys.stderr,
+                )
+                status = 1
+        return status
+    return await _rebuild(args)
+
+
+async def _rebuild(args: argparse.Namespace) -> int:
+    env = runtime.current()
+    settings = env.settings
+    if not settings.mongo_uri:
+        raise UsageError(
+            "scheduled rebuild reads the models' documents from MongoDB, and none is configured: "
+            "set EARNEVENTS_MONGO_URI (and EARNEVENTS_DATABASE) or pass --mongo-uri / --database"
+        )
+    # What a worker imports; init() above had the CLI import nothing (handler_modules=())
+    _import_app_modules(Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database))
+    models = automations.scheduled_models()
+    if not models:
+        raise NothingToRebuild(
+            "no imported model declares a scheduled event (EventDefinition with date_field), so nothing was "
+            "rebuilt: do EARNEVENTS_HANDLER_MODULES / EARNEVENTS_AUTODISCOVER name the modules defining the models?"
+        )
+    if args.since is not None:
+        confirm(
+            f"recreate the occurrences due in the last {args.since_text} too: they fire at once, "
+            "a second time for those that had fired",
+            args.yes,
+        )
+    print(
+        f"rebuilding the scheduled events of queue {settings.queue_name!r} from MongoDB "
+        f"{redact_uri(settings.mongo_uri)} database {settings.database!r}"
+    )
+    report = await automations.rebuild(env.redis, env.db, settings.queue_name, models, since=args.since or 0.0)
+    unreadable = 0
+    for done in report:
+        print(
+            f"{escape(done.model)}: {done.documents} document(s), {done.scheduled} occurrence(s) pending "
+            f"(added where missing), {done.skipped} past ones not recreated, {done.unreadable} unreadable"
+        )
+        unreadable += done.unreadable
+    if unreadable:
+        print(
+            f"error: {unreadable} document(s) could not be loaded by their model; their occurrences were "
+            "not recreated (the log names them)",
+            file=sys.stderr,
+        )
+        return FAILURE
+    return 0
+
+
+class NothingToRebuild(EarnEventsError):
+    """Raised when ``scheduled rebuild`` finds no imported model with a scheduled event (exit status 1)."""
+
+
 async def _run(args: argparse.Namespace) -> int:
     # No autodiscovery: managing failed jobs and dead letters must not depend on importing the application.
     await runtime.init(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database, autodiscover=())
@@ -245,6 +364,8 @@ async def _run(args: argparse.Namespace) -> int:
             return await _run_dead(args)
         if args.group == "events":
             return await _run_events(args)
+        if args.group == "scheduled":
+            return await _run_scheduled(args)
         if args.command == "list":
             jobs = await event_bus.get_failed_jobs(args.limit, args.offset, args.event, args.handler)
             if args.json:
@@ -353,7 +474,10 @@ def _add_event_log(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="earnevents", description="Failed jobs, dead letters, the event registry and the event log.")
+    parser = _Parser(
+        prog="earnevents",
+        description="Failed jobs, dead letters, the event registry, the event log and the delay schedule.",
+    )
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
@@ -389,8 +513,48 @@ def build_parser() -> argparse.ArgumentParser:
     remove = dead.add_parser("remove", help="delete the record")
     remove.add_argument("item_ids", nargs="+", metavar="ID")
     _add_yes(remove)
+    _add_scheduled(groups)
     _add_event_log(_add_events(groups))
     return parser
+
+
+def _add_scheduled(groups: Any) -> None:
+    scheduled = groups.add_parser(
+        "scheduled", help="the delay schedule: delayed events, handler retries, models' scheduled events"
+    ).add_subparsers(dest="command", required=True)
+    what = (
+        "What waits in the delay schedule, soonest first: id, due time (UTC), event, handler (a retry's, or a "
+        "model occurrence's), attempt (a retry's), entity (the model and document a model's scheduled event is for)."
+    )
+    lst = scheduled.add_parser("list", help="what waits, soonest first", description=what)
+    lst.add_argument("--event", help="only this event name")
+    lst.add_argument("--limit", type=_count_arg, default=100)
+    lst.add_argument("--offset", type=_count_arg, default=0)
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    what = (
+        "Withdraw scheduled messages by the id `scheduled list` shows; exit status 1 if one was not pending. "
+        "A model's occurrence comes back on its document's next write or a rebuild."
+    )
+    cancel = scheduled.add_parser("cancel", help="withdraw scheduled messages", description=what)
+    cancel.add_argument("ids", nargs="+", metavar="ID")
+    _add_yes(cancel)
+    what = (
+        "Recreate the models' pending scheduled events from their MongoDB documents (after Redis lost its data, "
+        "or writes that bypassed the models); occurrences already pending are left as they are. Imports the "
+        "application's modules (EARNEVENTS_HANDLER_MODULES, EARNEVENTS_AUTODISCOVER, from the current directory); "
+        "needs MongoDB (exit status 2 without). Exit status 1 when no imported model declares a scheduled event, "
+        "or a document could not be loaded."
+    )
+    rebuild = scheduled.add_parser("rebuild", help="recreate models' scheduled events from MongoDB", description=what)
+    rebuild.add_argument(
+        "--since",
+        action=_Duration,
+        metavar="DURATION",
+        help="also recreate occurrences due within this past window (90s, 1h, 7d): they fire at once, and "
+        "those that had fired before Redis lost them are delivered a second time (asks first)",
+    )
+    rebuild.set_defaults(since=None, since_text=None)
+    _add_yes(rebuild)
 
 
 # --- earnevents events: the event registry ------------------------------------------

@@ -199,9 +199,10 @@ class EventRegistry:
 
     def add(self, definition: DefinedEvent) -> DefinedEvent:
         """Register ``definition``; the one already registered if it has the same contents
-        (a module imported again), EventDefinitionError if it differs."""
+        (a module imported again), EventDefinitionError if it differs. A name a model
+        declared (:data:`MODEL_DECLARED`) gives way to an explicit ``define_event``."""
         existing = self._by_name.get(definition.name)
-        if existing is None:
+        if existing is None or (existing.metadata.get(MODEL_DECLARED) and not definition.metadata.get(MODEL_DECLARED)):
             self._by_name[definition.name] = definition
             return definition
         if _contents(existing) == _contents(definition):
@@ -351,6 +352,10 @@ class EventRegistry:
             "patterns": [entry.to_dict() for entry in self.patterns()],
         }
 
+
+MODEL_DECLARED = "declared_by_model"
+"""Metadata key of the definitions models make for the events they declare (``EventDefinition``),
+so strict mode knows those names; a ``define_event`` of the same name (with a schema, say) replaces them."""
 
 registry = EventRegistry()
 """The process' event registry: ``from earnevents import registry``."""

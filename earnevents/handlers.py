@@ -377,7 +377,8 @@ def on_event_created(
 ) -> Callable[[F], F]:
     """Run when an occurrence of the scheduled model event ``event_name`` is created or
     moved to another time: the Event (``<event_name>:created``) has ``data["due_at"]``,
-    ``data["previous_due_at"]`` (None unless moved) and the entity."""
+    ``data["previous_due_at"]`` (the due time before the write; None for a new one) and
+    the entity."""
     return on_event(occurrence_event_name(event_name, "created"), entity_type, retry_policy, timeout=timeout)
 
 

@@ -345,3 +345,28 @@ async def test_strict_mode_is_off_by_default_and_read_from_earnevents_strict(bus
     assert earnevents.Settings.resolve(environ={}).strict is False
     with pytest.raises(earnevents.ConfigError, match="EARNEVENTS_STRICT"):
         earnevents.Settings.resolve(environ={"EARNEVENTS_STRICT": "maybe"})
+
+
+def test_a_name_a_model_declares_is_defined_and_gives_way_to_define_event(defined):
+    # Given a model declaring an immediate and a scheduled event
+    immediate, scheduled = unique("m"), unique("m")
+    defined += [immediate, scheduled, f"{scheduled}:created", f"{scheduled}:cancelled"]
+
+    class Booking(earnevents.BaseModel):
+        _events = (
+            earnevents.EventDefinition(immediate, condition=lambda b: b.ok),
+            earnevents.EventDefinition(scheduled, date_field="at"),
+        )
+        ok: bool = False
+        at: dt.datetime | None = None
+
+    # Then its names are defined (strict mode accepts them), the announcements of the scheduled one too
+    assert {immediate, scheduled, f"{scheduled}:created", f"{scheduled}:cancelled"} <= set(registry.names())
+    # And the same model class defined again (a module reloaded) leaves them as they are
+    assert registry.add(registry[immediate]) is registry[immediate]
+    # When the app defines one of them itself, with a schema
+    own = define_event(immediate, schema=Paid, description="a booking was confirmed")
+    # Then its definition takes the model's place; defining it again differently is an error as usual
+    assert registry[immediate] is own and registry[immediate].schema is Paid
+    with pytest.raises(earnevents.EventDefinitionError):
+        define_event(immediate, description="something else")

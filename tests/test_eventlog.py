@@ -15,7 +15,7 @@ import pytest
 from pymongo import MongoClient
 
 import earnevents
-from earnevents import Event, EventNotFoundError, keys
+from earnevents import Event, EventNotFoundError, keys, message
 from earnevents.eventlog.record import (
     CANCELLED,
     FAILED,
@@ -119,6 +119,28 @@ async def test_a_cancelled_delayed_event_shows_cancelled(logged):
     assert await earnevents.event_bus.cancel(event.id)
     record = await earnevents.event_bus.get_event(event.id)
     assert record.status == CANCELLED and record.cancelled_at is not None
+
+
+async def test_cancelling_a_handler_retry_leaves_no_event_log_record_for_its_id(logged):
+    # Given a handler's pending retry (a message for one handler, under its own id) in the schedule
+    bus = earnevents.event_bus
+    settings = earnevents.runtime.current().settings
+    event = Event("invoice.reminder", {"n": 1})
+    retry_id = message.derived_id("retry", event.id, "m.h", 1)
+    payload = message.build(event.to_wire(), queue=settings.queue_name, task_id=retry_id, handler="m.h", attempt=1)
+    await bus.enqueue([(retry_id, event.name, payload)], queue=settings.queue_name, delay=3600)
+    # When an operator cancels it
+    assert await bus.cancel(retry_id)
+    await bus.flush_event_log()
+    # Then the event log's store holds nothing made up for that id, nor for the event
+    env = earnevents.runtime.current()
+    for record_id in (retry_id, event.id):
+        with pytest.raises(earnevents.EventNotFoundError):
+            await bus.get_event(record_id)
+        if env.connections.has_mongo:
+            assert await env.db[keys.MONGO_EVENTLOG_COLLECTION].count_documents({"_id": record_id}) == 0
+        else:
+            assert not await env.redis.exists(keys.eventlog_record(record_id))
 
 
 async def test_find_events_filters_and_pages_newest_first(logged):

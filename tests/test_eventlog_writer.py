@@ -101,6 +101,32 @@ def test_hooks_do_nothing_unless_configured_on(on, monkeypatch):
     assert on or store.written == []
 
 
+def test_the_check_of_a_model_occurrence_is_not_logged_as_an_event(monkeypatch):
+    # The event log records the event a due occurrence publishes, not the worker's check before it
+    from earnevents import keys
+    from earnevents.config import Settings
+    from earnevents.worker.jobs import Job, Outcome
+
+    store = Store()
+    store.up.set()
+    monkeypatch.setattr(writer_module, "_writer_for", lambda settings: store.write)
+    settings = Settings.resolve(redis_uri="redis://localhost:1/0", event_config={"event_log": True}, environ={})
+    writer_module.configure(settings)
+    try:
+        check = Job(Event("checkin_due", {}), keys.OCCURRENCE_HANDLER, 0, None, "q")
+        writer_module.started(check, [keys.OCCURRENCE_HANDLER])
+        writer_module.finished(check, [Outcome(keys.OCCURRENCE_HANDLER)])
+        writer_module.settled(check, Outcome(keys.OCCURRENCE_HANDLER, RuntimeError("x")), retrying=True)
+        writer_module.completed_before(check, [keys.OCCURRENCE_HANDLER])
+        ordinary = Job(Event("checkin_due", {}), None, 0, None, "q")
+        writer_module.finished(ordinary, [Outcome("m.h")])
+        wait_for(lambda: store.written, 5, "the ordinary job's change written")
+        writer_module.flush()
+        assert [c.event_id for c in store.written] == [ordinary.event.id]
+    finally:
+        writer_module.stop()
+
+
 def test_flush_returns_once_what_was_buffered_is_written_without_waiting_for_the_batch_interval(monkeypatch):
     # Given a writer that gathers changes for a long time before writing them
     monkeypatch.setattr(writer_module, "FLUSH_INTERVAL", 5.0)

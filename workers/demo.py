@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from earnevents.redact import redact_uri
 from earnevents.testing import MongoServer, RedisServer, WorkerProcess
 
 from .example_handlers import FIXED_KEY, LOG_KEY, OrderShipped
-from .example_models import Customer
+from .example_models import Customer, Reservation
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "earnevents-demo"
@@ -77,6 +78,7 @@ async def run(redis_url: str, mongo_url: str) -> None:
     )
     await env.redis.delete(LOG_KEY, FIXED_KEY)
     await env.db["customers"].delete_many({})
+    await env.db["reservations"].delete_many({})
     seen = 0
 
     say("\n1. publish user.created: an async and a sync handler run in the worker")
@@ -160,6 +162,21 @@ async def run(redis_url: str, mongo_url: str) -> None:
         f"    (from a shell: EARNEVENTS_MONGO_URI={redact_uri(mongo_url)} EARNEVENTS_DATABASE=earnevents_demo "
         f"EARNEVENTS_QUEUE={QUEUE} earnevents events list)"
     )
+
+    say("\n9. model automations: an event when a reservation is confirmed, one at its check-in time")
+    now = dt.datetime.now(dt.timezone.utc)
+    ada = await Reservation(guest="Ada", checkin_at=now + dt.timedelta(seconds=2)).create()
+    bob = await Reservation(guest="Bob", checkin_at=now + dt.timedelta(seconds=3)).create()
+    for reservation in (ada, bob):
+        reservation.status = "confirmed"
+        await reservation.save()  # reservation_confirmed now; checkin_due scheduled at checkin_at
+    seen = await show_new(seen, 2)
+    for pending in await event_bus.get_scheduled(event_name="checkin_due"):
+        say(f"    scheduled: {pending.event.name} for {pending.entity} at {pending.due_at:%H:%M:%S.%f}"[:-3])
+    bob.status = "cancelled"
+    await bob.save()  # the condition no longer holds: Bob's checkin_due is withdrawn
+    seen = await show_new(seen, 2)  # Bob's cancellation now, Ada's check-in at its time
+    say(f"    (from a shell: ... EARNEVENTS_QUEUE={QUEUE} earnevents scheduled list)")
     await earnevents.close()
 
 

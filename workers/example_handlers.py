@@ -17,7 +17,19 @@ import time
 import redis
 from pydantic import BaseModel
 
-from earnevents import Event, define_event, event_handler, model_event_handler, on, redisurl, runtime
+from earnevents import (
+    Event,
+    define_event,
+    event_handler,
+    model_event_handler,
+    on,
+    on_event,
+    on_event_cancelled,
+    redisurl,
+    runtime,
+)
+
+from .example_models import Reservation  # the worker loads and checks reservations: it imports the model
 
 LOG_KEY = "earnevents:demo:log"
 FIXED_KEY = "earnevents:demo:invoicing-fixed"
@@ -99,3 +111,21 @@ async def welcome_customer(event: Event) -> None:
 @model_event_handler("Customer", "updated")
 async def sync_plan(event: Event) -> None:
     await log(f"sync_plan: {event.data['name']} changed {event.metadata['changed_fields']} -> {event.data['plan']}")
+
+
+@on_event("reservation_confirmed", entity_type="Reservation")
+async def send_confirmation(event: Event) -> None:
+    reservation: Reservation | None = await event.entity()  # loaded from MongoDB now (None if deleted since)
+    guest = "(deleted)" if reservation is None else reservation.guest
+    await log(f"send_confirmation: {guest}'s reservation is {event.data['status']}")
+
+
+@on_event("checkin_due")
+async def prepare_room(event: Event) -> None:
+    late = (time.time() - event.metadata["due_at"].timestamp()) * 1000
+    await log(f"prepare_room: {event.data['guest']} checks in now (fired {late:.0f} ms after its time)")
+
+
+@on_event_cancelled("checkin_due")
+async def release_room(event: Event) -> None:
+    await log(f"release_room: check-in at {event.data['due_at']:%H:%M:%S} cancelled ({event.data['reason']})")

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from .. import definitions, keys, message, names, runtime, schedule
+from .. import definitions, entities, keys, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..event import Event
 from ..handlers import occurrence_event_name
@@ -148,7 +148,8 @@ def collect(model: type[BaseModel], declared: Iterable[Any]) -> dict[str, EventD
     against the model: a ``date_field`` must name a datetime field, a name appear once.
 
     Each name (and, for scheduled ones, ``<name>:created`` / ``<name>:cancelled``) is
-    defined in the event registry if it is not already, so strict mode accepts them.
+    defined in the event registry if it is not already, so strict mode accepts them; a
+    later ``define_event`` of the name (a schema for its data) takes its place.
     """
     found: dict[str, EventDefinition] = {}
     for item in declared:
@@ -173,7 +174,10 @@ def collect(model: type[BaseModel], declared: Iterable[Any]) -> dict[str, EventD
             described += [occurrence_event_name(item.name, "created"), occurrence_event_name(item.name, "cancelled")]
         for name in described:
             if name not in definitions.registry:
-                definitions.define_event(name, description=f"declared by the model {model.__name__}")
+                # declared_by_model: definitions.MODEL_DECLARED, so define_event may replace it
+                definitions.define_event(
+                    name, description="declared by a model (EventDefinition)", declared_by_model=True
+                )
     return found
 
 
@@ -192,6 +196,12 @@ def _is_datetime(annotation: Any) -> bool:
 def of(model: type) -> Mapping[str, EventDefinition]:
     """The EventDefinitions a model class declares, by name."""
     return cast("Mapping[str, EventDefinition]", getattr(model, "__event_definitions__", {}))
+
+
+def scheduled_models() -> list[type[BaseModel]]:
+    """The model classes imported in this process that declare scheduled events (only
+    ``BaseModel`` subclasses register in :mod:`earnevents.entities`)."""
+    return [model for model in entities.models() if any(d.scheduled for d in of(model).values())]
 
 
 # --- ids ----------------------------------------------------------------------------

@@ -283,9 +283,15 @@ def stop() -> None:
         entry[1].stop()
 
 
-def _writer() -> LogWriter | None:
+def _writer(job: Job | None = None) -> LogWriter | None:
+    """This process' writer, if the log is on; None for ``job`` when it is a model occurrence's
+    check (``keys.OCCURRENCE_HANDLER``): the log records the event it publishes, not the check."""
     entry = _current
-    return entry[1] if entry is not None and entry[0] == os.getpid() else None
+    if entry is None or entry[0] != os.getpid():
+        return None
+    if job is not None and job.handler == keys.OCCURRENCE_HANDLER:
+        return None
+    return entry[1]
 
 
 _started: dict[tuple[str, str], float] = {}
@@ -296,7 +302,7 @@ STARTS_KEPT = 10_000
 
 def started(job: Job, handlers: Iterable[str]) -> None:
     """``handlers`` start now for ``job``'s event (status running)."""
-    writer = _writer()
+    writer = _writer(job)
     if writer is None:
         return
     now = time.time()
@@ -331,14 +337,14 @@ def _ended(job: Job, outcome: Outcome, status: str) -> HandlerChange:
 
 def finished(job: Job, outcomes: Iterable[Outcome]) -> None:
     """The handlers of ``outcomes`` without an error succeeded."""
-    writer = _writer()
+    writer = _writer(job)
     if writer is not None:
         writer.put([_ended(job, o, SUCCEEDED) for o in outcomes if o.error is None], hurry=True)
 
 
 def settled(job: Job, outcome: Outcome, retrying: bool) -> None:
     """A failed handler was scheduled for a retry (``retrying``) or recorded as failed."""
-    writer = _writer()
+    writer = _writer(job)
     if writer is not None:
         writer.put([_ended(job, outcome, RETRYING if retrying else FAILED)], hurry=True)
 
@@ -346,7 +352,7 @@ def settled(job: Job, outcome: Outcome, retrying: bool) -> None:
 def completed_before(job: Job, handlers: Iterable[str]) -> None:
     """``handlers`` were skipped: an earlier delivery of the message completed them. Its
     worker may have died before its log writes left its buffer, so say so again."""
-    writer = _writer()
+    writer = _writer(job)
     if writer is not None:
         now = time.time()
         writer.put([Completed(job.event.id, job.queue, h, now, job.event) for h in handlers], hurry=True)
@@ -361,6 +367,6 @@ def flush() -> None:
 
 def no_handlers(job: Job) -> None:
     """A worker took the event and no handler subscribes to it."""
-    writer = _writer()
+    writer = _writer(job)
     if writer is not None:
         writer.put([Marked(job.event.id, "dispatched_at", time.time(), job.event, job.queue)], hurry=True)

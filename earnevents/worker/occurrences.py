@@ -27,7 +27,6 @@ from ..event import Event
 from ..handlers import dotted_name, registry
 from ..logtext import get_logger
 from ..models import automations
-from ..models.base import BaseModel
 from ..retry import RetryPolicy
 from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
@@ -84,17 +83,6 @@ if dotted_name(fire) != keys.OCCURRENCE_HANDLER:  # pragma: no cover - caught by
 registry.register_targeted(keys.OCCURRENCE_HANDLER, fire, POLICY)
 
 
-def scheduled_models() -> list[Any]:
-    """The imported model classes that declare scheduled events."""
-    return [
-        model
-        for model in entities.models()
-        if isinstance(model, type)
-        and issubclass(model, BaseModel)
-        and any(d.scheduled for d in automations.of(model).values())
-    ]
-
-
 class Rebuilder(PeriodicThread):
     """Rebuilds ``queue``'s model occurrences whenever Redis has lost them."""
 
@@ -115,7 +103,7 @@ class Rebuilder(PeriodicThread):
     def missing(self) -> list[Any]:
         """The scheduled models whose occurrences the schedule does not hold (never rebuilt,
         or Redis lost them)."""
-        models = scheduled_models()
+        models = automations.scheduled_models()
         if not models:
             return []
         pipe = self._redis.pipeline(transaction=False)
