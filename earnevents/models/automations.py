@@ -371,11 +371,13 @@ async def rebuild(
     is pending there already (so a write racing the rebuild keeps what it scheduled).
     Due times before that are not recreated: whether they fired before Redis lost its
     data cannot be known; ``since`` > 0 recreates those of that last stretch, which
-    fire at once (a second delivery if they had fired). Then each model is marked
+    fire at once (a second delivery if they had fired), except for definitions with
+    ``catch_up=False``, whose past due times are never recreated. Then each model is marked
     rebuilt (:func:`keys.occurrences_rebuilt`). Condition and date are read as
     stored: writes that bypassed the model are covered too.
     """
-    threshold = (time.time() - since) * 1000
+    now = time.time() * 1000
+    threshold = now - since * 1000
     report: list[Rebuilt] = []
     for model in models:
         scheduled_defs = [d for d in of(model).values() if d.scheduled]
@@ -398,7 +400,7 @@ async def rebuild(
                 due = await definition.due_if_holds(instance)
                 if due is None:
                     continue
-                if due < threshold:
+                if due < threshold or (due < now and not definition.catch_up):
                     skipped += 1
                     continue
                 member = keys.occurrence_member(ref.model, ref.id, definition.name)
