@@ -78,6 +78,21 @@ redis.call('HDEL', KEYS[3], ARGV[2])
 return due
 """
 
+# KEYS: zset, messages, names. ARGV: name-index prefix, the due time the id must still have
+# (as read before), the new due time, then one (id, name, message) triple. Returns 1 if it was
+# moved, 0 if the id is no longer pending at that due time (a write moved or cancelled it since).
+RESCHEDULE_IF_SCRIPT = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[4])
+if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
+local name = redis.call('HGET', KEYS[3], ARGV[4])
+if name then redis.call('ZREM', ARGV[1] .. name, ARGV[4]) end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[6])
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', ARGV[1] .. ARGV[5], ARGV[3], ARGV[4])
+return 1
+"""
+
 
 def schedule_keys(queue: str) -> list[str]:
     return [keys.scheduled_zset(queue), keys.scheduled_payloads(queue), keys.scheduled_names(queue)]
@@ -108,6 +123,14 @@ def add_args(
 def move_args(queue: str, batch: int) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for :data:`MOVE_DUE_SCRIPT`."""
     return [*schedule_keys(queue), queue], [keys.scheduled_by_event(queue, ""), batch]
+
+
+def reschedule_if_args(
+    queue: str, triple: tuple[str, str, str], *, was: float, at: float
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for :data:`RESCHEDULE_IF_SCRIPT`: move the pending ``(id, event name,
+    message)`` to unix time ``at`` with that message, if it is still due at ``was``."""
+    return schedule_keys(queue), [keys.scheduled_by_event(queue, ""), repr(float(was)), repr(float(at)), *triple]
 
 
 def cancel_args(queue: str, message_id: str) -> tuple[list[str], list[Any]]:

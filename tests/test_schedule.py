@@ -58,3 +58,27 @@ def test_scheduling_the_same_id_twice_keeps_one_message(rclient, queue):
     park(rclient, queue, 5, 1)
     park(rclient, queue, 5, 1)
     assert rclient.zcard(keys.scheduled_zset(queue)) == 1
+
+
+def test_reschedule_if_moves_a_message_only_while_it_is_still_due_when_read(rclient, queue):
+    # Given a message parked for unix time 2e9 (read so), then moved by someone else to 2e9 + 5
+    script_keys, argv = schedule.add_args(queue, [("occ", "t.x", "v1")], at=2e9)
+    rclient.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+    was = rclient.zscore(keys.scheduled_zset(queue), "occ")
+    script_keys, argv = schedule.add_args(queue, [("occ", "t.x", "v2")], at=2e9 + 5)
+    rclient.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+    # When it is rescheduled on what was read: nothing changes
+    script_keys, argv = schedule.reschedule_if_args(queue, ("occ", "t.x", "v3"), was=was, at=2e9 + 9)
+    assert rclient.eval(schedule.RESCHEDULE_IF_SCRIPT, len(script_keys), *script_keys, *argv) == 0
+    assert rclient.zscore(keys.scheduled_zset(queue), "occ") == 2e9 + 5
+    assert rclient.hget(keys.scheduled_payloads(queue), "occ") == b"v2"
+    # When it is rescheduled on its current due time: it moves, with the new message, in every index
+    script_keys, argv = schedule.reschedule_if_args(queue, ("occ", "t.x", "v3"), was=2e9 + 5, at=2e9 + 9)
+    assert rclient.eval(schedule.RESCHEDULE_IF_SCRIPT, len(script_keys), *script_keys, *argv) == 1
+    assert rclient.zscore(keys.scheduled_zset(queue), "occ") == 2e9 + 9
+    assert rclient.zscore(keys.scheduled_by_event(queue, "t.x"), "occ") == 2e9 + 9
+    assert rclient.hget(keys.scheduled_payloads(queue), "occ") == b"v3"
+    # And a message no longer pending is not put back
+    rclient.delete(*schedule.schedule_keys(queue))
+    assert rclient.eval(schedule.RESCHEDULE_IF_SCRIPT, len(script_keys), *script_keys, *argv) == 0
+    assert rclient.zcard(keys.scheduled_zset(queue)) == 0

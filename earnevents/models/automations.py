@@ -353,6 +353,9 @@ class Rebuilt:
     """Occurrences due before ``now - since``: not recreated."""
     unreadable: int
     """Documents the model could not load (validation errors), logged and left out."""
+    moved: int = 0
+    """Of ``scheduled``: occurrences that were pending at another time than their document's
+    (made stale by a write that bypassed the model), moved to the document's time."""
 
 
 async def rebuild(
@@ -368,7 +371,9 @@ async def rebuild(
 
     For each document whose condition holds and whose due time is at or after now
     minus ``since`` seconds, the occurrence is put in ``queue``'s schedule unless one
-    is pending there already (so a write racing the rebuild keeps what it scheduled).
+    is pending there already (so a write racing the rebuild keeps what it scheduled); one
+    pending at another time than the document's (a write bypassed the model) is moved to
+    the document's time, unless a write through the model moved it meanwhile.
     Due times before that are not recreated: whether they fired before Redis lost its
     data cannot be known; ``since`` > 0 recreates those of that last stretch, which
     fire at once (a second delivery if they had fired), except for definitions with
@@ -385,8 +390,8 @@ async def rebuild(
             continue
         fields = sorted({cast(str, d.date_field) for d in scheduled_defs})
         query = {"$or": [{field: {"$ne": None}} for field in fields]}
-        documents = scheduled = skipped = unreadable = 0
-        pending: list[tuple[float, tuple[str, str, str]]] = []
+        documents = scheduled = skipped = unreadable = moved = 0
+        pending: list[_Found] = []
         async for doc in db[model._collection].find(query):
             documents += 1
             try:
@@ -395,7 +400,6 @@ async def rebuild(
                 unreadable += 1
                 log.warning("rebuild: %s %s cannot be loaded, skipped: %r", model.__name__, doc.get("_id"), exc)
                 continue
-            ref = entity_of(instance)
             for definition in scheduled_defs:
                 due = await definition.due_if_holds(instance)
                 if due is None:
@@ -403,32 +407,69 @@ async def rebuild(
                 if due < threshold or (due < now and not definition.catch_up):
                     skipped += 1
                     continue
-                member = keys.occurrence_member(ref.model, ref.id, definition.name)
-                pending.append(
-                    (due / 1000, (member, definition.name, occurrence_message(ref, definition.name, due, queue)))
-                )
+                pending.append(_Found(instance, definition, due))
             if len(pending) >= batch:
-                scheduled += await _add_new(redis, queue, pending)
+                scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
                 pending = []
-        scheduled += await _add_new(redis, queue, pending)
+        scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
         await redis.sadd(keys.occurrences_rebuilt(queue), model.__name__)
-        report.append(Rebuilt(model.__name__, documents, scheduled, skipped, unreadable))
+        report.append(Rebuilt(model.__name__, documents, scheduled, skipped, unreadable, moved))
         log.info(
-            "rebuilt %s's scheduled events in %s: %d document(s), %d occurrence(s) scheduled, %d past, %d unreadable",
+            "rebuilt %s's scheduled events in %s: %d document(s), %d occurrence(s) scheduled (%d moved), %d past, "
+            "%d unreadable",
             model.__name__,
             queue,
             documents,
             scheduled,
+            moved,
             skipped,
             unreadable,
         )
     return report
 
 
-async def _add_new(redis: Redis, queue: str, pending: list[tuple[float, tuple[str, str, str]]]) -> int:
+@dataclass(frozen=True)
+class _Found:
+    instance: BaseModel
+    definition: EventDefinition
+    due: int
+
+    def triple(self, queue: str, due: int) -> tuple[str, str, str]:
+        ref = entity_of(self.instance)
+        member = keys.occurrence_member(ref.model, ref.id, self.definition.name)
+        return member, self.definition.name, occurrence_message(ref, self.definition.name, due, queue)
+
+
+async def _put(redis: Redis, db: Any, queue: str, found: list[_Found]) -> int:
+    """Add the occurrences in ``found`` where none is pending; move the pending ones whose
+    due time differs from their document's (a write that bypassed the model); returns how
+    many were moved.
+
+    A differing one may instead be a write through the model racing the rebuild: so the
+    document is read again after the pending due time was, and the occurrence moved
+    only if it is still pending at that due time (:data:`schedule.RESCHEDULE_IF_SCRIPT`).
+    """
+    zset = keys.scheduled_zset(queue)
     async with redis.pipeline(transaction=False) as pipe:
-        for due, triple in pending:
-            script_keys, argv = schedule.add_args(queue, [triple], at=due, only_new=True)
+        for item in found:
+            triple = item.triple(queue, item.due)
+            pipe.zscore(zset, triple[0])
+            script_keys, argv = schedule.add_args(queue, [triple], at=item.due / 1000, only_new=True)
             pipe.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
-        await pipe.execute()
-    return len(pending)
+        replies = await pipe.execute()
+    moved = 0
+    for item, was in zip(found, replies[::2], strict=True):
+        if was is None or round(float(was) * 1000) == item.due:
+            continue  # added, or pending at the document's due time
+        model = type(item.instance)
+        doc = await db[model._collection].find_one({"_id": item.instance.id})
+        due = None if doc is None else await item.definition.due_if_holds(model.from_document(doc))
+        if (
+            due is None
+            or round(float(was) * 1000) == due
+            or (due < time.time() * 1000 and not item.definition.catch_up)
+        ):
+            continue  # now pending as the document says, or stale: the worker drops it when due
+        script_keys, argv = schedule.reschedule_if_args(queue, item.triple(queue, due), was=float(was), at=due / 1000)
+        moved += int(await redis.eval(schedule.RESCHEDULE_IF_SCRIPT, len(script_keys), *script_keys, *argv))
+    return moved
