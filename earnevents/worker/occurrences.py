@@ -72,7 +72,12 @@ async def fire(event: Event) -> None:
         return
     now_due = await definition.due_if_holds(instance)
     if now_due != due:
-        why = "its condition no longer holds" if now_due is None else f"it is due at {automations.when(now_due)} now"
+        if now_due is not None:
+            why = f"it is due at {automations.when(now_due)} now"
+        elif definition.due_ms(instance) is None:
+            why = f"its {definition.date_field} is empty"
+        else:
+            why = "its condition no longer holds"
         log.info("%s for %s due at %s not published: %s", name, ref, automations.when(due), why)
         return
     await automations.publish(instance, definition, due, event.id)
