@@ -79,67 +79,62 @@ async def test_the_seeds_reservation_confirmed_then_checked_in(models_env, worke
     assert handled(rclient, tok, "never_runs") == []
 
 
-async def test_a_moved_date_fires_at_the_new_time_only_and_announces_the_move(models_env, worker, rclient):
-    # Given a confirmed reservation checking in 1.5 s from now
+async def test_writes_move_and_cancel_the_pending_occurrence(models_env, worker, rclient):
+    # Given four confirmed reservations: one checking in 1.5 s from now, three in 2.5 s
     tok = token()
     first = soon(1.5)
     reservation = await Reservation(token=tok, checkin_at=first, status="confirmed").create()
+    checkin = soon(2.5)
+    toks = {why: token() for why in ("condition", "date_cleared", "deleted")}
+    others = {
+        why: await Reservation(token=other, checkin_at=checkin, status="confirmed").create()
+        for why, other in toks.items()
+    }
     [created] = wait_handled(rclient, tok, "checkin_scheduled")
     assert created["times"] == {"due_at": first.timestamp()}
     assert created["data"]["previous_due_at"] == "None"
-    # When its check-in moves to 3 s from now
+    assert set(await scheduled(models_env.event_bus, "checkin_due")) >= {str(r.id) for r in others.values()}
+
+    # When the first one's check-in moves to 3 s from now
     moved = soon(3.0)
     reservation.checkin_at = moved
     await reservation.save()
-    # Then @on_event_created runs again with the new and the previous due time
+    # And of the others, one goes back to pending, one loses its date and one is deleted
+    others["condition"].status = "pending"
+    await others["condition"].save()
+    others["date_cleared"].checkin_at = None
+    await others["date_cleared"].save()
+    await others["deleted"].delete()
+
+    # Then @on_event_created runs again for the moved one, with the new and the previous due time
     [_, announced] = wait_handled(rclient, tok, "checkin_scheduled", count=2)
     assert announced["times"] == {"due_at": moved.timestamp(), "previous_due_at": first.timestamp()}
     assert announced["entity_ref"] == {"model": "Reservation", "id": str(reservation.id)}
-    # And checkin_due fires at the new time, within a second, and not at the old one
+    # And @on_event_cancelled runs for each of the others, with the reason and the due time it had
+    # (the deleted one's handler finds no document: it records under the id)
+    for why, other in toks.items():
+        key = str(others[why].id) if why == "deleted" else other
+        [cancelled] = wait_handled(rclient, key, "checkin_cancelled")
+        assert cancelled["data"]["reason"] == repr(why)
+        assert cancelled["times"] == {"due_at": checkin.timestamp()}
+        assert cancelled["entity_ref"] == {"model": "Reservation", "id": str(others[why].id)}
+    assert handled(rclient, str(others["deleted"].id), "checkin_cancelled")[0]["loaded"] is None
+    assert not set(await scheduled(models_env.event_bus, "checkin_due")) & {str(r.id) for r in others.values()}
+    # And checkin_due fires at the moved one's new time, within a second, not at its old one
     [due] = wait_handled(rclient, tok, "prepare_room")
     assert on_time(due, moved), due["at"] - moved.timestamp()
     assert stays(lambda: len(handled(rclient, tok, "prepare_room")) == 1, 0.5)
     assert handled(rclient, tok, "checkin_cancelled") == []
-
-
-async def test_an_occurrence_is_cancelled_when_its_condition_turns_false_its_date_is_cleared_or_it_is_deleted(
-    models_env, worker, rclient
-):
-    # Given three confirmed reservations checking in 2 s from now
-    checkin = soon(2.0)
-    toks = {why: token() for why in ("condition", "date_cleared", "deleted")}
-    reservations = {
-        why: await Reservation(token=tok, checkin_at=checkin, status="confirmed").create() for why, tok in toks.items()
-    }
-    assert set(await scheduled(models_env.event_bus, "checkin_due")) >= {str(r.id) for r in reservations.values()}
-    # When one goes back to pending, one loses its date and one is deleted
-    reservations["condition"].status = "pending"
-    await reservations["condition"].save()
-    reservations["date_cleared"].checkin_at = None
-    await reservations["date_cleared"].save()
-    await reservations["deleted"].delete()
-    # Then @on_event_cancelled ran for each, with the reason and the due time it had
-    # (the deleted one's handler finds no document: it records under the id)
-    for why, tok in toks.items():
-        key = str(reservations[why].id) if why == "deleted" else tok
-        [cancelled] = wait_handled(rclient, key, "checkin_cancelled")
-        assert cancelled["data"]["reason"] == repr(why)
-        assert cancelled["times"] == {"due_at": checkin.timestamp()}
-        assert cancelled["entity_ref"] == {"model": "Reservation", "id": str(reservations[why].id)}
-    assert handled(rclient, str(reservations["deleted"].id), "checkin_cancelled")[0]["loaded"] is None
-    # And nothing is pending any more, and nothing fires at check-in time
-    pending = await scheduled(models_env.event_bus, "checkin_due")
-    assert not set(pending) & {str(r.id) for r in reservations.values()}
-    wait_for(lambda: time.time() > checkin.timestamp() + 1.0, 5, "check-in time to pass")
-    for why, tok in toks.items():
-        assert handled(rclient, tok, "prepare_room") == []
-        assert handled(rclient, str(reservations[why].id), "prepare_room") == []
+    # And never for the others
+    for why, other in toks.items():
+        assert handled(rclient, other, "prepare_room") == []
+        assert handled(rclient, str(others[why].id), "prepare_room") == []
 
 
 async def test_a_stale_occurrence_is_dropped_at_due_time(models_env, worker, rclient):
     # Given three confirmed reservations checking in 1.5 s from now
     checkin = soon(1.5)
-    toks = {why: token() for why in ("status", "date", "gone")}
+    toks = {why: token() for why in ("status", "date", "no date", "gone")}
     reservations = {
         why: await Reservation(token=tok, checkin_at=checkin, status="confirmed").create() for why, tok in toks.items()
     }
@@ -149,51 +144,54 @@ async def test_a_stale_occurrence_is_dropped_at_due_time(models_env, worker, rcl
     await collection.update_one({"_id": reservations["status"].id}, {"$set": {"status": "pending"}})
     later = soon(60)
     await collection.update_one({"_id": reservations["date"].id}, {"$set": {"checkin_at": later}})
+    await collection.update_one({"_id": reservations["no date"].id}, {"$set": {"checkin_at": None}})
     await collection.delete_one({"_id": reservations["gone"].id})
     assert set(await scheduled(models_env.event_bus, "checkin_due")) >= set(ids.values())
-    # Then at due time the worker checks each document again and publishes nothing, saying why
+    # Then at due time the worker takes them, checks each document again and publishes nothing
+    await eventually(lambda: _none_pending(models_env.event_bus, ids.values()), 4, "the occurrences to be due")
+    assert stays(lambda: all(handled(rclient, tok, "prepare_room") == [] for tok in toks.values()), 1.0)
+    # And its log says why
     expected = {
         "status": f"checkin_due for Reservation {ids['status']} due at {checkin} not published: "
         "its condition no longer holds",
-        "date": f"checkin_due for Reservation {ids['date']} due at {checkin} not published: "
-        f"it is due at {later} now",
+        "date": f"checkin_due for Reservation {ids['date']} due at {checkin} not published: it is due at {later} now",
+        "no date": f"checkin_due for Reservation {ids['no date']} due at {checkin} not published: "
+        "its checkin_at is empty",
         "gone": f"checkin_due for Reservation {ids['gone']} not published: the document was deleted",
     }
-    wait_for(lambda: all(line in worker.log() for line in expected.values()), 6, "the worker to drop the occurrences")
-    assert not set(await scheduled(models_env.event_bus, "checkin_due")) & set(ids.values())
-    assert stays(lambda: all(handled(rclient, tok, "prepare_room") == [] for tok in toks.values()), 0.5)
+    wait_for(lambda: all(line in worker.log() for line in expected.values()), 2, "the worker's log lines")
 
 
-async def test_offsets_schedule_before_and_after_the_date(models_env, worker, rclient):
-    # Given a reservation checking in 24 h and 1.5 s from now (its reminder: 24 h before)
-    # and an appointment starting 1 s from now (its follow-up: 1 s after)
-    reservation_tok, appointment_tok = token(), token()
+async def _none_pending(bus, record_ids) -> bool:
+    return not set(await scheduled(bus, "checkin_due")) & set(record_ids)
+
+
+async def test_offsets_and_catch_up(models_env, worker, rclient):
+    # Given a reservation checking in 24 h and 1.5 s from now (its reminder: 24 h before),
+    # an appointment starting 1 s from now (its follow-up: 1 s after) and one that started
+    # a minute ago (follow-up: catches up; appointment_started: catch_up=False)
+    reservation_tok, appointment_tok, past_tok = token(), token(), token()
     checkin = soon(86_400 + 1.5)
     await Reservation(token=reservation_tok, checkin_at=checkin).create()
     starts = soon(1.0)
     await Appointment(token=appointment_tok, starts_at=starts).create()
-    # Then the reminder fires 24 h before check-in, within a second
+    written = time.time()
+    past = await Appointment(token=past_tok, starts_at=soon(-60)).create()
+    # Then the past one's follow-up, due 59 s ago, fires at once
+    [caught_up] = wait_handled(rclient, past_tok, "follow_up")
+    assert caught_up["at"] < written + 1.0
+    # And its event without catch-up is neither scheduled nor published
+    assert str(past.id) not in await scheduled(models_env.event_bus, "appointment_started")
+    # And the reminder fires 24 h before check-in, within a second
     [reminder] = wait_handled(rclient, reservation_tok, "remind_guest")
     assert on_time(reminder, checkin - dt.timedelta(hours=24))
-    # And the appointment's own event fires at its start, the follow-up a second later
+    # And the coming appointment's event fires at its start, its follow-up a second later
     [started] = wait_handled(rclient, appointment_tok, "appointment_started")
     assert on_time(started, starts)
     [follow_up] = wait_handled(rclient, appointment_tok, "follow_up")
     assert on_time(follow_up, starts + dt.timedelta(seconds=1))
     assert follow_up["metadata"]["due_at"] == repr(starts + dt.timedelta(seconds=1))
-
-
-async def test_a_due_time_already_past_fires_at_once_unless_catch_up_is_off(models_env, worker, rclient):
-    # Given an appointment that started a minute ago (follow-up: catch_up; started: catch_up=False)
-    tok = token()
-    written = time.time()
-    appointment = await Appointment(token=tok, starts_at=soon(-60)).create()
-    # Then the follow-up, due 59 s ago, fires at once
-    [follow_up] = wait_handled(rclient, tok, "follow_up")
-    assert follow_up["at"] < written + 1.0
-    # And the event without catch-up is neither scheduled nor published
-    assert str(appointment.id) not in await scheduled(models_env.event_bus, "appointment_started")
-    assert stays(lambda: handled(rclient, tok, "appointment_started") == [], 0.5)
+    assert handled(rclient, past_tok, "appointment_started") == []
 
 
 async def test_workers_rebuild_the_schedule_after_redis_lost_it(
@@ -219,9 +217,7 @@ async def test_workers_rebuild_the_schedule_after_redis_lost_it(
     rclient.flushall()
     assert await scheduled(models_env.event_bus, "checkin_due") == {}
     # Then a worker puts the occurrences back from MongoDB, due when they were
-    await eventually(
-        lambda: _holds(models_env.event_bus, "checkin_due", expected), 3, "the occurrences to be rebuilt"
-    )
+    await eventually(lambda: _holds(models_env.event_bus, "checkin_due", expected), 3, "the occurrences to be rebuilt")
     # And each fires once at its time
     for tok, checkin in zip(toks, checkins, strict=True):
         [due] = wait_handled(rclient, tok, "prepare_room")
@@ -232,9 +228,9 @@ async def test_workers_rebuild_the_schedule_after_redis_lost_it(
 
     # Given no worker running, a reservation checking in, and Redis losing it again
     for each in workers:
-        each.stop()
+        each.kill()  # faster than a warm shutdown, and nothing is in flight
     tok = token()
-    checkin = soon(4.0)
+    checkin = soon(3.5)
     await Reservation(token=tok, checkin_at=checkin, status="confirmed").create()
     rclient.flushall()
     # When a worker starts
@@ -308,3 +304,33 @@ async def test_an_occurrence_a_worker_cannot_fire_is_retried_not_lost(
     # Then the retry fires it: late, but delivered
     [due] = wait_handled(rclient, tok, "prepare_room", timeout=15)
     assert due["entity_ref"] == {"model": "Reservation", "id": str(reservation.id)}
+
+
+async def test_a_rebuild_moves_an_occurrence_whose_date_changed_outside_the_model(models_env, queue):
+    # Given a confirmed reservation checking in a minute from now
+    reservation = await Reservation(token=token(), checkin_at=soon(60), status="confirmed").create()
+    # When a write bypassing the model moves its check-in (update_many, a migration)
+    later = soon(120)
+    collection = models_env.db[Reservation._collection]
+    await collection.update_many({"_id": reservation.id}, {"$set": {"checkin_at": later}})
+    # And the schedule is rebuilt from MongoDB, as the README says to do after such writes
+    [report] = await automations.rebuild(models_env.redis, models_env.db, queue, [Reservation])
+    # Then the pending occurrence is due at the document's new time, not the stale one
+    assert (await scheduled(models_env.event_bus, "checkin_due"))[str(reservation.id)] == later
+    assert report.moved == 1
+    # And a second rebuild finds nothing to move
+    [again] = await automations.rebuild(models_env.redis, models_env.db, queue, [Reservation])
+    assert again.moved == 0
+    assert (await scheduled(models_env.event_bus, "checkin_due"))[str(reservation.id)] == later
+
+
+async def test_a_rebuild_reaching_back_leaves_out_past_occurrences_without_catch_up(models_env, queue):
+    # Given an appointment whose start was set half a minute ago behind the model's back
+    appointment = await Appointment(token=token()).create()
+    collection = models_env.db[Appointment._collection]
+    await collection.update_one({"_id": appointment.id}, {"$set": {"starts_at": soon(-30)}})
+    # When a rebuild recreates the occurrences of the last minute
+    await automations.rebuild(models_env.redis, models_env.db, queue, [Appointment], since=60)
+    # Then the follow-up (catch_up) is recreated, appointment_started (catch_up=False) is not
+    assert str(appointment.id) in await scheduled(models_env.event_bus, "appointment_followup")
+    assert str(appointment.id) not in await scheduled(models_env.event_bus, "appointment_started")
