@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any
 
-from automation_models import Appointment, Reservation
+from automation_models import Reservation, Visit
 
 from earnevents import Event, on_event, on_event_cancelled, on_event_created, runtime
 
@@ -78,21 +78,21 @@ async def checkin_cancelled(event: Event) -> None:
     await record_entity(event, "checkin_cancelled")
 
 
-async def record_appointment(event: Event, handler: str) -> None:
-    """Like record_entity, for an Appointment."""
-    appointment = await event.entity()
+async def record_visit(event: Event, handler: str) -> None:
+    """Like record_entity, for a Visit."""
+    visit = await event.entity()
     ref = event.entity_ref
     assert ref is not None
-    key = ref.id if appointment is None else appointment.token
-    assert appointment is None or isinstance(appointment, Appointment)
-    await runtime.current().redis.rpush(f"results:{key}", entry(event, handler, loaded=appointment is not None))
+    key = ref.id if visit is None else visit.token
+    assert visit is None or isinstance(visit, Visit)
+    await runtime.current().redis.rpush(f"results:{key}", entry(event, handler, loaded=visit is not None))
 
 
-@on_event("appointment_followup", entity_type=Appointment)
+@on_event("visit_followup", entity_type=Visit)
 async def follow_up(event: Event) -> None:
-    await record_appointment(event, "follow_up")
+    await record_visit(event, "follow_up")
 
 
-@on_event("appointment_started")
-async def appointment_started(event: Event) -> None:
-    await record_appointment(event, "appointment_started")
+@on_event("visit_started")
+async def visit_started(event: Event) -> None:
+    await record_visit(event, "visit_started")

@@ -24,15 +24,15 @@ class Reservation(BaseModel):
     status: str = "pending"
 
 
-class Appointment(BaseModel):
+class Visit(BaseModel):
     """Scheduled events with a positive offset and without catch-up (seed 003 §3's
     ``offset_minutes > 0``, in seconds so tests stay short)."""
 
     _events = (
         # Scheduled a second after starts_at
-        EventDefinition("appointment_followup", date_field="starts_at", offset=dt.timedelta(seconds=1)),
+        EventDefinition("visit_followup", date_field="starts_at", offset=dt.timedelta(seconds=1)),
         # Scheduled at starts_at; a starts_at already past when written is skipped
-        EventDefinition("appointment_started", date_field="starts_at", catch_up=False),
+        EventDefinition("visit_started", date_field="starts_at", catch_up=False),
     )
 
     token: str

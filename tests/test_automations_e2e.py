@@ -8,7 +8,7 @@ import datetime as dt
 import time
 
 import pytest
-from automation_models import Appointment, Reservation
+from automation_models import Reservation, Visit
 from conftest import results, stays, token, wait_for
 from model_fixtures import eventually, worker_env
 
@@ -168,30 +168,30 @@ async def _none_pending(bus, record_ids) -> bool:
 
 async def test_offsets_and_catch_up(models_env, worker, rclient):
     # Given a reservation checking in 24 h and 1.5 s from now (its reminder: 24 h before),
-    # an appointment starting 1 s from now (its follow-up: 1 s after) and one that started
-    # a minute ago (follow-up: catches up; appointment_started: catch_up=False)
-    reservation_tok, appointment_tok, past_tok = token(), token(), token()
+    # a visit starting 1 s from now (its follow-up: 1 s after) and one that started
+    # a minute ago (follow-up: catches up; visit_started: catch_up=False)
+    reservation_tok, visit_tok, past_tok = token(), token(), token()
     checkin = soon(86_400 + 1.5)
     await Reservation(token=reservation_tok, checkin_at=checkin).create()
     starts = soon(1.0)
-    await Appointment(token=appointment_tok, starts_at=starts).create()
+    await Visit(token=visit_tok, starts_at=starts).create()
     written = time.time()
-    past = await Appointment(token=past_tok, starts_at=soon(-60)).create()
+    past = await Visit(token=past_tok, starts_at=soon(-60)).create()
     # Then the past one's follow-up, due 59 s ago, fires at once
     [caught_up] = wait_handled(rclient, past_tok, "follow_up")
     assert caught_up["at"] < written + 1.0
     # And its event without catch-up is neither scheduled nor published
-    assert str(past.id) not in await scheduled(models_env.event_bus, "appointment_started")
+    assert str(past.id) not in await scheduled(models_env.event_bus, "visit_started")
     # And the reminder fires 24 h before check-in, within a second
     [reminder] = wait_handled(rclient, reservation_tok, "remind_guest")
     assert on_time(reminder, checkin - dt.timedelta(hours=24))
-    # And the coming appointment's event fires at its start, its follow-up a second later
-    [started] = wait_handled(rclient, appointment_tok, "appointment_started")
+    # And the coming visit's event fires at its start, its follow-up a second later
+    [started] = wait_handled(rclient, visit_tok, "visit_started")
     assert on_time(started, starts)
-    [follow_up] = wait_handled(rclient, appointment_tok, "follow_up")
+    [follow_up] = wait_handled(rclient, visit_tok, "follow_up")
     assert on_time(follow_up, starts + dt.timedelta(seconds=1))
     assert follow_up["metadata"]["due_at"] == repr(starts + dt.timedelta(seconds=1))
-    assert handled(rclient, past_tok, "appointment_started") == []
+    assert handled(rclient, past_tok, "visit_started") == []
 
 
 async def test_workers_rebuild_the_schedule_after_redis_lost_it(
@@ -325,12 +325,12 @@ async def test_a_rebuild_moves_an_occurrence_whose_date_changed_outside_the_mode
 
 
 async def test_a_rebuild_reaching_back_leaves_out_past_occurrences_without_catch_up(models_env, queue):
-    # Given an appointment whose start was set half a minute ago behind the model's back
-    appointment = await Appointment(token=token()).create()
-    collection = models_env.db[Appointment._collection]
-    await collection.update_one({"_id": appointment.id}, {"$set": {"starts_at": soon(-30)}})
+    # Given a visit whose start was set half a minute ago behind the model's back
+    visit = await Visit(token=token()).create()
+    collection = models_env.db[Visit._collection]
+    await collection.update_one({"_id": visit.id}, {"$set": {"starts_at": soon(-30)}})
     # When a rebuild recreates the occurrences of the last minute
-    await automations.rebuild(models_env.redis, models_env.db, queue, [Appointment], since=60)
-    # Then the follow-up (catch_up) is recreated, appointment_started (catch_up=False) is not
-    assert str(appointment.id) in await scheduled(models_env.event_bus, "appointment_followup")
-    assert str(appointment.id) not in await scheduled(models_env.event_bus, "appointment_started")
+    await automations.rebuild(models_env.redis, models_env.db, queue, [Visit], since=60)
+    # Then the follow-up (catch_up) is recreated, visit_started (catch_up=False) is not
+    assert str(visit.id) in await scheduled(models_env.event_bus, "visit_followup")
+    assert str(visit.id) not in await scheduled(models_env.event_bus, "visit_started")
