@@ -130,6 +130,9 @@ class EventDefinition:
             )
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
+        # whole milliseconds before the offset: the worker computes it again from the stored
+        # (truncated) date, and a fraction of a millisecond in the offset must round alike
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
         if self.offset is not None:
             value = value + self.offset
         seconds = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
