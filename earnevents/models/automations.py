@@ -44,6 +44,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import pydantic
+
 from .. import definitions, keys, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..event import Event
@@ -189,7 +191,11 @@ def _is_datetime(annotation: Any) -> bool:
     if origin is typing.Union or origin is types.UnionType:
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         return bool(kinds) and all(_is_datetime(a) for a in kinds)
-    return isinstance(annotation, type) and issubclass(annotation, dt.datetime)
+    return isinstance(annotation, type) and issubclass(annotation, (dt.datetime, *_PYDANTIC_DATETIMES))
+
+
+_PYDANTIC_DATETIMES = (pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
+"""pydantic's constrained datetime types: classes of their own, whose fields hold datetimes."""
 
 
 def of(model: type) -> Mapping[str, EventDefinition]:
