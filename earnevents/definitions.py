@@ -199,9 +199,12 @@ class EventRegistry:
 
     def add(self, definition: DefinedEvent) -> DefinedEvent:
         """Register ``definition``; the one already registered if it has the same contents
-        (a module imported again), EventDefinitionError if it differs."""
+        (a module imported again), EventDefinitionError if it differs. A definition a
+        model made for a name it declares (:data:`DECLARED_BY`) gives way to any other."""
         existing = self._by_name.get(definition.name)
-        if existing is None:
+        if existing is None or (_model_declared(existing) and not _model_declared(definition)):
+            # a model's EventDefinition defines its name only so strict mode accepts it:
+            # the app's own define_event (a schema, a description) takes its place
             self._by_name[definition.name] = definition
             return definition
         if _contents(existing) == _contents(definition):
@@ -390,6 +393,16 @@ def define_event(
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+DECLARED_BY = "declared_by_model"
+"""The metadata key of the definitions a model makes for the event names its
+``EventDefinition``s declare (the model's name): ``define_event`` of the same name
+replaces such a definition, whether it runs before or after the model is imported."""
+
+
+def _model_declared(definition: DefinedEvent) -> bool:
+    return DECLARED_BY in definition.metadata
 
 
 def _subscribers(source: Callable[[], Iterable[Any]] | None) -> list[Subscriber]:

@@ -178,7 +178,8 @@ def collect(model: type[BaseModel], declared: Iterable[Any]) -> dict[str, EventD
             described += [occurrence_event_name(item.name, "created"), occurrence_event_name(item.name, "cancelled")]
         for name in described:
             if name not in definitions.registry:
-                definitions.define_event(name, description=f"declared by the model {model.__name__}")
+                marker: dict[str, Any] = {definitions.DECLARED_BY: model.__name__}
+                definitions.define_event(name, description=f"declared by the model {model.__name__}", **marker)
     return found
 
 
