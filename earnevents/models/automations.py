@@ -44,6 +44,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import pydantic
+
 from .. import definitions, entities, keys, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..event import Event
@@ -130,6 +132,9 @@ class EventDefinition:
             )
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
+        # whole milliseconds before the offset: the worker computes it again from the stored
+        # (truncated) date, and a fraction of a millisecond in the offset must round alike
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
         if self.offset is not None:
             value = value + self.offset
         seconds = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -190,7 +195,11 @@ def _is_datetime(annotation: Any) -> bool:
     if origin is typing.Union or origin is types.UnionType:
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         return bool(kinds) and all(_is_datetime(a) for a in kinds)
-    return isinstance(annotation, type) and issubclass(annotation, dt.datetime)
+    return isinstance(annotation, type) and issubclass(annotation, (dt.datetime, *_PYDANTIC_DATETIMES))
+
+
+_PYDANTIC_DATETIMES = (pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
+"""pydantic's constrained datetime types: classes of their own, whose fields hold datetimes."""
 
 
 def of(model: type) -> Mapping[str, EventDefinition]:
