@@ -27,6 +27,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -70,6 +71,35 @@ class Chaos(threading.Thread):
                 self.redis_restarted = True
             victim.start(wait=False)
             log(f"chaos: SIGKILLed and restarted a worker ({self.kills})")
+
+
+def wait_for_progress(progress: Callable[[], tuple[int, bool]], timeout: float, stall: float) -> None:
+    """Call ``progress()`` (how much is done, whether all is) about once a second until all
+    is done, ``timeout`` s have passed, or the count stayed the same for ``stall`` s.
+    A ``redis.ConnectionError`` (Redis restarting) counts as no answer."""
+    deadline = time.monotonic() + timeout
+    last_progress, last_count = time.monotonic(), -1
+    while time.monotonic() < deadline and time.monotonic() - last_progress < stall:
+        try:
+            count, finished = progress()
+        except redis.ConnectionError:
+            time.sleep(0.5)
+            continue
+        if finished:
+            break
+        if count != last_count:
+            last_progress, last_count = time.monotonic(), count
+        time.sleep(1)
+
+
+def settle(chaos: Chaos, workers: list[WorkerProcess]) -> None:
+    """Stop the chaos, start the workers it left dead, and give a last redelivery time to show."""
+    chaos.stop_event.set()
+    chaos.join()
+    for worker in workers:
+        if worker.proc is None or worker.proc.poll() is not None:
+            worker.start()
+    time.sleep(3)  # let a last redelivery show up in the counts
 
 
 def poison_items(count: int) -> list[bytes]:
@@ -221,26 +251,14 @@ def main() -> int:
                 flags = marks(n, args.exit_every, args.hang_every)
                 for handler, flag in (("crasher", "exit"), ("hanger", "hang")):
                     (must_fail if flags[flag] else expected).add(f"{event_id}:{handler}")
-        deadline = time.monotonic() + args.timeout
-        done: dict[bytes, bytes] = {}
-        last_progress, last_count = time.monotonic(), -1
-        while time.monotonic() < deadline and time.monotonic() - last_progress < args.stall:
-            try:
-                done = client.hgetall(DONE)
-            except redis.ConnectionError:
-                time.sleep(0.5)
-                continue
-            if len(done) >= len(expected) and (not must_fail or _marked_failed(server.url) >= must_fail):
-                break
-            if len(done) != last_count:
-                last_progress, last_count = time.monotonic(), len(done)
-            time.sleep(1)
-        chaos.stop_event.set()
-        chaos.join()
-        for worker in workers:
-            if worker.proc is None or worker.proc.poll() is not None:
-                worker.start()
-        time.sleep(3)  # let a last redelivery show up in the counts
+
+        def progress() -> tuple[int, bool]:
+            done = client.hgetall(DONE)
+            finished = len(done) >= len(expected) and (not must_fail or _marked_failed(server.url) >= must_fail)
+            return len(done), finished
+
+        wait_for_progress(progress, args.timeout, args.stall)
+        settle(chaos, workers)
         done = client.hgetall(DONE)
         starts = client.hgetall(STARTS)
         completed = {k.decode() for k in done}
