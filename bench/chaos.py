@@ -49,11 +49,14 @@ def log(text: str) -> None:
 
 
 class Chaos(threading.Thread):
-    """Kills one of the workers every ``period`` s (restarting it) and Redis once."""
+    """Kills one of the workers every ``period`` s (restarting it) and Redis once, restarting
+    it after ``redis_down`` s."""
 
-    def __init__(self, workers: list[WorkerProcess], server: RedisServer, period: float) -> None:
+    def __init__(
+        self, workers: list[WorkerProcess], server: RedisServer, period: float, redis_down: float = 0.0
+    ) -> None:
         super().__init__(daemon=True)
-        self.workers, self.server, self.period = workers, server, period
+        self.workers, self.server, self.period, self.redis_down = workers, server, period, redis_down
         self.stop_event = threading.Event()
         self.kills = 0
         self.redis_restarted = False
@@ -65,8 +68,10 @@ class Chaos(threading.Thread):
             victim.kill()
             self.kills += 1
             if self.kills == 2 and not self.redis_restarted:
-                log("chaos: SIGKILL redis-server, restart it")
+                later = f" in {self.redis_down:g} s" if self.redis_down else ""
+                log(f"chaos: SIGKILL redis-server, restart it{later}")
                 self.server.kill()
+                time.sleep(self.redis_down)
                 self.server.start()
                 self.redis_restarted = True
             victim.start(wait=False)

@@ -5,7 +5,8 @@ confirmed and due 5-20 s ahead, and changes a share of them while they are pendi
 moves the date (due 5-20 s from then), cancels (status pending), deletes, or toggles
 (pending, then confirmed again: the same due time). Meanwhile one of two workers is
 SIGKILLed and restarted every few seconds and Redis (appendonly everysec) is SIGKILLed
-and restarted once; writes that raise (an app would see the error) are counted, not
+once and restarted ``--redis-down`` s later (default 3: long enough for publishes to go
+to the MongoDB outbox); writes that raise (an app would see the error) are counted, not
 retried. At the end the occurrences MongoDB's final documents call for (confirmed, a
 date set) must each have fired, and nothing else: lost, unexpected (an old due time, a
 cancelled or deleted booking) and failed jobs must be 0. Not run by CI.
@@ -64,10 +65,11 @@ class Published:
 
 
 async def publish_all(
-    redis_url: str, mongo_url: str, bookings: int, share: float, batch: int = 50, seed: int = 3
+    redis_url: str, mongo_url: str, bookings: int, share: float, clients: int, seconds: float, seed: int = 3
 ) -> Published:
-    """Create ``bookings`` confirmed bookings in batches; after each batch change ``share``
-    of a batch's worth of bookings created so far, each booking at most once."""
+    """Create ``bookings`` confirmed bookings from ``clients`` concurrent tasks (as an app's
+    requests would), spread over ``seconds`` at least; after each create, with probability ``share``, change one booking
+    not changed yet, mostly a recent one, each booking at most once."""
     await earnevents.init(
         redis_uri=redis_url,
         mongo_uri=mongo_url,
@@ -109,18 +111,27 @@ async def publish_all(
             booking.status = "confirmed"
             await booking.save()
 
-    try:
-        for start in range(0, bookings, batch):
-            for _ in range(start, min(start + batch, bookings)):
-                booking = Booking(at=due_soon(), status="confirmed")
-                await attempt("create", booking.create())
-                if booking.is_stored:
-                    done.created += 1
-                    unchanged.append(booking.id)
-            for _ in range(min(round(batch * share), len(unchanged))):
-                booking_id = unchanged.pop(rng.randrange(len(unchanged)))
+    def pick() -> ObjectId:
+        back = min(int(rng.expovariate(1 / 30)), len(unchanged) - 1)
+        return unchanged.pop(len(unchanged) - 1 - back)
+
+    remaining = iter(range(bookings))
+    started = time.monotonic()
+
+    async def client() -> None:
+        for n in remaining:
+            await asyncio.sleep(started + n * seconds / bookings - time.monotonic())
+            booking = Booking(at=due_soon(), status="confirmed")
+            await attempt("create", booking.create())
+            if booking.is_stored:
+                done.created += 1
+                unchanged.append(booking.id)
+            if unchanged and rng.random() < share:
                 operation = rng.choice(OPERATIONS)
-                await attempt(operation, change(booking_id, operation))
+                await attempt(operation, change(pick(), operation))
+
+    try:
+        await asyncio.gather(*(client() for _ in range(clients)))
     finally:
         await earnevents.close()
     return done
@@ -181,7 +192,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bookings", type=int, default=2000)
     parser.add_argument("--change-share", type=float, default=0.5, help="share of the bookings changed once")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent writers in the publisher")
+    parser.add_argument("--publish-seconds", type=float, default=20, help="spread the creates over this long")
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
+    parser.add_argument("--redis-down", type=float, default=3.0, help="seconds Redis stays down when killed")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every occurrence")
     parser.add_argument("--stall", type=float, default=45, help="stop waiting after this long without progress")
     args = parser.parse_args()
@@ -210,12 +224,14 @@ def main() -> int:
     try:
         for worker in workers:
             worker.start()
-        chaos = Chaos(workers, server, args.kill_every)
+        chaos = Chaos(workers, server, args.kill_every, args.redis_down)
         chaos.start()
         log(f"creating {args.bookings} bookings due in 5-20 s, changing {args.change_share:.0%} of them")
         log(f"redis {redact_uri(server.url)}, mongodb {redact_uri(mongo.url)}")
         started = time.monotonic()
-        published = asyncio.run(publish_all(server.url, mongo.url, args.bookings, args.change_share))
+        published = asyncio.run(
+            publish_all(server.url, mongo.url, args.bookings, args.change_share, args.clients, args.publish_seconds)
+        )
         log(
             f"published in {time.monotonic() - started:.1f} s: {published.created} created, "
             f"changes {dict(published.changes)}, {published.skipped} skipped, "
