@@ -290,6 +290,23 @@ async def _reschedule(
     await _announce(instance, definition, "created", data)
 
 
+async def schedule_if_absent(instance: BaseModel, definition: EventDefinition, due_ms: int) -> None:
+    """Put the occurrence of ``definition`` for ``instance`` due at ``due_ms`` in the schedule
+    unless one is pending for the document already (a write scheduled it meanwhile).
+
+    For the worker, when a stale occurrence comes due while the document calls for another:
+    the write that moved it may have lost its occurrence (two reschedules kept in the
+    MongoDB outbox under one id keep the first; a relay after Redis came back overwrites
+    what a later write scheduled directly)."""
+    env = runtime.current()
+    queue = env.settings.queue_name
+    ref = entity_of(instance)
+    member = keys.occurrence_member(ref.model, ref.id, definition.name)
+    triple = (member, definition.name, occurrence_message(ref, definition.name, due_ms, queue))
+    script_keys, argv = schedule.add_args(queue, [triple], at=due_ms / 1000, only_new=True)
+    await env.redis.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+
+
 async def _cancel(instance: BaseModel, definition: EventDefinition, reason: str) -> None:
     env = runtime.current()
     ref = entity_of(instance)
