@@ -27,6 +27,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -48,11 +49,14 @@ def log(text: str) -> None:
 
 
 class Chaos(threading.Thread):
-    """Kills one of the workers every ``period`` s (restarting it) and Redis once."""
+    """Kills one of the workers every ``period`` s (restarting it) and Redis once, restarting
+    it after ``redis_down`` s."""
 
-    def __init__(self, workers: list[WorkerProcess], server: RedisServer, period: float) -> None:
+    def __init__(
+        self, workers: list[WorkerProcess], server: RedisServer, period: float, redis_down: float = 0.0
+    ) -> None:
         super().__init__(daemon=True)
-        self.workers, self.server, self.period = workers, server, period
+        self.workers, self.server, self.period, self.redis_down = workers, server, period, redis_down
         self.stop_event = threading.Event()
         self.kills = 0
         self.redis_restarted = False
@@ -64,12 +68,43 @@ class Chaos(threading.Thread):
             victim.kill()
             self.kills += 1
             if self.kills == 2 and not self.redis_restarted:
-                log("chaos: SIGKILL redis-server, restart it")
+                later = f" in {self.redis_down:g} s" if self.redis_down else ""
+                log(f"chaos: SIGKILL redis-server, restart it{later}")
                 self.server.kill()
+                time.sleep(self.redis_down)
                 self.server.start()
                 self.redis_restarted = True
             victim.start(wait=False)
             log(f"chaos: SIGKILLed and restarted a worker ({self.kills})")
+
+
+def wait_for_progress(progress: Callable[[], tuple[int, bool]], timeout: float, stall: float) -> None:
+    """Call ``progress()`` (how much is done, whether all is) about once a second until all
+    is done, ``timeout`` s have passed, or the count stayed the same for ``stall`` s.
+    A ``redis.ConnectionError`` (Redis restarting) counts as no answer."""
+    deadline = time.monotonic() + timeout
+    last_progress, last_count = time.monotonic(), -1
+    while time.monotonic() < deadline and time.monotonic() - last_progress < stall:
+        try:
+            count, finished = progress()
+        except redis.ConnectionError:
+            time.sleep(0.5)
+            continue
+        if finished:
+            break
+        if count != last_count:
+            last_progress, last_count = time.monotonic(), count
+        time.sleep(1)
+
+
+def settle(chaos: Chaos, workers: list[WorkerProcess]) -> None:
+    """Stop the chaos, start the workers it left dead, and give a last redelivery time to show."""
+    chaos.stop_event.set()
+    chaos.join()
+    for worker in workers:
+        if worker.proc is None or worker.proc.poll() is not None:
+            worker.start()
+    time.sleep(3)  # let a last redelivery show up in the counts
 
 
 def poison_items(count: int) -> list[bytes]:
@@ -221,26 +256,14 @@ def main() -> int:
                 flags = marks(n, args.exit_every, args.hang_every)
                 for handler, flag in (("crasher", "exit"), ("hanger", "hang")):
                     (must_fail if flags[flag] else expected).add(f"{event_id}:{handler}")
-        deadline = time.monotonic() + args.timeout
-        done: dict[bytes, bytes] = {}
-        last_progress, last_count = time.monotonic(), -1
-        while time.monotonic() < deadline and time.monotonic() - last_progress < args.stall:
-            try:
-                done = client.hgetall(DONE)
-            except redis.ConnectionError:
-                time.sleep(0.5)
-                continue
-            if len(done) >= len(expected) and (not must_fail or _marked_failed(server.url) >= must_fail):
-                break
-            if len(done) != last_count:
-                last_progress, last_count = time.monotonic(), len(done)
-            time.sleep(1)
-        chaos.stop_event.set()
-        chaos.join()
-        for worker in workers:
-            if worker.proc is None or worker.proc.poll() is not None:
-                worker.start()
-        time.sleep(3)  # let a last redelivery show up in the counts
+
+        def progress() -> tuple[int, bool]:
+            done = client.hgetall(DONE)
+            finished = len(done) >= len(expected) and (not must_fail or _marked_failed(server.url) >= must_fail)
+            return len(done), finished
+
+        wait_for_progress(progress, args.timeout, args.stall)
+        settle(chaos, workers)
         done = client.hgetall(DONE)
         starts = client.hgetall(STARTS)
         completed = {k.decode() for k in done}

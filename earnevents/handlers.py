@@ -362,8 +362,9 @@ def on_event(
     ``@on_event("reservation_confirmed")``; the function gets the Event, and
     ``await event.entity()`` loads the document.
 
-    ``entity_type`` (a model class or its name) runs it only for that model's events:
-    the same filter as ``@event_handler(..., sender=)``.
+    ``entity_type`` (a model class, or its qualified name: the class name unless the
+    class is nested) runs it only for that model's events: the same filter as
+    ``@event_handler(..., sender=)``, model events being sent by their model class.
     """
     return event_handler(event_name, retry_policy, timeout=timeout, sender=entity_type)
 

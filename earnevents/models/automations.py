@@ -44,6 +44,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import pydantic
+
 from .. import definitions, entities, keys, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..event import Event
@@ -130,6 +132,9 @@ class EventDefinition:
             )
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
+        # whole milliseconds before the offset: the worker computes it again from the stored
+        # (truncated) date, and a fraction of a millisecond in the offset must round alike
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
         if self.offset is not None:
             value = value + self.offset
         seconds = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -190,7 +195,11 @@ def _is_datetime(annotation: Any) -> bool:
     if origin is typing.Union or origin is types.UnionType:
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         return bool(kinds) and all(_is_datetime(a) for a in kinds)
-    return isinstance(annotation, type) and issubclass(annotation, dt.datetime)
+    return isinstance(annotation, type) and issubclass(annotation, (dt.datetime, *_PYDANTIC_DATETIMES))
+
+
+_PYDANTIC_DATETIMES = (pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
+"""pydantic's constrained datetime types: classes of their own, whose fields hold datetimes."""
 
 
 def of(model: type) -> Mapping[str, EventDefinition]:
@@ -279,6 +288,23 @@ async def _reschedule(
         "previous_due_at": None if before_due is None else when(before_due),
     }
     await _announce(instance, definition, "created", data)
+
+
+async def schedule_if_absent(instance: BaseModel, definition: EventDefinition, due_ms: int) -> None:
+    """Put the occurrence of ``definition`` for ``instance`` due at ``due_ms`` in the schedule
+    unless one is pending for the document already (a write scheduled it meanwhile).
+
+    For the worker, when a stale occurrence comes due while the document calls for another:
+    the write that moved it may have lost its occurrence (two reschedules kept in the
+    MongoDB outbox under one id keep the first; a relay after Redis came back overwrites
+    what a later write scheduled directly)."""
+    env = runtime.current()
+    queue = env.settings.queue_name
+    ref = entity_of(instance)
+    member = keys.occurrence_member(ref.model, ref.id, definition.name)
+    triple = (member, definition.name, occurrence_message(ref, definition.name, due_ms, queue))
+    script_keys, argv = schedule.add_args(queue, [triple], at=due_ms / 1000, only_new=True)
+    await env.redis.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
 
 
 async def _cancel(instance: BaseModel, definition: EventDefinition, reason: str) -> None:

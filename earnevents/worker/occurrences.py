@@ -4,7 +4,9 @@
   At due time it loads the document again and publishes the model's event only if the
   document exists, the condition holds and its due time is the one scheduled: a stale
   occurrence (a write raced the schedule, the document changed through ``update_many``)
-  is dropped. It runs as a job like any handler: a MongoDB outage is retried by
+  is dropped; when the document is due at another time then, that occurrence is put in the
+  schedule unless one is pending (the write that moved it may have lost it to the outbox).
+  It runs as a job like any handler: a MongoDB outage is retried by
   :data:`POLICY` and then recorded as a failed job; a redelivery after it completed is
   skipped; the event it publishes has an id derived from the occurrence's, so
   publishing twice delivers once.
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -79,6 +82,9 @@ async def fire(event: Event) -> None:
         else:
             why = "its condition no longer holds"
         log.info("%s for %s due at %s not published: %s", name, ref, automations.when(due), why)
+        if now_due is not None and (definition.catch_up or now_due >= time.time() * 1000):
+            # The write that moved it may have lost its occurrence (automations.schedule_if_absent).
+            await automations.schedule_if_absent(instance, definition, now_due)
         return
     await automations.publish(instance, definition, due, event.id)
 
