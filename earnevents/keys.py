@@ -63,6 +63,12 @@ def occurrences_rebuilt(queue: str) -> str:
     return f"{PREFIX}:{queue}:occurrences"
 
 
+def occurrences_rebuilding(queue: str, token: str) -> str:
+    """Exists while one rebuild of ``queue``'s occurrences runs: gone at its end means Redis
+    lost its data meanwhile, and what the rebuild added before then with it."""
+    return f"{PREFIX}:{queue}:occurrences:rebuilding:{token}"
+
+
 def occurrences_lock(queue: str) -> str:
     """Held (with a TTL) by the one worker rebuilding ``queue``'s model occurrences."""
     return f"{PREFIX}:{queue}:occurrences:lock"

@@ -404,7 +404,8 @@ async def rebuild(
     data cannot be known; ``since`` > 0 recreates those of that last stretch, which
     fire at once (a second delivery if they had fired), except for definitions with
     ``catch_up=False``, whose past due times are never recreated. Then each model is marked
-    rebuilt (:func:`keys.occurrences_rebuilt`). Condition and date are read as
+    rebuilt (:func:`keys.occurrences_rebuilt`), unless Redis lost its data while it was
+    rebuilt (its guard key is gone): then the workers' next check rebuilds it again. Condition and date are read as
     stored: writes that bypassed the model are covered too.
     """
     now = time.time() * 1000
@@ -414,6 +415,10 @@ async def rebuild(
         scheduled_defs = [d for d in of(model).values() if d.scheduled]
         if not scheduled_defs:
             continue
+        # A key that lives while this rebuild runs: if Redis loses its data meanwhile (and the
+        # occurrences added so far with it), the model is not marked rebuilt at the end.
+        guard = keys.occurrences_rebuilding(queue, uuid.uuid4().hex)
+        await redis.set(guard, model.__name__, px=_GUARD_MS)
         fields = sorted({cast(str, d.date_field) for d in scheduled_defs})
         query = {"$or": [{field: {"$ne": None}} for field in fields]}
         documents = scheduled = skipped = unreadable = moved = 0
@@ -438,7 +443,13 @@ async def rebuild(
                 scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
                 pending = []
         scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
-        await redis.sadd(keys.occurrences_rebuilt(queue), model.__name__)
+        if not await redis.eval(_MARK, 2, guard, keys.occurrences_rebuilt(queue), model.__name__):
+            log.warning(
+                "Redis lost its data while %s's scheduled events in %s were rebuilt: not marked rebuilt, "
+                "so the workers rebuild them again",
+                model.__name__,
+                queue,
+            )
         report.append(Rebuilt(model.__name__, documents, scheduled, skipped, unreadable, moved))
         log.info(
             "rebuilt %s's scheduled events in %s: %d document(s), %d occurrence(s) scheduled (%d moved), %d past, "
@@ -452,6 +463,18 @@ async def rebuild(
             unreadable,
         )
     return report
+
+
+_GUARD_MS = 86_400_000
+"""The longest a rebuild of one model may take before it cannot tell whether Redis lost its data."""
+
+# KEYS: the rebuild's guard, the rebuilt marker set. ARGV: the model name. Marks the model
+# rebuilt if the guard is still there (Redis did not lose its data during the rebuild).
+_MARK = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True)
