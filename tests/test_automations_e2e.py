@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import pytest
 from automation_models import Reservation, Visit
 from conftest import results, stays, token, wait_for
 from model_fixtures import eventually, worker_env
 
-from earnevents import keys
+from earnevents import BaseModel, EventDefinition, keys
 from earnevents.models import automations
 
 pytest_plugins = ["model_fixtures"]
@@ -147,8 +148,11 @@ async def test_a_stale_occurrence_is_dropped_at_due_time(models_env, worker, rcl
     await collection.update_one({"_id": reservations["no date"].id}, {"$set": {"checkin_at": None}})
     await collection.delete_one({"_id": reservations["gone"].id})
     assert set(await scheduled(models_env.event_bus, "checkin_due")) >= set(ids.values())
-    # Then at due time the worker takes them, checks each document again and publishes nothing
-    await eventually(lambda: _none_pending(models_env.event_bus, ids.values()), 4, "the occurrences to be due")
+    # Then at due time the worker takes them, checks each document again and publishes nothing,
+    # putting the moved one in the schedule at its document's time instead
+    await eventually(
+        lambda: _pending_only(models_env.event_bus, ids.values(), {ids["date"]: later}), 10, "the occurrences to be due"
+    )
     assert stays(lambda: all(handled(rclient, tok, "prepare_room") == [] for tok in toks.values()), 1.0)
     # And its log says why
     expected = {
@@ -162,8 +166,10 @@ async def test_a_stale_occurrence_is_dropped_at_due_time(models_env, worker, rcl
     wait_for(lambda: all(line in worker.log() for line in expected.values()), 2, "the worker's log lines")
 
 
-async def _none_pending(bus, record_ids) -> bool:
-    return not set(await scheduled(bus, "checkin_due")) & set(record_ids)
+async def _pending_only(bus, record_ids, expected: dict[str, dt.datetime]) -> bool:
+    """Of ``record_ids``' checkin_due occurrences, exactly ``expected`` are pending."""
+    pending = await scheduled(bus, "checkin_due")
+    return {key: due for key, due in pending.items() if key in set(record_ids)} == expected
 
 
 async def test_offsets_and_catch_up(models_env, worker, rclient):
@@ -342,3 +348,41 @@ async def test_a_rebuild_reaching_back_leaves_out_past_occurrences_without_catch
     # Then the follow-up (catch_up) is recreated, visit_started (catch_up=False) is not
     assert str(visit.id) in await scheduled(models_env.event_bus, "visit_followup")
     assert str(visit.id) not in await scheduled(models_env.event_bus, "visit_started")
+
+
+_mid_rebuild: dict[str, Any] = {"client": None, "calls": 0}
+
+
+def _flush_on_second_call(_: Any) -> bool:
+    """A condition that empties Redis the second time it is asked while a test arms it."""
+    if _mid_rebuild["client"] is not None:
+        _mid_rebuild["calls"] += 1
+        if _mid_rebuild["calls"] == 2:
+            _mid_rebuild["client"].flushall()
+    return True
+
+
+class FlushedMidRebuild(BaseModel):
+    _events = (EventDefinition("flushed_mid_rebuild_due", date_field="due_at", condition=_flush_on_second_call),)
+
+    due_at: dt.datetime | None = None
+
+
+async def test_a_rebuild_that_redis_lost_midway_leaves_the_model_unmarked_for_the_next_one(models_env, queue, rclient):
+    # Given two documents with a scheduled event a minute from now
+    documents = [await FlushedMidRebuild(due_at=soon(60)).create() for _ in range(2)]
+    # When Redis loses its data while a rebuild (one document per batch) is between them
+    _mid_rebuild.update(client=rclient, calls=0)
+    try:
+        await automations.rebuild(models_env.redis, models_env.db, queue, [FlushedMidRebuild], batch=1)
+    finally:
+        _mid_rebuild["client"] = None
+    assert _mid_rebuild["calls"] == 2
+    # Then the model is not marked rebuilt (the first document's occurrence was lost), so
+    # the workers rebuild it again
+    assert not rclient.sismember(keys.occurrences_rebuilt(queue), "FlushedMidRebuild")
+    # And the next rebuild puts both occurrences back and marks the model
+    await automations.rebuild(models_env.redis, models_env.db, queue, [FlushedMidRebuild])
+    pending = await scheduled(models_env.event_bus, "flushed_mid_rebuild_due")
+    assert set(pending) == {str(d.id) for d in documents}
+    assert rclient.sismember(keys.occurrences_rebuilt(queue), "FlushedMidRebuild")
