@@ -339,7 +339,8 @@ async def _rebuild(args: argparse.Namespace) -> int:
     for done in report:
         print(
             f"{escape(done.model)}: {done.documents} document(s), {done.scheduled} occurrence(s) pending "
-            f"(added where missing), {done.skipped} past ones not recreated, {done.unreadable} unreadable"
+            f"(added where missing, {done.moved} moved to their document's time), {done.skipped} past ones "
+            f"not recreated, {done.unreadable} unreadable"
         )
         unreadable += done.unreadable
     if unreadable:

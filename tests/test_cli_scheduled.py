@@ -146,7 +146,8 @@ async def test_rebuild_recreates_lost_occurrences_and_since_the_recent_past_ones
     # the past one is not recreated
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == (
-        "Appointment: 3 document(s), 1 occurrence(s) pending (added where missing), 1 past ones not recreated, "
+        "Appointment: 3 document(s), 1 occurrence(s) pending (added where missing, 0 moved to their document's time), "
+        "1 past ones not recreated, "
         "0 unreadable"
     )
     assert f"queue {queue!r}" in out.stdout
@@ -162,12 +163,18 @@ async def test_rebuild_recreates_lost_occurrences_and_since_the_recent_past_ones
     out = run(cli_env, "scheduled", "rebuild", "--since", "1h", "--yes")
     # Then the occurrence due 10 minutes ago is recreated too (due at once), the other kept
     assert out.returncode == 0, out.stderr
-    assert "2 occurrence(s) pending (added where missing), 0 past ones not recreated" in out.stdout
+    assert (
+        "2 occurrence(s) pending (added where missing, 0 moved to their document's time), 0 past ones not recreated"
+        in out.stdout
+    )
     assert [s.id for s in await earnevents.event_bus.get_scheduled()] == [member(missed), member(coming)]
     # A window that does not reach back far enough still leaves it out
     lose_the_schedule(rclient, queue)
     out = run(cli_env, "scheduled", "rebuild", "--since", "1m", "-y")
-    assert "1 occurrence(s) pending (added where missing), 1 past ones not recreated" in out.stdout
+    assert (
+        "1 occurrence(s) pending (added where missing, 0 moved to their document's time), 1 past ones not recreated"
+        in out.stdout
+    )
 
     # Given a document the model cannot load, the rebuild says so and exits 1
     await models_env.db[Appointment._collection].insert_one(

@@ -139,9 +139,9 @@ class Rebuilder(PeriodicThread):
             models = self.missing()  # that worker may have finished just before
             if not models:
                 return []
-            log.warning(
-                "the schedule of %s holds no occurrences of %s (Redis lost them, or never had them): "
-                "rebuilding them from MongoDB",
+            log.info(  # at a first start as after a loss: the rebuild's own line says what it added
+                "the schedule of %s is not marked as holding the occurrences of %s (a first start, or Redis "
+                "lost its data): rebuilding them from MongoDB",
                 self.queue,
                 ", ".join(m.__name__ for m in models),
             )
