@@ -156,6 +156,22 @@ def wait_results(client: redis.Redis, tok: str, count: int, timeout: float = 20)
     )
 
 
+def handled(client: redis.Redis, tok: str, handler: str) -> list[dict[str, Any]]:
+    """The records of one handler among :func:`results`."""
+    return [r for r in results(client, tok) if r["handler"] == handler]
+
+
+def wait_handled(
+    client: redis.Redis, tok: str, handler: str, count: int = 1, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Poll until ``handler`` left at least ``count`` records for ``tok``."""
+    return wait_for(
+        lambda: (found := handled(client, tok, handler)) and len(found) >= count and found,
+        timeout,
+        f"{count} record(s) of {handler} for {tok}",
+    )
+
+
 def stays(check: Callable[[], Any], seconds: float) -> bool:
     """True if ``check()`` holds for the whole of ``seconds`` (for "nothing more happens" claims)."""
     deadline = time.monotonic() + seconds

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from automation_models import Reservation, Visit
-from conftest import results, stays, token, wait_for
+from conftest import handled, stays, token, wait_for, wait_handled
 from model_fixtures import eventually, worker_env
 
 from earnevents import BaseModel, EventDefinition, keys
@@ -23,18 +23,6 @@ pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 @pytest.fixture
 def worker(start_worker, mongo_url, mongo_db):
     return start_worker(modules="automation_handlers", env=worker_env(mongo_url, mongo_db))
-
-
-def handled(rclient, tok, handler):
-    return [r for r in results(rclient, tok) if r["handler"] == handler]
-
-
-def wait_handled(rclient, tok, handler, count=1, timeout=10.0):
-    return wait_for(
-        lambda: (found := handled(rclient, tok, handler)) and len(found) >= count and found,
-        timeout,
-        f"{count} record(s) of {handler} for {tok}",
-    )
 
 
 def utcnow() -> dt.datetime:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from automation_immediate_models import Memo, Ticket
-from conftest import results, stays, token, wait_for
+from conftest import handled, results, stays, token, wait_handled
 from model_fixtures import worker_env
 
 import earnevents
@@ -17,18 +17,6 @@ pytest_plugins = ["model_fixtures"]
 pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 
 MODULES = "automation_immediate_handlers"
-
-
-def handled(rclient, tok, handler):
-    return [r for r in results(rclient, tok) if r["handler"] == handler]
-
-
-def wait_handled(rclient, tok, handler, count=1, timeout=10.0):
-    return wait_for(
-        lambda: (found := handled(rclient, tok, handler)) and len(found) >= count and found,
-        timeout,
-        f"{count} record(s) of {handler} for {tok}",
-    )
 
 
 def counts(rclient, tok):

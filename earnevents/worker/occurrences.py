@@ -32,7 +32,7 @@ from ..logtext import get_logger
 from ..models import automations
 from ..retry import RetryPolicy
 from . import appsettings
-from .periodic import PeriodicThread, ThreadStep, consumed_queues
+from .periodic import RELEASE_LOCK, PeriodicThread, ThreadStep, consumed_queues
 
 log = get_logger(__name__)
 
@@ -45,11 +45,6 @@ INTERVAL = 1.0
 
 LOCK_MS = 300_000
 """How long one worker's rebuild may hold the lock before another may take over."""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class MalformedOccurrenceError(ValueError):
@@ -106,7 +101,7 @@ class Rebuilder(PeriodicThread):
         self._mongo_uri = mongo_uri
         self._database = database
         self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
-        self._release = self._redis.register_script(_RELEASE)
+        self._release = self._redis.register_script(RELEASE_LOCK)
 
     def close(self) -> None:
         self._redis.close()

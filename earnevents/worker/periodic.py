@@ -50,6 +50,14 @@ def _after_fork() -> None:
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+"""Lua releasing a lock a thread took with ``SET key token NX PX``: only while it holds the token
+(a lock that expired and another worker took stays taken)."""
+
+
 class PeriodicThread:
     """Calls :meth:`tick` every ``interval`` seconds until :meth:`stop`."""
 

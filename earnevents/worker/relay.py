@@ -19,7 +19,7 @@ from pymongo import MongoClient
 from .. import keys, message, outbox, redisurl, schedule
 from ..logtext import get_logger
 from . import appsettings
-from .periodic import PeriodicThread, ThreadStep, consumed_queues
+from .periodic import RELEASE_LOCK, PeriodicThread, ThreadStep, consumed_queues
 
 log = get_logger(__name__)
 
@@ -28,11 +28,6 @@ INTERVAL = 1.0
 
 BATCH = 500
 LOCK_MS = 30_000
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Relay(PeriodicThread):
@@ -45,7 +40,7 @@ class Relay(PeriodicThread):
         self.queues = queues
         self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._add = self._redis.register_script(schedule.ADD_SCRIPT)
-        self._release = self._redis.register_script(_RELEASE)
+        self._release = self._redis.register_script(RELEASE_LOCK)
         self._mongo: MongoClient[Any] = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
         self._col = self._mongo[database][outbox.COLLECTION]
 
