@@ -9,7 +9,17 @@ from __future__ import annotations
 PREFIX = "earnevents"
 
 QUEUE_KEY_WORDS = frozenset(
-    {"scheduled", "outbox-lock", "failed", "inflight", "inflight-consumers", "dead", "eventlog", "occurrences"}
+    {
+        "scheduled",
+        "outbox-lock",
+        "failed",
+        "inflight",
+        "inflight-consumers",
+        "dead",
+        "eventlog",
+        "occurrences",
+        "workflows",
+    }
 )
 """What follows ``<PREFIX>:<queue>:`` in a per-queue key. Queue names may not contain these
 as ``:``-separated parts (``names.check_queue_name``): the first such part of a key then marks
@@ -72,6 +82,32 @@ def occurrences_rebuilding(queue: str, token: str) -> str:
 def occurrences_lock(queue: str) -> str:
     """Held (with a TTL) by the one worker rebuilding ``queue``'s model occurrences."""
     return f"{PREFIX}:{queue}:occurrences:lock"
+
+
+WORKFLOW_HANDLER = "earnevents.worker.workflows.advance"
+"""The worker's handler that moves a workflow run on (runs a step, wakes a sleeping run, times a wait out)."""
+
+MONGO_WORKFLOW_RUNS = "earnevents_workflow_runs"
+"""Collection of workflow runs (``earnevents.workflows.runs``)."""
+
+MONGO_WORKFLOW_SIGNALS = "earnevents_workflow_signals"
+"""Collection of recent signals and events runs may wait for (kept a day)."""
+
+
+def workflow_wake(run_id: str) -> str:
+    """The delay-schedule id of a run's one pending wake-up (a sleep's end, a wait's timeout, a retry)."""
+    return f"workflow-run:{run_id}"
+
+
+def workflows_rebuilt(queue: str) -> str:
+    """Set when ``queue``'s active workflow runs have their messages in Redis; missing (Redis lost
+    its data) means workers send them again from MongoDB."""
+    return f"{PREFIX}:{queue}:workflows"
+
+
+def workflows_lock(queue: str) -> str:
+    """Held (with a TTL) by the one worker sending ``queue``'s workflow runs' messages again."""
+    return f"{PREFIX}:{queue}:workflows:lock"
 
 
 def outbox_lock(queue: str) -> str:

@@ -1,0 +1,276 @@
+"""The worker's side of workflows: moving runs on, one message at a time.
+
+:func:`advance` is the handler every run message names (``keys.WORKFLOW_HANDLER``).
+The message names the run and the version it was sent for; a message for an older
+version is stale: the run moved on (the current state's message is sent again, in
+case a worker died between saving a step's outcome and sending it: the same ids
+deliver once). For the current version it:
+
+- wakes a sleeping run (or a step's retry) at its time;
+- times out a waiting run: on to ``on_timeout``, or failed;
+- runs the current step of a running run, saves its outcome and Context with one
+  compare-and-set on the run's version, then sends the next message.
+
+A step runs at least once: a worker killed mid-step leaves the message unacknowledged
+and the step runs again from the Context saved before it (``current_step_key()`` is
+the same). Its outcome is saved once: the compare-and-set lets one try win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import traceback
+from typing import Any
+
+from .. import keys
+from ..event import Event, encode
+from ..handlers import dotted_name, registry
+from ..logtext import get_logger
+from ..retry import RetryPolicy
+from ..workflows import runs
+from ..workflows.commands import Command, Complete, Fail, Goto, Sleep, Wait
+from ..workflows.context import StepScope, enter, leave
+from ..workflows.definitions import StepSpec, WorkflowSpec
+from ..workflows.engine import arrived_since, schedule_run, spec_of, wake
+from ..workflows.runs import FAILED, RUNNING, SLEEPING, WAITING, Run
+
+log = get_logger(__name__)
+
+POLICY = RetryPolicy(max_retries=10, interval_start=1.0, interval_step=2.0, interval_max=30.0)
+"""Moving a run on fails only when MongoDB or Redis does (or the workflow is not imported):
+tried again for about four minutes before it is recorded as a failed job (``retry_job`` sends it again)."""
+
+RETRY_MARK = {"kind": "retry"}
+"""``waiting_for`` of a run sleeping until its step's next try (a wake-up that is no new visit)."""
+
+
+async def advance(event: Event) -> None:
+    """Move the run the message names on, if the message is for its current version."""
+    run_id, version = event.data.get("run"), event.data.get("version")
+    if not isinstance(run_id, str) or isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"event {event.id} is no workflow message: {event.data!r}")
+    run = await runs.get(run_id)
+    if run is None:
+        log.warning("workflow run %s does not exist (deleted?); message %s dropped", run_id, event.id)
+        return
+    if run.version != version:
+        if run.status in runs.ACTIVE:
+            await schedule_run(run)
+        return
+    if run.status == SLEEPING:
+        await _wake_up(run)
+    elif run.status == WAITING:
+        await _time_out(run)
+    elif run.status == RUNNING:
+        await _run_step(spec_of(run.workflow), run)
+
+
+async def _wake_up(run: Run) -> None:
+    retry = run.waiting_for == RETRY_MARK
+    woken = await runs.transition(
+        run,
+        (SLEEPING,),
+        {"status": RUNNING, "wake_at": None, "waiting_for": None, "step_started_at": None},
+        runs.line("retrying" if retry else "woke", step=run.step, attempt=run.attempts + 1 if retry else None),
+        new_visit=not retry,
+    )
+    if woken is not None:
+        await schedule_run(woken)
+
+
+async def _time_out(run: Run) -> None:
+    waiting = run.waiting_for or {}
+    what = f"{waiting.get('kind')} {waiting.get('name')}"
+    target = waiting.get("on_timeout")
+    if target is None:
+        changes: dict[str, Any] = {"status": FAILED, "error": f"timed out waiting for {what}", "wake_at": None}
+        await runs.transition(run, (WAITING,), changes, runs.line("timed out", waiting_for=what))
+        return
+    moved = await runs.transition(
+        run,
+        (WAITING,),
+        {
+            "status": RUNNING,
+            "step": target,
+            "waiting_for": None,
+            "wake_at": None,
+            "attempts": 0,
+            "step_started_at": None,
+        },
+        runs.line("timed out", waiting_for=what, step=target),
+        new_visit=True,
+    )
+    if moved is None:
+        await runs.note(run.id, runs.line("timeout lost: the run had moved on", waiting_for=what))
+        return
+    await schedule_run(moved)
+
+
+async def _run_step(spec: WorkflowSpec, run: Run) -> None:
+    step = spec.steps.get(run.step)
+    if step is None:
+        error = (
+            f"workflow {spec.name!r} has no step {run.step!r} (any more?); steps: {', '.join(sorted(spec.steps))}. "
+            "Resume the run at another step: engine.resume(run_id, at_step=...)"
+        )
+        await runs.transition(run, (RUNNING,), {"status": FAILED, "error": error}, runs.line("failed", error=error))
+        return
+    if run.step_started_at is None:  # signals arriving from now on count for a wait it returns
+        started = time.time()
+        await runs.collection().update_one(
+            {"_id": run.id, "version": run.version, "step_started_at": None}, {"$set": {"step_started_at": started}}
+        )
+        run = runs.Run(**{**run.__dict__, "step_started_at": started})
+    context = spec.context_class.model_validate(run.context)
+    token = enter(StepScope(run.id, spec.name, step.name, run.visit, context))
+    try:
+        result = await _call(step, spec.cls())
+        saved = context.model_dump(mode="json")
+    except Exception as exc:
+        saved = _dump_or_keep(context, run.context)
+        await _step_failed(spec, run, step, saved, exc)
+        return
+    finally:
+        leave(token)
+    await _apply(spec, run, step, result, saved)
+
+
+async def _call(step: StepSpec, instance: Any) -> Any:
+    if step.is_async:
+        return await step.func(instance)
+    result = await asyncio.to_thread(step.func, instance)  # a plain step blocks a thread, not the loop
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _dump_or_keep(context: Any, before: dict[str, Any]) -> dict[str, Any]:
+    try:
+        dumped: dict[str, Any] = context.model_dump(mode="json")
+        return dumped
+    except Exception:  # the step left values the Context cannot save: keep what was saved before
+        return before
+
+
+async def _step_failed(spec: WorkflowSpec, run: Run, step: StepSpec, context: dict[str, Any], exc: Exception) -> None:
+    policy = spec.retry_of(step.name)
+    attempt = run.attempts + 1
+    error = f"{type(exc).__name__}: {exc}"
+    if policy is not None and attempt < policy.max_attempts:
+        delay = policy.delay(attempt)
+        retried = await runs.transition(
+            run,
+            (RUNNING,),
+            {
+                "status": SLEEPING,
+                "context": context,
+                "attempts": attempt,
+                "wake_at": time.time() + delay,
+                "waiting_for": RETRY_MARK,
+                "error": error,
+            },
+            runs.line("step failed", step=step.name, attempt=attempt, error=error, retry_in=round(delay, 3)),
+        )
+        if retried is not None:
+            await schedule_run(retried)
+        return
+    log.warning("workflow run %s failed in step %s after %d tries: %s", run.id, step.name, attempt, error)
+    await runs.transition(
+        run,
+        (RUNNING,),
+        {
+            "status": FAILED,
+            "context": context,
+            "attempts": attempt,
+            "error": error,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-10_000:],
+        },
+        runs.line("failed", step=step.name, attempt=attempt, error=error),
+    )
+
+
+async def _apply(spec: WorkflowSpec, run: Run, step: StepSpec, command: Any, context: dict[str, Any]) -> None:
+    common = {"context": context, "attempts": 0, "error": None, "step_started_at": None}
+    if not isinstance(command, Command):
+        reason = (
+            f"step {step.name} returned {type(command).__name__}; a step returns goto(...), sleep(...), "
+            "wait(...), wait_for_event(...), complete(...) or fail(...)"
+        )
+        await _end(run, FAILED, {**common, "error": reason}, runs.line("failed", step=step.name, error=reason))
+        return
+    for target in _targets(command, step.name):
+        if target not in spec.steps:
+            reason = f"step {step.name} goes to {target!r}, which is no step of workflow {spec.name!r}"
+            await _end(run, FAILED, {**common, "error": reason}, runs.line("failed", step=step.name, error=reason))
+            return
+    if isinstance(command, Goto):
+        changes = {**common, "status": RUNNING, "step": command.step}
+        moved = await runs.transition(run, (RUNNING,), changes, runs.line("goto", step=command.step), new_visit=True)
+    elif isinstance(command, Sleep):
+        target = command.then or step.name
+        changes = {**common, "status": SLEEPING, "step": target, "wake_at": time.time() + command.seconds}
+        moved = await runs.transition(
+            run, (RUNNING,), changes, runs.line("sleeping", seconds=command.seconds, then=target)
+        )
+    elif isinstance(command, Wait):
+        await _wait(run, step, command, {**common, "step_started_at": run.step_started_at})
+        return
+    elif isinstance(command, Complete):
+        result = encode(dict(command.result), "complete's result")
+        await _end(run, "completed", {**common, "result": result}, runs.line("completed", step=step.name))
+        return
+    else:
+        assert isinstance(command, Fail)
+        await _end(
+            run, FAILED, {**common, "error": command.reason}, runs.line("failed", step=step.name, error=command.reason)
+        )
+        return
+    if moved is None:
+        await runs.note(run.id, runs.line("step outcome discarded: the run had changed (cancelled?)", step=step.name))
+        return
+    await schedule_run(moved)
+
+
+def _targets(command: Command, current: str) -> list[str]:
+    if isinstance(command, Goto):
+        return [command.step]
+    if isinstance(command, Sleep):
+        return [command.then or current]
+    if isinstance(command, Wait):
+        return [t for t in (command.then, command.on_timeout) if t is not None]
+    return []
+
+
+async def _wait(run: Run, step: StepSpec, command: Wait, common: dict[str, Any]) -> None:
+    waiting_for = {
+        "kind": command.kind,
+        "name": command.name,
+        "match": command.match,
+        "then": command.then or step.name,
+        "on_timeout": command.on_timeout,
+    }
+    wake_at = None if command.timeout is None else time.time() + command.timeout
+    changes = {**common, "status": WAITING, "waiting_for": waiting_for, "wake_at": wake_at}
+    waited = await runs.transition(
+        run, (RUNNING,), changes, runs.line("waiting", kind=command.kind, name=command.name, timeout=command.timeout)
+    )
+    if waited is None:
+        await runs.note(run.id, runs.line("step outcome discarded: the run had changed (cancelled?)", step=step.name))
+        return
+    await schedule_run(waited)  # its timeout, if any
+    arrival = await arrived_since(waited)  # sent while the step ran: wakes it now
+    if arrival is not None:
+        await wake(waited, arrival["payload"], arrival["by"] + " (arrived while the step ran)")
+
+
+async def _end(run: Run, status: str, changes: dict[str, Any], entry: dict[str, Any]) -> None:
+    ended = await runs.transition(run, (RUNNING,), {**changes, "status": status, "wake_at": None}, entry)
+    if ended is None:
+        await runs.note(run.id, runs.line("step outcome discarded: the run had changed (cancelled?)"))
+
+
+if dotted_name(advance) != keys.WORKFLOW_HANDLER:  # pragma: no cover - caught by any test run
+    raise RuntimeError(f"keys.WORKFLOW_HANDLER must be {dotted_name(advance)}")
+registry.register_targeted(keys.WORKFLOW_HANDLER, advance, POLICY)

@@ -1,0 +1,95 @@
+"""Workflows run by real `celery -A earnevents worker` subprocesses on the MongoDB stand-in
+(workflows: tests/workflow_defs.py, written as seed 003's users write them)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import workflow_defs  # noqa: F401  (declares the workflows in this process too)
+from model_fixtures import eventually, worker_env
+
+from earnevents.workflows import engine
+
+pytest_plugins = ["model_fixtures"]
+pytestmark = [pytest.mark.mongo, pytest.mark.worker]
+
+
+@pytest.fixture
+def worker(start_worker, mongo_url, mongo_db):
+    return start_worker(modules="workflow_defs", env=worker_env(mongo_url, mongo_db))
+
+
+async def ended(run_id: str, timeout: float = 20):
+    async def check():
+        run = await engine.get_run(run_id)
+        return run if run.status in ("completed", "failed", "cancelled") else None
+
+    return await eventually(check, timeout, f"run {run_id} to end")
+
+
+async def status_is(run_id: str, status: str, timeout: float = 20):
+    async def check():
+        run = await engine.get_run(run_id)
+        return run if run.status == status else None
+
+    return await eventually(check, timeout, f"run {run_id} to be {status}")
+
+
+async def test_a_manual_workflow_runs_to_completion(models_env, worker):
+    # Given the seed's manual workflow (§5), started from application code
+    run_id = await engine.start("reindex_listing", listing_id=123)
+    # Then a worker runs its step and the run completes with its result and saved Context
+    run = await ended(run_id)
+    assert run.status == "completed"
+    assert run.result == {"listing_id": 123}
+    assert run.context == {"listing_id": 123, "reindexed": True}
+    assert [line["what"] for line in run.history] == ["started", "completed"]
+
+
+async def test_sleep_signal_retry_and_complete(models_env, worker):
+    # Given a run that sleeps, then waits for a signal
+    run_id = await engine.start("ops_window", token="t1")
+    waiting = await status_is(run_id, "waiting")
+    assert waiting.waiting_for["name"] == "ops:window_open" and waiting.wake_at is not None
+    # When the signal comes with a payload, one key of which is no Context field
+    assert await engine.signal("ops:window_open", {"window": "9-17", "nonsense": 1}) == 1
+    # Then the payload merged into the Context, the unknown key is in the history,
+    # the flaky step was retried until it worked (its attempts counted in the Context), and the run completed
+    run = await ended(run_id)
+    assert run.status == "completed", run.error
+    assert run.context["window"] == "9-17" and run.context["attempts"] == 3
+    assert run.context["final_state"] == "ok" and not run.context["timed_out"]
+    assert len(set(run.context["keys"])) == 1  # one step key across the retries of one visit
+    woken = [line for line in run.history if line["what"] == "woken"]
+    assert woken and woken[0]["ignored"] == {"keys": ["nonsense"]}
+    assert [line["what"] for line in run.history].count("step failed") == 2
+    # And the timeout timer was withdrawn
+    assert not [e for e in await models_env.event_bus.get_scheduled() if e.event.data.get("run") == run_id]
+
+
+async def test_a_signal_sent_while_the_step_runs_still_wakes_the_run(models_env, worker):
+    # Given a run whose step runs for a second before it returns wait("slow:go", timeout=30 s)
+    run_id = await engine.start("slow_waiter")
+
+    async def step_running():
+        run = await engine.get_run(run_id)
+        return run if run.step_started_at is not None and run.status == "running" else None
+
+    await eventually(step_running, 20, "the step to start")
+    # When the signal is sent while that step still runs (before the wait is recorded)
+    assert await engine.signal("slow:go", {"go": "now"}) == 0  # nobody waits yet
+    # Then the run takes it as soon as it waits: it completes well before its 30 s timeout
+    started = time.monotonic()
+    run = await ended(run_id)
+    assert run.status == "completed" and run.result == {"go": "now"}
+    assert time.monotonic() - started < 15
+    assert any(line["what"] == "woken" and "arrived while the step ran" in line["by"] for line in run.history)
+
+
+async def test_fail_ends_the_run_failed(models_env, worker):
+    run_id = await engine.start("ops_window", token="t3")
+    await status_is(run_id, "waiting")
+    await engine.signal("ops:window_open", {"window": "refuse"}, run_id=run_id)
+    run = await ended(run_id)
+    assert run.status == "failed" and run.error == "the window was refused"
