@@ -101,8 +101,9 @@ def test_hooks_do_nothing_unless_configured_on(on, monkeypatch):
     assert on or store.written == []
 
 
-def test_the_check_of_a_model_occurrence_is_not_logged_as_an_event(monkeypatch):
-    # The event log records the event a due occurrence publishes, not the worker's check before it
+def test_the_check_of_a_model_occurrence_and_a_workflow_step_are_not_logged_as_events(monkeypatch):
+    # The event log records the event a due occurrence publishes, not the worker's check before it;
+    # a workflow run keeps its own history
     from earnevents import keys
     from earnevents.config import Settings
     from earnevents.worker.jobs import Job, Outcome
@@ -113,11 +114,12 @@ def test_the_check_of_a_model_occurrence_is_not_logged_as_an_event(monkeypatch):
     settings = Settings.resolve(redis_uri="redis://localhost:1/0", event_config={"event_log": True}, environ={})
     writer_module.configure(settings)
     try:
-        check = Job(Event("checkin_due", {}), keys.OCCURRENCE_HANDLER, 0, None, "q")
-        writer_module.started(check, [keys.OCCURRENCE_HANDLER])
-        writer_module.finished(check, [Outcome(keys.OCCURRENCE_HANDLER)])
-        writer_module.settled(check, Outcome(keys.OCCURRENCE_HANDLER, RuntimeError("x")), retrying=True)
-        writer_module.completed_before(check, [keys.OCCURRENCE_HANDLER])
+        for own in (keys.OCCURRENCE_HANDLER, keys.WORKFLOW_HANDLER):
+            check = Job(Event("checkin_due", {}), own, 0, None, "q")
+            writer_module.started(check, [own])
+            writer_module.finished(check, [Outcome(own)])
+            writer_module.settled(check, Outcome(own, RuntimeError("x")), retrying=True)
+            writer_module.completed_before(check, [own])
         ordinary = Job(Event("checkin_due", {}), None, 0, None, "q")
         writer_module.finished(ordinary, [Outcome("m.h")])
         wait_for(lambda: store.written, 5, "the ordinary job's change written")

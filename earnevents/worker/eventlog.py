@@ -283,13 +283,18 @@ def stop() -> None:
         entry[1].stop()
 
 
+UNLOGGED = frozenset({keys.OCCURRENCE_HANDLER, keys.WORKFLOW_HANDLER})
+"""earnevents' own handlers, whose jobs the event log leaves out."""
+
+
 def _writer(job: Job | None = None) -> LogWriter | None:
-    """This process' writer, if the log is on; None for ``job`` when it is a model occurrence's
-    check (``keys.OCCURRENCE_HANDLER``): the log records the event it publishes, not the check."""
+    """This process' writer, if the log is on; None for ``job`` when it is one of earnevents' own
+    (:data:`UNLOGGED`): a model occurrence's check (the log records the event it publishes) or a
+    workflow run's step (the run keeps its own history)."""
     entry = _current
     if entry is None or entry[0] != os.getpid():
         return None
-    if job is not None and job.handler == keys.OCCURRENCE_HANDLER:
+    if job is not None and job.handler in UNLOGGED:
         return None
     return entry[1]
 
