@@ -16,12 +16,15 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import earnevents
 from earnevents import Event, event_bus
 from earnevents.redact import redact_uri
 from earnevents.testing import MongoServer, RedisServer, WorkerProcess
+from earnevents.workflows import engine
 
+from . import example_workflows  # noqa: F401  (declares onboard_customer here too)
 from .example_handlers import FIXED_KEY, LOG_KEY, OrderShipped
 from .example_models import Customer, Reservation
 
@@ -177,7 +180,32 @@ async def run(redis_url: str, mongo_url: str) -> None:
     await bob.save()  # the condition no longer holds: Bob's checkin_due is withdrawn
     seen = await show_new(seen, 2)  # Bob's cancellation now, Ada's check-in at its time
     say(f"    (from a shell: ... EARNEVENTS_QUEUE={QUEUE} earnevents scheduled list)")
+
+    say("\n10. a workflow: it waits for a signal (holding no worker), a flaky step is retried, it completes")
+    run_id = await engine.start("onboard_customer", email="ada@example.com")
+    run = await run_in(run_id, ("waiting",))
+    say(f"    run {run_id}: {run.status} for {run.waiting_for['kind']} {run.waiting_for['name']!r}")
+    woken = await engine.signal("customer:verified", {"verified_by": "support", "note": "not a Context field"})
+    say(f"    signal customer:verified woke {woken} run(s)")
+    run = await run_in(run_id, ("completed", "failed"))
+    say(f"    run {run_id}: {run.status} {run.result}, Context {run.context}")
+    for line in run.history:
+        details = ", ".join(f"{k}={v}" for k, v in line.items() if k not in ("at", "what"))
+        say(
+            f"      {time.strftime('%H:%M:%S', time.localtime(line['at']))} {line['what']}"
+            + (f" ({details})" if details else "")
+        )
     await earnevents.close()
+
+
+async def run_in(run_id: str, statuses: tuple[str, ...], timeout: float = 20) -> Any:
+    """The workflow run once it is in one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await engine.get_run(run_id)
+        if run.status in statuses or time.monotonic() > deadline:
+            return run
+        await asyncio.sleep(0.1)
 
 
 async def settled_record(event_id: str, timeout: float = 20) -> earnevents.EventRecord:
@@ -201,7 +229,7 @@ def main() -> int:
             "EARNEVENTS_MONGO_URI": mongo_url,
             "EARNEVENTS_DATABASE": "earnevents_demo",
             "EARNEVENTS_QUEUE": QUEUE,
-            "EARNEVENTS_HANDLER_MODULES": "workers.example_handlers",
+            "EARNEVENTS_HANDLER_MODULES": "workers.example_handlers,workers.example_workflows",
             "EARNEVENTS_EVENT_LOG": "1",
             "PYTHONPATH": str(ROOT),
         }
