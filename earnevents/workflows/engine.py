@@ -333,6 +333,8 @@ class Engine:
                 "attempts": 0,
                 "error": None,
                 "traceback": None,
+                "waiting_for": None,
+                "wake_at": None,
                 "step_started_at": None,
             },
             runs.line("resumed", step=target),
