@@ -263,6 +263,17 @@ async def test_cancel_and_resume(models_env, start_worker, mongo_url, mongo_db):
     with pytest.raises(WorkflowError, match="completed"):
         await engine.resume(run_id)
 
+    # Given a run that failed waiting (timed out, no on_timeout)
+    run_id = await engine.start("ops_deadline")
+    run = await ended(run_id)
+    assert run.status == "failed" and run.error == "timed out waiting for signal ops:never"
+    # When resumed at a fallback step
+    await engine.resume(run_id, at_step="fallback")
+    # Then it completes, and no longer says it waits for anything
+    run = await ended(run_id)
+    assert run.status == "completed" and run.context["fell_back"]
+    assert run.waiting_for is None and run.wake_at is None and run.error is None
+
 
 async def test_find_runs_filters_by_workflow_status_and_entity(models_env):
     # Given runs of two workflows (no worker: they stay running), one cancelled, one for an entity

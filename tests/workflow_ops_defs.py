@@ -144,3 +144,24 @@ class OpsSignalled:
     @step()
     def done(self):
         return complete(note=get_context().note)
+
+
+@workflow("ops_deadline")
+class OpsDeadline:
+    """Waits for ``ops:never`` half a second, no on_timeout: the run fails timed out."""
+
+    class Context(BaseModel):
+        fell_back: bool = False
+
+    @classmethod
+    def create_context(cls):
+        return cls.Context()
+
+    @step(start=True)
+    def await_nothing(self):
+        return wait("ops:never", timeout=0.5)
+
+    @step()
+    def fallback(self):
+        get_context().fell_back = True
+        return complete(fell_back=True)
