@@ -36,7 +36,8 @@ async def test_list_and_show(models_env, cli_env):
     nap = await engine.start("ops_nap", seconds=1.0)
     other = await engine.start("ops_signalled")
     await models_env.db[keys.MONGO_WORKFLOW_RUNS].update_one(
-        {"_id": other}, {"$set": {"error": "bad\nline", "traceback": "Traceback\n  boom\x1b[31m"}}
+        {"_id": other},
+        {"$set": {"error": "bad\nline", "traceback": "Traceback\n  boom\x1b[31m", "history_count": 5}},
     )
     # When listed, newest first; filtered; as JSON; paged
     out = run(cli_env, "workflows", "list")
@@ -59,10 +60,10 @@ async def test_list_and_show(models_env, cli_env):
     assert f"run        {other}" in text and "status     running" in text and "step       await_ready" in text
     assert 'context    {"note": null}' in text and "error      bad\\nline" in text
     assert "  boom\\x1b[31m" in text and "\x1b" not in text
-    assert "history\n" in text and "  started  " in text
+    assert "history (4 older line(s) dropped)\n" in text and "  started  " in text
     out = run(cli_env, "workflows", "show", other, "--json")
     doc = json.loads(out.stdout)
-    assert doc["id"] == other and doc["history"][0]["what"] == "started" and doc["history_dropped"] == 0
+    assert doc["id"] == other and doc["history"][0]["what"] == "started" and doc["history_dropped"] == 4
     assert doc["waiting_for"] is None and doc["wake_at"] is None and doc["attempts"] == 0
     # And an unknown run, a bad status, no MongoDB: one error line each, with their exit statuses
     out = run(cli_env, "workflows", "show", "nosuchrun")
