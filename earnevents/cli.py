@@ -16,6 +16,11 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents scheduled list [--event NAME] [--limit N] [--offset N] [--json]
     earnevents scheduled cancel ID [ID ...] [--yes]
     earnevents scheduled rebuild [--since DURATION] [--yes]
+    earnevents workflows list [--workflow NAME] [--status STATUS] [--limit N] [--offset N] [--json]
+    earnevents workflows show RUN_ID [--json]
+    earnevents workflows cancel RUN_ID [--yes]
+    earnevents workflows resume RUN_ID [--at-step STEP] [--yes]
+    earnevents workflows signal NAME [--payload JSON] [--run RUN_ID]
 
 ``earnevents events`` lists the event registry: every ``define_event`` with its
 description, schema, codes and metadata, and the handlers and receivers subscribed
@@ -33,10 +38,14 @@ application's modules as ``earnevents events`` does, and needs MongoDB. When no
 imported model declares a scheduled event it has nothing to do and says so, with
 exit status 1: the likely cause is that the application's modules were not found.
 
+``earnevents workflows`` looks at workflow runs (MongoDB, needed), cancels and resumes
+them and sends signals. ``resume`` and ``signal`` import the application's modules as
+``earnevents events`` does: they need the workflows' definitions (the steps, the Context).
+
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
-handlers again (retry, remove, purge, replay, cancel, rebuild --since) ask for confirmation on a terminal; with
-stdin not a terminal they refuse (exit 2) unless given --yes.
+handlers again (retry, remove, purge, replay, cancel, rebuild --since, workflows cancel|resume)
+ask for confirmation on a terminal; with stdin not a terminal they refuse (exit 2) unless given --yes.
 
 Exit status: 0 done; 1 a runtime error (an id not found, the others still
 handled; Redis or MongoDB unreachable; confirmation declined); 2 bad usage or
@@ -73,6 +82,9 @@ from .logtext import escape
 from .models import automations
 from .redact import redact_uri
 from .schedule import ScheduledEvent
+from .workflows import engine as workflow_engine
+from .workflows.runs import STATUSES as RUN_STATUSES
+from .workflows.runs import Run
 
 USAGE = 2
 """Exit status for bad usage or configuration."""
@@ -367,6 +379,8 @@ async def _run(args: argparse.Namespace) -> int:
             return await _run_events(args)
         if args.group == "scheduled":
             return await _run_scheduled(args)
+        if args.group == "workflows":
+            return await _run_workflows(args)
         if args.command == "list":
             jobs = await event_bus.get_failed_jobs(args.limit, args.offset, args.event, args.handler)
             if args.json:
@@ -477,7 +491,8 @@ def _add_event_log(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="earnevents",
-        description="Failed jobs, dead letters, the event registry, the event log and the delay schedule.",
+        description="Failed jobs, dead letters, the event registry, the event log, the delay schedule "
+        "and workflow runs.",
     )
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
@@ -516,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_yes(remove)
     _add_scheduled(groups)
     _add_event_log(_add_events(groups))
+    _add_workflows(groups)
     return parser
 
 
@@ -556,6 +572,158 @@ def _add_scheduled(groups: Any) -> None:
     )
     rebuild.set_defaults(since=None, since_text=None)
     _add_yes(rebuild)
+
+
+# --- earnevents workflows: workflow runs ---------------------------------------------
+
+
+def _add_workflows(groups: Any) -> None:
+    workflows = groups.add_parser(
+        "workflows", help="workflow runs: list, show, cancel, resume; send signals"
+    ).add_subparsers(dest="command", required=True)
+    lst = workflows.add_parser(
+        "list",
+        help="runs, newest first",
+        description="Workflow runs, newest first: id, created (UTC), workflow, status, step, wake-up time.",
+    )
+    lst.add_argument("--workflow", help="only runs of this workflow")
+    lst.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    lst.add_argument("--limit", type=_count_arg, default=100)
+    lst.add_argument("--offset", type=_count_arg, default=0)
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = workflows.add_parser("show", help="one run: its state, Context, error and history")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="the run as one JSON document")
+    cancel = workflows.add_parser(
+        "cancel", help="cancel a run that has not ended (exit status 1 if it had)", description="Cancel a run."
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    _add_yes(cancel)
+    what = (
+        "Run a failed or cancelled run again, from its step or --at-step (e.g. a step a deploy removed). "
+        "Imports the application's modules (EARNEVENTS_HANDLER_MODULES, EARNEVENTS_AUTODISCOVER)."
+    )
+    resume = workflows.add_parser("resume", help="run a failed or cancelled run again", description=what)
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("--at-step", metavar="STEP", help="the step to resume at (default: the run's step)")
+    _add_yes(resume)
+    what = (
+        "Wake the runs waiting on wait(NAME) (only RUN_ID with --run), the payload merged into their Context; "
+        "prints how many woke. Imports the application's modules, as resume does."
+    )
+    signal = workflows.add_parser("signal", help="send a signal to waiting runs", description=what)
+    signal.add_argument("name", metavar="NAME")
+    signal.add_argument("--payload", metavar="JSON", help="a JSON object merged into the Context of the runs woken")
+    signal.add_argument("--run", metavar="RUN_ID", help="only this run")
+
+
+def _time(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_line(run: Run) -> str:
+    line = f"{escape(run.id)}  {_time(run.created_at)}  {escape(run.workflow)}  {run.status}  {escape(run.step)}"
+    if run.wake_at is not None:
+        line += f"  wakes {_time(run.wake_at)}"
+    if run.error:
+        line += f"  {escape(run.error)}"
+    return line
+
+
+def _run_text(run: Run) -> list[str]:
+    waiting = run.waiting_for
+    lines = [
+        f"run        {escape(run.id)}",
+        f"workflow   {escape(run.workflow)}",
+        f"status     {run.status}",
+        f"step       {escape(run.step)}",
+        f"context    {escape(json.dumps(run.context, sort_keys=True))}",
+        f"waiting    {'-' if not waiting else escape(json.dumps(waiting, sort_keys=True))}",
+        f"wake at    {_time(run.wake_at)}",
+        f"attempts   {run.attempts}",
+        f"created    {_time(run.created_at)}",
+        f"updated    {_time(run.updated_at)}",
+    ]
+    if run.entity:
+        lines.append(f"entity     {escape(str(run.entity.get('model')))} {escape(str(run.entity.get('id')))}")
+    if run.result is not None:
+        lines.append(f"result     {escape(json.dumps(run.result, sort_keys=True))}")
+    if run.error:
+        lines.append(f"error      {escape(run.error)}")
+    if run.traceback:
+        lines.append("traceback")
+        lines.extend("  " + escape(text) for text in run.traceback.rstrip().splitlines())
+    dropped = f" ({run.history_dropped} older line(s) dropped)" if run.history_dropped else ""
+    lines.append(f"history{dropped}")
+    for entry in run.history:
+        details = {key: value for key, value in entry.items() if key not in ("at", "what")}
+        text = f"  {_time(entry.get('at'))}  {escape(str(entry.get('what')))}"
+        if details:
+            text += "  " + escape(json.dumps(details, sort_keys=True, default=str))
+        lines.append(text)
+    return lines
+
+
+def _signal_payload(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--payload is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise UsageError(f"--payload must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+async def _run_workflows(args: argparse.Namespace) -> int:
+    """``earnevents workflows list|show|cancel|resume|signal``: workflow runs in MongoDB."""
+    if not runtime.current().settings.mongo_uri:
+        raise UsageError(
+            "workflow runs live in MongoDB, and none is configured: "
+            "set EARNEVENTS_MONGO_URI (and EARNEVENTS_DATABASE) or pass --mongo-uri / --database"
+        )
+    if args.command == "list":
+        runs = await workflow_engine.find_runs(args.workflow, args.status, None, args.limit, args.offset)
+        if args.json:
+            for run in runs:
+                print(json.dumps(run.to_dict(), default=str))
+        else:
+            print(f"{len(runs)} run(s)" + (f" from {args.offset}" if args.offset else ""))
+            for run in runs:
+                print(_run_line(run))
+        return 0
+    if args.command == "show":
+        run = await workflow_engine.get_run(args.run_id)
+        if args.json:
+            print(json.dumps(run.to_dict(), indent=2, default=str))
+        else:
+            print("\n".join(_run_text(run)))
+        return 0
+    if args.command == "cancel":
+        run = await workflow_engine.get_run(args.run_id)
+        confirm(f"cancel workflow run {escape(run.id)} ({escape(run.workflow)}, {run.status})", args.yes)
+        if not await workflow_engine.cancel(run.id):
+            current = await workflow_engine.get_run(run.id)
+            print(f"error: run {escape(run.id)} is {current.status}: nothing to cancel", file=sys.stderr)
+            return FAILURE
+        print(f"cancelled {escape(run.id)}")
+        return 0
+    # resume and signal need the workflows' definitions: what a worker imports
+    _import_app_modules(Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database))
+    if args.command == "resume":
+        run = await workflow_engine.get_run(args.run_id)
+        step = args.at_step or run.step
+        what = f"resume workflow run {escape(run.id)} ({escape(run.workflow)}, {run.status}) at step {escape(step)}"
+        confirm(what, args.yes)
+        await workflow_engine.resume(run.id, at_step=args.at_step)
+        print(f"resumed {escape(run.id)} at step {escape(step)}")
+        return 0
+    woken = await workflow_engine.signal(args.name, _signal_payload(args.payload), run_id=args.run)
+    print(f"signal {escape(args.name)} woke {woken} run(s)")
+    return 0
 
 
 # --- earnevents events: the event registry ------------------------------------------

@@ -105,6 +105,12 @@ def workflows_rebuilt(queue: str) -> str:
     return f"{PREFIX}:{queue}:workflows"
 
 
+def workflows_rebuilding(queue: str, token: str) -> str:
+    """Exists while one worker sends ``queue``'s active runs' messages again: gone at its end
+    means Redis lost its data meanwhile, and what was sent before then with it."""
+    return f"{PREFIX}:{queue}:workflows:rebuilding:{token}"
+
+
 def workflows_lock(queue: str) -> str:
     """Held (with a TTL) by the one worker sending ``queue``'s workflow runs' messages again."""
     return f"{PREFIX}:{queue}:workflows:lock"

@@ -94,6 +94,16 @@ return 1
 """
 
 
+# KEYS: a rebuild's guard key (set when it began), the rebuilt marker set. ARGV: the member
+# to add. Marks the rebuild done if the guard is still there, i.e. Redis did not lose its
+# data (and what the rebuild had put back before then) while it ran. Returns 1 if marked.
+MARK_REBUILT_SCRIPT = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 def schedule_keys(queue: str) -> list[str]:
     return [keys.scheduled_zset(queue), keys.scheduled_payloads(queue), keys.scheduled_names(queue)]
 

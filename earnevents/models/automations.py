@@ -443,7 +443,8 @@ async def rebuild(
                 scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
                 pending = []
         scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
-        if not await redis.eval(_MARK, 2, guard, keys.occurrences_rebuilt(queue), model.__name__):
+        marker = keys.occurrences_rebuilt(queue)
+        if not await redis.eval(schedule.MARK_REBUILT_SCRIPT, 2, guard, marker, model.__name__):
             log.warning(
                 "Redis lost its data while %s's scheduled events in %s were rebuilt: not marked rebuilt, "
                 "so the workers rebuild them again",
@@ -467,14 +468,6 @@ async def rebuild(
 
 _GUARD_MS = 86_400_000
 """The longest a rebuild of one model may take before it cannot tell whether Redis lost its data."""
-
-# KEYS: the rebuild's guard, the rebuilt marker set. ARGV: the model name. Marks the model
-# rebuilt if the guard is still there (Redis did not lose its data during the rebuild).
-_MARK = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings, occurrences, startup
+from . import appsettings, occurrences, startup, workflow_rebuild
 from . import eventlog as eventlog_writer
 from . import workflows as _workflows  # noqa: F401  (registers the workflow handler)
 from .completions import Completions
@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)
     app.steps["worker"].add(occurrences.OccurrencesStep)
+    app.steps["worker"].add(workflow_rebuild.WorkflowRebuildStep)
 
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -18,6 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -73,15 +74,34 @@ def _message(run: Run) -> tuple[str, str, str]:
     return event_id, event.name, payload
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """The message that moves a run on from its current state: an ``(id, event name, message)``
+    triple for ``queue``, sent now (``at`` None) or parked in the delay schedule until ``at``."""
+
+    queue: str
+    triple: tuple[str, str, str]
+    at: float | None = None
+
+
+def outgoing(run: Run) -> Outgoing | None:
+    """What :func:`schedule_run` sends for ``run`` (None: nothing moves it on by itself: it
+    ended, or it waits without a timeout). Pure, so workers' threads without a runtime
+    can send it again with their own clients (``workflows.recovery``)."""
+    if run.status == RUNNING:
+        return Outgoing(run.queue, _message(run))
+    if run.status in (SLEEPING, WAITING) and run.wake_at is not None:
+        _, name, payload = _message(run)
+        return Outgoing(run.queue, (keys.workflow_wake(run.id), name, payload), at=run.wake_at)
+    return None
+
+
 async def schedule_run(run: Run) -> None:
     """Send what moves ``run`` on from its current state (idempotent: the same message
     ids, so sending again delivers once): its step now, or its wake-up at ``wake_at``."""
-    bus = runtime.current().event_bus
-    event_id, name, payload = _message(run)
-    if run.status == RUNNING:
-        await bus.enqueue([(event_id, name, payload)], queue=run.queue)
-    elif run.status in (SLEEPING, WAITING) and run.wake_at is not None:
-        await bus.enqueue([(keys.workflow_wake(run.id), name, payload)], queue=run.queue, at=run.wake_at)
+    out = outgoing(run)
+    if out is not None:
+        await runtime.current().event_bus.enqueue([out.triple], queue=out.queue, at=out.at)
 
 
 async def withdraw_wake(run: Run) -> None:
@@ -313,6 +333,8 @@ class Engine:
                 "attempts": 0,
                 "error": None,
                 "traceback": None,
+                "waiting_for": None,
+                "wake_at": None,
                 "step_started_at": None,
             },
             runs.line("resumed", step=target),
