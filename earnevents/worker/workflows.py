@@ -86,7 +86,8 @@ async def _time_out(run: Run) -> None:
     target = waiting.get("on_timeout")
     if target is None:
         changes: dict[str, Any] = {"status": FAILED, "error": f"timed out waiting for {what}", "wake_at": None}
-        await runs.transition(run, (WAITING,), changes, runs.line("timed out", waiting_for=what))
+        if await runs.transition(run, (WAITING,), changes, runs.line("timed out", waiting_for=what)) is None:
+            await runs.note(run.id, runs.line("timeout lost: the run had moved on", waiting_for=what))
         return
     moved = await runs.transition(
         run,
