@@ -94,6 +94,15 @@ class WorkflowSpec:
 registry: dict[str, WorkflowSpec] = {}
 """Declared workflows by name (this process: a worker imports them with its handler modules)."""
 
+_listeners: list[Callable[[], None]] = []
+
+
+def on_declared(listener: Callable[[], None]) -> None:
+    """Call ``listener`` now and after every workflow declared from now on (the worker's
+    event bridge subscribes to the events the declared workflows start on or wait for)."""
+    _listeners.append(listener)
+    listener()
+
 
 def step(start: bool = False, retry: Retry | None = None) -> Callable[[F], F]:
     """Make a method a step of its workflow; ``start=True`` for the one it starts with.
@@ -160,6 +169,8 @@ def _register(spec: WorkflowSpec) -> None:
         )
     registry[spec.name] = spec
     spec.cls.__workflow__ = spec  # type: ignore[attr-defined]
+    for listener in _listeners:
+        listener()
 
 
 def _where(cls: type) -> str:
