@@ -106,7 +106,10 @@ def test_the_bridge_is_left_out_of_the_handler_listing():
 
 
 async def test_a_reminder_before_check_in_follows_its_reservation(models_env, worker):
-    # Given the seed's PreArrivalReminder (3 s before checkin_due) and a pending reservation
+    # Given a checkin_due event about a Reservation sent by someone else (entity_type filters it out)
+    about = {"entity": {"model": "Reservation", "id": "0" * 24}}
+    await models_env.event_bus.publish(Event(name="checkin_due", data={}, metadata=about), sender="Importer")
+    # And the seed's PreArrivalReminder (3 s before checkin_due) and a pending reservation
     checkin = soon(30)
     reservation = await Reservation(token=token(), checkin_at=checkin).create()
     rid = str(reservation.id)
@@ -148,6 +151,7 @@ async def test_a_reminder_before_check_in_follows_its_reservation(models_env, wo
     # And when checkin_due itself fires, nothing more starts
     await asyncio.sleep(max(0.0, checkin.timestamp() + 1.5 - time.time()))
     assert len(await runs_of("PreArrivalReminder", str(other.id))) == 1
+    assert len(await runs_of("PreArrivalReminder")) == 2  # none for the Importer's event
 
 
 async def test_wait_for_event_is_woken_by_a_published_event_that_matches(models_env, worker):

@@ -29,12 +29,15 @@ from .. import patterns
 from ..event import Event
 from ..handlers import dotted_name, occurrence_event_name
 from ..handlers import registry as handlers
+from ..logtext import get_logger
 from ..retry import RetryPolicy
 from ..workflows import runs
 from ..workflows.definitions import EventTrigger, WorkflowSpec, on_declared
 from ..workflows.definitions import registry as workflows
 from ..workflows.engine import deliver, engine, schedule_run, withdraw_wake
 from ..workflows.runs import CANCELLED, SLEEPING
+
+log = get_logger(__name__)
 
 POLICY = RetryPolicy(max_retries=10, interval_start=1.0, interval_step=2.0, interval_max=30.0)
 """The bridge fails only when MongoDB or Redis does: tried again for about four minutes."""
@@ -74,16 +77,23 @@ async def bridge(event: Event) -> None:
     awaited = any(event.name in spec.awaited_events for spec in workflows.values())
     if awaited:
         await deliver("event", event.name, event.data, None, key=event.id)
+    errors: list[Exception] = []
     for spec in list(workflows.values()):
         trigger = spec.trigger
         if trigger is None or (trigger.entity_type is not None and event.sender != trigger.entity_type):
             continue
-        if event.name == trigger.event_name:
-            await _occurred(spec, trigger, event)
-        elif trigger.offset_minutes < 0 and event.name == occurrence_event_name(trigger.event_name, "created"):
-            await _scheduled(spec, trigger, event)
-        elif trigger.offset_minutes < 0 and event.name == occurrence_event_name(trigger.event_name, "cancelled"):
-            await _unscheduled(spec, event)
+        try:
+            if event.name == trigger.event_name:
+                await _occurred(spec, trigger, event)
+            elif trigger.offset_minutes < 0 and event.name == occurrence_event_name(trigger.event_name, "created"):
+                await _scheduled(spec, trigger, event)
+            elif trigger.offset_minutes < 0 and event.name == occurrence_event_name(trigger.event_name, "cancelled"):
+                await _unscheduled(spec, event)
+        except Exception as exc:  # one workflow's failing create_context does not keep the others from starting
+            log.warning("workflow %s could not start on event %s %s: %s", spec.name, event.name, event.id, exc)
+            errors.append(exc)
+    if errors:
+        raise errors[0]  # the job is retried: the runs that started are not started again
 
 
 # --- starting on the event --------------------------------------------------------------
