@@ -242,3 +242,28 @@ async def _status(run_id: str, status: str) -> bool:
 
 async def _count(workflow: str, expected: int) -> bool:
     return len(await runs_of(workflow)) == expected
+
+
+async def test_announcements_handled_out_of_order_leave_the_latest_due_time(models_env):
+    from earnevents.worker import workflow_events
+
+    # Given a reservation's occurrence announced, then moved, then a cancel of the first time
+    # (as three writes publish them), handled by the bridge in the reverse order
+    entity = {"model": "Reservation", "id": "1" * 24}
+    about = {"entity": entity, "model": "Reservation", "sender": "Reservation"}
+    first, second = soon(60), soon(90)
+    at = dt.datetime.now(dt.timezone.utc)
+
+    def announced(name: str, data: dict, later_ms: int) -> Event:
+        data = {"id": entity["id"], **data}
+        return Event(name=name, data=data, metadata=about, timestamp=at + dt.timedelta(milliseconds=later_ms))
+
+    created = announced("checkin_due:created", {"due_at": first, "previous_due_at": None}, 0)
+    stale_cancel = announced("checkin_due:cancelled", {"due_at": first, "reason": "condition"}, 1)
+    moved = announced("checkin_due:created", {"due_at": second, "previous_due_at": first}, 2)
+    for event in (moved, stale_cancel, created, moved):
+        await workflow_events.bridge(event)
+    # Then one run sleeps, until 3 s before the latest due time
+    [run] = await runs_of("PreArrivalReminder", entity["id"])
+    assert run.status == "sleeping"
+    assert run.wake_at == pytest.approx(second.timestamp() - 3, abs=0.01)

@@ -154,59 +154,74 @@ async def _occurred(spec: WorkflowSpec, trigger: EventTrigger, event: Event) -> 
     await engine._start(spec, {"event": event}, run_id=_id(spec.name, event.id), entity=entity, wake_at=wake_at)
 
 
-async def _pending(spec: WorkflowSpec, entity: dict[str, str], due_ms: int) -> runs.Run | None:
-    """The run created for the occurrence due at ``due_ms`` that is still asleep before its start."""
+async def _pending(spec: WorkflowSpec, entity: dict[str, str]) -> tuple[runs.Run, dict[str, Any]] | None:
+    """The run created for the document's pending occurrence (a model keeps one per document
+    and definition), still asleep before its start; with its ``trigger`` (``due_ms``, and
+    ``announced_at``: the time of the announcement that put it there)."""
     doc = await runs.collection().find_one(
         {
             "workflow": spec.name,
             "entity.model": entity["model"],
             "entity.id": entity["id"],
-            "trigger.due_ms": due_ms,
+            "trigger": {"$ne": None},
             "status": SLEEPING,
             "visit": 0,
         }
     )
-    return None if doc is None else runs.Run.from_doc(doc)
+    return None if doc is None else (runs.Run.from_doc(doc), dict(doc["trigger"]))
+
+
+def _announced(trigger: dict[str, Any]) -> float:
+    value = trigger.get("announced_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 async def _scheduled(spec: WorkflowSpec, trigger: EventTrigger, event: Event) -> None:
-    """``<name>:created``: create the run sleeping until due + offset, or move the one
-    created for the occurrence's previous due time."""
+    """``<name>:created``: create the run sleeping until due + offset, or move the pending one.
+
+    The announcements of one document come from its writes, in order of their time; one
+    handled late (a retry, another worker that was slower) is older than what the pending
+    run was last set from, and changes nothing.
+    """
     entity = _entity(event)
     due_ms = _due_ms(event.data.get("due_at"))
     if entity is None or due_ms is None:
         return
     wake_at = due_ms / 1000 + trigger.offset_minutes * 60
-    previous = _due_ms(event.data.get("previous_due_at"))
-    if previous is not None:
-        run = await _pending(spec, entity, previous)
-        if run is not None:
-            moved = await runs.transition(
-                run,
-                (SLEEPING,),
-                {"wake_at": wake_at, "trigger": {"due_ms": due_ms}},
-                runs.line("moved", due_at=due_ms / 1000, wake_at=wake_at),
-            )
-            if moved is not None:
-                await withdraw_wake(moved)
-                await schedule_run(moved)
-                return
+    announced = event.timestamp.timestamp()
+    now = {"due_ms": due_ms, "announced_at": announced}
+    pending = await _pending(spec, entity)
+    if pending is not None:
+        run, was = pending
+        if _announced(was) >= announced:
+            return  # this announcement again, or an older one
+        moved = await runs.transition(
+            run,
+            (SLEEPING,),
+            {"wake_at": wake_at, "trigger": now},
+            runs.line("moved", due_at=due_ms / 1000, wake_at=wake_at),
+        )
+        if moved is None:
+            raise RuntimeError(f"workflow run {run.id} changed while its wake-up was moved; trying again")
+        await withdraw_wake(moved)
+        await schedule_run(moved)
+        return
     run_id = _occurrence_run_id(spec, trigger, entity, due_ms)
     doc = await runs.collection().find_one({"_id": run_id, "status": CANCELLED, "visit": 0, "trigger.cancelled": True})
     if doc is not None:
+        if _announced(doc["trigger"]) >= announced:
+            return  # cancelled by a later write
         # scheduled again at the same time after its occurrence was cancelled (a status toggled)
         revived = await runs.transition(
             runs.Run.from_doc(doc),
             (CANCELLED,),
-            {"status": SLEEPING, "wake_at": wake_at, "trigger": {"due_ms": due_ms}},
+            {"status": SLEEPING, "wake_at": wake_at, "trigger": now},
             runs.line("scheduled again", due_at=due_ms / 1000, wake_at=wake_at),
         )
         if revived is not None:
             await schedule_run(revived)
         return
-    await engine._start(
-        spec, {"event": event}, run_id=run_id, entity=entity, wake_at=wake_at, trigger={"due_ms": due_ms}
-    )
+    await engine._start(spec, {"event": event}, run_id=run_id, entity=entity, wake_at=wake_at, trigger=now)
 
 
 async def _unscheduled(spec: WorkflowSpec, event: Event) -> None:
@@ -215,13 +230,15 @@ async def _unscheduled(spec: WorkflowSpec, event: Event) -> None:
     due_ms = _due_ms(event.data.get("due_at"))
     if entity is None or due_ms is None:
         return
-    run = await _pending(spec, entity, due_ms)
-    if run is None:
+    pending = await _pending(spec, entity)
+    announced = event.timestamp.timestamp()
+    if pending is None or pending[1].get("due_ms") != due_ms or _announced(pending[1]) >= announced:
         return
+    run = pending[0]
     cancelled = await runs.transition(
         run,
         (SLEEPING,),
-        {"status": CANCELLED, "wake_at": None, "trigger": {"due_ms": due_ms, "cancelled": True}},
+        {"status": CANCELLED, "wake_at": None, "trigger": {**pending[1], "cancelled": True, "announced_at": announced}},
         runs.line("cancelled", by=f"{event.name} ({event.data.get('reason')})"),
     )
     if cancelled is not None:
