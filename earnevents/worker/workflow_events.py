@@ -8,7 +8,9 @@ workflow needs (subscribed again whenever another workflow is declared):
   matched by ``match`` (and kept a day for runs whose step is still running);
 - the event an ``@event_workflow`` starts on, and, for a negative offset, that
   event's ``<name>:created`` / ``<name>:cancelled`` announcements (a model's
-  scheduled event): the run is started, created sleeping, moved or cancelled.
+  scheduled event): the run is started, created sleeping, moved or cancelled. A
+  negative-offset workflow has one pending run per document, as the model has one
+  pending occurrence: announcements handled out of order leave the latest one's time.
 
 It runs as a normal job of the event (retried, delivered once per event id), so
 whoever publishes the event (``event_bus.publish``, a model's events, a scheduled
