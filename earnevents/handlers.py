@@ -50,6 +50,9 @@ class Handler:
     """Registered with ``@on``: called ``func(sender, **data, event=)`` rather than ``func(event)``."""
     invoke: Callable[[Event], Any] | None = field(default=None, repr=False, compare=False)
     """How to call ``func`` with an event, when not as ``func(event)``."""
+    internal: bool = False
+    """earnevents' own subscription (the workflow event bridge): runs like any other, but is
+    left out of :meth:`HandlerRegistry.handlers` (the listing and strict mode's check)."""
     call: Callable[[Event], Any] = field(init=False, repr=False, compare=False)
     """What the worker calls with the event: ``invoke``, else ``func``."""
 
@@ -116,10 +119,12 @@ class HandlerRegistry:
         receiver: bool = False,
         invoke: Callable[[Event], Any] | None = None,
         what: str = "event_handler",
+        internal: bool = False,
     ) -> list[Handler]:
         """Subscribe ``func`` to each of ``event_names`` (names or patterns); one Handler each.
 
-        ``what`` names the decorator in error messages. TypeError/ValueError for a bad
+        ``what`` names the decorator in error messages; ``internal``: see :attr:`Handler.internal`.
+        TypeError/ValueError for a bad
         name, pattern or sender, and ValueError when another function is registered
         under the same dotted name.
         """
@@ -143,6 +148,7 @@ class HandlerRegistry:
                 sender=sender_name,
                 receiver=receiver,
                 invoke=invoke,
+                internal=internal,
             )
             for event_name in subscribed
         )
@@ -224,8 +230,9 @@ class HandlerRegistry:
         return list(self._matching(event_name)[0])
 
     def handlers(self) -> list[Handler]:
-        """Every subscription, in registration order (a function on several events: one each)."""
-        return [h for handlers in self._by_name.values() for h in handlers]
+        """Every subscription, in registration order (a function on several events: one each);
+        earnevents' internal ones left out."""
+        return [h for handlers in self._by_name.values() for h in handlers if not h.internal]
 
     def subscribed(self, name: str, event_name: str) -> bool | None:
         """Whether the handler called ``name`` subscribes to ``event_name``; None if it is not registered."""

@@ -38,6 +38,7 @@ from ..keys import TASK_NAME
 from ..logtext import get_logger
 from . import appsettings, occurrences, startup, workflow_rebuild
 from . import eventlog as eventlog_writer
+from . import workflow_events as _workflow_events  # noqa: F401  (subscribes the workflow event bridge)
 from . import workflows as _workflows  # noqa: F401  (registers the workflow handler)
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures

@@ -121,7 +121,9 @@ def wait_for_event(
 
     ``match`` (data field -> value) wakes only on events whose data has those values.
     ``timeout`` (a timedelta or seconds) goes to ``on_timeout`` (None: fail the run) if no
-    such event came first.
+    such event came first. Write ``name`` as a literal string in the step: workers subscribe
+    to the names they find so (``earnevents.worker.workflow_events``); a name computed at
+    run time is woken only by events some literal wait subscribes to.
     """
     names.check_event_name(name, "wait_for_event's event name")
     if match is not None and not isinstance(match, Mapping):

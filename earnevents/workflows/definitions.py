@@ -94,6 +94,15 @@ class WorkflowSpec:
 registry: dict[str, WorkflowSpec] = {}
 """Declared workflows by name (this process: a worker imports them with its handler modules)."""
 
+_listeners: list[Callable[[], None]] = []
+
+
+def on_declared(listener: Callable[[], None]) -> None:
+    """Call ``listener`` now and after every workflow declared from now on (the worker's
+    event bridge subscribes to the events the declared workflows start on or wait for)."""
+    _listeners.append(listener)
+    listener()
+
 
 def step(start: bool = False, retry: Retry | None = None) -> Callable[[F], F]:
     """Make a method a step of its workflow; ``start=True`` for the one it starts with.
@@ -134,10 +143,17 @@ def event_workflow(
 ) -> Callable[[C], C]:
     """Declare a workflow started when ``event_name`` occurs, with ``create_context(event=...)``.
 
-    ``offset_minutes`` > 0 starts it that long after the event's time, < 0 before it
-    (for a model's scheduled event: when the occurrence is scheduled; for other events:
-    at once). ``entity_type`` (a model class or its name) starts it only for that
-    model's events. ``name`` defaults to the class name.
+    ``offset_minutes`` > 0 starts it that long after the event's time (a scheduled model
+    event's ``due_at``, else the event's timestamp): the run is created ``sleeping`` until
+    then. < 0 starts it before: for a model's scheduled event (``EventDefinition`` with a
+    ``date_field``) the run is created ``sleeping`` when the occurrence is scheduled (its
+    ``<name>:created`` event, which ``create_context`` then receives: same entity, data
+    ``id``/``due_at``), moved when the occurrence moves, cancelled when it is cancelled; the
+    event itself starts nothing more (a run is started then, late, only if none was
+    created: the workflow was declared after the occurrence was scheduled). Any other
+    event has no time known in advance: a negative offset starts the run at once.
+    An event delivered twice (same id) starts one run. ``entity_type`` (a model class or
+    its name) starts it only for that model's events. ``name`` defaults to the class name.
     """
     names.check_event_name(event_name, "event_workflow's event name")
     if isinstance(offset_minutes, bool) or not isinstance(offset_minutes, (int, float)):
@@ -160,6 +176,8 @@ def _register(spec: WorkflowSpec) -> None:
         )
     registry[spec.name] = spec
     spec.cls.__workflow__ = spec  # type: ignore[attr-defined]
+    for listener in _listeners:
+        listener()
 
 
 def _where(cls: type) -> str:
@@ -223,9 +241,9 @@ def _literal_targets(func: Callable[..., Any], awaited: set[str]) -> list[str]:
             if len(node.args) > position:
                 values.append(node.args[position])
             values += [k.value for k in node.keywords if k.arg == keyword]
-        if called == "wait_for_event" and node.args and isinstance(node.args[0], ast.Constant):
-            if isinstance(node.args[0].value, str):
-                awaited.add(node.args[0].value)
+        if called == "wait_for_event":
+            given = node.args[:1] + [k.value for k in node.keywords if k.arg == "name"]
+            awaited.update(v.value for v in given if isinstance(v, ast.Constant) and isinstance(v.value, str))
         for value in values:
             if isinstance(value, ast.Constant) and isinstance(value.value, str):
                 found.append(value.value)

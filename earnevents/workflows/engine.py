@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
+from pymongo.errors import DuplicateKeyError
 
 from .. import keys, message, names, runtime, schedule
 from ..errors import EarnEventsError
@@ -242,7 +243,11 @@ class Engine:
         run_id: str | None = None,
         entity: Mapping[str, str] | None = None,
         wake_at: float | None = None,
+        trigger: Mapping[str, Any] | None = None,
     ) -> str:
+        """Insert and schedule a run; with a ``run_id`` that exists already (an event
+        delivered twice) nothing new starts: that run's message is sent again if it is
+        still at its first version (the first try may have died between the two)."""
         context = spec.cls.create_context(**kwargs)  # type: ignore[attr-defined]
         if not isinstance(context, spec.context_class):
             raise TypeError(
@@ -264,7 +269,15 @@ class Engine:
             "entity": dict(entity) if entity else None,
             "queue": env.settings.queue_name,
         }
-        await runs.insert(doc, runs.line("started", step=spec.start, wake_at=wake_at))
+        if trigger is not None:
+            doc["trigger"] = dict(trigger)
+        try:
+            await runs.insert(doc, runs.line("started", step=spec.start, wake_at=wake_at))
+        except DuplicateKeyError:
+            existing = await runs.get(run_id)
+            if existing is not None and existing.version == 0 and existing.status in ACTIVE:
+                await schedule_run(existing)
+            return run_id
         run = await runs.get(run_id)
         assert run is not None
         await schedule_run(run)
