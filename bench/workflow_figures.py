@@ -6,10 +6,16 @@
    step/task does one Redis INCR. earnevents persists each step (read the run, mark the
    step started, compare-and-set its outcome: three MongoDB operations, then one queue
    message); a Celery chain persists nothing (the rest of the chain rides in the message).
+   ``start_per_s``: how fast the runs were started (``engine.start``, 100 at a time with
+   ``asyncio.gather``: a MongoDB insert and read and a queue message each) against
+   ``chain(...).apply_async()`` one after the other.
 10: signal -> next step start: ``n`` runs wait on ``wait("bench.go")``, one signal per
    run at ``rate``/s; the next step records ``time.time()`` minus the time taken just
    before ``engine.signal``. Celery has no equivalent: its column is a plain task's
-   publish -> start at the same rate (figure 6's measure), a reference line only.
+   publish -> start at the same rate (figure 6's measure), a reference line only. The
+   latency includes the ``engine.signal`` call itself (the signal kept for late waiters,
+   the waiting run found and moved on by compare-and-set, its timeout withdrawn, its
+   message sent); its median is ``signal_call_ms`` in the raw results (not in the table).
 """
 
 from __future__ import annotations
