@@ -34,13 +34,21 @@ def unique(prefix: str) -> str:
 
 
 def earnevents_worker(
-    redis_url: str, queue: str, pool: str = "prefork", concurrency: int = 2, event_log: bool = False
+    redis_url: str,
+    queue: str,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    event_log: bool = False,
+    modules: str = "bench.handlers",
+    mongo_url: str = "",
+    database: str = "earnevents",
 ) -> WorkerProcess:
     env = {
         "EARNEVENTS_REDIS_URI": redis_url,
         "EARNEVENTS_QUEUE": queue,
-        "EARNEVENTS_MONGO_URI": "",
-        "EARNEVENTS_HANDLER_MODULES": "bench.handlers",
+        "EARNEVENTS_MONGO_URI": mongo_url,
+        "EARNEVENTS_DATABASE": database,
+        "EARNEVENTS_HANDLER_MODULES": modules,
         "EARNEVENTS_EVENT_LOG": "1" if event_log else "0",
         "PYTHONPATH": str(ROOT),
     }

@@ -56,3 +56,9 @@ def latency(payload: dict[str, Any]) -> None:
 @app.task(name="plain.tick")
 def tick(payload: dict[str, Any]) -> None:
     """Does nothing: what countdown tasks run in the memory figure (never, within it)."""
+
+
+@app.task(name="plain.step")
+def chain_step(payload: dict[str, Any]) -> None:
+    """One task of figure 9's 5-task chain: count it (same as a step of bench.workflow_defs)."""
+    client().incr(payload["key"])

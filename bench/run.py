@@ -7,6 +7,7 @@ bench/results/latest.json, the table to bench/results/summary.json.
 
     python -m bench.run [--quick] [--rounds N] [--only 1,4]
     python -m bench.run --only 4L     # the event log's cost: fig 4 with it on, as a ratio to off
+    python -m bench.run --only 9,10   # workflows (bench/workflow_figures.py), on the MongoDB stand-in
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from earnevents.testing import RedisServer
+from earnevents.testing import MongoServer, RedisServer
 
-from . import delayed_memory, figures
+from . import delayed_memory, figures, workflow_figures
 
 RESULTS = Path(__file__).parent / "results"
 SIDES = ("earnevents", "celery")
@@ -41,21 +43,25 @@ class Figure:
     title: str
     run: Callable[[str, str], dict[str, float]]  # (side, redis_url) -> metrics
     metrics: tuple[tuple[str, str, str], ...]  # (metric, better: "higher"|"lower", target text)
+    mongo: bool = False  # runs on the MongoDB stand-in (nx-27017), started only when such a figure is selected
 
 
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "n1": 300, "n2": 500, "n3": 2000, "n4": 2000, "n5": 3000, "n5a": 300, "lat_s": 3, "n7": 5000,
-            "io_threads": 100,
+            "io_threads": 100, "wf_n": 100, "wf_signals": 50, "wf_rate": 20,
         }  # fmt: skip
     return {
         "n1": 3000, "n2": 5000, "n3": 20000, "n4": 20000, "n5": 20000, "n5a": 2000, "lat_s": 20, "n7": 100_000,
-        "io_threads": 100,
+        "io_threads": 100, "wf_n": 1000, "wf_signals": 200, "wf_rate": 20,
     }  # fmt: skip
 
 
-def build(size: dict[str, Any]) -> list[Figure]:
+def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[Figure]:
+    """The figures; ``servers["mongo"]`` is the MongoDB URL of the workflow figures (set before they run)."""
+    mongo = servers if servers is not None else {}
+
     def fig5(side: str, url: str) -> dict[str, float]:
         # Same pool on both sides (prefork, 2 processes); earnevents packs 100 events per
         # message, so each process runs 100 async handlers at once.
@@ -128,6 +134,27 @@ def build(size: dict[str, Any]) -> list[Figure]:
             lambda side, url: figures.latency(side, url, 200, size["lat_s"]),
             (("p50_ms", "lower", "<= Celery"), ("p95_ms", "lower", "<= Celery"), ("p99_ms", "lower", "<= Celery")),
         ),
+        Figure(
+            "9",
+            f"workflow of 5 goto steps, runs persisted in MongoDB (stand-in), vs chains of 5 tasks, prefork -c 2, "
+            f"{size['wf_n']} runs",
+            lambda side, url: workflow_figures.throughput(side, url, mongo["mongo"], size["wf_n"]),
+            (
+                ("steps_per_s", "higher", "report"),
+                ("runs_per_s", "higher", "report"),
+                ("start_per_s", "higher", "report"),
+            ),
+            mongo=True,
+        ),
+        Figure(
+            "10",
+            f"signal -> next step start at {size['wf_rate']}/s (Celery: plain task publish -> start, a reference)",
+            lambda side, url: workflow_figures.signal_latency(
+                side, url, mongo["mongo"], size["wf_signals"], size["wf_rate"]
+            ),
+            (("p50_ms", "lower", "report"), ("p95_ms", "lower", "report"), ("p99_ms", "lower", "report")),
+            mongo=True,
+        ),
     ]
 
 
@@ -149,11 +176,16 @@ def main() -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     size = sizes(args.quick)
-    figs = [f for f in build(size) if not only or f.number in only]
+    servers: dict[str, str] = {}
+    figs = [f for f in build(size, servers) if not only or f.number in only]
     raw: dict[str, Any] = {"rounds": [], "sizes": size}
     started = time.monotonic()
 
-    with RedisServer() as plain, RedisServer(appendonly=True) as durable:
+    with ExitStack() as stack:
+        plain = stack.enter_context(RedisServer())
+        durable = stack.enter_context(RedisServer(appendonly=True))
+        if any(fig.mongo for fig in figs):
+            servers["mongo"] = stack.enter_context(MongoServer()).url
         for r in range(rounds):
             order = SIDES if r % 2 == 0 else SIDES[::-1]
             this_round: dict[str, Any] = {}
