@@ -72,7 +72,7 @@ async def _wake_up(run: Run) -> None:
     woken = await runs.transition(
         run,
         (SLEEPING,),
-        {"status": RUNNING, "wake_at": None, "waiting_for": None, "step_started_at": None},
+        {"status": RUNNING, "wake_at": None, "waiting_for": None, "step_started_at": time.time()},
         runs.line("retrying" if retry else "woke", step=run.step, attempt=run.attempts + 1 if retry else None),
         new_visit=not retry,
     )
@@ -98,7 +98,7 @@ async def _time_out(run: Run) -> None:
             "waiting_for": None,
             "wake_at": None,
             "attempts": 0,
-            "step_started_at": None,
+            "step_started_at": time.time(),
         },
         runs.line("timed out", waiting_for=what, step=target),
         new_visit=True,
@@ -118,7 +118,7 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
         )
         await runs.transition(run, (RUNNING,), {"status": FAILED, "error": error}, runs.line("failed", error=error))
         return
-    if run.step_started_at is None:  # signals arriving from now on count for a wait it returns
+    if run.step_started_at is None:  # a run stored without it: signals from now on count for its wait
         started = time.time()
         await runs.collection().update_one(
             {"_id": run.id, "version": run.version, "step_started_at": None}, {"$set": {"step_started_at": started}}
@@ -193,7 +193,9 @@ async def _step_failed(spec: WorkflowSpec, run: Run, step: StepSpec, context: di
 
 
 async def _apply(spec: WorkflowSpec, run: Run, step: StepSpec, command: Any, context: dict[str, Any]) -> None:
-    common = {"context": context, "attempts": 0, "error": None, "step_started_at": None}
+    # step_started_at: when the next step becomes runnable; a signal sent from then on counts
+    # for a wait it returns (set with the transition: no write of its own when the step starts)
+    common = {"context": context, "attempts": 0, "error": None, "step_started_at": time.time()}
     if not isinstance(command, Command):
         reason = (
             f"step {step.name} returned {type(command).__name__}; a step returns goto(...), sleep(...), "

@@ -202,7 +202,7 @@ async def wake(run: Run, payload: Mapping[str, Any], by: str) -> bool:
             "attempts": 0,
             "waiting_for": None,
             "wake_at": None,
-            "step_started_at": None,
+            "step_started_at": time.time(),  # the window in which a signal counts for a wait the step returns
         },
         runs.line("woken", by=by, step=target, ignored=ignored or None),
         new_visit=True,
@@ -210,7 +210,8 @@ async def wake(run: Run, payload: Mapping[str, Any], by: str) -> bool:
     if woken is None:
         await runs.note(run.id, runs.line("not woken: the run had moved on", by=by))
         return False
-    await withdraw_wake(woken)
+    if run.wake_at is not None:  # its timeout
+        await withdraw_wake(woken)
     await schedule_run(woken)
     return True
 
@@ -266,6 +267,7 @@ class Engine:
             "attempts": 0,
             "waiting_for": None,
             "wake_at": wake_at,
+            "step_started_at": time.time() if wake_at is None else None,
             "entity": dict(entity) if entity else None,
             "queue": env.settings.queue_name,
         }
@@ -348,7 +350,7 @@ class Engine:
                 "traceback": None,
                 "waiting_for": None,
                 "wake_at": None,
-                "step_started_at": None,
+                "step_started_at": time.time(),  # the window in which a signal counts for a wait the step returns
             },
             runs.line("resumed", step=target),
             new_visit=True,
