@@ -114,7 +114,7 @@ async def test_the_seeds_checkout_workflow_waits_falls_back_retries_and_fails(mo
     assert failed["attempt"] == 1 and len(lines(run, "retrying")) == 1
     assert run.context["docs_ready"] and run.context["notified"] and run.context["attempts"] == 2
     assert run.context["final_state"] == "ok" and run.error is None
-    assert not await scheduled_for(bus, waiting)  # its 90 min timeout was withdrawn
+    assert not await scheduled_for(bus, waiting)  # nothing left to move it on
     # And the held run was not woken by the documents: it waits for its signal
     assert (await engine.get_run(held)).status == "waiting"
 
@@ -211,3 +211,4 @@ async def test_runs_started_cancelled_and_resumed_and_signals_for_one_run(models
     for run_id in (second, cancelled):
         run = await ended(run_id)
         assert run.status == "completed" and run.result == {"note": "all"}
+    assert not await scheduled_for(bus, cancelled)  # the resumed wait's 30 s timeout was withdrawn
