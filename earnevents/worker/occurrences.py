@@ -18,21 +18,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from typing import Any
 
-from pymongo import AsyncMongoClient
-
-from .. import entities, keys, redisurl
+from .. import entities, keys
 from ..event import Event
 from ..handlers import dotted_name, registry
 from ..logtext import get_logger
 from ..models import automations
 from ..retry import RetryPolicy
 from . import appsettings
-from .periodic import RELEASE_LOCK, PeriodicThread, ThreadStep, consumed_queues
+from .periodic import ThreadStep, consumed_queues
+from .restore import RestoreThread
 
 log = get_logger(__name__)
 
@@ -42,9 +39,6 @@ tried again for about four minutes before it is recorded as a failed job."""
 
 INTERVAL = 1.0
 """Seconds between a worker's checks that the schedule still holds the models' occurrences."""
-
-LOCK_MS = 300_000
-"""How long one worker's rebuild may hold the lock before another may take over."""
 
 
 class MalformedOccurrenceError(ValueError):
@@ -89,22 +83,14 @@ if dotted_name(fire) != keys.OCCURRENCE_HANDLER:  # pragma: no cover - caught by
 registry.register_targeted(keys.OCCURRENCE_HANDLER, fire, POLICY)
 
 
-class Rebuilder(PeriodicThread):
+class Rebuilder(RestoreThread):
     """Rebuilds ``queue``'s model occurrences whenever Redis has lost them."""
 
     what = "occurrence rebuilder"
 
     def __init__(self, redis_uri: str, mongo_uri: str, database: str, queue: str, interval: float) -> None:
-        super().__init__(interval)
+        super().__init__(redis_uri, mongo_uri, database, interval)
         self.queue = queue
-        self._redis_uri = redis_uri
-        self._mongo_uri = mongo_uri
-        self._database = database
-        self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
-        self._release = self._redis.register_script(RELEASE_LOCK)
-
-    def close(self) -> None:
-        self._redis.close()
 
     def missing(self) -> list[Any]:
         """The scheduled models whose occurrences the schedule does not hold (never rebuilt,
@@ -123,15 +109,10 @@ class Rebuilder(PeriodicThread):
 
     def rebuild_missing(self) -> list[automations.Rebuilt]:
         """Rebuild the models :meth:`missing` names, if no other worker is doing it."""
-        models = self.missing()
-        if not models:
+        if not self.missing():
             return []
-        token = uuid.uuid4().hex
-        lock = keys.occurrences_lock(self.queue)
-        if not self._redis.set(lock, token, nx=True, px=LOCK_MS):
-            return []  # another worker rebuilds them
-        try:
-            models = self.missing()  # that worker may have finished just before
+        with self.locked(keys.occurrences_lock(self.queue)) as held:
+            models = self.missing() if held else []  # another worker may have finished just before
             if not models:
                 return []
             log.info(  # at a first start as after a loss: the rebuild's own line says what it added
@@ -140,18 +121,7 @@ class Rebuilder(PeriodicThread):
                 self.queue,
                 ", ".join(m.__name__ for m in models),
             )
-            return asyncio.run(self._rebuild(models))
-        finally:
-            self._release(keys=[lock], args=[token])
-
-    async def _rebuild(self, models: list[Any]) -> list[automations.Rebuilt]:
-        redis = redisurl.async_client(self._redis_uri, socket_timeout=10, socket_connect_timeout=5)
-        mongo: AsyncMongoClient[Any] = AsyncMongoClient(self._mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
-        try:
-            return await automations.rebuild(redis, mongo[self._database], self.queue, models)
-        finally:
-            await redis.aclose()
-            await mongo.close()
+            return self.run_with_clients(lambda redis, db: automations.rebuild(redis, db, self.queue, models))
 
 
 class OccurrencesStep(ThreadStep):

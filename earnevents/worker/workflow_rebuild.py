@@ -10,43 +10,30 @@ messages are built from the run documents alone.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
+import functools
 from typing import Any
 
-from pymongo import AsyncMongoClient
-
-from .. import keys, redisurl
+from .. import keys
 from ..logtext import get_logger
 from ..workflows import recovery
 from . import appsettings
-from .periodic import RELEASE_LOCK, PeriodicThread, ThreadStep, consumed_queues
+from .periodic import ThreadStep, consumed_queues
+from .restore import RestoreThread
 
 log = get_logger(__name__)
 
 INTERVAL = 1.0
 """Seconds between a worker's checks that Redis still holds its queues' workflow messages."""
 
-LOCK_MS = 300_000
-"""How long one worker's rebuild may hold a queue's lock before another may take over."""
 
-
-class Rebuilder(PeriodicThread):
+class Rebuilder(RestoreThread):
     """Sends ``queues``' active workflow runs' messages again whenever Redis has lost them."""
 
     what = "workflow rebuilder"
 
     def __init__(self, redis_uri: str, mongo_uri: str, database: str, queues: list[str], interval: float) -> None:
-        super().__init__(interval)
+        super().__init__(redis_uri, mongo_uri, database, interval)
         self.queues = queues
-        self._redis_uri = redis_uri
-        self._mongo_uri = mongo_uri
-        self._database = database
-        self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
-        self._release = self._redis.register_script(RELEASE_LOCK)
-
-    def close(self) -> None:
-        self._redis.close()
 
     def missing(self) -> list[str]:
         """The queues whose marker is gone (never rebuilt, or Redis lost its data)."""
@@ -62,31 +49,20 @@ class Rebuilder(PeriodicThread):
         """Rebuild the queues :meth:`missing` names that no other worker is rebuilding."""
         done = []
         for queue in self.missing():
-            token = uuid.uuid4().hex
-            lock = keys.workflows_lock(queue)
-            if not self._redis.set(lock, token, nx=True, px=LOCK_MS):
-                continue  # another worker rebuilds it
-            try:
-                if self._redis.exists(keys.workflows_rebuilt(queue)):
-                    continue  # that worker finished just before
+            with self.locked(keys.workflows_lock(queue)) as held:
+                if not held or self._redis.exists(keys.workflows_rebuilt(queue)):
+                    continue  # another worker rebuilds it, or finished just before
                 log.info(  # at a first start as after a loss: the rebuild's own line says what it sent
                     "Redis holds no mark that the workflow runs of %s have their messages (a first start, or "
                     "Redis lost its data): sending them again from MongoDB",
                     queue,
                 )
-                done.append(asyncio.run(self._rebuild(queue)))
-            finally:
-                self._release(keys=[lock], args=[token])
+                done.append(self.run_with_clients(functools.partial(_reschedule, queue)))
         return done
 
-    async def _rebuild(self, queue: str) -> recovery.Rescheduled:
-        redis = redisurl.async_client(self._redis_uri, socket_timeout=10, socket_connect_timeout=5)
-        mongo: AsyncMongoClient[Any] = AsyncMongoClient(self._mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
-        try:
-            return await recovery.reschedule(redis, mongo[self._database], queue)
-        finally:
-            await redis.aclose()
-            await mongo.close()
+
+async def _reschedule(queue: str, redis: Any, db: Any) -> recovery.Rescheduled:
+    return await recovery.reschedule(redis, db, queue)
 
 
 class WorkflowRebuildStep(ThreadStep):
