@@ -74,6 +74,22 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
         await asyncio.sleep(0.05)
 
 
+async def status_is(run_id: str, *statuses: str, step: str | None = None, timeout: float = 20) -> Any:
+    """The workflow run once it is in one of ``statuses`` (and at ``step``, if given)."""
+    from earnevents.workflows import engine
+
+    async def check() -> Any:
+        run = await engine.get_run(run_id)
+        return run if run.status in statuses and step in (None, run.step) else None
+
+    return await eventually(check, timeout, f"run {run_id} to be {'/'.join(statuses)} {step or ''}")
+
+
+async def ended(run_id: str, timeout: float = 20) -> Any:
+    """The workflow run once it completed, failed or was cancelled."""
+    return await status_is(run_id, "completed", "failed", "cancelled", timeout=timeout)
+
+
 def stored(env: Any, collection: str) -> Any:
     """The raw PyMongo collection, to look at documents without going through the model."""
     return env.db[collection]

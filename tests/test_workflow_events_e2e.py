@@ -13,7 +13,7 @@ import pytest
 import workflow_event_defs  # noqa: F401  (declares the workflows in this process too)
 from automation_models import Reservation
 from conftest import token
-from model_fixtures import eventually, worker_env
+from model_fixtures import ended, eventually, status_is, worker_env
 from pydantic import BaseModel
 
 from earnevents import Event
@@ -47,22 +47,6 @@ async def one_run(workflow: str, what: str, entity_id: str | None = None, check=
         return runs[0] if len(runs) == 1 and check(runs[0]) else None
 
     return await eventually(found, timeout, what)
-
-
-async def ended(run_id: str, timeout: float = 20):
-    async def check():
-        run = await engine.get_run(run_id)
-        return run if run.status in ("completed", "failed", "cancelled") else None
-
-    return await eventually(check, timeout, f"run {run_id} to end")
-
-
-async def status_is(run_id: str, status: str, timeout: float = 20):
-    async def check():
-        run = await engine.get_run(run_id)
-        return run if run.status == status else None
-
-    return await eventually(check, timeout, f"run {run_id} to be {status}")
 
 
 async def stays_async(check, seconds: float) -> bool:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import workflow_defs  # noqa: F401  (declares the workflows in this process too)
-from model_fixtures import eventually, worker_env
+from model_fixtures import ended, eventually, status_is, worker_env
 
 from earnevents.workflows import engine
 
@@ -18,22 +18,6 @@ pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 @pytest.fixture
 def worker(start_worker, mongo_url, mongo_db):
     return start_worker(modules="workflow_defs", env=worker_env(mongo_url, mongo_db))
-
-
-async def ended(run_id: str, timeout: float = 20):
-    async def check():
-        run = await engine.get_run(run_id)
-        return run if run.status in ("completed", "failed", "cancelled") else None
-
-    return await eventually(check, timeout, f"run {run_id} to end")
-
-
-async def status_is(run_id: str, status: str, timeout: float = 20):
-    async def check():
-        run = await engine.get_run(run_id)
-        return run if run.status == status else None
-
-    return await eventually(check, timeout, f"run {run_id} to be {status}")
 
 
 async def test_a_manual_workflow_runs_to_completion(models_env, worker):

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 import workflow_ops_defs  # noqa: F401  (declares the workflows in this process too)
-from model_fixtures import eventually, worker_env
+from model_fixtures import ended, eventually, worker_env
 
 from earnevents import keys
 from earnevents.testing import wait_for
@@ -29,14 +29,6 @@ def ops_worker(start_worker, mongo_url, mongo_db, wait=True, concurrency=2, **en
     return start_worker(
         modules=MODULES, env={**worker_env(mongo_url, mongo_db), **env}, wait=wait, concurrency=concurrency
     )
-
-
-async def ended(run_id: str, timeout: float = 20):
-    async def check():
-        run = await engine.get_run(run_id)
-        return run if run.status in ("completed", "failed", "cancelled") else None
-
-    return await eventually(check, timeout, f"run {run_id} to end")
 
 
 async def all_in(run_ids, statuses, timeout: float = 20):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import workflow_semantics_defs  # declares the workflows in this process too
-from model_fixtures import eventually, worker_env
+from model_fixtures import ended, eventually, status_is, worker_env
 
 from earnevents import Event
 from earnevents.workflows import engine
@@ -25,18 +25,6 @@ pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 @pytest.fixture
 def worker(start_worker, mongo_url, mongo_db):
     return start_worker(modules="workflow_semantics_defs", env=worker_env(mongo_url, mongo_db))
-
-
-async def status_is(run_id: str, *statuses: str, step: str | None = None, timeout: float = 20):
-    async def check():
-        run = await engine.get_run(run_id)
-        return run if run.status in statuses and step in (None, run.step) else None
-
-    return await eventually(check, timeout, f"run {run_id} to be {'/'.join(statuses)} {step or ''}")
-
-
-async def ended(run_id: str, timeout: float = 20):
-    return await status_is(run_id, "completed", "failed", "cancelled", timeout=timeout)
 
 
 async def stays_in(run_id: str, status: str, seconds: float) -> bool:
