@@ -87,6 +87,20 @@ async def test_a_signal_sent_while_the_step_runs_still_wakes_the_run(models_env,
     assert any(line["what"] == "woken" and "arrived while the step ran" in line["by"] for line in run.history)
 
 
+async def test_a_signal_sent_before_a_retry_of_the_step_that_waits_still_wakes_the_run(models_env, worker):
+    # Given a run whose step failed its first try and sleeps 2 s until its retry, which returns wait(..., 30 s)
+    run_id = await engine.start("flaky_waiter")
+    await status_is(run_id, "sleeping")
+    # When the signal is sent before the retry (the same step visit, before the wait is recorded)
+    assert await engine.signal("flaky:go", {"go": "before the retry"}) == 0
+    # Then the retry's wait takes it: the run completes well before its 30 s timeout (found by make chaos-workflows)
+    started = time.monotonic()
+    run = await ended(run_id)
+    assert run.status == "completed" and run.result == {"go": "before the retry"}, run.history
+    assert time.monotonic() - started < 15
+    assert any(line["what"] == "woken" and "arrived while the step ran" in line["by"] for line in run.history)
+
+
 async def test_fail_ends_the_run_failed(models_env, worker):
     run_id = await engine.start("ops_window", token="t3")
     await status_is(run_id, "waiting")

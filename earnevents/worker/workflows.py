@@ -69,10 +69,13 @@ async def advance(event: Event) -> None:
 
 async def _wake_up(run: Run) -> None:
     retry = run.waiting_for == RETRY_MARK
+    changes: dict[str, Any] = {"status": RUNNING, "wake_at": None, "waiting_for": None}
+    if not retry:  # a retry is the same step visit: signals sent since its first try still count for its wait
+        changes["step_started_at"] = time.time()
     woken = await runs.transition(
         run,
         (SLEEPING,),
-        {"status": RUNNING, "wake_at": None, "waiting_for": None, "step_started_at": time.time()},
+        changes,
         runs.line("retrying" if retry else "woke", step=run.step, attempt=run.attempts + 1 if retry else None),
         new_visit=not retry,
     )
