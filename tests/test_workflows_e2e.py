@@ -107,3 +107,30 @@ async def test_fail_ends_the_run_failed(models_env, worker):
     await engine.signal("ops:window_open", {"window": "refuse"}, run_id=run_id)
     run = await ended(run_id)
     assert run.status == "failed" and run.error == "the window was refused"
+
+
+async def test_a_step_redelivered_after_dying_between_its_wait_and_the_early_signal_check_takes_the_signal(
+    models_env, monkeypatch
+):
+    from earnevents.event import Event
+    from earnevents.worker import workflows as worker_side
+    from earnevents.workflows.engine import message_id
+
+    # Given a run whose step returns a wait, and its signal sent while that step runs (in this process: no worker)
+    run_id = await engine.start("slow_waiter")
+    assert await engine.signal("slow:go", {"go": "early"}) == 0
+    step_message = Event(name="workflow:slow_waiter", data={"run": run_id, "version": 0}, id=message_id(run_id, 0))
+
+    # When the worker dies after recording the wait, before it looks for signals sent while the step ran
+    async def died(run):
+        raise ConnectionError("the worker died here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(worker_side, "arrived_since", died)
+        with pytest.raises(ConnectionError):
+            await worker_side.advance(step_message)
+    assert (await engine.get_run(run_id)).status == "waiting"
+    # Then the step's message, delivered again (unacknowledged), wakes the run with the early signal
+    await worker_side.advance(step_message)
+    run = await engine.get_run(run_id)
+    assert run.status == "running" and run.step == "done" and run.context["go"] == "early", run.history
