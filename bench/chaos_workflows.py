@@ -4,12 +4,13 @@ The driver starts ``--runs`` runs of ``chaos_flow`` (bench/chaos_workflow_defs.p
 a 0.5-2 s sleep, a wait for the signal ``chaos.go`` with a 60 s timeout, a step that fails
 its first try and is retried, a side effect per step visit counted under
 ``current_step_key()``) from ``--clients`` concurrent tasks, and signals each run (by run
-id, its index as payload) 0-0.6 s after MongoDB shows it in the step that returns the wait
-(which takes 0.3 s): about half while that step still runs (an early arrival, kept in
-MongoDB for the wait), the others while it waits. Meanwhile one of two workers is SIGKILLed and restarted every
-``--kill-every`` s and Redis (appendonly everysec) is SIGKILLed once and restarted
-``--redis-down`` s later. Calls that raise (an app would see the error) are counted; a
-signal that raised is sent again while its run has not moved past the wait.
+id, its index as payload) once MongoDB shows it in the step that returns the wait (which
+takes 0.3 s): even-numbered runs 0-0.3 s later, mostly while that step is still to run or
+running (an early arrival, kept in MongoDB for the wait), odd-numbered ones once they wait.
+Meanwhile one of two workers is SIGKILLed and restarted every ``--kill-every`` s and Redis
+(appendonly everysec) is SIGKILLed once and restarted ``--redis-down`` s later. Calls that
+raise (an app would see the error) are counted; a signal that raised is sent again while its
+run has not moved past the wait.
 
 At the end every run MongoDB holds must be ``completed`` with exactly one ``completed``
 history line and its own signal's payload; lost (runs not completed), failed runs, failed
@@ -93,8 +94,14 @@ async def drive(redis_url: str, mongo_url: str, count: int, clients: int, second
                 done.errors[f"start: {type(exc).__name__}"] += 1
 
     async def signal(doc: dict[str, Any], signalled: set[str]) -> None:
-        run_id = doc["_id"]
-        await asyncio.sleep(random.Random(doc["context"]["index"]).uniform(0, 2 * PARK_SECONDS))
+        run_id, index = doc["_id"], doc["context"]["index"]
+        if index % 2:  # odd runs: once they wait (or moved on: their timeout)
+            while (current := await runs_collection.find_one({"_id": run_id}, {"status": 1, "step": 1})) is not None:
+                if current["status"] != "running" or current["step"] != PARK:
+                    break
+                await asyncio.sleep(0.1)
+        else:  # even runs: at once, or a little later
+            await asyncio.sleep(random.Random(index).uniform(0, PARK_SECONDS))
         current = await runs_collection.find_one({"_id": run_id}, {"status": 1})
         early = current is not None and current["status"] == "running"
         while True:
