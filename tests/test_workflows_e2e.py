@@ -134,3 +134,36 @@ async def test_a_step_redelivered_after_dying_between_its_wait_and_the_early_sig
     await worker_side.advance(step_message)
     run = await engine.get_run(run_id)
     assert run.status == "running" and run.step == "done" and run.context["go"] == "early", run.history
+
+
+async def test_a_signal_that_wakes_a_run_while_redis_is_down_still_sends_its_next_step(
+    models_env, monkeypatch, rclient, queue
+):
+    import importlib
+
+    import redis.exceptions
+    from model_fixtures import queued
+
+    from earnevents.event import Event
+    from earnevents.worker import workflows as worker_side
+    from earnevents.workflows.engine import message_id
+
+    # Given a run waiting for a signal with a timeout (its step run in this process: no worker)
+    run_id = await engine.start("slow_waiter")
+    await worker_side.advance(
+        Event(name="workflow:slow_waiter", data={"run": run_id, "version": 0}, id=message_id(run_id, 0))
+    )
+    waiting = await engine.get_run(run_id)
+    assert waiting.status == "waiting"
+
+    # When the signal comes while withdrawing its timeout from Redis fails (Redis down)
+    async def redis_down(run):
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(importlib.import_module("earnevents.workflows.engine"), "withdraw_wake", redis_down)
+    assert await engine.signal("slow:go", {"go": "now"}) == 1
+    # Then the run is woken and its next step's message is sent all the same (the timeout, left
+    # in the schedule, is dropped as stale when it comes); it was not before (the call raised)
+    run = await engine.get_run(run_id)
+    assert run.status == "running" and run.step == "done"
+    assert message_id(run_id, run.version) in [event.id for event in queued(rclient, queue)]
