@@ -7,7 +7,7 @@ LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed
 WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
-.PHONY: venv test test-fast test-lowest lint demo bench bench-quick capacity chaos chaos-automations clean
+.PHONY: venv test test-fast test-lowest lint demo bench bench-quick capacity chaos chaos-automations chaos-workflows clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,9 @@ chaos: venv
 
 chaos-automations: venv  ## model events scheduled at a date, under the same chaos (bench/chaos_automations.py)
 	$(BIN)/python -m bench.chaos_automations $(ARGS)
+
+chaos-workflows: venv  ## workflow runs (goto, sleep, signal waits, retries) under the same chaos (bench/chaos_workflows.py)
+	$(BIN)/python -m bench.chaos_workflows $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -71,9 +71,83 @@ async def test_a_signal_sent_while_the_step_runs_still_wakes_the_run(models_env,
     assert any(line["what"] == "woken" and "arrived while the step ran" in line["by"] for line in run.history)
 
 
+async def test_a_signal_sent_before_a_retry_of_the_step_that_waits_still_wakes_the_run(models_env, worker):
+    # Given a run whose step failed its first try and sleeps 2 s until its retry, which returns wait(..., 30 s)
+    run_id = await engine.start("flaky_waiter")
+    await status_is(run_id, "sleeping")
+    # When the signal is sent before the retry (the same step visit, before the wait is recorded)
+    assert await engine.signal("flaky:go", {"go": "before the retry"}) == 0
+    # Then the retry's wait takes it: the run completes well before its 30 s timeout (found by make chaos-workflows)
+    started = time.monotonic()
+    run = await ended(run_id)
+    assert run.status == "completed" and run.result == {"go": "before the retry"}, run.history
+    assert time.monotonic() - started < 15
+    assert any(line["what"] == "woken" and "arrived while the step ran" in line["by"] for line in run.history)
+
+
 async def test_fail_ends_the_run_failed(models_env, worker):
     run_id = await engine.start("ops_window", token="t3")
     await status_is(run_id, "waiting")
     await engine.signal("ops:window_open", {"window": "refuse"}, run_id=run_id)
     run = await ended(run_id)
     assert run.status == "failed" and run.error == "the window was refused"
+
+
+async def test_a_step_redelivered_after_dying_between_its_wait_and_the_early_signal_check_takes_the_signal(
+    models_env, monkeypatch
+):
+    from earnevents.event import Event
+    from earnevents.worker import workflows as worker_side
+    from earnevents.workflows.engine import message_id
+
+    # Given a run whose step returns a wait, and its signal sent while that step runs (in this process: no worker)
+    run_id = await engine.start("slow_waiter")
+    assert await engine.signal("slow:go", {"go": "early"}) == 0
+    step_message = Event(name="workflow:slow_waiter", data={"run": run_id, "version": 0}, id=message_id(run_id, 0))
+
+    # When the worker dies after recording the wait, before it looks for signals sent while the step ran
+    async def died(run):
+        raise ConnectionError("the worker died here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(worker_side, "arrived_since", died)
+        with pytest.raises(ConnectionError):
+            await worker_side.advance(step_message)
+    assert (await engine.get_run(run_id)).status == "waiting"
+    # Then the step's message, delivered again (unacknowledged), wakes the run with the early signal
+    await worker_side.advance(step_message)
+    run = await engine.get_run(run_id)
+    assert run.status == "running" and run.step == "done" and run.context["go"] == "early", run.history
+
+
+async def test_a_signal_that_wakes_a_run_while_redis_is_down_still_sends_its_next_step(
+    models_env, monkeypatch, rclient, queue
+):
+    import importlib
+
+    import redis.exceptions
+    from model_fixtures import queued
+
+    from earnevents.event import Event
+    from earnevents.worker import workflows as worker_side
+    from earnevents.workflows.engine import message_id
+
+    # Given a run waiting for a signal with a timeout (its step run in this process: no worker)
+    run_id = await engine.start("slow_waiter")
+    await worker_side.advance(
+        Event(name="workflow:slow_waiter", data={"run": run_id, "version": 0}, id=message_id(run_id, 0))
+    )
+    waiting = await engine.get_run(run_id)
+    assert waiting.status == "waiting"
+
+    # When the signal comes while withdrawing its timeout from Redis fails (Redis down)
+    async def redis_down(run):
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(importlib.import_module("earnevents.workflows.engine"), "withdraw_wake", redis_down)
+    assert await engine.signal("slow:go", {"go": "now"}) == 1
+    # Then the run is woken and its next step's message is sent all the same (the timeout, left
+    # in the schedule, is dropped as stale when it comes); it was not before (the call raised)
+    run = await engine.get_run(run_id)
+    assert run.status == "running" and run.step == "done"
+    assert message_id(run_id, run.version) in [event.id for event in queued(rclient, queue)]

@@ -110,3 +110,33 @@ class SlowWaiter:
     @step()
     def done(self):
         return complete(go=get_context().go)
+
+
+@workflow("flaky_waiter")
+class FlakyWaiter:
+    """Its first step fails its first try, then returns the wait: a signal sent before the
+    retry still counts (the window of one step visit starts with its first try)."""
+
+    class Context(BaseModel):
+        tries: int = 0
+        go: str | None = None
+
+    @classmethod
+    def create_context(cls):
+        return cls.Context()
+
+    @step(start=True, retry=Retry(max_attempts=2, base_delay=timedelta(seconds=2)))
+    def prepare(self):
+        ctx = get_context()
+        ctx.tries += 1
+        if ctx.tries == 1:
+            raise RuntimeError("transient failure")
+        return wait("flaky:go", timeout=timedelta(seconds=30), on_timeout=self.gave_up, then=self.done)
+
+    @step()
+    def gave_up(self):
+        return fail("no go")
+
+    @step()
+    def done(self):
+        return complete(go=get_context().go)

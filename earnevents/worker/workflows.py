@@ -4,7 +4,8 @@
 The message names the run and the version it was sent for; a message for an older
 version is stale: the run moved on (the current state's message is sent again, in
 case a worker died between saving a step's outcome and sending it: the same ids
-deliver once). For the current version it:
+deliver once; and a waiting run takes a signal or event sent while its step ran, in
+case that worker died before it looked). For the current version it:
 
 - wakes a sleeping run (or a step's retry) at its time;
 - times out a waiting run: on to ``on_timeout``, or failed;
@@ -58,6 +59,8 @@ async def advance(event: Event) -> None:
     if run.version != version:
         if run.status in runs.ACTIVE:
             await schedule_run(run)
+        if run.status == WAITING:  # the worker that recorded the wait may have died before it looked
+            await _take_early_arrival(run)
         return
     if run.status == SLEEPING:
         await _wake_up(run)
@@ -69,10 +72,13 @@ async def advance(event: Event) -> None:
 
 async def _wake_up(run: Run) -> None:
     retry = run.waiting_for == RETRY_MARK
+    changes: dict[str, Any] = {"status": RUNNING, "wake_at": None, "waiting_for": None}
+    if not retry:  # a retry is the same step visit: signals sent since its first try still count for its wait
+        changes["step_started_at"] = time.time()
     woken = await runs.transition(
         run,
         (SLEEPING,),
-        {"status": RUNNING, "wake_at": None, "waiting_for": None, "step_started_at": time.time()},
+        changes,
         runs.line("retrying" if retry else "woke", step=run.step, attempt=run.attempts + 1 if retry else None),
         new_visit=not retry,
     )
@@ -263,9 +269,15 @@ async def _wait(run: Run, step: StepSpec, command: Wait, common: dict[str, Any])
         await runs.note(run.id, runs.line("step outcome discarded: the run had changed (cancelled?)", step=step.name))
         return
     await schedule_run(waited)  # its timeout, if any
-    arrival = await arrived_since(waited)  # sent while the step ran: wakes it now
+    await _take_early_arrival(waited)
+
+
+async def _take_early_arrival(run: Run) -> None:
+    """Wake a waiting run with a signal or event sent while its step ran (before the wait was
+    recorded, so :func:`deliver` did not find it waiting)."""
+    arrival = await arrived_since(run)
     if arrival is not None:
-        await wake(waited, arrival["payload"], arrival["by"] + " (arrived while the step ran)")
+        await wake(run, arrival["payload"], arrival["by"] + " (arrived while the step ran)")
 
 
 async def _end(run: Run, status: str, changes: dict[str, Any], entry: dict[str, Any]) -> None:

@@ -22,14 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
+import redis
 from pymongo.errors import DuplicateKeyError
 
 from .. import keys, message, names, runtime, schedule
 from ..errors import EarnEventsError
 from ..event import Event, decode, encode
+from ..logtext import get_logger
 from . import runs
 from .definitions import WorkflowSpec, registry
 from .runs import ACTIVE, CANCELLED, FAILED, RUNNING, SLEEPING, WAITING, Run
+
+log = get_logger(__name__)
 
 SIGNAL_RETENTION = 86_400.0
 """Seconds a signal or event is kept for runs that start waiting for it after it came."""
@@ -210,9 +214,12 @@ async def wake(run: Run, payload: Mapping[str, Any], by: str) -> bool:
     if woken is None:
         await runs.note(run.id, runs.line("not woken: the run had moved on", by=by))
         return False
-    if run.wake_at is not None:  # its timeout
-        await withdraw_wake(woken)
-    await schedule_run(woken)
+    await schedule_run(woken)  # first: the MongoDB outbox keeps it while Redis is down
+    if run.wake_at is not None:  # its timeout: left in the schedule, it is dropped as stale when it comes
+        try:
+            await withdraw_wake(woken)
+        except redis.RedisError as exc:
+            log.warning("run %s woken; its timeout was not withdrawn (%s): it will be dropped as stale", run.id, exc)
     return True
 
 
