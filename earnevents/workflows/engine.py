@@ -332,7 +332,10 @@ class Engine:
                 run, ACTIVE, {"status": CANCELLED, "wake_at": None, "waiting_for": None}, runs.line("cancelled")
             )
             if done is not None:
-                await withdraw_wake(done)
+                try:  # left in the schedule, its wake-up is dropped as stale when it comes
+                    await withdraw_wake(done)
+                except redis.RedisError as exc:
+                    log.warning("run %s cancelled; its wake-up was not withdrawn (%s): it will be dropped", run_id, exc)
                 return True
 
     async def resume(self, run_id: str, at_step: str | None = None) -> None:
