@@ -20,6 +20,10 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _NAMESPACE = uuid.UUID("5d1c3c2e-7a52-4a38-9b1e-4b0f3c7e2a10")
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
+SHADOW_MAX = 300
+"""Characters at most of a message's ``shadow`` header (:func:`shadow_name`); workers cut
+a longer one from elsewhere to this length (``worker.items``)."""
+
 COPY_ID = "earnevents_copy_id"
 """Message property: unique to each message built (each copy), the same on every redelivery."""
 
@@ -59,6 +63,28 @@ def packed_id(event_ids: list[str]) -> str:
     return uuid.uuid5(_NAMESPACE, "packed/" + "/".join(event_ids)).hex
 
 
+def shadow_name(event_names: list[str], handler: str | None = None) -> str:
+    """The name Celery's tools show for a message of these events, instead of ``earnevents.dispatch``.
+
+    Celery's worker takes a message's ``shadow`` header as the task's name: ``celery
+    inspect active`` / ``reserved``, the worker's log and task events (Flower) show it.
+    A fresh event: its name (``user.created``); one handler's job (a retry, a replay,
+    ``retry_job``): ``user.created -> app.handlers.welcome``; a packed message:
+    ``3 events: user.created, user.deleted`` (each name once, in order). At most
+    :data:`SHADOW_MAX` characters (a long list ends with ``...``).
+    """
+    if len(event_names) == 1:
+        name = event_names[0] if handler is None else f"{event_names[0]} -> {handler}"
+        return name if len(name) <= SHADOW_MAX else name[: SHADOW_MAX - 3] + "..."
+    text = f"{len(event_names)} events: "
+    for index, name in enumerate(dict.fromkeys(event_names)):
+        part = name if index == 0 else ", " + name
+        if len(text) + len(part) > SHADOW_MAX - 5:
+            return text + (", ..." if index else "...")
+        text += part
+    return text
+
+
 def _envelope(
     event_wires: list[dict[str, Any]],
     queue: str,
@@ -81,7 +107,7 @@ def _envelope(
             "lang": "py",
             "task": TASK_NAME,
             "id": task_id,
-            "shadow": None,
+            "shadow": shadow_name([wire["name"] for wire in event_wires], handler),
             "eta": None,
             "expires": None,
             "group": None,

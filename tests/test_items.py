@@ -115,6 +115,29 @@ def test_packed_and_retry_messages_are_accepted():
     assert isinstance(check(retry, QUEUE, MAX_SIZE), dict)
 
 
+def test_shadow_name_is_accepted_and_kept():
+    retry = message.build(Event("t.record", {}).to_wire(), queue=QUEUE, task_id="r1", handler="e2e_handlers.rec")
+    result = check(retry, QUEUE, MAX_SIZE)
+    assert isinstance(result, dict) and result["headers"]["shadow"] == "t.record -> e2e_handlers.rec"
+
+
+def test_hostile_shadow_name_is_escaped_and_cut():
+    # Given a message from elsewhere whose shadow (Celery's name for the task, which Celery
+    # logs unfiltered) carries a line break and is far too long
+    m = json.loads(message.build(Event("t.record", {}).to_wire(), queue=QUEUE, task_id="s1"))
+    m["headers"]["shadow"] = "x\nTask forged[1] succeeded\r\x1b[2J" + "y" * 10_000
+    result = check(json.dumps(m), QUEUE, MAX_SIZE)
+    # Then it is accepted with the name on one line, escaped, at most SHADOW_MAX characters
+    assert isinstance(result, dict)
+    shown = result["headers"]["shadow"]
+    assert shown.startswith("x\\nTask forged[1] succeeded\\r\\x1b[2J")
+    assert len(shown) == message.SHADOW_MAX and shown.endswith("...")
+    assert not any(ch in shown for ch in "\n\r\x1b")
+    # A shadow that is not a string stays refused
+    m["headers"]["shadow"] = ["x"]
+    assert check(json.dumps(m), QUEUE, MAX_SIZE) == Refused("headers.shadow is not a string", "s1")
+
+
 def test_retry_message_with_several_events_is_refused():
     wires = [Event("t.record", {"i": i}).to_wire() for i in range(2)]
     m = json.loads(message.build_packed(wires, queue=QUEUE, task_id="p1"))

@@ -59,3 +59,27 @@ def test_each_message_gets_its_own_copy_id_which_owns_its_claims_across_redelive
 def test_derived_ids_are_stable_and_distinct_per_kind_and_attempt():
     assert message.derived_id("retry", "e", "h", 1) == message.derived_id("retry", "e", "h", 1)
     assert len({message.derived_id(k, "e", "h", a) for k in ("retry", "failed") for a in (1, 2)}) == 4
+
+
+def shadow_of(payload: str) -> str:
+    return json.loads(payload)["headers"]["shadow"]
+
+
+def test_shadow_names_the_event_and_handler_celery_tools_show():
+    event = Event("user.created", {}).to_wire()
+    # A fresh event: its name; one handler's job (retry, replay, retry_job): event -> handler
+    assert shadow_of(message.build(event, queue="q", task_id="t")) == "user.created"
+    assert shadow_of(message.build(event, queue="q", task_id="t", handler="app.h.welcome")) == (
+        "user.created -> app.h.welcome"
+    )
+    # A packed message: how many events, each name once, in order
+    wires = [Event(name, {}).to_wire() for name in ("user.created", "user.deleted", "user.created")]
+    assert shadow_of(message.build_packed(wires, queue="q", task_id="t")) == "3 events: user.created, user.deleted"
+
+
+def test_shadow_is_cut_to_its_maximum_length():
+    long_names = [Event("e" + "x" * 190 + f".n{i}", {}).to_wire() for i in range(5)]
+    packed = shadow_of(message.build_packed(long_names, queue="q", task_id="t"))
+    assert len(packed) <= message.SHADOW_MAX and packed.startswith("5 events: e") and packed.endswith(", ...")
+    one = shadow_of(message.build(long_names[0], queue="q", task_id="t", handler="m." + "h" * 190))
+    assert len(one) == message.SHADOW_MAX and one.endswith("...")

@@ -10,8 +10,10 @@ held for good). :func:`check` refuses every such item, with the reason, before
 anything is parsed by kombu or recorded as unacknowledged, so the transport can
 acknowledge it and file it as a dead letter. It is pure: no Redis, no Celery.
 
-An accepted message is returned with its ``delivery_info`` naming the queue it was
-taken from (empty exchange, routing key = that queue): kombu's restore pushes an
+An accepted message's ``shadow`` header (the name Celery's tools show for the task)
+is escaped and cut to length (:func:`shown_name`). The message is returned with its
+``delivery_info`` naming the queue it was taken from (empty exchange, routing key =
+that queue): kombu's restore pushes an
 unacknowledged message back onto the routing key it recorded, and the dispatch
 task files failures under the routing key, so an item naming another queue is
 handled as the consuming queue's, never filed under the other.
@@ -29,6 +31,8 @@ from typing import Any
 from kombu.utils.json import loads
 
 from ..keys import TASK_NAME
+from ..logtext import escape
+from ..message import SHADOW_MAX
 from .jobs import Job
 
 CONTENT_TYPE = "application/json"
@@ -96,7 +100,22 @@ def check(item: bytes | str, queue: str, max_size: int) -> dict[str, Any] | Refu
         return Refused(problem, task_id)
     properties = message["properties"]
     properties["delivery_info"] = {**properties["delivery_info"], "exchange": "", "routing_key": queue}
+    headers = message["headers"]
+    if isinstance(headers.get("shadow"), str):
+        headers["shadow"] = shown_name(headers["shadow"])
     return message
+
+
+def shown_name(shadow: str) -> str:
+    """A message's ``shadow`` header as the worker lets Celery show it (the task's name).
+
+    Celery writes the name into its log lines (``Task <name>[<id>] received``) and its
+    task events unfiltered: control characters and line breaks are escaped (a message
+    from elsewhere cannot forge a log line) and the name is cut to
+    :data:`~earnevents.message.SHADOW_MAX` characters.
+    """
+    shown = escape(shadow)
+    return shown if len(shown) <= SHADOW_MAX else shown[: SHADOW_MAX - 3] + "..."
 
 
 def envelope_problem(message: Any) -> str | None:
