@@ -60,6 +60,9 @@ POISONS: dict[str, Callable[[str], bytes]] = {
     "unknown body_encoding": lambda q: _with(q, lambda m: m["properties"].update(body_encoding="rot13")),
     "no headers.id": lambda q: _with(q, lambda m: m["headers"].pop("id")),
     "headers.id not a string": lambda q: _with(q, lambda m: m["headers"].update(id=5)),
+    "headers.id forging a log line": lambda q: _with(
+        q, lambda m: m["headers"].update(id="x]\n[2026-11-27 12:00:00,000: ERROR/MainProcess] forged")
+    ),
     "headers.task not a string": lambda q: _with(q, lambda m: m["headers"].update(task=["earnevents.dispatch"])),
     "another task": lambda q: _with(q, lambda m: m["headers"].update(task="no.such.task")),
     "empty delivery_info": lambda q: _with(q, lambda m: m["properties"].update(delivery_info={})),

@@ -24,6 +24,7 @@ EXPECTED_REASON = {
     "unknown body_encoding": "unknown body encoding 'rot13'",
     "no headers.id": "headers.id missing",
     "headers.id not a string": "headers.id missing or not a string",
+    "headers.id forging a log line": "headers.id is not 1-200 printable ASCII characters",
     "headers.task not a string": "headers.task missing or not a string",
     "another task": "headers.task is 'no.such.task'",
     "empty delivery_info": "delivery_info",

@@ -33,6 +33,7 @@ from kombu.utils.json import loads
 from ..keys import TASK_NAME
 from ..logtext import escape
 from ..message import SHADOW_MAX
+from ..names import is_event_id
 from .jobs import Job
 
 CONTENT_TYPE = "application/json"
@@ -163,6 +164,8 @@ def _envelope_problem(message: dict[str, Any]) -> str | None:
     task_id = headers.get("id")
     if not isinstance(task_id, str) or not task_id:
         return "headers.id missing or not a string"
+    if not is_event_id(task_id):  # Celery writes it unescaped in its log lines ("Task ...[<id>] received")
+        return "headers.id is not 1-200 printable ASCII characters (no spaces): earnevents makes no other"
     task = headers.get("task")
     if not isinstance(task, str):
         return "headers.task missing or not a string"
