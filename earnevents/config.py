@@ -55,6 +55,8 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
     "EARNEVENTS_EVENT_LOG": "0",
     "EARNEVENTS_EVENT_LOG_TTL": "604800",
+    "EARNEVENTS_METRICS_PORT": "",
+    "EARNEVENTS_METRICS_HOST": "127.0.0.1",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -126,6 +128,10 @@ class Settings:
     """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
     event_log_ttl: float = float(DEFAULTS["EARNEVENTS_EVENT_LOG_TTL"])
     """Seconds an event log record is kept after its last change."""
+    metrics_port: int | None = None
+    """TCP port a worker serves Prometheus metrics on (``earnevents.worker.metrics``); None: no metrics."""
+    metrics_host: str = DEFAULTS["EARNEVENTS_METRICS_HOST"]
+    """Address the metrics port binds to."""
 
     def __repr__(self) -> str:
         """The dataclass' repr with the URIs masked (``redact``): settings end up in logs and tracebacks."""
@@ -239,6 +245,8 @@ class Settings:
             outbox_max=_int_env(env, "EARNEVENTS_OUTBOX_MAX", 1),
             retry_caps=_retry_caps_env(env),
             event_log_ttl=_failed_age_env(env, "EARNEVENTS_EVENT_LOG_TTL"),
+            metrics_port=_port_env(env, "EARNEVENTS_METRICS_PORT"),
+            metrics_host=(env.get("EARNEVENTS_METRICS_HOST") or DEFAULTS["EARNEVENTS_METRICS_HOST"]).strip(),
         )
 
 
@@ -306,6 +314,19 @@ def _timeout_env(env: Mapping[str, str], var: str) -> float | None:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{var} must be a positive, finite number of seconds (or empty: none), got {raw!r}")
+    return value
+
+
+def _port_env(env: Mapping[str, str], var: str) -> int | None:
+    raw = (env.get(var) or DEFAULTS[var]).strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a TCP port number (1-65535) or empty (off), got {raw!r}") from None
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{var} must be a TCP port number (1-65535) or empty (off), got {raw!r}")
     return value
 
 
