@@ -55,6 +55,7 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
     "EARNEVENTS_EVENT_LOG": "0",
     "EARNEVENTS_EVENT_LOG_TTL": "604800",
+    "EARNEVENTS_METRICS": "0",
     "EARNEVENTS_METRICS_PORT": "",
     "EARNEVENTS_METRICS_HOST": "127.0.0.1",
 }
@@ -83,6 +84,9 @@ class EventConfig(BaseModel):
     event_log: bool = Field(default=False, strict=True)
     """Record every published event and its handlers' outcomes (``event_bus.get_event``); workers
     record when their EARNEVENTS_EVENT_LOG is on."""
+    metrics: bool = Field(default=False, strict=True)
+    """Count published events in a Prometheus counter (``earnevents.metrics``); workers serving
+    metrics (EARNEVENTS_METRICS_PORT) count the events their handlers publish regardless."""
     strict: bool = False
     """Refuse to publish event names no ``define_event`` defined (UndefinedEventError); workers
     refuse to start with a handler subscribed to one."""
@@ -199,6 +203,8 @@ class Settings:
                 given["max_message_size"] = _int_env(env, "EARNEVENTS_MAX_MESSAGE_SIZE", MIN_MESSAGE_SIZE)
             if "event_log" not in given:
                 given["event_log"] = _bool_env(env, "EARNEVENTS_EVENT_LOG")
+            if "metrics" not in given:
+                given["metrics"] = _bool_env(env, "EARNEVENTS_METRICS")
             if "strict" not in given:
                 given["strict"] = _bool_env(env, "EARNEVENTS_STRICT")
             try:

@@ -55,6 +55,9 @@ async def test_job_counts_add_up_across_two_children_and_queue_gauges_are_served
         await bus.publish(Event(name="t.flaky", data={"token": tok, "fail_times": 1, "n": i}))
     for i in range(failing):
         await bus.publish(Event(name="t.always_fails", data={"token": tok, "n": i}))
+    chains = 3
+    for _ in range(chains):
+        await bus.publish(Event(name="t.chain", data={"token": tok}))  # each publishes t.chained
     await bus.publish(Event(name="t.record", data={"token": "later"}), delay=60)
     rclient.lpush(queue, b"not a celery message")  # refused: dead-lettered
 
@@ -63,6 +66,7 @@ async def test_job_counts_add_up_across_two_children_and_queue_gauges_are_served
         ("t.record", "record_sync"): records,
         ("t.flaky", "flaky"): flaky,
         ("t.always_fails", "steady_sibling"): failing,
+        ("t.chain", "chain"): chains,
     }
 
     def settled() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
@@ -94,9 +98,13 @@ async def test_job_counts_add_up_across_two_children_and_queue_gauges_are_served
         ("t.flaky", "flaky"): 2 * flaky,
         ("t.always_fails", "always_fails"): 2 * failing,
         ("t.always_fails", "steady_sibling"): failing,
+        ("t.chain", "chain"): chains,
     }
     assert by_handler(found["earnevents_handler_duration_seconds_count"], queue) == started
     assert all(v > 0 for v in by_handler(found["earnevents_handler_duration_seconds_sum"], queue).values())
+
+    # And the events handlers published in the children are counted
+    assert found["earnevents_events_published_total"] == {(("event", "t.chained"), ("queue", queue)): chains}
 
     # And the queue gauges: nothing waits or runs, one delayed event, four failed jobs, one dead item
     def gauge(name: str) -> float:
