@@ -115,6 +115,21 @@ async def test_job_counts_add_up_across_two_children_and_queue_gauges_are_served
     assert gauge("earnevents_queue_scheduled") == 1
     assert gauge("earnevents_queue_oldest_waiting_age_seconds") == 0
 
+    # When three slow events keep both children busy
+    await bus.publish_batch([Event(name="t.sleepy", data={"token": tok, "seconds": 1.5}) for _ in range(3)])
+
+    # Then two are in flight and one waits, its age growing
+    def busy() -> bool:
+        found = scrape(port)
+        at = (("queue", queue),)
+        return (
+            found["earnevents_queue_in_flight"].get(at) == 2
+            and found["earnevents_queue_waiting"].get(at) == 1
+            and found["earnevents_queue_oldest_waiting_age_seconds"].get(at, 0) > 0
+        )
+
+    wait_for(busy, 5, "two slow events in flight and one waiting")
+
 
 def test_oldest_waiting_age_is_the_time_since_the_event_was_published():
     # Given a queue item whose event was published 30 s ago
