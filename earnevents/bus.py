@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import deadletters, definitions, keys, message, names, outbox, schedule
+from . import deadletters, definitions, keys, message, metrics, names, outbox, schedule
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
@@ -64,6 +64,8 @@ class _Bound:
     eventlog: EventLogStore | None = None
     recorder: Recorder | None = None
     """Set when this process records events (``event_config["event_log"]``)."""
+    metrics: bool = False
+    """Whether this process counts the events it publishes (``earnevents.metrics``)."""
 
 
 class EventBus:
@@ -86,7 +88,8 @@ class EventBus:
         eventlog: EventLogStore | None = None,
     ) -> None:
         recorder = Recorder(eventlog) if eventlog is not None and settings.event_log else None
-        self._bound = _Bound(settings, connections, failures, eventlog, recorder)
+        counting = settings.event.metrics or settings.metrics_port is not None
+        self._bound = _Bound(settings, connections, failures, eventlog, recorder, counting)
 
     def unbind(self) -> None:
         self._bound = None
@@ -204,6 +207,8 @@ class EventBus:
                 now = time.time()
                 due = due_at if due_at is not None else (now + delay if delay else None)
                 state.recorder.add([Published(event, settings.queue_name, now, due) for event in events])
+            if state.metrics:
+                metrics.count_published(settings.queue_name, events)
         return [event.id for event in events]
 
     async def _push_now(self, messages: list[tuple[str, str, str]], queue: str) -> None:

@@ -55,6 +55,9 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_MIN_RETRY_INTERVAL": "0.1",
     "EARNEVENTS_EVENT_LOG": "0",
     "EARNEVENTS_EVENT_LOG_TTL": "604800",
+    "EARNEVENTS_METRICS": "0",
+    "EARNEVENTS_METRICS_PORT": "",
+    "EARNEVENTS_METRICS_HOST": "127.0.0.1",
 }
 """Every environment variable earnevents reads, with its default ("" means unset)."""
 
@@ -81,6 +84,9 @@ class EventConfig(BaseModel):
     event_log: bool = Field(default=False, strict=True)
     """Record every published event and its handlers' outcomes (``event_bus.get_event``); workers
     record when their EARNEVENTS_EVENT_LOG is on."""
+    metrics: bool = Field(default=False, strict=True)
+    """Count published events in a Prometheus counter (``earnevents.metrics``); workers serving
+    metrics (EARNEVENTS_METRICS_PORT) count the events their handlers publish regardless."""
     strict: bool = False
     """Refuse to publish event names no ``define_event`` defined (UndefinedEventError); workers
     refuse to start with a handler subscribed to one."""
@@ -126,6 +132,10 @@ class Settings:
     """Bounds a worker holds the retry policy a message carries (its publisher's) within."""
     event_log_ttl: float = float(DEFAULTS["EARNEVENTS_EVENT_LOG_TTL"])
     """Seconds an event log record is kept after its last change."""
+    metrics_port: int | None = None
+    """TCP port a worker serves Prometheus metrics on (``earnevents.worker.metrics``); None: no metrics."""
+    metrics_host: str = DEFAULTS["EARNEVENTS_METRICS_HOST"]
+    """Address the metrics port binds to."""
 
     def __repr__(self) -> str:
         """The dataclass' repr with the URIs masked (``redact``): settings end up in logs and tracebacks."""
@@ -193,6 +203,8 @@ class Settings:
                 given["max_message_size"] = _int_env(env, "EARNEVENTS_MAX_MESSAGE_SIZE", MIN_MESSAGE_SIZE)
             if "event_log" not in given:
                 given["event_log"] = _bool_env(env, "EARNEVENTS_EVENT_LOG")
+            if "metrics" not in given:
+                given["metrics"] = _bool_env(env, "EARNEVENTS_METRICS")
             if "strict" not in given:
                 given["strict"] = _bool_env(env, "EARNEVENTS_STRICT")
             try:
@@ -239,6 +251,8 @@ class Settings:
             outbox_max=_int_env(env, "EARNEVENTS_OUTBOX_MAX", 1),
             retry_caps=_retry_caps_env(env),
             event_log_ttl=_failed_age_env(env, "EARNEVENTS_EVENT_LOG_TTL"),
+            metrics_port=_port_env(env, "EARNEVENTS_METRICS_PORT"),
+            metrics_host=(env.get("EARNEVENTS_METRICS_HOST") or DEFAULTS["EARNEVENTS_METRICS_HOST"]).strip(),
         )
 
 
@@ -306,6 +320,19 @@ def _timeout_env(env: Mapping[str, str], var: str) -> float | None:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{var} must be a positive, finite number of seconds (or empty: none), got {raw!r}")
+    return value
+
+
+def _port_env(env: Mapping[str, str], var: str) -> int | None:
+    raw = (env.get(var) or DEFAULTS[var]).strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a TCP port number (1-65535) or empty (off), got {raw!r}") from None
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{var} must be a TCP port number (1-65535) or empty (off), got {raw!r}")
     return value
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from earnevents import Event, current_job, event_handler, model_event_handler, redisurl, runtime
+from earnevents import Event, current_job, event_bus, event_handler, model_event_handler, redisurl, runtime
 
 _sync = redisurl.sync_client(os.environ["EARNEVENTS_REDIS_URI"])  # any URL form the worker takes
 
@@ -162,3 +162,9 @@ async def slow_beside_exits(event: Event) -> None:
 def exits_beside_slow(event: Event) -> None:
     srecord(event, "exits_beside_slow", deliveries=current_job().deliveries)
     os._exit(1)
+
+
+@event_handler("t.chain")
+async def chain(event: Event) -> None:
+    """Publishes ``t.chained`` (no handler) from the worker: the worker's published-events count."""
+    await event_bus.publish(Event(name="t.chained", data={"token": event.data["token"]}))

@@ -36,7 +36,7 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings, occurrences, startup, workflow_rebuild
+from . import appsettings, metrics, occurrences, startup, workflow_rebuild
 from . import eventlog as eventlog_writer
 from . import workflow_events as _workflow_events  # noqa: F401  (subscribes the workflow event bridge)
 from . import workflows as _workflows  # noqa: F401  (registers the workflow handler)
@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.steps["worker"].add(RelayStep)
     app.steps["worker"].add(occurrences.OccurrencesStep)
     app.steps["worker"].add(workflow_rebuild.WorkflowRebuildStep)
+    app.steps["worker"].add(metrics.MetricsStep)
 
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -253,6 +254,7 @@ class WorkerRuntime:
         self.completions = Completions(env.connections.redis, env.settings.dedup_window)
         self.max_deliveries = env.settings.max_deliveries
         eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
+        metrics.configure(env.settings)
 
     @classmethod
     def get(cls) -> WorkerRuntime:

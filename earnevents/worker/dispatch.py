@@ -22,6 +22,7 @@ from ..handlers import Handler, HandlerRegistry
 from ..logtext import get_logger
 from ..retry import RetryPolicy
 from . import eventlog as eventlog_hooks
+from . import metrics as metrics_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
 from .running import run_async, run_sync
 
@@ -101,6 +102,7 @@ async def settle_failures(
             )
             await failures.add(record)
             eventlog_hooks.settled(job, outcome, retrying=False)
+            metrics_hooks.settled(job, outcome, retrying=False)
             continue
         log.warning(
             "handler %s failed for %s %s (try %d): %s; retrying in %.3gs",
@@ -122,6 +124,7 @@ async def settle_failures(
         )
         await bus.enqueue([(task_id, job.event.name, payload)], queue=job.queue, delay=delay)
         eventlog_hooks.settled(job, outcome, retrying=True)
+        metrics_hooks.settled(job, outcome, retrying=True)
 
 
 def died(starts: int) -> WorkerLostError:
@@ -190,12 +193,15 @@ async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
     """Run the claimed async handlers on the loop: fresh ones together, then the others one by one."""
     job = claimed.job
     eventlog_hooks.started(job, [h.name for h in claimed.fresh])
+    metrics_hooks.started(job, [h.name for h in claimed.fresh])
     outcomes = claimed.dead + await run_async(claimed.fresh, job, books)
     for h in claimed.again:
         await books.started(job, h.name, job.deliveries[h.name])
         eventlog_hooks.started(job, [h.name])
+        metrics_hooks.started(job, [h.name])
         outcomes += await run_async([h], job, books)
     eventlog_hooks.finished(job, outcomes)
+    metrics_hooks.finished(job, outcomes)
     return outcomes
 
 
@@ -203,6 +209,7 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
     """:func:`_run_claimed` for a mix of sync (run in this thread) and async handlers."""
     job = claimed.job
     eventlog_hooks.started(job, [h.name for h in claimed.fresh])
+    metrics_hooks.started(job, [h.name for h in claimed.fresh])
     async_handlers = [h for h in claimed.fresh if h.is_async]
     pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
     try:
@@ -217,8 +224,10 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
     for h in claimed.again:
         loop.run(books.started(job, h.name, job.deliveries[h.name]))
         eventlog_hooks.started(job, [h.name])
+        metrics_hooks.started(job, [h.name])
         outcomes += loop.run(run_async([h], job, books)) if h.is_async else [run_sync(h, job, loop, books)]
     eventlog_hooks.finished(job, outcomes)
+    metrics_hooks.finished(job, outcomes)
     return outcomes
 
 
