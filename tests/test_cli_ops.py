@@ -167,9 +167,11 @@ def test_status_watch_prints_again_until_interrupted(redis_url, queue):
 # --- failed: filters and --all ----------------------------------------------------------
 
 
-def store_jobs(redis_url: str, queue: str, jobs: list[FailedJob]) -> None:
+def store_jobs(redis_url: str, queue: str, jobs: list[FailedJob], mongo_uri: str = "", database: str = "") -> None:
     async def add() -> None:
-        env = await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
+        env = await earnevents.init(
+            redis_uri=redis_url, mongo_uri=mongo_uri, database=database or None, event_config={"queue_name": queue}
+        )
         try:
             for job in jobs:
                 await env.failures.add(job)
@@ -179,7 +181,18 @@ def store_jobs(redis_url: str, queue: str, jobs: list[FailedJob]) -> None:
     asyncio.run(add())
 
 
-def test_list_filters_by_error_text_and_time(redis_url, queue, rclient):
+@pytest.fixture(params=["redis", "mongo"])
+def store(request, redis_url, queue) -> dict[str, str]:
+    """The failure store the CLI reads: Redis's, or MongoDB's (its own database)."""
+    if request.param == "redis":
+        return {}
+    return {
+        "EARNEVENTS_MONGO_URI": request.getfixturevalue("mongo_url"),
+        "EARNEVENTS_DATABASE": request.getfixturevalue("mongo_db"),
+    }
+
+
+def test_list_filters_by_error_text_and_time_in_either_store(redis_url, queue, store):
     now = dt.datetime.now(dt.timezone.utc)
     specs = [
         ("a.x", 1, "ConnectionError: refused"),
@@ -187,10 +200,10 @@ def test_list_filters_by_error_text_and_time(redis_url, queue, rclient):
         ("b.y", 5, "ConnectionError: reset"),
     ]
     jobs = [FailedJob(Event(n, {}), "app.h", err, "tb", 1, queue, now - dt.timedelta(hours=h)) for n, h, err in specs]
-    store_jobs(redis_url, queue, jobs)
+    store_jobs(redis_url, queue, jobs, store.get("EARNEVENTS_MONGO_URI", ""), store.get("EARNEVENTS_DATABASE", ""))
 
     def ids(*args: str) -> list[str]:
-        out = cli(redis_url, queue, "failed", "list", "--json", *args)
+        out = cli(redis_url, queue, "failed", "list", "--json", *args, **store)
         assert out.returncode == 0, out.stderr
         return [json.loads(line)["id"] for line in out.stdout.splitlines()]
 
@@ -202,8 +215,11 @@ def test_list_filters_by_error_text_and_time(redis_url, queue, rclient):
     iso = (now - dt.timedelta(hours=2)).replace(tzinfo=None).isoformat()  # no zone: UTC
     assert ids("--since", iso) == [jobs[0].id]
     assert ids("--error", "Error", "--limit", "1", "--offset", "1") == [jobs[1].id]
-    text = cli(redis_url, queue, "failed", "list", "--error", "ValueError")
+    text = cli(redis_url, queue, "failed", "list", "--error", "ValueError", **store)
     assert text.stdout.splitlines()[0] == "1 failed job(s) matching error containing 'ValueError'"
+    removed = cli(redis_url, queue, "failed", "remove", "--all", "--error", "ConnectionError", "--yes", **store)
+    assert removed.returncode == 0 and "removed 2 failed job(s)" in removed.stdout, removed.stderr
+    assert ids() == [jobs[1].id]
     bad = cli(redis_url, queue, "failed", "list", "--since", "yesterday")
     assert bad.returncode == 2 and "ISO time" in bad.stderr
     backwards = cli(redis_url, queue, "failed", "list", "--since", "1h", "--until", "2h")
