@@ -56,6 +56,9 @@ exit status 1: the likely cause is that the application's modules were not found
 them and sends signals. ``resume`` and ``signal`` import the application's modules as
 ``earnevents events`` does: they need the workflows' definitions (the steps, the Context).
 
+Lists and ``status`` print rich tables when stdout is a terminal, plain lines otherwise
+(one JSON object per line with --json).
+
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
 handlers again (retry, remove, purge, replay, cancel, rebuild --since, workflows cancel|resume)
@@ -86,6 +89,7 @@ from pymongo.errors import PyMongoError
 
 from . import discovery, runtime
 from .bus import event_bus
+from .clitable import on_terminal, print_table
 from .config import Settings
 from .deadletters import DeadItem
 from .definitions import RegistryEntry, Subscriber
@@ -198,7 +202,12 @@ async def _run_dead(args: argparse.Namespace) -> int:
                 print(json.dumps(_dead_dict(item)))
         else:
             total = await event_bus.count_dead_items()
-            print(f"{total} dead item(s)" + (f", showing {len(items)}" if len(items) < total else ""))
+            title = f"{total} dead item(s)" + (f", showing {len(items)}" if len(items) < total else "")
+            if on_terminal():
+                rows = [(i.id, f"{i.dropped_at:%Y-%m-%d %H:%M:%S}", i.size, i.reason) for i in items]
+                print_table(title, ("id", "dropped at (UTC)", "bytes", "reason"), rows)
+                return 0
+            print(title)
             for item in items:
                 print(f"{item.id}  {item.dropped_at:%Y-%m-%d %H:%M:%S}  {item.size} bytes  {escape(item.reason)}")
         return 0
@@ -318,7 +327,22 @@ async def _run_scheduled(args: argparse.Namespace) -> int:
                 print(json.dumps(_scheduled_dict(item)))
             return 0
         total = await event_bus.count_scheduled(args.event)
-        print(f"{total} scheduled message(s)" + (f", showing {len(items)}" if len(items) < total else ""))
+        title = f"{total} scheduled message(s)" + (f", showing {len(items)}" if len(items) < total else "")
+        if on_terminal():
+            rows = [
+                (
+                    i.id,
+                    f"{i.due_at:%Y-%m-%d %H:%M:%S}",
+                    i.event.name,
+                    i.handler or "",
+                    i.attempt or "",
+                    "" if i.entity is None else f"{i.entity.model} {i.entity.id}",
+                )
+                for i in items
+            ]
+            print_table(title, ("id", "due at (UTC)", "event", "handler", "attempt", "entity"), rows)
+            return 0
+        print(title)
         for item in items:
             print(_scheduled_line(item))
         return 0
@@ -478,7 +502,20 @@ async def _run_failed(args: argparse.Namespace) -> int:
             return 0
         if selection.indexed_only:
             total = await event_bus.count_failed_jobs(args.event, args.handler)
-            print(f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else ""))
+            title = f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else "")
+        else:
+            title = f"{len(jobs)} failed job(s) matching {_selection_text(selection)}" + (
+                f" from {args.offset}" if args.offset else ""
+            )
+        if on_terminal():
+            rows = [
+                (job.id, f"{job.failed_at:%Y-%m-%d %H:%M:%S}", job.event.name, job.handler, job.attempts, job.error)
+                for job in jobs
+            ]
+            print_table(title, ("id", "failed at (UTC)", "event", "handler", "attempts", "error"), rows)
+            return 0
+        if selection.indexed_only:
+            print(title)
         else:
             print(
                 f"{len(jobs)} failed job(s) matching {_selection_text(selection)}"
@@ -595,6 +632,11 @@ async def _run_status(args: argparse.Namespace) -> int:
         status = await _status()
         if args.json:
             print(json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(), **status}), flush=True)
+        elif on_terminal():
+            headers = ("queue", "waiting", "in flight", "scheduled", "failed", "dead-lettered", "live workers")
+            fields = ("queue", "waiting", "in_flight", "scheduled", "failed", "dead", "workers")
+            title = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+            print_table(title, headers, [tuple(status[f] for f in fields)])
         else:
             print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {_status_text(status)}", flush=True)
         if args.watch is None:

@@ -265,3 +265,61 @@ def test_remove_all_goes_in_batches_with_progress(redis_url, queue, capsys, monk
 def test_retry_and_remove_usage_errors_exit_2(redis_url, queue, args, says):
     out = cli(redis_url, queue, "failed", *args, "--yes")
     assert out.returncode == 2 and says in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+# --- tables on a terminal -----------------------------------------------------------------
+
+
+def on_a_terminal(redis_url: str, queue: str, *args: str) -> str:
+    """What the command prints with its stdout a terminal (a pty, 200 columns wide)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    exe = Path(sys.executable).parent / "earnevents"
+    env = {
+        **os.environ,
+        "EARNEVENTS_REDIS_URI": redis_url,
+        "EARNEVENTS_QUEUE": queue,
+        "EARNEVENTS_MONGO_URI": "",
+        "TERM": "xterm",
+        "COLUMNS": "200",  # rich takes it over the pty's size (xdist workers may set it)
+    }
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    try:
+        proc = subprocess.run(
+            [str(exe), *args], env=env, stdout=terminal, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60
+        )
+        os.close(terminal)
+        terminal = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the pty's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert proc.returncode == 0, proc.stderr
+    return b"".join(chunks).decode()
+
+
+def test_lists_and_status_are_tables_on_a_terminal_and_markup_stays_text(redis_url, queue):
+    now = dt.datetime.now(dt.timezone.utc)
+    job = FailedJob(Event("a.x", {}), "app.h", "[bold]boom[/bold] \x1b[31m", "tb", 2, queue, now)
+    store_jobs(redis_url, queue, [job])
+    shown = on_a_terminal(redis_url, queue, "failed", "list")
+    assert "┏━" in shown and "failed at (UTC)" in shown, shown  # a rich table and its header
+    assert job.id in shown and "[bold]boom[/bold]" in shown  # markup shown as text
+    assert "\x1b[31m" not in shown and "\\x1b" in shown  # the control character escaped
+    status_ = on_a_terminal(redis_url, queue, "status")
+    assert "live workers" in status_ and queue in status_
+    plain = cli(redis_url, queue, "failed", "list")  # not a terminal: the plain lines
+    assert plain.stdout.splitlines()[0] == "1 failed job(s)" and "│" not in plain.stdout
