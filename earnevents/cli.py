@@ -475,9 +475,7 @@ def _selection_text(selection: JobSelection) -> str:
 
 async def _matching(selection: JobSelection, limit: int | None = None, offset: int = 0) -> list[FailedJob]:
     """Jobs ``selection`` matches, newest first, from ``offset`` on, at most ``limit``."""
-    if selection.indexed_only:  # the store filters and pages by itself
-        if limit is None:
-            limit = await event_bus.count_failed_jobs(selection.event_name, selection.handler)
+    if selection.indexed_only and limit is not None:  # the store filters and pages by itself
         return await event_bus.get_failed_jobs(limit, offset, selection.event_name, selection.handler)
     jobs: list[FailedJob] = []
     skipped = 0
@@ -563,7 +561,14 @@ async def _run_failed(args: argparse.Namespace) -> int:
 
 
 BATCH = 500
-"""Jobs retried or removed at once by ``failed retry|remove --all``."""
+"""Jobs retried or removed per batch (one progress line each) by ``failed retry|remove --all``."""
+CONCURRENCY = 32
+"""Of a batch, jobs retried or removed at the same time (each a few Redis round trips)."""
+
+
+async def _bounded(gate: asyncio.Semaphore, act: Any, job_id: str) -> Any:
+    async with gate:
+        return await act(job_id)
 
 
 async def _bulk(args: argparse.Namespace) -> int:
@@ -578,10 +583,11 @@ async def _bulk(args: argparse.Namespace) -> int:
     confirm(f"{verb} {len(ids)} failed job(s) of queue {_queue()!r} ({_selection_text(selection)}): {what}", args.yes)
     act = event_bus.retry_job if verb == "retry" else event_bus.remove_job
     done = gone = 0
+    gate = asyncio.Semaphore(CONCURRENCY)
     terminal = sys.stderr.isatty()
     for start in range(0, len(ids), BATCH):
         batch = ids[start : start + BATCH]
-        results = await asyncio.gather(*(act(job_id) for job_id in batch), return_exceptions=True)
+        results = await asyncio.gather(*(_bounded(gate, act, job_id) for job_id in batch), return_exceptions=True)
         for result in results:
             if isinstance(result, JobNotFoundError):
                 gone += 1  # retried or removed by someone else since listed

@@ -19,6 +19,7 @@ import earnevents
 from earnevents import Event, FailedJob, keys
 from earnevents import cli as cli_module
 from earnevents.deadletters import ADD_SCRIPT, DeadItem, add_args
+from earnevents.failures import selection
 from earnevents.testing import wait_for
 
 TESTS_DIR = Path(__file__).parent
@@ -244,6 +245,7 @@ def test_retry_all_matching_asks_with_the_count_and_sends_each(redis_url, queue,
 def test_remove_all_goes_in_batches_with_progress(redis_url, queue, capsys, monkeypatch):
     jobs = add_jobs(redis_url, queue, ("a.x", 1), ("a.x", 2), ("a.x", 3), ("a.x", 4), ("a.x", 9))
     monkeypatch.setattr(cli_module, "BATCH", 2)
+    monkeypatch.setattr(selection, "PAGE", 2)  # the walk over the store's pages too
     monkeypatch.setenv("EARNEVENTS_QUEUE", queue)
     status_, out, err = run_main(
         capsys, "--redis-uri", redis_url, "--mongo-uri", "", "failed", "remove", "--all", "--since", "5h", "--yes"

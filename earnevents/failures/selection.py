@@ -64,13 +64,14 @@ ListPage = Callable[[int, int, str | None, str | None], Awaitable[list[FailedJob
 """``(limit, offset, event_name, handler)`` -> jobs newest first, as ``event_bus.get_failed_jobs``."""
 
 
-async def walk(list_page: ListPage, selection: JobSelection, page: int = PAGE) -> AsyncIterator[FailedJob]:
-    """The jobs ``selection`` matches, newest first, asking ``list_page`` for ``page`` at a time.
+async def walk(list_page: ListPage, selection: JobSelection, page: int | None = None) -> AsyncIterator[FailedJob]:
+    """The jobs ``selection`` matches, newest first, asking ``list_page`` for ``page`` (:data:`PAGE`) at a time.
 
     Stops at the first job older than ``since``: the list is newest first. Jobs removed
     while walking may shift a page, so one may be missed or seen twice (each id is
     yielded once); take the ids first when acting on them.
     """
+    page = page or PAGE
     seen: set[str] = set()
     offset = 0
     while True:
