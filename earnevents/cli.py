@@ -7,7 +7,7 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents failed show JOB_ID
     earnevents failed retry (JOB_ID [JOB_ID ...] | --all [FILTERS]) [--yes]
     earnevents failed remove (JOB_ID [JOB_ID ...] | --all [FILTERS]) [--yes]
-    earnevents failed purge [--older-than 7d] [--event NAME] [--handler DOTTED] [--yes]
+    earnevents failed purge [--older-than 7d] [FILTERS] [--yes]
     earnevents dead list [--limit N] [--offset N] [--json]
     earnevents dead show ID
     earnevents dead remove ID [ID ...] [--yes]
@@ -694,6 +694,12 @@ async def _run_publish(args: argparse.Namespace) -> int:
 
 
 async def _purge(args: argparse.Namespace) -> int:
+    if args.error is not None or args.since is not None or args.until is not None:
+        # Filters the store does not index: remove what they match, as `failed remove --all` does.
+        if args.older_than is not None:
+            cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=args.older_than)
+            args.until = cutoff if args.until is None else min(args.until, cutoff)
+        return await _bulk(argparse.Namespace(**{**vars(args), "command": "remove"}))
     what = f"delete the failed jobs of queue {_queue()!r}"
     if args.older_than is not None:
         what += f" that failed more than {args.older_than_text} ago"
@@ -828,8 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--older-than", action=_Duration, metavar="DURATION", help="only jobs that failed longer ago: 90s, 30m, 12h, 7d"
     )
-    purge.add_argument("--event", help="only this event name")
-    purge.add_argument("--handler", help="only this handler (dotted name)")
+    _add_filters(purge)
     purge.set_defaults(older_than=None, older_than_text=None)
     _add_yes(purge)
     dead = groups.add_parser("dead", help="queue items workers refused").add_subparsers(dest="command", required=True)

@@ -325,3 +325,27 @@ def test_lists_and_status_are_tables_on_a_terminal_and_markup_stays_text(redis_u
     assert "live workers" in status_ and queue in status_
     plain = cli(redis_url, queue, "failed", "list")  # not a terminal: the plain lines
     assert plain.stdout.splitlines()[0] == "1 failed job(s)" and "│" not in plain.stdout
+
+
+def test_purge_takes_the_error_and_time_filters_too(redis_url, queue):
+    now = dt.datetime.now(dt.timezone.utc)
+    specs = [("ConnectionError: a", 1), ("ConnectionError: b", 10), ("ValueError: c", 10), ("ConnectionError: d", 30)]
+    jobs = [FailedJob(Event("a.x", {}), "app.h", e, "tb", 1, queue, now - dt.timedelta(hours=h)) for e, h in specs]
+    store_jobs(redis_url, queue, jobs)
+    out = cli(redis_url, queue, "failed", "purge", "--error", "ConnectionError", "--older-than", "5h", "--since", "1d")
+    assert out.returncode == 2 and "remove 1 failed job(s)" in out.stderr, out.stderr
+    out = cli(
+        redis_url,
+        queue,
+        "failed",
+        "purge",
+        "--error",
+        "ConnectionError",
+        "--older-than",
+        "5h",
+        "--since",
+        "1d",
+        "--yes",
+    )
+    assert out.returncode == 0 and "removed 1 failed job(s)" in out.stdout, out.stderr
+    assert listed(redis_url, queue) == {jobs[0].id, jobs[2].id, jobs[3].id}
