@@ -28,7 +28,8 @@ FILTERS are --event NAME, --handler DOTTED, --error TEXT (a substring of the err
 --since WHEN and --until WHEN (WHEN: a duration ago, 90s/1h/7d, or an ISO time; a time
 without a zone is UTC). ``failed retry|remove --all`` take every job the filters match
 (all of the queue's without one), in batches of 500 with a progress line on stderr,
-after a confirmation that shows the count.
+after a confirmation that shows the count; ``failed purge`` given --error, --since or
+--until does the same (its --older-than then narrows --until).
 
 ``earnevents status`` prints the configured queue's counts: waiting, in flight,
 scheduled, failed, dead-lettered, and its live workers; ``--watch`` reprints them
@@ -56,8 +57,8 @@ exit status 1: the likely cause is that the application's modules were not found
 them and sends signals. ``resume`` and ``signal`` import the application's modules as
 ``earnevents events`` does: they need the workflows' definitions (the steps, the Context).
 
-Lists and ``status`` print rich tables when stdout is a terminal, plain lines otherwise
-(one JSON object per line with --json).
+``failed list``, ``dead list``, ``scheduled list`` and ``status`` print rich tables when
+stdout is a terminal, plain lines otherwise (one JSON object per line with --json).
 
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
