@@ -1,11 +1,13 @@
 """``earnevents`` command line: look at, retry and remove failed jobs; look at and
 remove dead letters (queue items workers refused); look at and replay logged events.
 
-    earnevents failed list [--event NAME] [--handler DOTTED] [--limit N] [--offset N] [--json]
+    earnevents status [--json] [--watch [SECONDS]]
+    earnevents publish NAME [--data JSON] [--delay SECONDS | --at ISO] [--sender S]
+    earnevents failed list [FILTERS] [--limit N] [--offset N] [--json]
     earnevents failed show JOB_ID
-    earnevents failed retry JOB_ID [JOB_ID ...] [--yes]
-    earnevents failed remove JOB_ID [JOB_ID ...] [--yes]
-    earnevents failed purge [--older-than 7d] [--event NAME] [--handler DOTTED] [--yes]
+    earnevents failed retry (JOB_ID [JOB_ID ...] | --all [FILTERS]) [--yes]
+    earnevents failed remove (JOB_ID [JOB_ID ...] | --all [FILTERS]) [--yes]
+    earnevents failed purge [--older-than 7d] [FILTERS] [--yes]
     earnevents dead list [--limit N] [--offset N] [--json]
     earnevents dead show ID
     earnevents dead remove ID [ID ...] [--yes]
@@ -21,6 +23,19 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents workflows cancel RUN_ID [--yes]
     earnevents workflows resume RUN_ID [--at-step STEP] [--yes]
     earnevents workflows signal NAME [--payload JSON] [--run RUN_ID]
+
+FILTERS are --event NAME, --handler DOTTED, --error TEXT (a substring of the error),
+--since WHEN and --until WHEN (WHEN: a duration ago, 90s/1h/7d, or an ISO time; a time
+without a zone is UTC). ``failed retry|remove --all`` take every job the filters match
+(all of the queue's without one), in batches of 500 with a progress line on stderr,
+after a confirmation that shows the count; ``failed purge`` given --error, --since or
+--until does the same (its --older-than then narrows --until).
+
+``earnevents status`` prints the configured queue's counts: waiting, in flight,
+scheduled, failed, dead-lettered, and its live workers; ``--watch`` reprints them
+every SECONDS (2) until interrupted. ``earnevents publish`` publishes one event as
+``event_bus.publish`` does (validated against its ``define_event`` schema: it imports
+the application's modules as ``earnevents events`` does) and prints its id.
 
 ``earnevents events`` lists the event registry: every ``define_event`` with its
 description, schema, codes and metadata, and the handlers and receivers subscribed
@@ -42,6 +57,9 @@ exit status 1: the likely cause is that the application's modules were not found
 them and sends signals. ``resume`` and ``signal`` import the application's modules as
 ``earnevents events`` does: they need the workflows' definitions (the steps, the Context).
 
+``failed list``, ``dead list``, ``scheduled list`` and ``status`` print rich tables when
+stdout is a terminal, plain lines otherwise (one JSON object per line with --json).
+
 Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 --redis-uri / --mongo-uri / --database. Commands that delete records or run
 handlers again (retry, remove, purge, replay, cancel, rebuild --since, workflows cancel|resume)
@@ -49,7 +67,8 @@ ask for confirmation on a terminal; with stdin not a terminal they refuse (exit 
 
 Exit status: 0 done; 1 a runtime error (an id not found, the others still
 handled; Redis or MongoDB unreachable; confirmation declined); 2 bad usage or
-configuration. Errors are one ``error: ...`` line on stderr, never a traceback.
+configuration (a --data its event's schema refuses too); 130 interrupted (how
+``status --watch`` ends). Errors are one ``error: ...`` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -59,6 +78,7 @@ import asyncio
 import datetime as dt
 import importlib
 import json
+import math
 import os
 import re
 import sys
@@ -70,16 +90,19 @@ from pymongo.errors import PyMongoError
 
 from . import discovery, runtime
 from .bus import event_bus
+from .clitable import on_terminal, print_table
 from .config import Settings
 from .deadletters import DeadItem
 from .definitions import RegistryEntry, Subscriber
 from .definitions import registry as event_registry
 from .errors import ConfigError, DeadItemNotFoundError, EarnEventsError, JobNotFoundError, NotInitializedError
-from .event import encode
+from .event import Event, encode
 from .eventlog import EVENT_STATUSES, EventRecord
 from .failures import FailedJob
+from .failures.selection import JobSelection, walk
 from .logtext import escape
 from .models import automations
+from .queuestatus import transport_counts
 from .redact import redact_uri
 from .schedule import ScheduledEvent
 from .workflows import engine as workflow_engine
@@ -180,7 +203,12 @@ async def _run_dead(args: argparse.Namespace) -> int:
                 print(json.dumps(_dead_dict(item)))
         else:
             total = await event_bus.count_dead_items()
-            print(f"{total} dead item(s)" + (f", showing {len(items)}" if len(items) < total else ""))
+            title = f"{total} dead item(s)" + (f", showing {len(items)}" if len(items) < total else "")
+            if on_terminal():
+                rows = [(i.id, f"{i.dropped_at:%Y-%m-%d %H:%M:%S}", i.size, i.reason) for i in items]
+                print_table(title, ("id", "dropped at (UTC)", "bytes", "reason"), rows)
+                return 0
+            print(title)
             for item in items:
                 print(f"{item.id}  {item.dropped_at:%Y-%m-%d %H:%M:%S}  {item.size} bytes  {escape(item.reason)}")
         return 0
@@ -300,7 +328,22 @@ async def _run_scheduled(args: argparse.Namespace) -> int:
                 print(json.dumps(_scheduled_dict(item)))
             return 0
         total = await event_bus.count_scheduled(args.event)
-        print(f"{total} scheduled message(s)" + (f", showing {len(items)}" if len(items) < total else ""))
+        title = f"{total} scheduled message(s)" + (f", showing {len(items)}" if len(items) < total else "")
+        if on_terminal():
+            rows = [
+                (
+                    i.id,
+                    f"{i.due_at:%Y-%m-%d %H:%M:%S}",
+                    i.event.name,
+                    i.handler or "",
+                    i.attempt or "",
+                    "" if i.entity is None else f"{i.entity.model} {i.entity.id}",
+                )
+                for i in items
+            ]
+            print_table(title, ("id", "due at (UTC)", "event", "handler", "attempt", "entity"), rows)
+            return 0
+        print(title)
         for item in items:
             print(_scheduled_line(item))
         return 0
@@ -381,42 +424,11 @@ async def _run(args: argparse.Namespace) -> int:
             return await _run_scheduled(args)
         if args.group == "workflows":
             return await _run_workflows(args)
-        if args.command == "list":
-            jobs = await event_bus.get_failed_jobs(args.limit, args.offset, args.event, args.handler)
-            if args.json:
-                for job in jobs:
-                    print(json.dumps(_job_dict(job)))
-            else:
-                total = await event_bus.count_failed_jobs(args.event, args.handler)
-                print(f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else ""))
-                for job in jobs:
-                    print(
-                        f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {escape(job.event.name)}  "
-                        f"{escape(job.handler)}  x{job.attempts}  {escape(job.error)}"
-                    )
-            return 0
-        if args.command == "show":
-            print(json.dumps(_job_dict(await event_bus.get_failed_job(args.job_id), full=True), indent=2))
-            return 0
-        if args.command == "purge":
-            return await _purge(args)
-        if args.command == "retry":
-            confirm(f"retry {len(args.job_ids)} failed job(s): run their handlers again", args.yes)
-        else:
-            confirm(f"remove {len(args.job_ids)} failed job(s) for good", args.yes)
-        status = 0
-        for job_id in args.job_ids:
-            try:
-                if args.command == "retry":
-                    await event_bus.retry_job(job_id)
-                    print(f"retried {job_id}")
-                else:
-                    await event_bus.remove_job(job_id)
-                    print(f"removed {job_id}")
-            except JobNotFoundError as exc:
-                print(f"error: {escape(str(exc))}", file=sys.stderr)
-                status = 1
-        return status
+        if args.group == "status":
+            return await _run_status(args)
+        if args.group == "publish":
+            return await _run_publish(args)
+        return await _run_failed(args)
     finally:
         await runtime.close()
 
@@ -425,7 +437,270 @@ def _queue() -> str:
     return runtime.current().settings.queue_name
 
 
+# --- earnevents failed: failed jobs --------------------------------------------------
+
+
+def _moment(text: str) -> dt.datetime:
+    """``text`` as a moment: a duration ago (90s, 1h, 7d) or an ISO time (UTC when it names no zone)."""
+    try:
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration ago (90s, 1h, 7d) nor an ISO time (2026-11-27T09:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _selection(args: argparse.Namespace) -> JobSelection:
+    return JobSelection(args.event, args.handler, args.error, args.since, args.until)
+
+
+def _selection_text(selection: JobSelection) -> str:
+    parts = []
+    if selection.event_name is not None:
+        parts.append(f"event {escape(repr(selection.event_name))}")
+    if selection.handler is not None:
+        parts.append(f"handler {escape(repr(selection.handler))}")
+    if selection.error is not None:
+        parts.append(f"error containing {escape(repr(selection.error))}")
+    if selection.since is not None:
+        parts.append(f"failed since {selection.since:%Y-%m-%d %H:%M:%S} UTC")
+    if selection.until is not None:
+        parts.append(f"failed until {selection.until:%Y-%m-%d %H:%M:%S} UTC")
+    return ", ".join(parts) or "all of them"
+
+
+async def _matching(selection: JobSelection, limit: int | None = None, offset: int = 0) -> list[FailedJob]:
+    """Jobs ``selection`` matches, newest first, from ``offset`` on, at most ``limit``."""
+    if selection.indexed_only and limit is not None:  # the store filters and pages by itself
+        return await event_bus.get_failed_jobs(limit, offset, selection.event_name, selection.handler)
+    jobs: list[FailedJob] = []
+    skipped = 0
+    async for job in walk(event_bus.get_failed_jobs, selection):
+        if skipped < offset:
+            skipped += 1
+            continue
+        if limit is not None and len(jobs) >= limit:
+            break
+        jobs.append(job)
+    return jobs
+
+
+async def _run_failed(args: argparse.Namespace) -> int:
+    """``earnevents failed list|show|retry|remove|purge``: failed jobs."""
+    if args.command == "list":
+        selection = _selection(args)
+        jobs = await _matching(selection, args.limit, args.offset)
+        if args.json:
+            for job in jobs:
+                print(json.dumps(_job_dict(job)))
+            return 0
+        if selection.indexed_only:
+            total = await event_bus.count_failed_jobs(args.event, args.handler)
+            title = f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else "")
+        else:
+            title = f"{len(jobs)} failed job(s) matching {_selection_text(selection)}" + (
+                f" from {args.offset}" if args.offset else ""
+            )
+        if on_terminal():
+            rows = [
+                (job.id, f"{job.failed_at:%Y-%m-%d %H:%M:%S}", job.event.name, job.handler, job.attempts, job.error)
+                for job in jobs
+            ]
+            print_table(title, ("id", "failed at (UTC)", "event", "handler", "attempts", "error"), rows)
+            return 0
+        if selection.indexed_only:
+            print(title)
+        else:
+            print(
+                f"{len(jobs)} failed job(s) matching {_selection_text(selection)}"
+                + (f" from {args.offset}" if args.offset else "")
+            )
+        for job in jobs:
+            print(
+                f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {escape(job.event.name)}  "
+                f"{escape(job.handler)}  x{job.attempts}  {escape(job.error)}"
+            )
+        return 0
+    if args.command == "show":
+        print(json.dumps(_job_dict(await event_bus.get_failed_job(args.job_id), full=True), indent=2))
+        return 0
+    if args.command == "purge":
+        return await _purge(args)
+    filtered = [
+        f"--{name}" for name in ("event", "handler", "error", "since", "until") if getattr(args, name) is not None
+    ]
+    if args.all and args.job_ids:
+        raise UsageError(f"failed {args.command}: give JOB_IDs or --all, not both")
+    if args.all:
+        return await _bulk(args)
+    if not args.job_ids:
+        raise UsageError(f"failed {args.command}: give the JOB_IDs, or --all (with filters) for every job matching")
+    if filtered:
+        raise UsageError(f"failed {args.command}: {', '.join(filtered)} select jobs for --all only; add --all")
+    if args.command == "retry":
+        confirm(f"retry {len(args.job_ids)} failed job(s): run their handlers again", args.yes)
+    else:
+        confirm(f"remove {len(args.job_ids)} failed job(s) for good", args.yes)
+    status = 0
+    for job_id in args.job_ids:
+        try:
+            if args.command == "retry":
+                await event_bus.retry_job(job_id)
+                print(f"retried {job_id}")
+            else:
+                await event_bus.remove_job(job_id)
+                print(f"removed {job_id}")
+        except JobNotFoundError as exc:
+            print(f"error: {escape(str(exc))}", file=sys.stderr)
+            status = 1
+    return status
+
+
+BATCH = 500
+"""Jobs retried or removed per batch (one progress line each) by ``failed retry|remove --all``."""
+CONCURRENCY = 32
+"""Of a batch, jobs retried or removed at the same time (each a few Redis round trips)."""
+
+
+async def _bounded(gate: asyncio.Semaphore, act: Any, job_id: str) -> Any:
+    async with gate:
+        return await act(job_id)
+
+
+async def _bulk(args: argparse.Namespace) -> int:
+    """``failed retry|remove --all``: every job the filters match, in batches, with progress."""
+    selection = _selection(args)
+    ids = [job.id for job in await _matching(selection)]  # ids first: acting shifts the pages
+    if not ids:
+        print(f"no failed job matches ({_selection_text(selection)}); nothing to do")
+        return 0
+    verb = "retry" if args.command == "retry" else "remove"
+    what = "run their handlers again" if verb == "retry" else "for good"
+    confirm(f"{verb} {len(ids)} failed job(s) of queue {_queue()!r} ({_selection_text(selection)}): {what}", args.yes)
+    act = event_bus.retry_job if verb == "retry" else event_bus.remove_job
+    done = gone = 0
+    gate = asyncio.Semaphore(CONCURRENCY)
+    terminal = sys.stderr.isatty()
+    for start in range(0, len(ids), BATCH):
+        batch = ids[start : start + BATCH]
+        results = await asyncio.gather(*(_bounded(gate, act, job_id) for job_id in batch), return_exceptions=True)
+        for result in results:
+            if isinstance(result, JobNotFoundError):
+                gone += 1  # retried or removed by someone else since listed
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                done += 1
+        line = f"{verb}: {start + len(batch)}/{len(ids)}"
+        print(("\r" + line) if terminal else line, end="" if terminal else "\n", file=sys.stderr, flush=True)
+    if terminal:
+        print(file=sys.stderr)
+    past = "retried" if verb == "retry" else "removed"
+    print(
+        f"{past} {done} failed job(s)" + (f"; {gone} were gone already (retried or removed meanwhile)" if gone else "")
+    )
+    return 0
+
+
+# --- earnevents status and publish ----------------------------------------------------
+
+
+async def _status() -> dict[str, Any]:
+    env = runtime.current()
+    queue = env.settings.queue_name
+    transport = await transport_counts(env.redis, queue)
+    return {
+        "queue": queue,
+        "waiting": transport.waiting,
+        "in_flight": transport.in_flight,
+        "scheduled": await event_bus.count_scheduled(),
+        "failed": await event_bus.count_failed_jobs(),
+        "dead": await event_bus.count_dead_items(),
+        "workers": transport.workers,
+    }
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    return (
+        f"queue {escape(status['queue'])}: {status['waiting']} waiting, {status['in_flight']} in flight, "
+        f"{status['scheduled']} scheduled, {status['failed']} failed, {status['dead']} dead-lettered; "
+        f"{status['workers']} live worker(s)"
+    )
+
+
+async def _run_status(args: argparse.Namespace) -> int:
+    """``earnevents status [--json] [--watch [SECONDS]]``."""
+    while True:
+        status = await _status()
+        if args.json:
+            print(json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(), **status}), flush=True)
+        elif on_terminal():
+            headers = ("queue", "waiting", "in flight", "scheduled", "failed", "dead-lettered", "live workers")
+            fields = ("queue", "waiting", "in_flight", "scheduled", "failed", "dead", "workers")
+            title = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+            print_table(title, headers, [tuple(status[f] for f in fields)])
+        else:
+            print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {_status_text(status)}", flush=True)
+        if args.watch is None:
+            return 0
+        await asyncio.sleep(args.watch)
+
+
+def _data_arg(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {type(data).__name__}")
+    return cast(dict[str, Any], data)
+
+
+def _delay_arg(text: str) -> float:
+    """Seconds: a number, or a duration with a unit (90s, 5m)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return seconds
+
+
+def _at_arg(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO time (e.g. 2026-11-27T09:00:00Z)") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} names no time zone: add one (Z, +01:00)")
+    return moment
+
+
+async def _run_publish(args: argparse.Namespace) -> int:
+    """``earnevents publish NAME``: publish one event as the application would; print its id."""
+    # define_event schemas (and strict mode) live in the application's modules: what a worker imports
+    _import_app_modules(Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database))
+    event_id = await event_bus.publish(Event(args.name, args.data), delay=args.delay, at=args.at, sender=args.sender)
+    print(event_id)
+    return 0
+
+
 async def _purge(args: argparse.Namespace) -> int:
+    if args.error is not None or args.since is not None or args.until is not None:
+        # Filters the store does not index: remove what they match, as `failed remove --all` does.
+        if args.older_than is not None:
+            cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=args.older_than)
+            args.until = cutoff if args.until is None else min(args.until, cutoff)
+        return await _bulk(argparse.Namespace(**{**vars(args), "command": "remove"}))
     what = f"delete the failed jobs of queue {_queue()!r}"
     if args.older_than is not None:
         what += f" that failed more than {args.older_than_text} ago"
@@ -465,6 +740,44 @@ def _add_yes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do it without asking (needed when not on a terminal)")
 
 
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--event", help="only this event name")
+    parser.add_argument("--handler", help="only this handler (dotted name)")
+    parser.add_argument("--error", metavar="TEXT", help="only jobs whose error contains TEXT")
+    when = "a duration ago (90s, 1h, 7d) or an ISO time (UTC unless it names a zone)"
+    parser.add_argument("--since", type=_moment, metavar="WHEN", help=f"only jobs that failed since: {when}")
+    parser.add_argument("--until", type=_moment, metavar="WHEN", help=f"only jobs that failed until: {when}")
+
+
+def _add_status_publish(groups: Any) -> None:
+    status = groups.add_parser(
+        "status",
+        help="the queue's counts and live workers",
+        description="The configured queue: waiting, in flight, scheduled, failed, dead-lettered, live workers.",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object per line")
+    status.add_argument(
+        "--watch",
+        type=_delay_arg,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="print again every SECONDS (2) until interrupted",
+    )
+    publish = groups.add_parser(
+        "publish",
+        help="publish an event; prints its id",
+        description="Publish one event as event_bus.publish does (validated against its schema; the application's "
+        "modules are imported, as a worker does) and print its id.",
+    )
+    publish.add_argument("name", metavar="NAME")
+    publish.add_argument("--data", type=_data_arg, default={}, metavar="JSON", help="the event's data, a JSON object")
+    when = publish.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=_delay_arg, metavar="SECONDS", help="no handler starts before (30, 90s, 5m)")
+    when.add_argument("--at", type=_at_arg, metavar="ISO", help="no handler starts before this time, with its zone")
+    publish.add_argument("--sender", metavar="S", help="the event's sender (metadata['sender'])")
+
+
 def _add_event_log(parser: argparse.ArgumentParser) -> None:
     """``earnevents events list|show|replay``: the event log's subcommands of the ``events`` group
     (optional: without one, the group prints the registry)."""
@@ -498,25 +811,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
     parser.add_argument("--database", help="default: $EARNEVENTS_DATABASE")
     groups = parser.add_subparsers(dest="group", required=True)
+    _add_status_publish(groups)
     failed = groups.add_parser("failed", help="failed jobs").add_subparsers(dest="command", required=True)
     lst = failed.add_parser("list", help="newest first")
-    lst.add_argument("--event", help="only this event name")
-    lst.add_argument("--handler", help="only this handler (dotted name)")
+    _add_filters(lst)
     lst.add_argument("--limit", type=_count_arg, default=100)
     lst.add_argument("--offset", type=_count_arg, default=0)
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     show = failed.add_parser("show", help="one job with its data and traceback, as JSON")
     show.add_argument("job_id")
     for name, what in (("retry", "re-run the handler now and take the job off the list"), ("remove", "delete the job")):
-        sub = failed.add_parser(name, help=what)
-        sub.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+        sub = failed.add_parser(
+            name,
+            help=what,
+            description=f"{what.capitalize()}: the JOB_IDs given, or with --all every job the filters match "
+            f"(all of the queue's without one), {BATCH} at a time, after a confirmation showing the count.",
+        )
+        sub.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+        sub.add_argument("--all", action="store_true", help="every job the filters match instead of JOB_IDs")
+        _add_filters(sub)
         _add_yes(sub)
     purge = failed.add_parser("purge", help="delete failed jobs in bulk (all of the queue's unless filtered)")
     purge.add_argument(
         "--older-than", action=_Duration, metavar="DURATION", help="only jobs that failed longer ago: 90s, 30m, 12h, 7d"
     )
-    purge.add_argument("--event", help="only this event name")
-    purge.add_argument("--handler", help="only this handler (dotted name)")
+    _add_filters(purge)
     purge.set_defaults(older_than=None, older_than_text=None)
     _add_yes(purge)
     dead = groups.add_parser("dead", help="queue items workers refused").add_subparsers(dest="command", required=True)

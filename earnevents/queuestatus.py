@@ -1,0 +1,60 @@
+"""What a queue holds right now, read from Redis: waiting, in flight, live workers.
+
+Read-only and cheap: a few commands per queue, the in-flight count bounded by what the
+workers hold (their prefetch). Counts of the schedule, failed jobs and dead letters
+come from their own stores (``event_bus.count_*``); this module covers what lives in
+the transport's keys.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import keys
+
+SCAN_COUNT = 500
+"""Entries asked per HSCAN of kombu's unacked hash."""
+
+
+@dataclass(frozen=True)
+class TransportCounts:
+    """``waiting``: messages in the queue's list; ``in_flight``: messages workers took and
+    have not acknowledged (kombu's unacked hash plus reliable fetch's in-flight lists);
+    ``workers``: consumers registered for the queue whose alive key is still fresh."""
+
+    waiting: int
+    in_flight: int
+    workers: int
+
+
+def _routing_key(raw: Any) -> str | None:
+    """The queue an entry of kombu's unacked hash came from (``[message, exchange, routing_key]``)."""
+    try:
+        entry = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str):
+        return entry[2]
+    return None
+
+
+async def transport_counts(client: Any, queue: str) -> TransportCounts:
+    """The counts of ``queue`` from the asyncio Redis ``client``."""
+    waiting = int(await client.llen(queue))
+    unacked = 0
+    async for _, raw in client.hscan_iter(keys.UNACKED, count=SCAN_COUNT):
+        if _routing_key(raw) == queue:
+            unacked += 1
+    consumers = sorted(
+        m.decode() if isinstance(m, bytes) else str(m) for m in await client.smembers(keys.inflight_consumers(queue))
+    )
+    pipe = client.pipeline(transaction=False)
+    for consumer in consumers:
+        pipe.exists(keys.consumer_alive(consumer))
+        pipe.llen(keys.inflight_list(queue, consumer))
+    replies = await pipe.execute() if consumers else []
+    alive = sum(1 for flag in replies[0::2] if flag)
+    fetched = sum(int(n) for n in replies[1::2])
+    return TransportCounts(waiting=waiting, in_flight=unacked + fetched, workers=alive)
