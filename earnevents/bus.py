@@ -51,6 +51,9 @@ log = get_logger(__name__)
 
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
+MIN_ATTEMPT = 0.01
+"""Seconds of its deadline a send needs left to be tried at all (see ``enqueue``)."""
+
 RETRY_HEADROOM = 1024
 """Bytes of ``max_message_size`` a published message leaves free: a retry message of the
 same event also names its handler, and workers refuse items over the limit."""
@@ -251,7 +254,18 @@ class EventBus:
         limit = settings.event.publish_timeout
         timeout = limit
         if deadline is not None:
-            timeout = max(0.001, min(timeout, deadline - asyncio.get_running_loop().time()))
+            left = deadline - asyncio.get_running_loop().time()
+            if left < MIN_ATTEMPT:
+                # Its callers' time went on waiting for an earlier send (group commit) to a Redis
+                # that does not answer. Not tried at all: an attempt cut off at once can leave
+                # redis-py tearing down the previous connection, which does not stop on time.
+                raise PublishError(
+                    f"could not publish {len(messages)} message(s) to queue {queue!r} at "
+                    f"{redact_uri(settings.redis_uri)} within {limit:g}s: the time went on waiting for an "
+                    "earlier send to Redis that did not answer. Is Redis running? (publish_timeout sets how "
+                    "long to keep trying)"
+                )
+            timeout = min(timeout, left)
         # With an outbox, stop trying Redis early and keep the rest of the time for MongoDB.
         redis_budget = min(timeout / 2, outbox.REDIS_BUDGET) if settings.outbox else timeout
 
