@@ -107,6 +107,28 @@ def settle(chaos: Chaos, workers: list[WorkerProcess]) -> None:
     time.sleep(3)  # let a last redelivery show up in the counts
 
 
+def mongo_workers(
+    name: str, modules: str, queue: str, database: str, redis_url: str, mongo_url: str, concurrency: int
+) -> list[WorkerProcess]:
+    """Two workers for a chaos run that needs MongoDB too (logs: ``.run/<name>-worker-<i>.log``)."""
+    env = {
+        "EARNEVENTS_REDIS_URI": redis_url,
+        "EARNEVENTS_QUEUE": queue,
+        "EARNEVENTS_MONGO_URI": mongo_url,
+        "EARNEVENTS_DATABASE": database,
+        "EARNEVENTS_HANDLER_MODULES": modules,
+        "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
+        "EARNEVENTS_MAX_DELIVERIES": "3",
+        "PYTHONPATH": str(ROOT),
+    }
+    logs = ROOT / ".run"
+    logs.mkdir(exist_ok=True)
+    paths = [logs / f"{name}-worker-{i}.log" for i in range(2)]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return [WorkerProcess(env, concurrency=concurrency, cwd=str(ROOT), log_path=str(path)) for path in paths]
+
+
 def poison_items(count: int) -> list[bytes]:
     """``count`` queue items a worker must refuse, cycling through several shapes."""
     good = json.loads(message.build(Event("chaos.tick", {"n": -1}).to_wire(), queue=QUEUE, task_id="poison"))

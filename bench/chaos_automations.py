@@ -33,9 +33,9 @@ from pymongo import MongoClient
 import earnevents
 from earnevents import event_bus, keys
 from earnevents.redact import redact_uri
-from earnevents.testing import MongoServer, RedisServer, WorkerProcess
+from earnevents.testing import MongoServer, RedisServer
 
-from .chaos import ROOT, Chaos, log, settle, wait_for_progress
+from .chaos import Chaos, log, mongo_workers, settle, wait_for_progress
 from .chaos_automation_handlers import FIRED, FIRST_AT, Booking, to_ms
 
 QUEUE = "chaos-automations"
@@ -216,22 +216,9 @@ def main() -> int:
     mongo = MongoServer()
     server.start()
     mongo.start()
-    env = {
-        "EARNEVENTS_REDIS_URI": server.url,
-        "EARNEVENTS_QUEUE": QUEUE,
-        "EARNEVENTS_MONGO_URI": mongo.url,
-        "EARNEVENTS_DATABASE": DATABASE,
-        "EARNEVENTS_HANDLER_MODULES": "bench.chaos_automation_handlers",
-        "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
-        "EARNEVENTS_MAX_DELIVERIES": "3",
-        "PYTHONPATH": str(ROOT),
-    }
-    logs = ROOT / ".run"
-    logs.mkdir(exist_ok=True)
-    paths = [logs / f"chaos-automations-worker-{i}.log" for i in range(2)]
-    for path in paths:
-        path.unlink(missing_ok=True)
-    workers = [WorkerProcess(env, concurrency=2, cwd=str(ROOT), log_path=str(path)) for path in paths]
+    workers = mongo_workers(
+        "chaos-automations", "bench.chaos_automation_handlers", QUEUE, DATABASE, server.url, mongo.url, 2
+    )
     client = redis.Redis.from_url(server.url)
     try:
         for worker in workers:
@@ -279,7 +266,7 @@ def main() -> int:
         print(f"unexpected:                        {len(unexpected)}")
         print(f"fired more than once:              {len(twice)}")
         print(f"failed jobs:                       {len(failed)}")
-        dropped = dropped_at_due_time(paths)
+        dropped = dropped_at_due_time([Path(w.log_path) for w in workers])
         print(f"stale occurrences dropped when due: {sum(dropped.values())}  {dict(dropped)}")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
         if latency:

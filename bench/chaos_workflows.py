@@ -36,11 +36,11 @@ from pymongo import MongoClient
 import earnevents
 from earnevents import event_bus, keys
 from earnevents.redact import redact_uri
-from earnevents.testing import MongoServer, RedisServer, WorkerProcess
+from earnevents.testing import MongoServer, RedisServer
 from earnevents.workflows import engine
 from earnevents.workflows.runs import ACTIVE, Run
 
-from .chaos import ROOT, Chaos, log, settle, wait_for_progress
+from .chaos import Chaos, log, mongo_workers, settle, wait_for_progress
 from .chaos_workflow_defs import EFFECTS, PARK_SECONDS, SIGNAL, TIMED_OUT, WAIT_TIMEOUT, WORKFLOW
 
 QUEUE = "chaos-workflows"
@@ -195,22 +195,9 @@ def main() -> int:
     mongo = MongoServer()
     server.start()
     mongo.start()
-    env = {
-        "EARNEVENTS_REDIS_URI": server.url,
-        "EARNEVENTS_QUEUE": QUEUE,
-        "EARNEVENTS_MONGO_URI": mongo.url,
-        "EARNEVENTS_DATABASE": DATABASE,
-        "EARNEVENTS_HANDLER_MODULES": "bench.chaos_workflow_defs",
-        "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
-        "EARNEVENTS_MAX_DELIVERIES": "3",
-        "PYTHONPATH": str(ROOT),
-    }
-    logs = ROOT / ".run"
-    logs.mkdir(exist_ok=True)
-    paths = [logs / f"chaos-workflows-worker-{i}.log" for i in range(2)]
-    for path in paths:
-        path.unlink(missing_ok=True)
-    workers = [WorkerProcess(env, concurrency=args.concurrency, cwd=str(ROOT), log_path=str(path)) for path in paths]
+    workers = mongo_workers(
+        "chaos-workflows", "bench.chaos_workflow_defs", QUEUE, DATABASE, server.url, mongo.url, args.concurrency
+    )
     client = redis.Redis.from_url(server.url)
     try:
         for worker in workers:
