@@ -56,6 +56,24 @@ def retry_delay(policy: RetryPolicy, attempt: int) -> float | None:
     return policy.delay_for(next_retry)
 
 
+def _started(job: Job, handlers: list[str]) -> None:
+    """Tell the event log and the metrics that ``handlers`` start now for ``job``."""
+    eventlog_hooks.started(job, handlers)
+    metrics_hooks.started(job, handlers)
+
+
+def _finished(job: Job, outcomes: list[Outcome]) -> None:
+    """Tell the event log and the metrics that the tries of ``outcomes`` ended."""
+    eventlog_hooks.finished(job, outcomes)
+    metrics_hooks.finished(job, outcomes)
+
+
+def _settled(job: Job, outcome: Outcome, retrying: bool) -> None:
+    """Tell the event log and the metrics that a failed try was retried or recorded."""
+    eventlog_hooks.settled(job, outcome, retrying)
+    metrics_hooks.settled(job, outcome, retrying)
+
+
 async def settle_failures(
     job: Job,
     outcomes: list[Outcome],
@@ -101,8 +119,7 @@ async def settle_failures(
                 job_id=message.derived_id("failed", job.event.id, outcome.handler, job.attempt + 1),
             )
             await failures.add(record)
-            eventlog_hooks.settled(job, outcome, retrying=False)
-            metrics_hooks.settled(job, outcome, retrying=False)
+            _settled(job, outcome, retrying=False)
             continue
         log.warning(
             "handler %s failed for %s %s (try %d): %s; retrying in %.3gs",
@@ -123,8 +140,7 @@ async def settle_failures(
             retry_policy=job.retry_policy.model_dump() if job.retry_policy is not None else None,
         )
         await bus.enqueue([(task_id, job.event.name, payload)], queue=job.queue, delay=delay)
-        eventlog_hooks.settled(job, outcome, retrying=True)
-        metrics_hooks.settled(job, outcome, retrying=True)
+        _settled(job, outcome, retrying=True)
 
 
 def died(starts: int) -> WorkerLostError:
@@ -192,24 +208,20 @@ async def _claim(books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]) -> l
 async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
     """Run the claimed async handlers on the loop: fresh ones together, then the others one by one."""
     job = claimed.job
-    eventlog_hooks.started(job, [h.name for h in claimed.fresh])
-    metrics_hooks.started(job, [h.name for h in claimed.fresh])
+    _started(job, [h.name for h in claimed.fresh])
     outcomes = claimed.dead + await run_async(claimed.fresh, job, books)
     for h in claimed.again:
         await books.started(job, h.name, job.deliveries[h.name])
-        eventlog_hooks.started(job, [h.name])
-        metrics_hooks.started(job, [h.name])
+        _started(job, [h.name])
         outcomes += await run_async([h], job, books)
-    eventlog_hooks.finished(job, outcomes)
-    metrics_hooks.finished(job, outcomes)
+    _finished(job, outcomes)
     return outcomes
 
 
 def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """:func:`_run_claimed` for a mix of sync (run in this thread) and async handlers."""
     job = claimed.job
-    eventlog_hooks.started(job, [h.name for h in claimed.fresh])
-    metrics_hooks.started(job, [h.name for h in claimed.fresh])
+    _started(job, [h.name for h in claimed.fresh])
     async_handlers = [h for h in claimed.fresh if h.is_async]
     pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
     try:
@@ -223,11 +235,9 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
     outcomes = claimed.dead + outcomes
     for h in claimed.again:
         loop.run(books.started(job, h.name, job.deliveries[h.name]))
-        eventlog_hooks.started(job, [h.name])
-        metrics_hooks.started(job, [h.name])
+        _started(job, [h.name])
         outcomes += loop.run(run_async([h], job, books)) if h.is_async else [run_sync(h, job, loop, books)]
-    eventlog_hooks.finished(job, outcomes)
-    metrics_hooks.finished(job, outcomes)
+    _finished(job, outcomes)
     return outcomes
 
 

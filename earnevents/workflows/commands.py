@@ -148,14 +148,7 @@ class _WaitForSignal:
         seconds_, on_timeout_ = _timeout(timeout, on_timeout, "wait")
         return Wait("signal", signal, seconds_, on_timeout_, None, step_name(then, "then"))
 
-    def for_signal(
-        self,
-        signal: str,
-        timeout: dt.timedelta | float | None = None,
-        on_timeout: StepRef | None = None,
-        then: StepRef | None = None,
-    ) -> Wait:
-        return self(signal, timeout, on_timeout, then)
+    for_signal = __call__
 
 
 wait = _WaitForSignal()
