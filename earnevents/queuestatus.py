@@ -29,7 +29,7 @@ class TransportCounts:
     workers: int
 
 
-def _routing_key(raw: Any) -> str | None:
+def unacked_queue(raw: Any) -> str | None:
     """The queue an entry of kombu's unacked hash came from (``[message, exchange, routing_key]``)."""
     try:
         entry = json.loads(raw)
@@ -45,7 +45,7 @@ async def transport_counts(client: Any, queue: str) -> TransportCounts:
     waiting = int(await client.llen(queue))
     unacked = 0
     async for _, raw in client.hscan_iter(keys.UNACKED, count=SCAN_COUNT):
-        if _routing_key(raw) == queue:
+        if unacked_queue(raw) == queue:
             unacked += 1
     consumers = sorted(
         m.decode() if isinstance(m, bytes) else str(m) for m in await client.smembers(keys.inflight_consumers(queue))

@@ -36,6 +36,7 @@ from celery import bootsteps
 from .. import keys, redisurl
 from ..config import Settings
 from ..logtext import get_logger
+from ..queuestatus import unacked_queue
 from . import appsettings
 from .jobs import Job, Outcome
 from .periodic import PeriodicThread, consumed_queues
@@ -193,11 +194,8 @@ class QueueGauges(PeriodicThread):
         """Messages delivered and not yet acknowledged, per queue (kombu's unacked records)."""
         counts: dict[str, int] = {}
         for raw in self._redis.hvals(keys.UNACKED):
-            try:
-                queue = json.loads(raw)[2]  # [payload, exchange, routing key]
-            except (ValueError, TypeError, IndexError):
-                continue
-            if isinstance(queue, str):
+            queue = unacked_queue(raw)
+            if queue is not None:
                 counts[queue] = counts.get(queue, 0) + 1
         return counts
 
