@@ -42,6 +42,7 @@ from .eventlog import EventLogStore, EventRecord
 from .eventlog.record import PENDING, RETRYING, HandlerChange, HandlerRecord, Marked, Published
 from .eventlog.recorder import Recorder
 from .failures import FailedJob, FailureStore
+from .failures.selection import JobSelection, walk
 from .groupcommit import GroupCommit
 from .logtext import get_logger
 from .redact import redact_uri
@@ -405,24 +406,55 @@ class EventBus:
     # --- failed jobs --------------------------------------------------------------
 
     async def get_failed_jobs(
-        self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        event_name: str | None = None,
+        handler: str | None = None,
+        *,
+        error: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
     ) -> list[FailedJob]:
-        """Failed jobs, newest first, optionally filtered by event name and/or handler.
+        """Failed jobs, newest first, optionally only those of one event name and/or
+        handler, whose error text contains ``error``, that failed from ``since`` to
+        ``until`` (timezone-aware datetimes, both inclusive).
 
         The filters are str (TypeError otherwise) compared as they are: never a pattern
         or a query operator.
         """
-        names.check_filter(event_name, "event_name")
-        names.check_filter(handler, "handler")
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
-        return await self._state().failures.list(limit, offset, event_name, handler)
+        selection = _job_selection(event_name, handler, error, since, until)
+        failures = self._state().failures
+        if selection.indexed_only:
+            return await failures.list(limit, offset, event_name, handler)
+        jobs: list[FailedJob] = []
+        skipped = 0
+        async for job in walk(failures.list, selection):
+            if len(jobs) >= limit:
+                break
+            if skipped < offset:
+                skipped += 1
+                continue
+            jobs.append(job)
+        return jobs
 
-    async def count_failed_jobs(self, event_name: str | None = None, handler: str | None = None) -> int:
-        """How many failed jobs :meth:`get_failed_jobs` pages through."""
-        names.check_filter(event_name, "event_name")
-        names.check_filter(handler, "handler")
-        return await self._state().failures.count(event_name, handler)
+    async def count_failed_jobs(
+        self,
+        event_name: str | None = None,
+        handler: str | None = None,
+        *,
+        error: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> int:
+        """How many failed jobs :meth:`get_failed_jobs` pages through with these filters."""
+        selection = _job_selection(event_name, handler, error, since, until)
+        failures = self._state().failures
+        if selection.indexed_only:
+            return await failures.count(event_name, handler)
+        return sum([1 async for _ in walk(failures.list, selection)])
 
     async def get_failed_job(self, job_id: str) -> FailedJob:
         """One failed job; JobNotFoundError when there is none with that id.
@@ -709,6 +741,23 @@ def _show(number: int | float) -> str:
     if isinstance(number, int) and number.bit_length() > 64:
         return f"an integer of {number.bit_length()} bits"
     return repr(number)
+
+
+def _job_selection(
+    event_name: str | None,
+    handler: str | None,
+    error: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> JobSelection:
+    """The failed jobs those filters name (TypeError / ValueError for bad ones)."""
+    return JobSelection(
+        names.check_filter(event_name, "event_name"),
+        names.check_filter(handler, "handler"),
+        names.check_filter(error, "error"),
+        since,
+        until,
+    )
 
 
 def _id_hint(record_id: str) -> str:

@@ -476,18 +476,17 @@ def _selection_text(selection: JobSelection) -> str:
 
 async def _matching(selection: JobSelection, limit: int | None = None, offset: int = 0) -> list[FailedJob]:
     """Jobs ``selection`` matches, newest first, from ``offset`` on, at most ``limit``."""
-    if selection.indexed_only and limit is not None:  # the store filters and pages by itself
-        return await event_bus.get_failed_jobs(limit, offset, selection.event_name, selection.handler)
-    jobs: list[FailedJob] = []
-    skipped = 0
-    async for job in walk(event_bus.get_failed_jobs, selection):
-        if skipped < offset:
-            skipped += 1
-            continue
-        if limit is not None and len(jobs) >= limit:
-            break
-        jobs.append(job)
-    return jobs
+    if limit is not None:
+        return await event_bus.get_failed_jobs(
+            limit,
+            offset,
+            selection.event_name,
+            selection.handler,
+            error=selection.error,
+            since=selection.since,
+            until=selection.until,
+        )
+    return [job async for job in walk(event_bus.get_failed_jobs, selection)][offset:]
 
 
 async def _run_failed(args: argparse.Namespace) -> int:
@@ -499,13 +498,11 @@ async def _run_failed(args: argparse.Namespace) -> int:
             for job in jobs:
                 print(json.dumps(_job_dict(job)))
             return 0
-        if selection.indexed_only:
-            total = await event_bus.count_failed_jobs(args.event, args.handler)
-            title = f"{total} failed job(s)" + (f", showing {len(jobs)}" if len(jobs) < total else "")
-        else:
-            title = f"{len(jobs)} failed job(s) matching {_selection_text(selection)}" + (
-                f" from {args.offset}" if args.offset else ""
-            )
+        total = await event_bus.count_failed_jobs(
+            args.event, args.handler, error=args.error, since=args.since, until=args.until
+        )
+        matching = "" if selection.indexed_only else f" matching {_selection_text(selection)}"
+        title = f"{total} failed job(s){matching}" + (f", showing {len(jobs)}" if len(jobs) < total else "")
         if on_terminal():
             rows = [
                 (job.id, f"{job.failed_at:%Y-%m-%d %H:%M:%S}", job.event.name, job.handler, job.attempts, job.error)
@@ -513,13 +510,7 @@ async def _run_failed(args: argparse.Namespace) -> int:
             ]
             print_table(title, ("id", "failed at (UTC)", "event", "handler", "attempts", "error"), rows)
             return 0
-        if selection.indexed_only:
-            print(title)
-        else:
-            print(
-                f"{len(jobs)} failed job(s) matching {_selection_text(selection)}"
-                + (f" from {args.offset}" if args.offset else "")
-            )
+        print(title)
         for job in jobs:
             print(
                 f"{job.id}  {job.failed_at:%Y-%m-%d %H:%M:%S}  {escape(job.event.name)}  "

@@ -63,6 +63,35 @@ async def test_filters_by_event_name_and_handler(env, job):
     assert await event_bus.count_failed_jobs(event_name="a.x", handler="h.two") == 1
 
 
+async def test_filters_by_error_text_and_failure_time_page_and_count_alike(env, job):
+    # Given jobs failing with different errors at different times (oldest first)
+    jobs = [job("a.x", "h.one", i) for i in range(6)]
+    jobs = [
+        FailedJob(**{**j.__dict__, "error": f"{'ConnectionError' if i % 2 else 'ValueError'}: n{i}"})
+        for i, j in enumerate(jobs)
+    ]
+    for j in jobs:
+        await env.failures.add(j)
+    connection = [j.id for j in reversed(jobs) if j.error.startswith("ConnectionError")]  # newest first
+    # Then the error filter is a substring match, paged after filtering, and counted alike
+    assert [j.id for j in await event_bus.get_failed_jobs(error="ConnectionError")] == connection
+    assert [j.id for j in await event_bus.get_failed_jobs(limit=1, offset=1, error="Connection")] == connection[1:2]
+    assert await event_bus.count_failed_jobs(error="ConnectionError") == 3
+    assert await event_bus.count_failed_jobs(error=".*") == 0  # never a pattern
+    # And the time window is inclusive at both ends
+    since, until = jobs[1].failed_at, jobs[3].failed_at
+    window = [j.id for j in await event_bus.get_failed_jobs(since=since, until=until)]
+    assert window == [jobs[3].id, jobs[2].id, jobs[1].id]
+    assert await event_bus.count_failed_jobs(event_name="a.x", error="Value", since=since) == 2
+    assert await event_bus.count_failed_jobs(handler="h.two", error="Value") == 0
+    with pytest.raises(TypeError, match="error must be a str"):
+        await event_bus.get_failed_jobs(error={"$ne": ""})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await event_bus.count_failed_jobs(since=dt.datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="after until"):
+        await event_bus.get_failed_jobs(since=until, until=since)
+
+
 async def test_remove_job_deletes_it_and_unknown_ids_raise(env, job):
     j = job()
     await env.failures.add(j)
