@@ -39,7 +39,7 @@ from .errors import (
 )
 from .event import Event
 from .eventlog import EventLogStore, EventRecord
-from .eventlog.record import PENDING, RETRYING, HandlerChange, HandlerRecord, Marked, Published
+from .eventlog.record import FAILED, PENDING, RETRYING, HandlerChange, HandlerRecord, Marked, Published
 from .eventlog.recorder import Recorder
 from .failures import FailedJob, FailureStore
 from .failures.selection import JobSelection, walk
@@ -481,14 +481,20 @@ class EventBus:
                 f"no failed job with id {job_id!r}{_id_hint(job_id) or ' (already retried or removed?)'}"
             )
         task_id, _, payload = _handler_message(job.event.to_wire(), job.queue, job.handler, state.settings)
+        what = f"retry of {job.handler} for event {job.event.id}"
+        # Recorded before it is sent: once sent, a worker may write "running"/"succeeded"
+        # before this call could, and a later "retrying" would hide what it wrote.
+        retrying = HandlerRecord(job.handler, RETRYING, job.attempts, error=job.error)
+        await self._log_now(
+            state, [HandlerChange(job.event.id, job.queue, job.handler, retrying.to_entry(), job.event)], what
+        )
         try:
             await self.enqueue([(task_id, job.event.name, payload)], queue=job.queue)
         except BaseException:
-            await state.failures.add(job)  # not sent: keep it on the list
+            await state.failures.add(job)  # not sent: keep it on the list, and the log says failed again
+            failed = HandlerRecord(job.handler, FAILED, job.attempts, error=job.error, traceback=job.traceback)
+            await self._log_now(state, [HandlerChange(job.event.id, job.queue, job.handler, failed.to_entry())], what)
             raise
-        entry = HandlerRecord(job.handler, RETRYING, job.attempts, error=job.error).to_entry()
-        change = HandlerChange(job.event.id, job.queue, job.handler, entry, job.event)
-        await self._log_now(state, [change], f"retry of {job.handler} for event {job.event.id}")
         return task_id
 
     async def remove_job(self, job_id: str) -> None:
@@ -565,7 +571,8 @@ class EventBus:
 
         ``handlers`` (dotted names): run only those, as ``retry_job`` targets one handler
         (one message each); None: every handler of the event. EventNotFoundError for an
-        unknown id.
+        unknown id. A replay to chosen handlers is logged with them pending before it is
+        sent; one that cannot be sent shows cancelled.
         """
         if handlers is not None:
             if isinstance(handlers, str) or not isinstance(handlers, Sequence):
@@ -582,13 +589,21 @@ class EventBus:
         wire = event.to_wire()
         messages = [_handler_message(wire, settings.queue_name, h, settings) for h in dict.fromkeys(handlers)]
         _check_sizes(messages, settings.max_message_size)
-        await self._push_now(messages, settings.queue_name)
-        if state.recorder is not None:
-            pending = HandlerRecord("", PENDING).to_entry()
-            state.recorder.add(
-                [Published(event, settings.queue_name, time.time())]
-                + [HandlerChange(event.id, settings.queue_name, h, pending) for h in dict.fromkeys(handlers)]
-            )
+        what = f"replay of event {record.id}"
+        # Recorded before it is sent, not after: a worker could otherwise write its
+        # handlers' "running"/"succeeded" first, and these "pending" entries hide them.
+        pending = HandlerRecord("", PENDING).to_entry()
+        await self._log_now(
+            state,
+            [Published(event, settings.queue_name, time.time())]
+            + [HandlerChange(event.id, settings.queue_name, h, pending) for h in dict.fromkeys(handlers)],
+            what,
+        )
+        try:
+            await self._push_now(messages, settings.queue_name)
+        except BaseException:  # never sent: its record says so rather than pending forever
+            await self._log_now(state, [Marked(event.id, "cancelled_at", time.time())], what)
+            raise
         return event.id
 
     async def flush_event_log(self, timeout: float = 5.0) -> None:

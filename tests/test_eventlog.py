@@ -15,7 +15,7 @@ import pytest
 from pymongo import MongoClient
 
 import earnevents
-from earnevents import Event, EventNotFoundError, keys, message
+from earnevents import Event, EventNotFoundError, FailedJob, keys, message
 from earnevents.eventlog.record import (
     CANCELLED,
     FAILED,
@@ -141,6 +141,77 @@ async def test_cancelling_a_handler_retry_leaves_no_event_log_record_for_its_id(
             assert await env.db[keys.MONGO_EVENTLOG_COLLECTION].count_documents({"_id": record_id}) == 0
         else:
             assert not await env.redis.exists(keys.eventlog_record(record_id))
+
+
+async def test_a_worker_done_before_replay_or_retry_job_returns_keeps_what_it_wrote(logged, queue, monkeypatch):
+    """The caller's own entries ("pending" for a replay, "retrying" for a retried job) are
+    written before the message is sent: a worker that handles it at once, before the call
+    returns, must not have its "succeeded" overwritten by them (CI saw a replay stuck
+    pending with its worker done)."""
+    bus = earnevents.event_bus
+    env = earnevents.runtime.current()
+    push_now, enqueue = bus._push_now, bus.enqueue
+
+    async def handled_at_once(messages: Any) -> None:
+        # What a fast worker writes the moment a message is on the queue
+        for _, _, payload in messages:
+            wire, kwargs = message.parse(payload)
+            done = {"status": SUCCEEDED, "attempts": 1, "finished_at": time.time()}
+            await logged.eventlog.write([HandlerChange(wire["id"], queue, kwargs["handler"], done, None)])
+
+    async def push_and_handle(messages: Any, queue_name: str) -> None:
+        await push_now(messages, queue_name)
+        await handled_at_once(messages)
+
+    async def enqueue_and_handle(messages: Any, **kwargs: Any) -> None:
+        await enqueue(messages, **kwargs)
+        await handled_at_once(messages)
+
+    monkeypatch.setattr(bus, "_push_now", push_and_handle)
+    monkeypatch.setattr(bus, "enqueue", enqueue_and_handle)
+    # Given a logged event, when it is replayed to one handler that a worker handles at once
+    event = Event("order.paid", {"n": 1})
+    await logged.eventlog.write([Published(event, queue, time.time())])
+    replay_id = await bus.replay(event.id, handlers=["app.h.first"])
+    await bus.flush_event_log()
+    # Then its record shows the handler succeeded, not pending
+    record = await bus.get_event(replay_id)
+    assert record.status == SUCCEEDED and record.handlers["app.h.first"].status == SUCCEEDED
+    # And the same for a failed job retried and handled at once
+    failed = FailedJob(event, "app.h.second", "RuntimeError: x", "tb", 2, queue)
+    await env.failures.add(failed)
+    await logged.eventlog.write(
+        [HandlerChange(event.id, queue, "app.h.second", {"status": FAILED, "attempts": 2}, event)]
+    )
+    await bus.retry_job(failed.id)
+    await bus.flush_event_log()
+    assert (await bus.get_event(event.id)).handlers["app.h.second"].status == SUCCEEDED
+
+
+async def test_a_replay_or_retry_that_cannot_be_sent_is_not_left_pending_or_retrying(logged, queue, monkeypatch):
+    bus = earnevents.event_bus
+    env = earnevents.runtime.current()
+
+    async def redis_down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(bus, "_push_now", redis_down)
+    monkeypatch.setattr(bus, "enqueue", redis_down)
+    event = Event("order.paid", {"n": 1})
+    await logged.eventlog.write([Published(event, queue, time.time())])
+    # A replay that could not be sent shows cancelled (never pending for ever)
+    with pytest.raises(ConnectionError):
+        await bus.replay(event.id, handlers=["app.h.first"])
+    [replay] = [r for r in await bus.find_events(name="order.paid") if r.id != event.id]
+    assert replay.replay_of == event.id and replay.status == CANCELLED
+    # A retried job that could not be sent is failed again, on the list and in the log
+    failed = FailedJob(event, "app.h.second", "RuntimeError: x", "tb", 2, queue)
+    await env.failures.add(failed)
+    with pytest.raises(ConnectionError):
+        await bus.retry_job(failed.id)
+    assert (await bus.get_failed_job(failed.id)).id == failed.id
+    entry = (await bus.get_event(event.id)).handlers["app.h.second"]
+    assert (entry.status, entry.attempts, entry.error) == (FAILED, 2, "RuntimeError: x")
 
 
 async def test_find_events_filters_and_pages_newest_first(logged):
