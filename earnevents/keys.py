@@ -230,3 +230,9 @@ def dead_index(queue: str) -> str:
 def dead_items(queue: str) -> str:
     """Hash of dead item id -> the refused item's record as JSON (see ``deadletters``)."""
     return f"{PREFIX}:{queue}:dead:items"
+
+
+def stats_minute(queue: str, minute: int) -> str:
+    """Hash of ``queue``'s handler outcomes in one minute (``minute``: unix seconds // 60):
+    fields ``succeeded``, ``retried``, ``failed`` (see ``stats``)."""
+    return f"{PREFIX}:{queue}:stats:{minute}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import time
 import urllib.request
 from collections import defaultdict
 
@@ -12,7 +14,7 @@ import pytest
 from conftest import results, token
 from prometheus_client.parser import text_string_to_metric_families
 
-from earnevents import Event, message
+from earnevents import Event, message, runtime, stats
 from earnevents.testing import free_port, wait_for
 from earnevents.worker import metrics
 
@@ -105,6 +107,16 @@ async def test_job_counts_add_up_across_two_children_and_queue_gauges_are_served
 
     # And the events handlers published in the children are counted
     assert found["earnevents_events_published_total"] == {(("event", "t.chained"), ("queue", queue)): chains}
+
+    # And the per-minute counts the dashboard charts add up across both children too
+    async def minutes() -> tuple[int, int, int]:
+        recent = await stats.per_minute(runtime.current().redis, queue, minutes=5)
+        return tuple(sum(getattr(m, f) for m in recent) for f in stats.FIELDS)  # type: ignore[return-value]
+
+    deadline = time.monotonic() + 10
+    while (counted := await minutes()) != (sum(expected_succeeded.values()), flaky + failing, failing):
+        assert time.monotonic() < deadline, f"per-minute counts {counted} (succeeded, retried, failed)"
+        await asyncio.sleep(0.1)
 
     # And the queue gauges: nothing waits or runs, one delayed event, four failed jobs, one dead item
     def gauge(name: str) -> float:

@@ -36,7 +36,7 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings, metrics, occurrences, startup, workflow_rebuild
+from . import appsettings, metrics, occurrences, startup, stats, workflow_rebuild
 from . import eventlog as eventlog_writer
 from . import workflow_events as _workflow_events  # noqa: F401  (subscribes the workflow event bridge)
 from . import workflows as _workflows  # noqa: F401  (registers the workflow handler)
@@ -255,6 +255,7 @@ class WorkerRuntime:
         self.max_deliveries = env.settings.max_deliveries
         eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
         metrics.configure(env.settings)
+        self.stats = loop.submit(stats.flush_every(lambda: env.redis))  # this process' per-minute counts
 
     @classmethod
     def get(cls) -> WorkerRuntime:
@@ -271,6 +272,12 @@ class WorkerRuntime:
             entry, cls._current = cls._current, None
         if entry is not None and entry[0] == os.getpid():
             eventlog_writer.stop()
+            current = entry[1]
+            current.stats.cancel()
+            try:
+                current.loop.run(stats.flush(lambda: current.env.redis), timeout=2)
+            except Exception:  # best effort at exit: at most FLUSH_INTERVAL of counts
+                log.debug("writing the last handler stats failed", exc_info=True)
             try:
                 entry[1].loop.run(runtime.close(), timeout=5)
             except Exception:  # best effort at exit

@@ -23,6 +23,7 @@ from ..logtext import get_logger
 from ..retry import RetryPolicy
 from . import eventlog as eventlog_hooks
 from . import metrics as metrics_hooks
+from . import stats as stats_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
 from .running import run_async, run_sync
 
@@ -63,15 +64,17 @@ def _started(job: Job, handlers: list[str]) -> None:
 
 
 def _finished(job: Job, outcomes: list[Outcome]) -> None:
-    """Tell the event log and the metrics that the tries of ``outcomes`` ended."""
+    """Tell the event log, the metrics and the per-minute stats that the tries of ``outcomes`` ended."""
     eventlog_hooks.finished(job, outcomes)
     metrics_hooks.finished(job, outcomes)
+    stats_hooks.finished(job, outcomes)
 
 
 def _settled(job: Job, outcome: Outcome, retrying: bool) -> None:
-    """Tell the event log and the metrics that a failed try was retried or recorded."""
+    """Tell the event log, the metrics and the per-minute stats that a failed try was retried or recorded."""
     eventlog_hooks.settled(job, outcome, retrying)
     metrics_hooks.settled(job, outcome, retrying)
+    stats_hooks.settled(job, outcome, retrying)
 
 
 async def settle_failures(
