@@ -14,7 +14,8 @@ Fixtures (tests/conftest.py imports them):
   ``EARNEVENTS_SCREENSHOTS=1`` it is also written to ``docs/screenshots/<name>.png``, the copies
   kept in the repository (so ``make test`` alone never rewrites them).
 
-``wait_until`` and ``wait_for_text`` poll the page with a deadline (WebDriverWait).
+``wait_until`` and ``wait_for_text`` poll the page with a deadline (WebDriverWait); ``wait_http``
+polls a URL until it answers (a server started as a subprocess).
 """
 
 from __future__ import annotations
@@ -208,6 +209,20 @@ def screenshooter(driver: WebDriver, directory: Path) -> Callable[[str], Path]:
 def screenshot(browser: WebDriver, tmp_path: Path) -> Callable[[str], Path]:
     """``screenshot(name) -> Path``: see :func:`screenshooter` (the test's tmp dir)."""
     return screenshooter(browser, tmp_path)
+
+
+def wait_http(url: str, timeout: float = 10.0) -> str:
+    """Poll ``url`` until it answers 200 (a server started as a subprocess, e.g. ``earnevents
+    dashboard --port``, is up); return the body. TimeoutError after ``timeout`` seconds."""
+    import urllib.request
+
+    from earnevents.testing import wait_for
+
+    def get() -> list[str] | None:  # a list: an empty body is an answer too
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return [response.read().decode()] if response.status == 200 else None
+
+    return wait_for(get, timeout, f"HTTP 200 from {url}")[0]
 
 
 class AsgiServer:

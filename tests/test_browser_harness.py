@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 import browser_harness
 import pytest
-from browser_harness import AsgiServer, png_size, screenshooter, wait_for_text, wait_until
+from browser_harness import AsgiServer, png_size, screenshooter, wait_for_text, wait_http, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -57,14 +57,14 @@ def test_serve_asgi_serves_the_app_over_real_http_and_frees_the_port_when_stoppe
     server = AsgiServer(greeter_app())
     base_url = server.start()
     # Then a plain HTTP client gets its page
-    with urllib.request.urlopen(base_url + "/", timeout=5) as response:
-        assert response.status == 200
-        assert "Nobody yet" in response.read().decode()
+    assert "Nobody yet" in wait_http(base_url + "/", timeout=5)
     # When it is stopped
     server.stop()
     # Then nothing listens there any more
     with pytest.raises(OSError):
         urllib.request.urlopen(base_url + "/", timeout=2)
+    with pytest.raises(TimeoutError, match=f"HTTP 200 from {base_url}/"):
+        wait_http(base_url + "/", timeout=0.3)
 
 
 def test_serve_asgi_reports_an_app_that_cannot_start():
