@@ -25,6 +25,16 @@ from earnevents.testing import MongoServer, RedisServer, WorkerProcess, wait_for
 TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))
 
+# Web pages in a real browser: serve_asgi, browser and screenshot (tests/browser_harness.py).
+from browser_harness import _chromium, browser, screenshot, serve_asgi  # noqa: E402, F401  (fixtures)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that opens Chromium is a browser test (`-m "not browser"` leaves them out).
+    for item in items:
+        if "_chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
