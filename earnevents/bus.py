@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import deadletters, definitions, keys, message, metrics, names, outbox, schedule
+from . import deadletters, definitions, keys, message, metrics, names, outbox, schedule, tracing
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
@@ -121,7 +121,8 @@ class EventBus:
         ``metadata["sender"]``: receivers get it first, and handlers filtered by sender
         run only for their own. The caller's ``event`` is left as it is; the one sent
         is a copy with the same id. An event whose metadata names another sender
-        already is a ValueError.
+        already is a ValueError. With ``earnevents[otel]`` installed and a span current,
+        the current trace context travels in ``metadata["trace"]`` (``earnevents.tracing``).
 
         With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
         before then; the event waits in Redis, and ``cancel(event.id)`` can still
@@ -183,6 +184,7 @@ class EventBus:
         events = definitions.registry.prepare(events, settings.event.strict)
         sender_name = names.check_sender(sender)
         events = [_with_sender(event, sender_name) for event in events]
+        events = tracing.traced(events)  # the caller's trace context, when earnevents[otel] has one
         wires = [event.to_wire() for event in events]
         messages = []
         if events_per_message == 1:
@@ -545,6 +547,7 @@ class EventBus:
         event = Event(name=record.name, data=record.data, metadata={**record.metadata, "replay_of": record.id})
         if handlers is None:
             return await self.publish(event)
+        [event] = tracing.traced([event])
         state = self._state()
         settings = state.settings
         wire = event.to_wire()

@@ -23,6 +23,7 @@ from ..logtext import get_logger
 from ..retry import RetryPolicy
 from . import eventlog as eventlog_hooks
 from . import metrics as metrics_hooks
+from . import tracing as tracing_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
 from .running import run_async, run_sync
 
@@ -57,21 +58,24 @@ def retry_delay(policy: RetryPolicy, attempt: int) -> float | None:
 
 
 def _started(job: Job, handlers: list[str]) -> None:
-    """Tell the event log and the metrics that ``handlers`` start now for ``job``."""
+    """Tell the event log, the metrics and tracing that ``handlers`` start now for ``job``."""
     eventlog_hooks.started(job, handlers)
     metrics_hooks.started(job, handlers)
+    tracing_hooks.started(job, handlers)
 
 
 def _finished(job: Job, outcomes: list[Outcome]) -> None:
-    """Tell the event log and the metrics that the tries of ``outcomes`` ended."""
+    """Tell the event log, the metrics and tracing that the tries of ``outcomes`` ended."""
     eventlog_hooks.finished(job, outcomes)
     metrics_hooks.finished(job, outcomes)
+    tracing_hooks.finished(job, outcomes)
 
 
 def _settled(job: Job, outcome: Outcome, retrying: bool) -> None:
-    """Tell the event log and the metrics that a failed try was retried or recorded."""
+    """Tell the event log, the metrics and tracing that a failed try was retried or recorded."""
     eventlog_hooks.settled(job, outcome, retrying)
     metrics_hooks.settled(job, outcome, retrying)
+    tracing_hooks.settled(job, outcome, retrying)
 
 
 async def settle_failures(
