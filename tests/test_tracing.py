@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -200,7 +201,7 @@ def test_a_failed_try_ends_when_settled_with_its_outcome_and_exception(spans):
         assert sp.status.description == "ValueError: boom"
         [ev] = sp.events
         assert ev.name == "exception" and ev.attributes["exception.type"] == "ValueError"
-    assert not worker_tracing._open
+    assert [key for key in worker_tracing._open if key[0] == event.id] == []  # none left open
 
 
 def test_a_failed_try_stays_open_until_settled(spans):
@@ -216,3 +217,25 @@ def test_a_failed_try_stays_open_until_settled(spans):
     assert old.attributes["earnevents.outcome"] == "unsettled"
     worker_tracing.settled(job, worker_tracing.Outcome(h.name, ZeroDivisionError()), retrying=False)
     assert [sp.attributes["earnevents.outcome"] for sp in spans.get_finished_spans()] == ["unsettled", "failed"]
+
+
+def test_a_sync_handler_run_in_a_thread_of_its_own_or_returning_an_awaitable_runs_in_its_span(spans):
+    registry = HandlerRegistry()
+    seen: dict[str, int] = {}
+
+    def in_thread(e):  # with a timeout outside the main thread: called in a thread of its own
+        seen["thread"] = trace.get_current_span().get_span_context().span_id
+
+    async def later():
+        seen["awaited"] = trace.get_current_span().get_span_context().span_id
+
+    def returns_awaitable(e):
+        return later()
+
+    t = registry.register("e.x", in_thread, timeout=5)
+    a = registry.register("e.x", returns_awaitable)
+    runner = threading.Thread(target=handle, args=(job_for(Event("e.x", {})), registry, InlineLoop(), FakeBooks()))
+    runner.start()
+    runner.join(10)
+    finished = {sp.attributes["earnevents.handler"]: sp.context.span_id for sp in spans.get_finished_spans()}
+    assert seen == {"thread": finished[t.name], "awaited": finished[a.name]}
