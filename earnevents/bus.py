@@ -531,7 +531,8 @@ class EventBus:
 
     async def replay(self, event_id: str, handlers: Sequence[str] | None = None) -> str:
         """Publish a copy of a logged event now: a new id, the same name and data, and
-        ``metadata["replay_of"]`` = ``event_id``; returns the new id.
+        ``metadata["replay_of"]`` = ``event_id``; returns the new id. The copy carries the
+        caller's trace context (``earnevents.tracing``), not the one the original carried.
 
         ``handlers`` (dotted names): run only those, as ``retry_job`` targets one handler
         (one message each); None: every handler of the event. EventNotFoundError for an
@@ -544,7 +545,9 @@ class EventBus:
             if not handlers:
                 raise ValueError("handlers must name at least one handler (None: all of them)")
         record = await self.get_event(event_id)
-        event = Event(name=record.name, data=record.data, metadata={**record.metadata, "replay_of": record.id})
+        # A new publication: in the replaying caller's trace (if any), not in the original's.
+        metadata = {key: value for key, value in record.metadata.items() if key != tracing.METADATA_KEY}
+        event = Event(name=record.name, data=record.data, metadata={**metadata, "replay_of": record.id})
         if handlers is None:
             return await self.publish(event)
         [event] = tracing.traced([event])

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from test_dispatch import FakeBooks, FakeBus, FakeStore, InlineLoop, job_for
 
+import earnevents
 from earnevents import Event, RetryPolicy, message, tracing
 from earnevents.handlers import HandlerRegistry
 from earnevents.worker import tracing as worker_tracing
@@ -239,3 +240,27 @@ def test_a_sync_handler_run_in_a_thread_of_its_own_or_returning_an_awaitable_run
     runner.join(10)
     finished = {sp.attributes["earnevents.handler"]: sp.context.span_id for sp in spans.get_finished_spans()}
     assert seen == {"thread": finished[t.name], "awaited": finished[a.name]}
+
+
+async def test_a_replay_carries_the_replaying_callers_trace_not_the_originals(spans, redis_url, queue, rclient):
+    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue, "event_log": True})
+    try:
+        bus = earnevents.event_bus
+        # Given an event published in one trace and logged
+        with tracer().start_as_current_span("original"):
+            event_id = await bus.publish(Event("t.x", {}))
+        await bus.flush_event_log()
+        # When it is replayed outside any span, then in another span (all handlers, then one)
+        await bus.replay(event_id)
+        with tracer().start_as_current_span("operator") as operator:
+            await bus.replay(event_id)
+            await bus.replay(event_id, handlers=["some.handler"])
+        # Then the first copy carries no trace, the others the operator's
+        _, *copies = [Event.from_wire(message.parse(raw)[0]) for raw in reversed(rclient.lrange(queue, 0, -1))]
+        assert [c.metadata.get(tracing.METADATA_KEY, {}).get("traceparent") for c in copies] == [
+            None,
+            traceparent(operator),
+            traceparent(operator),
+        ]
+    finally:
+        await earnevents.close()
