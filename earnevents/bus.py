@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis.exceptions as redis_errors
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import deadletters, definitions, keys, message, metrics, names, outbox, schedule
+from . import deadletters, definitions, keys, message, metrics, names, outbox, schedule, tracing
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
@@ -122,7 +122,8 @@ class EventBus:
         ``metadata["sender"]``: receivers get it first, and handlers filtered by sender
         run only for their own. The caller's ``event`` is left as it is; the one sent
         is a copy with the same id. An event whose metadata names another sender
-        already is a ValueError.
+        already is a ValueError. With ``earnevents[otel]`` installed and a span current,
+        the current trace context travels in ``metadata["trace"]`` (``earnevents.tracing``).
 
         With ``delay`` (seconds) or ``at`` (an aware datetime), no handler starts
         before then; the event waits in Redis, and ``cancel(event.id)`` can still
@@ -184,6 +185,7 @@ class EventBus:
         events = definitions.registry.prepare(events, settings.event.strict)
         sender_name = names.check_sender(sender)
         events = [_with_sender(event, sender_name) for event in events]
+        events = tracing.traced(events)  # the caller's trace context, when earnevents[otel] has one
         wires = [event.to_wire() for event in events]
         messages = []
         if events_per_message == 1:
@@ -567,7 +569,8 @@ class EventBus:
 
     async def replay(self, event_id: str, handlers: Sequence[str] | None = None) -> str:
         """Publish a copy of a logged event now: a new id, the same name and data, and
-        ``metadata["replay_of"]`` = ``event_id``; returns the new id.
+        ``metadata["replay_of"]`` = ``event_id``; returns the new id. The copy carries the
+        caller's trace context (``earnevents.tracing``), not the one the original carried.
 
         ``handlers`` (dotted names): run only those, as ``retry_job`` targets one handler
         (one message each); None: every handler of the event. EventNotFoundError for an
@@ -581,9 +584,12 @@ class EventBus:
             if not handlers:
                 raise ValueError("handlers must name at least one handler (None: all of them)")
         record = await self.get_event(event_id)
-        event = Event(name=record.name, data=record.data, metadata={**record.metadata, "replay_of": record.id})
+        # A new publication: in the replaying caller's trace (if any), not in the original's.
+        metadata = {key: value for key, value in record.metadata.items() if key != tracing.METADATA_KEY}
+        event = Event(name=record.name, data=record.data, metadata={**metadata, "replay_of": record.id})
         if handlers is None:
             return await self.publish(event)
+        [event] = tracing.traced([event])
         state = self._state()
         settings = state.settings
         wire = event.to_wire()

@@ -11,15 +11,25 @@ from packaging.version import Version
 ROOT = Path(__file__).parent.parent
 
 
-def lower_bounds() -> dict[str, Version]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+def _bounds(reqs: list[str]) -> dict[str, Version]:
     bounds = {}
-    for raw in deps:
+    for raw in reqs:
         req = Requirement(raw)
         lows = [Version(spec.version) for spec in req.specifier if spec.operator == ">="]
         assert len(lows) == 1, f"{raw}: one >= lower bound expected"
         bounds[req.name] = lows[0]
     return bounds
+
+
+def lower_bounds() -> dict[str, Version]:
+    """The lower bounds of the dependencies and of the optional extra ``otel``."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return _bounds(project["dependencies"] + project["optional-dependencies"]["otel"])
+
+
+def dev_bounds() -> dict[str, Version]:
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    return _bounds([raw.split("#", 1)[0] for raw in dev])
 
 
 def pinned_lowest() -> dict[str, Version]:
@@ -34,8 +44,23 @@ def pinned_lowest() -> dict[str, Version]:
 
 def test_every_dependency_is_tested_at_its_lower_bound():
     # Given pyproject's lower bounds and the versions `make test-lowest` pins
-    # Then they name the same packages at the same versions
-    assert pinned_lowest() == lower_bounds()
+    # Then they name the same packages at the same versions; any other pin is a dev
+    # dependency at its own lower bound (the OpenTelemetry SDK must match the API's version)
+    pinned = pinned_lowest()
+    bounds = lower_bounds()
+    assert {name: pinned.get(name) for name in bounds} == bounds
+    dev = dev_bounds()
+    assert {name: dev.get(name) for name in pinned.keys() - bounds.keys()} == {
+        name: pinned[name] for name in pinned.keys() - bounds.keys()
+    }
+
+
+def test_the_dev_extra_installs_the_otel_extra_at_its_lower_bound():
+    # Given the otel extra (opentelemetry-api) and the dev extra the tests run with
+    otel = _bounds(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["otel"])
+    # Then the tests have the API at the same bound, and the SDK of that version
+    assert {name: dev_bounds().get(name) for name in otel} == otel
+    assert dev_bounds()["opentelemetry-sdk"] == otel["opentelemetry-api"]
 
 
 def test_lower_bounds_exclude_versions_the_worker_cannot_run_on():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .. import message
 from ..bus import EventBus
@@ -24,6 +25,7 @@ from ..retry import RetryPolicy
 from . import eventlog as eventlog_hooks
 from . import metrics as metrics_hooks
 from . import stats as stats_hooks
+from . import tracing as tracing_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
 from .running import run_async, run_sync
 
@@ -57,24 +59,34 @@ def retry_delay(policy: RetryPolicy, attempt: int) -> float | None:
     return policy.delay_for(next_retry)
 
 
+_OBSERVERS = (eventlog_hooks, metrics_hooks, stats_hooks, tracing_hooks)
+"""What is told about every job: the event log, the Prometheus metrics, the per-minute stats
+and tracing. Each module has ``started``, ``finished`` and ``settled`` (cheap: they buffer,
+count or return at once when off). One that raises is logged and skipped: watching a job
+never fails it."""
+
+
+def _tell(what: str, *args: Any) -> None:
+    for observer in _OBSERVERS:
+        try:
+            getattr(observer, what)(*args)
+        except Exception:
+            log.exception("%s.%s failed; the job goes on", observer.__name__, what)
+
+
 def _started(job: Job, handlers: list[str]) -> None:
-    """Tell the event log and the metrics that ``handlers`` start now for ``job``."""
-    eventlog_hooks.started(job, handlers)
-    metrics_hooks.started(job, handlers)
+    """``handlers`` start now for ``job``."""
+    _tell("started", job, handlers)
 
 
 def _finished(job: Job, outcomes: list[Outcome]) -> None:
-    """Tell the event log, the metrics and the per-minute stats that the tries of ``outcomes`` ended."""
-    eventlog_hooks.finished(job, outcomes)
-    metrics_hooks.finished(job, outcomes)
-    stats_hooks.finished(job, outcomes)
+    """The tries of ``outcomes`` ended."""
+    _tell("finished", job, outcomes)
 
 
 def _settled(job: Job, outcome: Outcome, retrying: bool) -> None:
-    """Tell the event log, the metrics and the per-minute stats that a failed try was retried or recorded."""
-    eventlog_hooks.settled(job, outcome, retrying)
-    metrics_hooks.settled(job, outcome, retrying)
-    stats_hooks.settled(job, outcome, retrying)
+    """A failed try was scheduled for a retry (``retrying``) or recorded as a failed job."""
+    _tell("settled", job, outcome, retrying)
 
 
 async def settle_failures(

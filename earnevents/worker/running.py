@@ -28,6 +28,7 @@ from ..errors import HandlerTimeoutError
 from ..event import Event
 from ..handlers import Handler
 from ..logtext import get_logger
+from . import tracing
 from .jobs import Bookkeeper, Job, Loop, Outcome, job_context
 
 log = get_logger(__name__)
@@ -202,6 +203,7 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
     timeout = _timeout_of(handler, job)
     started = 0.0 if timeout is None else time.monotonic()
     token = _current_job.set(job_context(job, handler.name))
+    span = tracing.enter(job, handler.name)
     try:
         result = _call_sync(handler, job.event, timeout)
         if result is not None and inspect.isawaitable(result):  # most handlers return None
@@ -214,6 +216,7 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
             raise
         return Outcome(handler.name, exc)
     finally:
+        tracing.leave(span)
         _current_job.reset(token)
     return loop.run(_record(books, job, handler.name))
 
@@ -221,6 +224,7 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
     timeout = _timeout_of(handler, job)
     token = _current_job.set(job_context(job, handler.name))
+    span = tracing.enter(job, handler.name)
     try:
         if timeout is None:  # the usual case: no timer, no wrapper
             await handler.call(job.event)
@@ -231,6 +235,7 @@ async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
             raise
         return Outcome(handler.name, exc)
     finally:
+        tracing.leave(span)
         _current_job.reset(token)
     return await _record(books, job, handler.name)
 

@@ -1,8 +1,8 @@
 """Counting handler outcomes per minute for :mod:`earnevents.stats` (the dashboard's chart).
 
-``dispatch`` calls :func:`finished` and :func:`settled` next to the event log's and the
-metrics' hooks; each adds to an in-memory count (one dict update). A task on the process'
-event loop (:func:`flush_every`, started by the worker runtime in the process that runs
+``dispatch`` tells it about every job, as it tells the event log, the metrics and
+tracing; :func:`finished` and :func:`settled` add to an in-memory count (one dict
+update). A task on the process' event loop (:func:`flush_every`, started by the worker runtime in the process that runs
 handlers, so each prefork child counts its own) writes what gathered every
 :data:`FLUSH_INTERVAL` seconds in one pipeline of HINCRBYs, and nothing when nothing
 happened (an idle worker costs Redis nothing). Counts that could not be written are kept
@@ -37,6 +37,10 @@ _lock = threading.Lock()
 def _add(queue: str, at: float, field: str) -> None:
     with _lock:
         _counts[(queue, minute_of(at), field)] += 1
+
+
+def started(job: Job, handlers: Iterable[str]) -> None:
+    """Starts are not counted per minute (the metrics count them)."""
 
 
 def finished(job: Job, outcomes: Iterable[Outcome]) -> None:
