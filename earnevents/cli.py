@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib
 import json
@@ -102,7 +103,7 @@ from .failures import FailedJob
 from .failures.selection import JobSelection, walk
 from .logtext import escape
 from .models import automations
-from .queuestatus import transport_counts
+from .queuestatus import queue_status
 from .redact import redact_uri
 from .schedule import ScheduledEvent
 from .workflows import engine as workflow_engine
@@ -602,18 +603,7 @@ async def _bulk(args: argparse.Namespace) -> int:
 
 
 async def _status() -> dict[str, Any]:
-    env = runtime.current()
-    queue = env.settings.queue_name
-    transport = await transport_counts(env.redis, queue)
-    return {
-        "queue": queue,
-        "waiting": transport.waiting,
-        "in_flight": transport.in_flight,
-        "scheduled": await event_bus.count_scheduled(),
-        "failed": await event_bus.count_failed_jobs(),
-        "dead": await event_bus.count_dead_items(),
-        "workers": transport.workers,
-    }
+    return dataclasses.asdict(await queue_status())
 
 
 def _status_text(status: dict[str, Any]) -> str:
