@@ -4,18 +4,21 @@
 
 - **Headers**: each response gets :data:`SECURITY_HEADERS` (a CSP without inline script,
   no framing, no sniffing, same-origin referrers) and ``Cache-Control: no-store``.
-- **CSRF** (every POST, login included): the browser holds a random nonce in the HttpOnly,
-  SameSite=Strict cookie :data:`CSRF_COOKIE` (set on the first response that lacks it);
-  forms carry ``csrf_token`` = HMAC-SHA256(per-app secret, nonce) as a hidden field
-  (:func:`csrf_token`). A POST passes when its field matches its cookie's HMAC
-  (``hmac.compare_digest``) and its ``Origin`` (else ``Referer``) is this very origin. A POST
-  whose ``Authorization: Bearer`` carries the access token is exempt: browsers never attach
-  that header on their own.
+- **CSRF** (every POST, login included; here any method but GET and HEAD counts as a POST):
+  the browser holds a random nonce in the HttpOnly, SameSite=Strict cookie :data:`CSRF_COOKIE`
+  (set on the first response to a browser without it); forms carry ``csrf_token`` =
+  HMAC-SHA256(per-app secret, nonce) as a hidden field (:func:`csrf_token`). A POST passes
+  when its field matches its cookie's HMAC (``hmac.compare_digest``) and its ``Origin``
+  (else ``Referer``) is this very origin. A POST whose ``Authorization: Bearer`` carries the
+  access token is exempt: browsers never attach that header on their own.
 - **Token** (when one is configured): a request passes with ``Authorization: Bearer TOKEN``
   or the session cookie :data:`SESSION_COOKIE` that ``POST /login`` sets (HttpOnly,
   SameSite=Strict; its value is an HMAC of the token, never the token). Otherwise the
   answer is 401 with the login form. ``/static/`` is served to anyone (the login page's CSS).
 - **Read-only**: every POST other than login and logout is refused with 403.
+
+Behind a proxy that terminates TLS, the app must see the scheme and host the browser used
+(uvicorn's ``--proxy-headers`` and ``--forwarded-allow-ips``), or every POST fails the origin check.
 
 The body of a POST is read here (at most :data:`MAX_FORM_BYTES`) and handed on unchanged;
 :func:`form` parses it (``application/x-www-form-urlencoded``) for the endpoints.
