@@ -222,6 +222,21 @@ async def test_not_initialized_answers_503_saying_so():
     assert page.status_code == 503 and "earnevents.init()" in page.text
 
 
+async def test_redis_unreachable_answers_503_without_the_uri():
+    # Given earnevents configured for a Redis nobody listens on, with a password in its URI
+    await earnevents.init(redis_uri=f"redis://u:pw-hidden@127.0.0.1:{free_port()}/0", event_config={"queue_name": "q"})
+    try:
+        async with client(create_app(token="")) as http:
+            page = await http.get("/")
+            metrics = await http.get("/metrics")
+    finally:
+        await earnevents.close()
+    # Then the pages say Redis failed, and nothing of the URI's secret
+    assert page.status_code == 503 and "Redis is unreachable" in page.text
+    assert metrics.status_code == 503
+    assert "pw-hidden" not in page.text + metrics.text
+
+
 # --- earnevents dashboard --------------------------------------------------------------
 
 
