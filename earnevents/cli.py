@@ -23,6 +23,7 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents workflows cancel RUN_ID [--yes]
     earnevents workflows resume RUN_ID [--at-step STEP] [--yes]
     earnevents workflows signal NAME [--payload JSON] [--run RUN_ID]
+    earnevents dashboard [--host 127.0.0.1] [--port 8787] [--read-only]
 
 FILTERS are --event NAME, --handler DOTTED, --error TEXT (a substring of the error),
 --since WHEN and --until WHEN (WHEN: a duration ago, 90s/1h/7d, or an ISO time; a time
@@ -57,6 +58,10 @@ exit status 1: the likely cause is that the application's modules were not found
 them and sends signals. ``resume`` and ``signal`` import the application's modules as
 ``earnevents events`` does: they need the workflows' definitions (the steps, the Context).
 
+``earnevents dashboard`` serves the web dashboard (``earnevents.dashboard``) until
+interrupted. It refuses (exit 2) a --host that is not a loopback address unless
+EARNEVENTS_DASHBOARD_TOKEN is set (then every request needs that token) or --read-only.
+
 ``failed list``, ``dead list``, ``scheduled list`` and ``status`` print rich tables when
 stdout is a terminal, plain lines otherwise (one JSON object per line with --json).
 
@@ -75,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib
 import json
@@ -102,7 +108,7 @@ from .failures import FailedJob
 from .failures.selection import JobSelection, walk
 from .logtext import escape
 from .models import automations
-from .queuestatus import transport_counts
+from .queuestatus import queue_status
 from .redact import redact_uri
 from .schedule import ScheduledEvent
 from .workflows import engine as workflow_engine
@@ -602,18 +608,7 @@ async def _bulk(args: argparse.Namespace) -> int:
 
 
 async def _status() -> dict[str, Any]:
-    env = runtime.current()
-    queue = env.settings.queue_name
-    transport = await transport_counts(env.redis, queue)
-    return {
-        "queue": queue,
-        "waiting": transport.waiting,
-        "in_flight": transport.in_flight,
-        "scheduled": await event_bus.count_scheduled(),
-        "failed": await event_bus.count_failed_jobs(),
-        "dead": await event_bus.count_dead_items(),
-        "workers": transport.workers,
-    }
+    return dataclasses.asdict(await queue_status())
 
 
 def _status_text(status: dict[str, Any]) -> str:
@@ -842,7 +837,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scheduled(groups)
     _add_event_log(_add_events(groups))
     _add_workflows(groups)
+    _add_dashboard(groups)
     return parser
+
+
+def _add_dashboard(groups: Any) -> None:
+    dashboard = groups.add_parser(
+        "dashboard",
+        help="serve the web dashboard",
+        description="Serve the web dashboard with uvicorn until interrupted. A --host that is not a loopback "
+        "address needs EARNEVENTS_DASHBOARD_TOKEN (every request must then carry it) or --read-only.",
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1)")
+    dashboard.add_argument("--port", type=_port_arg, default=8787, help="the port (default: 8787)")
+    dashboard.add_argument("--read-only", action="store_true", help="refuse every action (POST); show no buttons")
+
+
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return port
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import serve
+    from .dashboard.app import TOKEN_ENV
+
+    token = os.environ.get(TOKEN_ENV) or None
+    serve.check_bind(args.host, token, args.read_only)
+    settings = Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
+    # The app initializes earnevents in its lifespan, from the environment: hand it the options.
+    for name, value in (
+        ("EARNEVENTS_REDIS_URI", args.redis_uri),
+        ("EARNEVENTS_MONGO_URI", args.mongo_uri),
+        ("EARNEVENTS_DATABASE", args.database),
+    ):
+        if value is not None:
+            os.environ[name] = value
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    banner = (
+        f"earnevents dashboard on http://{host}:{args.port}/ (queue {escape(settings.queue_name)}, "
+        f"Redis {redact_uri(settings.redis_uri)}" + (", read-only" if args.read_only else "") + ")"
+    )
+    return serve.serve(args.host, args.port, token, args.read_only, banner)
 
 
 def _add_scheduled(groups: Any) -> None:
@@ -1152,6 +1193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if _is_registry(args):
             return _run_registry(args)
+        if args.group == "dashboard":
+            return _run_dashboard(args)
         return asyncio.run(_run(args))
     except (ConfigError, NotInitializedError, UsageError, ValueError, TypeError) as exc:
         return _fail(str(exc), USAGE)

@@ -2,8 +2,9 @@
 
 Read-only and cheap: a few commands per queue, the in-flight count bounded by what the
 workers hold (their prefetch). Counts of the schedule, failed jobs and dead letters
-come from their own stores (``event_bus.count_*``); this module covers what lives in
-the transport's keys.
+come from their own stores (``event_bus.count_*``); :func:`transport_counts` covers what
+lives in the transport's keys, and :func:`queue_status` puts both together: the one reading
+``earnevents status`` prints and the dashboard's overview shows.
 """
 
 from __future__ import annotations
@@ -12,10 +13,27 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from . import keys, runtime
+from .bus import event_bus
 
 SCAN_COUNT = 500
 """Entries asked per HSCAN of kombu's unacked hash."""
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """One reading of a queue: ``waiting``, ``in_flight`` and ``workers`` as in
+    :class:`TransportCounts`; ``scheduled``: messages in the delay schedule (delayed events,
+    retry waits, models' occurrences); ``failed``: failed-job records; ``dead``: dead-lettered
+    queue items."""
+
+    queue: str
+    waiting: int
+    in_flight: int
+    scheduled: int
+    failed: int
+    dead: int
+    workers: int
 
 
 @dataclass(frozen=True)
@@ -58,3 +76,19 @@ async def transport_counts(client: Any, queue: str) -> TransportCounts:
     alive = sum(1 for flag in replies[0::2] if flag)
     fetched = sum(int(n) for n in replies[1::2])
     return TransportCounts(waiting=waiting, in_flight=unacked + fetched, workers=alive)
+
+
+async def queue_status() -> QueueStatus:
+    """The configured queue's :class:`QueueStatus` (after ``init()``; NotInitializedError before)."""
+    env = runtime.current()
+    queue = env.settings.queue_name
+    transport = await transport_counts(env.redis, queue)
+    return QueueStatus(
+        queue=queue,
+        waiting=transport.waiting,
+        in_flight=transport.in_flight,
+        scheduled=await event_bus.count_scheduled(),
+        failed=await event_bus.count_failed_jobs(),
+        dead=await event_bus.count_dead_items(),
+        workers=transport.workers,
+    )

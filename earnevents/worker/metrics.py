@@ -36,6 +36,7 @@ from celery import bootsteps
 from .. import keys, redisurl
 from ..config import Settings
 from ..logtext import get_logger
+from ..metrics import queue_gauge_families
 from ..queuestatus import unacked_queue
 from . import appsettings
 from .jobs import Job, Outcome
@@ -217,17 +218,8 @@ def _age(item: bytes | str | None, now: float) -> float:
     return max(0.0, now - published)
 
 
-_GAUGES = {
-    "waiting": ("earnevents_queue_waiting", "Messages waiting in the queue."),
-    "in_flight": ("earnevents_queue_in_flight", "Messages taken by workers and not yet acknowledged."),
-    "scheduled": ("earnevents_queue_scheduled", "Messages in the delay schedule (delayed events and retry waits)."),
-    "failed": ("earnevents_queue_failed", "Failed-job records kept for the queue."),
-    "dead": ("earnevents_queue_dead_lettered", "Queue items workers refused, kept in the dead-letter list."),
-    "oldest_age": (
-        "earnevents_queue_oldest_waiting_age_seconds",
-        "Seconds since the event of the oldest waiting message was first published.",
-    ),
-}
+WORKER_GAUGES = ("waiting", "in_flight", "scheduled", "failed", "dead", "oldest_age")
+"""The fields of :data:`earnevents.metrics.QUEUE_GAUGES` a :class:`QueueGauges` reading has."""
 
 
 class QueueCollector:
@@ -237,14 +229,7 @@ class QueueCollector:
         self.gauges = gauges
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        readings = self.gauges.readings
-        for field, (name, doc) in _GAUGES.items():
-            family = GaugeMetricFamily(name, doc, labels=["queue"])
-            for queue, values in readings.items():
-                family.add_metric([queue], values[field])
-            yield family
+        return queue_gauge_families(self.gauges.readings, WORKER_GAUGES)
 
 
 class MetricsStep(bootsteps.StartStopStep):
