@@ -14,13 +14,13 @@ DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "earne
 
 
 def served_samples() -> set[str]:
-    """The sample names the worker's and the publisher's metrics expose."""
+    """The sample names the worker's, the publisher's and the dashboard's metrics expose."""
     families: list[tuple[str, str]] = []
     jobs = worker_metrics._JobMetrics()
     for metric in (jobs.started, jobs.succeeded, jobs.retried, jobs.failed, jobs.duration):
         families += [(f.name, f.type) for f in metric.describe()]
     families += [(f.name, f.type) for f in publisher_metrics._published().describe()]
-    families += [(name, "gauge") for name, _ in worker_metrics._GAUGES.values()]
+    families += [(name, "gauge") for name, _ in publisher_metrics.QUEUE_GAUGES.values()]
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
     return {name + suffix for name, kind in families for suffix in suffixes[kind]}
 
