@@ -86,7 +86,6 @@ import importlib
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, cast
@@ -108,6 +107,7 @@ from .failures import FailedJob
 from .failures.selection import JobSelection, walk
 from .logtext import escape
 from .models import automations
+from .moments import parse_duration, parse_moment
 from .queuestatus import queue_status
 from .redact import redact_uri
 from .schedule import ScheduledEvent
@@ -119,20 +119,6 @@ USAGE = 2
 """Exit status for bad usage or configuration."""
 FAILURE = 1
 """Exit status for a runtime error: an unknown id, a server unreachable, a declined confirmation."""
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a number and one unit, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``.
-
-    ValueError, saying what is expected, for anything else (no unit, a negative number, ...).
-    """
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration: give a number and a unit (s, m, h, d, w), e.g. 90s, 12h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _count_arg(text: str) -> int:
@@ -449,16 +435,9 @@ def _queue() -> str:
 def _moment(text: str) -> dt.datetime:
     """``text`` as a moment: a duration ago (90s, 1h, 7d) or an ISO time (UTC when it names no zone)."""
     try:
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration ago (90s, 1h, 7d) nor an ISO time (2026-11-27T09:00:00Z)"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+        return parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _selection(args: argparse.Namespace) -> JobSelection:
