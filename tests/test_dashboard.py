@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 
 import earnevents
 from earnevents import Event, FailedJob, runtime
-from earnevents.dashboard import create_app
+from earnevents.dashboard import create_app, pages
 from earnevents.dashboard.render import render
 from earnevents.deadletters import ADD_SCRIPT, DeadItem, add_args
 from earnevents.testing import wait_for
@@ -93,8 +93,10 @@ async def test_every_response_carries_the_security_headers(bus):
             assert response.headers["x-content-type-options"] == "nosniff"
             assert response.headers["referrer-policy"] == "same-origin"
     # And the page loads nothing from elsewhere: its one stylesheet is the app's own
-    page = (await client(create_app(token="")).get("/")).text
-    assert re.findall(r'(?:href|src)="([^"]+)"', page) == ["/static/dashboard.css", "/"]
+    app = create_app(token="")
+    page = (await client(app).get("/")).text
+    nav = [str(app.url_path_for(entry.route)) for entry in pages.NAV]
+    assert re.findall(r'(?:href|src)="([^"]+)"', page) == ["/static/dashboard.css", *nav]
     assert "<script" not in page
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.routing import BaseRoute
 
-from . import auth, metrics, overview
+from . import auth, failed, metrics, overview
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,10 @@ class NavEntry:
     route: str
 
 
-MODULES = (overview, metrics, auth)
+MODULES = (overview, failed, metrics, auth)
 """The modules whose ``routes`` the app mounts, in this order."""
 
-NAV = (NavEntry("Overview", "overview"),)
+NAV = (NavEntry("Overview", "overview"), NavEntry("Failed jobs", "failed"))
 """The navigation, in order."""
 
 
