@@ -78,11 +78,14 @@ async def run(
     act: Callable[[str], Awaitable[Any]],
     progress: Progress,
     *,
-    batch: int = BATCH,
-    concurrency: int = CONCURRENCY,
+    batch: int | None = None,
+    concurrency: int | None = None,
 ) -> Progress:
-    """``act`` on each of ``ids`` in batches, counting in ``progress`` (its ``total`` set to
+    """``act`` on each of ``ids`` in batches of ``batch`` (None: :data:`BATCH`), ``concurrency``
+    (None: :data:`CONCURRENCY`) at a time, counting in ``progress`` (its ``total`` set to
     ``len(ids)``, ``finished`` set at the end, also when stopped by an error or cancelled)."""
+    batch = BATCH if batch is None else batch
+    concurrency = CONCURRENCY if concurrency is None else concurrency
     if batch < 1 or concurrency < 1:
         raise ValueError("batch and concurrency must be at least 1")
     progress.total = len(ids)
@@ -112,7 +115,12 @@ async def run(
 
 
 async def run_selection(
-    selection: JobSelection, action: Action, progress: Progress, *, batch: int = BATCH, concurrency: int = CONCURRENCY
+    selection: JobSelection,
+    action: Action,
+    progress: Progress,
+    *,
+    batch: int | None = None,
+    concurrency: int | None = None,
 ) -> Progress:
     """:func:`run` ``action`` on the jobs ``selection`` matches now (their ids read first).
     An error reading the ids finishes ``progress`` with it (``total`` stays None)."""
