@@ -1,5 +1,7 @@
 """The dashboard's Failed jobs pages (issue 14) over HTTP: list, filters, pages, detail,
-retry/remove one, bulk with confirmation and progress, CSRF, read-only, bad input."""
+retry/remove one, bulk with confirmation and progress, CSRF, read-only, bad input.
+
+Tests taking ``env`` run once with each failure store (Redis, MongoDB); the others with Redis's."""
 
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ async def add(*jobs: FailedJob) -> list[FailedJob]:
     return list(jobs)
 
 
-async def test_the_list_filters_and_pages_with_the_count(bus):
+async def test_the_list_filters_and_pages_with_the_count(env):
     # Given 60 jobs of one event and handler (a minute apart from 30 s ago, newest first), 5 of another
     paid = await add(*(job("order.paid", "app.bill", "ConnectionError: db down", ago=60 * n + 30) for n in range(60)))
     await add(*(job("user.created", "app.mail", "ValueError: bad address", ago=3 * 3600 + n) for n in range(5)))
@@ -143,7 +145,7 @@ async def test_a_bulk_needs_a_known_action(bus):
         assert (await http.get("/failed/bulk/" + "f" * 32)).status_code == 404
 
 
-async def test_detail_shows_everything_as_text(bus):
+async def test_detail_shows_everything_as_text(env):
     # Given a job whose event data, handler, error and traceback hold markup
     hostile = await add(
         job(
@@ -181,7 +183,7 @@ async def test_detail_shows_everything_as_text(bus):
     assert odd.status_code == 404
 
 
-async def test_retry_one_sends_its_message_and_takes_it_off_the_list(bus):
+async def test_retry_one_sends_its_message_and_takes_it_off_the_list(env):
     # Given two failed jobs, the list filtered to one event
     kept, retried = await add(job("user.created", "app.mail"), job("order.paid", "app.bill"))
     async with client(create_app(token="")) as http:
@@ -327,7 +329,7 @@ async def test_bulk_retry_confirms_the_count_then_shows_progress_to_the_end(bus,
     assert (await queue_status()).waiting == 400
 
 
-async def test_bulk_remove_by_error_text_counts_the_ones_gone_meanwhile(bus):
+async def test_bulk_remove_by_error_text_counts_the_ones_gone_meanwhile(env):
     # Given jobs failing with two errors
     timeouts = await add(*(job(error=f"TimeoutError: call {n}") for n in range(7)))
     await add(*(job(error="KeyError: 'x'") for _ in range(2)))
