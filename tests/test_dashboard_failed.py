@@ -20,6 +20,7 @@ from earnevents import Event, FailedJob, bulk, runtime
 from earnevents.dashboard import create_app
 from earnevents.dashboard.pages import failed as failed_page
 from earnevents.queuestatus import queue_status
+from earnevents.testing import wait_for
 
 BASE = "http://dash.test"
 ORIGIN = {"origin": BASE}
@@ -397,3 +398,53 @@ def test_the_filters_read_like_the_cli():
     # A form field that is not text (as a caller other than the browser might give) is a bad request
     with pytest.raises(failed_page.BadRequest, match="event must be text, got int"):
         failed_page.read_filter({"event": 5})  # type: ignore[dict-item]
+
+
+def test_shutdown_cancels_a_running_bulk_before_closing_earnevents(redis_url, queue, monkeypatch):
+    from browser_harness import AsgiServer
+
+    from earnevents.errors import NotInitializedError
+
+    # Given a served dashboard (its lifespan initializes earnevents) running a bulk that takes long
+    monkeypatch.setenv("EARNEVENTS_REDIS_URI", redis_url)
+    monkeypatch.setenv("EARNEVENTS_QUEUE", queue)
+    monkeypatch.setenv("EARNEVENTS_MONGO_URI", "")
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def ids(selection: Any) -> list[str]:
+        return ["a" * 32]
+
+    async def slow(job_id: str) -> None:
+        started.append(job_id)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            try:
+                runtime.current()
+                cancelled.append("earnevents still open")
+            except NotInitializedError:
+                cancelled.append("earnevents closed already")
+            raise
+
+    monkeypatch.setattr(bulk, "matching_ids", ids)
+    monkeypatch.setattr(bulk, "act_for", lambda action: slow)
+    app = create_app(token="")
+    server = AsgiServer(app)
+    base_url = server.start()
+    try:
+        with httpx.Client(base_url=base_url) as http:
+            form = csrf_field(http.get("/login").text)
+            answer = http.post(
+                "/failed/bulk", data={"csrf_token": form, "action": "retry"}, headers={"origin": base_url}
+            )
+            assert answer.status_code == 303
+        wait_for(lambda: started, 5, "the bulk acting on its job")
+    finally:
+        began = time.monotonic()
+        server.stop()
+    # When the server stops, the bulk is cancelled at once, while earnevents is still open
+    assert time.monotonic() - began < 5
+    assert cancelled == ["earnevents still open"]
+    (running,) = app.state.earnevents_bulks.bulks.values()
+    assert running.progress.finished and running.task.cancelled()

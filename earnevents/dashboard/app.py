@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import runtime
 from ..errors import NotInitializedError
-from . import pages
+from . import bulks, pages
 from .pages.auth import login_page
 from .render import render
 from .security import Guard
@@ -53,6 +53,7 @@ def create_app(*, read_only: bool = False, token: str | None = None) -> Starlett
         try:
             yield
         finally:
+            await bulks.stop_all(app)  # before closing what they use
             if opened:
                 await runtime.close()
 

@@ -4,7 +4,8 @@ A bulk retry or remove of failed jobs (:mod:`earnevents.bulk`) runs as an asynci
 the server's loop; its :class:`earnevents.bulk.Progress` is what the progress page reads.
 The registry lives on the app (``app.state``), so it is per dashboard and per process: a
 restart forgets the bulks (a running one stops with the process), and with several server
-processes a progress page is found only by the process that started it. It keeps the
+processes a progress page is found only by the process that started it. At the app's
+shutdown (its lifespan) the running bulks are cancelled before earnevents is closed. It keeps the
 :data:`KEEP` most recent bulks; older finished ones are forgotten.
 """
 
@@ -57,6 +58,13 @@ class Registry:
         self._forget_old()
         return started
 
+    async def stop(self) -> None:
+        """Cancel the bulks still running and wait for them to end (the app's shutdown)."""
+        running = [b.task for b in self.bulks.values() if b.task is not None and not b.task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     def get(self, bulk_id: str) -> Bulk | None:
         return self.bulks.get(bulk_id) if isinstance(bulk_id, str) else None
 
@@ -64,6 +72,13 @@ class Registry:
         finished = [b.id for b in self.bulks.values() if b.progress.finished]  # oldest first (insertion order)
         for bulk_id in finished[: max(0, len(self.bulks) - self.keep)]:
             del self.bulks[bulk_id]
+
+
+async def stop_all(app: Any) -> None:
+    """Cancel the running bulks of the dashboard ``app`` (its lifespan does, before closing earnevents)."""
+    found: Registry | None = getattr(app.state, "earnevents_bulks", None)
+    if found is not None:
+        await found.stop()
 
 
 def registry(request: Request) -> Registry:
