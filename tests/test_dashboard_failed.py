@@ -337,6 +337,13 @@ async def test_bulk_remove_by_error_text_counts_the_ones_gone_meanwhile(env):
     async with client(create_app(token="")) as http:
         confirm = await http.get("/failed/bulk?action=remove&error=TimeoutError")
         assert '<strong id="count">7</strong>' in confirm.text and "delete them for good" in confirm.text
+        # (A duration ago is fixed in the form to the moment it meant: the bulk acts on the jobs counted)
+        windowed = (await http.get("/failed/bulk?action=remove&since=2h&until=0s")).text
+        since = re.search(r'name="since" value="([^"]+)"', windowed)
+        until = re.search(r'name="until" value="([^"]+)"', windowed)
+        assert since is not None and until is not None, windowed
+        span = dt.datetime.fromisoformat(until.group(1)) - dt.datetime.fromisoformat(since.group(1))
+        assert span == dt.timedelta(hours=2) or abs(span.total_seconds() - 7200) < 1
         # One is removed by someone else before the bulk reads the ids... it is simply not matched;
         # and a read that races a removal counts it as gone (run() on an id no longer there):
         await runtime.current().failures.remove(timeouts[0].id)

@@ -342,13 +342,16 @@ async def failed_bulk(request: Request) -> Response:
     except BadRequest as exc:
         return _bad(request, str(exc), _typed(params))
     button, _, effect = VERBS[action]
+    # A duration ago ("2h") is fixed to the moment it meant here: the bulk acts on the jobs counted.
+    moments = {"since": where.selection.since, "until": where.selection.until}
+    keep = where.texts | {name: moment.isoformat() for name, moment in moments.items() if moment is not None}
     context = {
         "action": action,
         "button": button,
         "effect": effect,
         "count": await _count(where),
         "description": where.describe(),
-        "keep": where.texts,
+        "keep": keep,
         "back": url(request, "failed") + where.query(),
     }
     return render(request, "failed_bulk.html", context, current="failed")
