@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,10 +24,13 @@ from starlette.routing import Mount, Route
 
 import earnevents
 from earnevents import Event, FailedJob, runtime
-from earnevents.dashboard import create_app
+from earnevents.dashboard import chart, create_app
 from earnevents.dashboard.render import render
 from earnevents.deadletters import ADD_SCRIPT, DeadItem, add_args
+from earnevents.stats import MinuteStats
 from earnevents.testing import wait_for
+from earnevents.worker import stats as worker_stats
+from earnevents.worker.jobs import Job, Outcome
 
 BASE = "http://dash.test"
 ORIGIN = {"origin": BASE}
@@ -80,6 +84,38 @@ async def test_overview_shows_the_counts_earnevents_status_prints(bus, queue, rc
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     for name, value in (("waiting", 2), ("scheduled", 1), ("failed", 3), ("dead_lettered", 1), ("workers", 0)):
         assert f'earnevents_queue_{name}{{queue="{queue}"}} {float(value)}' in metrics.text, metrics.text
+
+
+async def test_overview_charts_the_last_hours_outcomes_per_minute_and_reloads_itself(bus, queue):
+    # Given outcomes counted by workers this minute and twenty minutes ago
+    now = time.time()
+    job = Job(event=Event("a.b", {}), handler=None, attempt=0, retry_policy=None, queue=queue)
+    worker_stats.finished(job, [Outcome("m.h", at=now)] * 4)
+    worker_stats.settled(job, Outcome("m.h", ValueError(), at=now), retrying=True)
+    worker_stats.settled(job, Outcome("m.h", ValueError(), at=now - 1200), retrying=False)
+    await worker_stats.flush(lambda: earnevents.runtime.current().redis)
+    # When the overview is read
+    async with client(create_app(token="")) as http:
+        page = (await http.get("/")).text
+    # Then its chart has one bar segment per minute and outcome, heights in proportion
+    bars = re.findall(
+        r'<rect class="bar (\w+)" data-field="\w+" x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)">', page
+    )
+    assert sorted(field for field, _, _ in bars) == ["failed", "retried", "succeeded"]
+    heights = {field: float(h) for field, _, h in bars}
+    assert heights["succeeded"] == pytest.approx(4 * heights["failed"]) == pytest.approx(4 * heights["retried"])
+    assert re.findall(r'data-total="(\w+)">\w+: (\d+)', page) == [("succeeded", "4"), ("retried", "1"), ("failed", "1")]
+    assert "<script" not in page
+    # And it reloads itself without a script
+    assert re.search(r'<meta http-equiv="refresh" content="\d+">', page)
+
+
+def test_chart_scale_is_a_round_number_at_or_above_the_busiest_minute():
+    assert [chart.nice_max(n) for n in (0, 1, 3, 7, 10, 11, 260, 1001)] == [1, 1, 5, 10, 10, 20, 500, 2000]
+    minutes = [MinuteStats(100 + i, succeeded=i) for i in range(60)]
+    built = chart.build(minutes)
+    assert [t.label for t in built.y_ticks] == ["0", "50", "100"]
+    assert len(built.bars) == 59 and len(built.x_ticks) == 6  # every ten minutes
 
 
 async def test_every_response_carries_the_security_headers(bus):
