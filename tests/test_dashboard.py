@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import re
@@ -108,6 +109,21 @@ async def test_overview_charts_the_last_hours_outcomes_per_minute_and_reloads_it
     assert "<script" not in page
     # And it reloads itself without a script
     assert re.search(r'<meta http-equiv="refresh" content="\d+">', page)
+
+
+@pytest.mark.worker
+async def test_overview_lists_the_live_workers(bus, start_worker):
+    async with client(create_app(token="")) as http:
+        assert "No live worker consumes this queue" in (await http.get("/")).text
+        start_worker()
+
+        deadline = time.monotonic() + 20
+        while '<table class="workers">' not in (page := (await http.get("/")).text):
+            assert time.monotonic() < deadline, "the worker never showed"
+            await asyncio.sleep(0.1)
+    rows = re.findall(r"<tr><td class=\"queue\">([^<]*)</td><td>(\d+)</td>", page)
+    assert [host for host, _ in rows] == [socket.gethostname()]
+    assert counts(page)["workers"] == 1
 
 
 def test_chart_scale_is_a_round_number_at_or_above_the_busiest_minute():

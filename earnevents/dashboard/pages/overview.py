@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ... import runtime, stats
-from ...queuestatus import queue_status
+from ...queuestatus import consumers, queue_status
 from ...redact import redact_uri
 from .. import chart
 from ..render import render
@@ -36,6 +36,7 @@ async def overview(request: Request) -> Response:
     env = runtime.current()
     status = await queue_status()
     minutes = await stats.per_minute(env.redis, status.queue)
+    live = [c for c in await consumers(env.redis, status.queue) if c.alive]
     return render(
         request,
         "overview.html",
@@ -43,6 +44,7 @@ async def overview(request: Request) -> Response:
             "statuses": [status],
             "columns": COLUMNS,
             "chart": chart.build(minutes),
+            "workers": live,
             "refresh": REFRESH,
             "redis_uri": redact_uri(env.settings.redis_uri),
             "mongo_uri": redact_uri(env.settings.mongo_uri) if env.settings.mongo_uri else None,
