@@ -206,6 +206,26 @@ async def test_event_page_shows_each_handler_and_replays(logged, queue):
         assert bad.status_code == 400 and "has no handler" in bad.text
 
 
+async def test_an_event_id_with_slashes_and_markup_links_to_its_page(logged):
+    # Given an event whose id holds characters a path would mangle (all allowed in event ids)
+    bus = earnevents.event_bus
+    odd = "order/1?x=<b>#&%2F"
+    await bus.publish(Event("order.paid", {}, id=odd))
+    await bus.flush_event_log()
+    async with client(create_app(token="")) as http:
+        # Then the list links to its page with the id percent-encoded, and that page shows it
+        listed = (await http.get("/events")).text
+        link = re.search(r'<td class="id"><a href="([^"]+)">', listed)
+        assert link is not None and link.group(1) == "/events/order%2F1%3Fx%3D%3Cb%3E%23%26%252F"
+        page = await http.get(link.group(1))
+        assert page.status_code == 200 and str(escape(odd)) in page.text
+        # And its replay form posts to it
+        replayed = await post(http, link.group(1) + "/replay", link.group(1), handler="")
+        assert replayed.status_code == 303
+        new_id = replayed.headers["location"].split("/events/")[1].split("?")[0]
+        assert (await bus.get_event(new_id)).replay_of == odd
+
+
 async def test_with_the_event_log_off_the_events_pages_say_how_to_turn_it_on(bus):
     event_id = await bus.publish(Event("user.created", {}))
     async with client(create_app(token="")) as http:
@@ -258,6 +278,10 @@ async def test_workflow_cancel_resume_and_signal(models_env):
         assert bad.status_code == 400 and "the payload is not JSON" in bad.text
         bad = await post(http, f"{page}/signal", page, name="ops:ready", payload="[1]")
         assert bad.status_code == 400 and "must be a JSON object" in bad.text
+        bad = await post(http, f"{page}/signal", page, name="ops:ready", payload='{"a": ' + "[" * 200 + "]" * 200 + "}")
+        assert bad.status_code == 400 and "the signal was not sent" in bad.text
+        bad = await post(http, f"{page}/signal", page, name="ops:ready", payload="[" * 5000 + "]" * 5000)
+        assert bad.status_code == 400 and "nests too deep" in bad.text
         bad = await post(http, f"{page}/signal", page, name="no spaces", payload="{}")
         assert bad.status_code == 400 and "signal name" in bad.text
         # Signalled while its step is still running (no worker): kept for its wait, nothing woke now

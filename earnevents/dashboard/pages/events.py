@@ -5,7 +5,8 @@
   unless they name an offset).
 - ``GET /events/{event_id}``: one event's data, metadata and each handler's status,
   attempts, times, last error and traceback (``event_bus.get_event``); 404 for an id
-  that is not logged.
+  that is not logged. Ids are percent-encoded in links (:func:`event_path`): an event id
+  may hold ``/`` and ``?``.
 - ``POST /events/{event_id}/replay`` (field ``handler``: empty for every handler, else one
   of the event's handlers): ``event_bus.replay``, then a redirect to the new event's page.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -30,6 +31,12 @@ from ...eventlog import EVENT_STATUSES
 from .. import listing, security
 from ..listing import BadQuery, choice, moment, offset, pager, problem, text, when
 from ..render import render, url
+
+
+def event_path(request: Request, event_id: str) -> str:
+    """The path of an event's page. Event ids may hold any printable ASCII (``/``, ``?``,
+    ``#`` too), so the id is percent-encoded, which ``url("event", event_id=...)`` does not do."""
+    return f"{url(request, 'events')}/{quote(event_id, safe='')}"
 
 
 def _log_off(request: Request) -> Response | None:
@@ -66,6 +73,7 @@ async def events(request: Request) -> Response:
             "filters": filters,
             "statuses": EVENT_STATUSES,
             "when": when,
+            "event_path": lambda event_id: event_path(request, event_id),
             "pager": pager(request, "events", filters, at, len(records), more=len(found) > listing.PAGE_SIZE),
         },
         current="events",
@@ -100,6 +108,7 @@ async def event(request: Request) -> Response:
             "metadata_json": _json(record.metadata),
             "when": when,
             "notice": notice,
+            "replay_path": event_path(request, record.id) + "/replay",
         },
         current="events",
     )
@@ -124,11 +133,11 @@ async def replay(request: Request) -> Response:
     new_id = await event_bus.replay(event_id, handlers=None if handler is None else [handler])
     await event_bus.flush_event_log()  # its page, next, shows the new record
     query = urlencode({"notice": "replayed"})
-    return RedirectResponse(f"{url(request, 'event', event_id=new_id)}?{query}", status_code=303)
+    return RedirectResponse(f"{event_path(request, new_id)}?{query}", status_code=303)
 
 
 routes = [
     Route("/events", events, name="events", methods=["GET"]),
-    Route("/events/{event_id}", event, name="event", methods=["GET"]),
-    Route("/events/{event_id}/replay", replay, name="event_replay", methods=["POST"]),
+    Route("/events/{event_id:path}/replay", replay, name="event_replay", methods=["POST"]),
+    Route("/events/{event_id:path}", event, name="event", methods=["GET"]),
 ]

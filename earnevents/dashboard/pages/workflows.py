@@ -179,6 +179,8 @@ def _payload(raw: str) -> dict[str, Any]:
         payload = json.loads(raw)
     except ValueError as exc:
         raise BadQuery(f"the payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadQuery("the payload nests too deep to read") from None
     if not isinstance(payload, dict):
         raise BadQuery(f"the payload must be a JSON object ({{...}}), got {type(payload).__name__}")
     return payload
@@ -201,7 +203,10 @@ async def signal(request: Request) -> Response:
     refusal = _undeclared(request, run)
     if refusal is not None:
         return refusal
-    woken = await engine.signal(name, payload, run_id=run.id)
+    try:
+        woken = await engine.signal(name, payload, run_id=run.id)
+    except (TypeError, ValueError) as exc:  # a payload earnevents cannot keep (e.g. 1e999 is no JSON number)
+        return problem(request, f"the signal was not sent: {exc}", status=400, current="workflows")
     return _back(request, run, "signalled", woken=woken)
 
 
