@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import workflow_ops_defs  # noqa: F401  (declares the ops_* workflows in this process: resume and signal need them)
 from markupsafe import escape
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from test_dashboard import ORIGIN, client, csrf_field
 
 import earnevents
@@ -61,21 +63,23 @@ async def test_scheduled_lists_soonest_first_filters_and_pages(bus, two_per_page
     late = await bus.publish(Event("user.created", {}), delay=3000)
     soon = await bus.publish(Event("user.created", {}), delay=1000)
     middle = await bus.publish(Event("order.paid", {}), delay=2000)
+    last = await bus.publish(Event("user.created", {}), delay=4000)
     async with client(create_app(token="")) as http:
         # When the first page is read: the two soonest, with a link to the next
         first = await http.get("/scheduled")
         assert first.status_code == 200
         assert rows(first.text, "scheduled") == [soon, middle]
-        assert "1-2 of 3" in first.text and 'href="/scheduled?offset=2"' in first.text
+        assert "1-2 of 4" in first.text and 'href="/scheduled?offset=2"' in first.text
         assert "delayed event" in first.text
         # And the next page has the last one, with a link back
         second = await http.get("/scheduled?offset=2")
-        assert rows(second.text, "scheduled") == [late]
+        assert rows(second.text, "scheduled") == [late, last]
         assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
-        # And the filter keeps one name's (kept in the paging links)
+        # And the filter keeps one name's, kept in the paging links
         only = await http.get("/scheduled?name=user.created")
         assert rows(only.text, "scheduled") == [soon, late]
-        assert "of 2" in only.text
+        assert "1-2 of 3" in only.text and 'href="/scheduled?name=user.created&amp;offset=2"' in only.text
+        assert rows((await http.get("/scheduled?name=user.created&offset=2")).text, "scheduled") == [last]
         # And bad paging input is a 400 saying why, not a 500
         for bad in ("-1", "x", "1e3"):
             answer = await http.get(f"/scheduled?offset={bad}")
@@ -99,6 +103,20 @@ async def test_scheduled_cancel_withdraws_with_csrf_only(bus):
         again = await post(http, "/scheduled/cancel", "/scheduled", id=event_id)
         assert "no longer scheduled" in (await http.get(again.headers["location"])).text
         assert (await post(http, "/scheduled/cancel", "/scheduled", id="not an id")).status_code == 404
+
+
+async def test_mounted_under_a_prefix_the_actions_redirect_under_it(bus):
+    # Given the dashboard mounted at /ops in a host application (which initialized earnevents)
+    event_id = await bus.publish(Event("user.created", {}), delay=3600)
+    host = Starlette(routes=[Mount("/ops", app=create_app(token=""))])
+    async with client(host) as http:
+        page = (await http.get("/ops/scheduled")).text
+        assert 'action="/ops/scheduled/cancel"' in page and 'href="/ops/events"' in page
+        # When a cancel is posted, the redirect stays under the mount
+        form = csrf_field((await http.get("/ops/login")).text)
+        done = await http.post("/ops/scheduled/cancel", data={"csrf_token": form, "id": event_id}, headers=ORIGIN)
+    assert done.status_code == 303 and done.headers["location"].startswith("/ops/scheduled?notice=cancelled")
+    assert await bus.get_scheduled() == []
 
 
 async def test_scheduled_shows_a_handler_retry_and_a_models_occurrence(bus, queue):
@@ -242,7 +260,8 @@ async def test_workflows_list_filters_pages_and_shows_a_run(models_env, two_per_
     waits = await engine.start("ops_signalled")
     third = await engine.start("ops_nap", seconds=2.0)
     await models_env.db[keys.MONGO_WORKFLOW_RUNS].update_one(
-        {"_id": waits}, {"$set": {"error": HOSTILE, "context": {"note": HOSTILE}}}
+        {"_id": waits},
+        {"$set": {"error": HOSTILE, "context": {"note": HOSTILE}, "entity": {"model": "Account", "id": "ab" * 12}}},
     )
     async with client(create_app(token="")) as http:
         # Newest first, two a page
@@ -259,7 +278,7 @@ async def test_workflows_list_filters_pages_and_shows_a_run(models_env, two_per_
         assert page.status_code == 200
         assert 'id="run-status">running<' in page.text and 'id="run-step">await_ready<' in page.text
         assert "<script>alert" not in page.text and str(escape(HOSTILE)) in page.text
-        assert '<td class="what">started</td>' in page.text
+        assert '<td class="what">started</td>' in page.text and f"Account <code>{'ab' * 12}</code>" in page.text
         # Unknown runs and ids of no possible form: 404
         assert (await http.get(f"/workflows/{'0' * 32}")).status_code == 404
         assert (await http.get("/workflows/nosuchrun")).status_code == 404
