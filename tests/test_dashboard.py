@@ -146,7 +146,8 @@ async def test_every_response_carries_the_security_headers(bus):
             assert response.headers["referrer-policy"] == "same-origin"
     # And the page loads nothing from elsewhere: its one stylesheet is the app's own
     page = (await client(create_app(token="")).get("/")).text
-    assert re.findall(r'(?:href|src)="([^"]+)"', page) == ["/static/dashboard.css", "/"]
+    links = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert links == ["/static/dashboard.css", "/", "/scheduled", "/events", "/workflows"]
     assert "<script" not in page
 
 

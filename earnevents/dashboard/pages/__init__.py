@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.routing import BaseRoute
 
-from . import auth, metrics, overview
+from . import auth, events, metrics, overview, scheduled, workflows
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,15 @@ class NavEntry:
     route: str
 
 
-MODULES = (overview, metrics, auth)
+MODULES = (overview, scheduled, events, workflows, metrics, auth)
 """The modules whose ``routes`` the app mounts, in this order."""
 
-NAV = (NavEntry("Overview", "overview"),)
+NAV = (
+    NavEntry("Overview", "overview"),
+    NavEntry("Scheduled", "scheduled"),
+    NavEntry("Events", "events"),
+    NavEntry("Workflows", "workflows"),
+)
 """The navigation, in order."""
 
 
