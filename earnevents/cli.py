@@ -870,6 +870,9 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     token = os.environ.get(TOKEN_ENV) or None
     serve.check_bind(args.host, token, args.read_only)
     settings = Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
+    # Workflows' resume and signal need their definitions, event pages the defined events: import
+    # what a worker of these settings would, as the `workflows` and `publish` commands do.
+    _import_app_modules(settings)
     # The app initializes earnevents in its lifespan, from the environment: hand it the options.
     for name, value in (
         ("EARNEVENTS_REDIS_URI", args.redis_uri),

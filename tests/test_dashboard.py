@@ -359,3 +359,18 @@ def test_the_command_refuses_a_public_host_without_a_token(redis_url, queue, hos
     assert out.stderr.startswith("error: refusing to serve the dashboard on"), out.stderr
     assert "EARNEVENTS_DASHBOARD_TOKEN" in out.stderr
     assert len(out.stderr.splitlines()) == 1
+
+
+def test_the_command_imports_the_application_as_a_worker_would(redis_url, queue):
+    # Workflows' resume and signal need their definitions: the command imports the handler
+    # modules first, and a module that cannot be imported stops it with the reason.
+    out = subprocess.run(
+        [str(EXE), "dashboard", "--port", str(free_port())],
+        env=dashboard_env(redis_url, queue, EARNEVENTS_HANDLER_MODULES="no_such_app_module_xyz"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "could not import the application's modules" in out.stderr and "no_such_app_module_xyz" in out.stderr
