@@ -3,7 +3,9 @@
 Read-only and cheap: a few commands per queue, the in-flight count bounded by what the
 workers hold (their prefetch). Counts of the schedule, failed jobs and dead letters
 come from their own stores (``event_bus.count_*``); this module covers what lives in
-the transport's keys.
+the transport's keys, and the ids of the dead items and of what is scheduled, which
+``earnevents dead remove --all`` and ``scheduled cancel --all`` read first (one scan,
+not pages that shift as items come and go).
 """
 
 from __future__ import annotations
@@ -58,3 +60,24 @@ async def transport_counts(client: Any, queue: str) -> TransportCounts:
     alive = sum(1 for flag in replies[0::2] if flag)
     fetched = sum(int(n) for n in replies[1::2])
     return TransportCounts(waiting=waiting, in_flight=unacked + fetched, workers=alive)
+
+
+async def _index_ids(client: Any, index: str) -> list[str]:
+    """The members of the sorted set ``index``, each once (ZSCAN: every member there from
+    start to end of the scan is seen; ones added or removed meanwhile may or may not be)."""
+    seen: dict[str, None] = {}
+    async for member, _ in client.zscan_iter(index, count=SCAN_COUNT):
+        seen[member.decode() if isinstance(member, bytes) else str(member)] = None
+    return list(seen)
+
+
+async def dead_ids(client: Any, queue: str) -> list[str]:
+    """The ids of ``queue``'s dead items (what ``event_bus.remove_dead_item`` takes), in no order."""
+    return await _index_ids(client, keys.dead_index(queue))
+
+
+async def scheduled_ids(client: Any, queue: str, event_name: str | None = None) -> list[str]:
+    """The ids of what waits in ``queue``'s delay schedule (what ``event_bus.cancel`` takes),
+    only ``event_name``'s if given, in no order."""
+    index = keys.scheduled_zset(queue) if event_name is None else keys.scheduled_by_event(queue, event_name)
+    return await _index_ids(client, index)
