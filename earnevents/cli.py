@@ -645,9 +645,9 @@ async def _in_batches(
     progress on stderr (``cliprogress``), then print what was done: ``{past} N {noun}``.
 
     ``act`` returns False for an item gone since the ids were read (``gone_why`` says how): counted,
-    not an error. Another exception stops after the batch it happened in and is raised. Interrupted
-    (Ctrl-C), it prints how many were done before and lets the interruption through.
-    """
+    not an error. Another exception stops it after the batch it happened in: it prints how many
+    were done (``stopped by an error: ...``) and raises it. An interruption (Ctrl-C) stops it at
+    once, printing ``interrupted: ...`` the same way."""
     gate = asyncio.Semaphore(CONCURRENCY)
     done = gone = 0
 
@@ -673,6 +673,9 @@ async def _in_batches(
                         raise result
         except (asyncio.CancelledError, KeyboardInterrupt):
             print(f"interrupted: {summary(f' of {len(ids)}')}", flush=True)
+            raise
+        except Exception:
+            print(f"stopped by an error: {summary(f' of {len(ids)}')}", flush=True)
             raise
     print(summary())
 

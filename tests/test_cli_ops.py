@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from test_cli import add_jobs, assert_one_error_line, listed, run_main
 
 import earnevents
@@ -575,6 +576,28 @@ def test_an_interrupted_bulk_command_says_how_far_it_got_and_exits_130(in_proces
     assert status_ == cli_module.INTERRUPTED == 130
     assert out.splitlines() == ["interrupted: removed 3 of 5 dead item record(s)"]
     assert err.splitlines() == ["remove: 2/5", "error: interrupted"]
+    assert rclient.zcard(keys.dead_index(queue)) == 2
+
+
+def test_a_bulk_command_stopped_by_an_error_says_how_far_it_got_and_exits_1(in_process, queue, rclient, monkeypatch):
+    add_dead(rclient, queue, 5)
+    monkeypatch.setattr(cli_module, "CONCURRENCY", 1)
+    remove = cli_module.event_bus.remove_dead_item
+    calls = 0
+
+    async def third_fails(item_id: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise redis.exceptions.ConnectionError("Redis went away")
+        await remove(item_id)
+
+    monkeypatch.setattr(cli_module.event_bus, "remove_dead_item", third_fails)
+    status_, out, err = in_process("dead", "remove", "--all", "--yes")
+    assert status_ == 1
+    # the rest of the batch (the 4th) was done; the next batch was not started
+    assert out.splitlines() == ["stopped by an error: removed 3 of 5 dead item record(s)"]
+    assert err.splitlines()[:-1] == ["remove: 2/5", "remove: 3/5"] and "Redis went away" in err.splitlines()[-1]
     assert rclient.zcard(keys.dead_index(queue)) == 2
 
 
