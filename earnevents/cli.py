@@ -84,7 +84,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
@@ -125,14 +127,16 @@ exit status:
   0    done; also when --all matched nothing, or some items it matched were gone
        (handled by someone else) by the time they were reached
   {FAILURE}    a runtime error: an ID given not found (the others still handled), a
-       confirmation declined, Redis or MongoDB unreachable, the application's
-       modules not importable, `scheduled rebuild` with nothing to rebuild or
-       documents it could not load, `workflows cancel` of a run that had ended
+       confirmation declined, Redis or MongoDB unreachable (a publish Redis did
+       not take in time too), the application's modules not importable,
+       `scheduled rebuild` with nothing to rebuild or documents it could not
+       load, a workflow run in no state to cancel or resume; a bulk command
+       stopped by an error prints how many items it had done
   {USAGE}    bad usage or configuration: arguments, settings, a --data its event's
        schema refuses, a command that deletes or re-runs without --yes while
        stdin is not a terminal
-  {INTERRUPTED}  interrupted (Ctrl-C): how `status --watch` ends; a bulk command
-       interrupted prints how many items it had done
+  {INTERRUPTED}  interrupted (Ctrl-C, at a confirmation's question too): how
+       `status --watch` ends; a bulk command prints how many items it had done
 """
 """The exit statuses, as ``earnevents --help`` ends with them."""
 
@@ -178,10 +182,31 @@ def confirm(what: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{what}: stdin is not a terminal, so nobody can confirm; pass --yes to go ahead")
-    sys.stderr.write(f"{what}? [y/N] ")
-    sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+    try:
+        answer = _ask(f"{what}? [y/N] ")
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")  # the error line on a line of its own, not after the question
+        raise
+    if answer.strip().lower() not in ("y", "yes"):
         raise Declined("not confirmed; nothing was changed")
+
+
+def _ask(question: str) -> str:
+    """Write ``question`` on stderr and read the answer, a line from stdin; Ctrl-C raises
+    KeyboardInterrupt at once, from before the question shows.
+
+    Under ``asyncio.run`` (Python 3.11+) a first SIGINT only cancels the main task, which a
+    read blocked in this thread never sees: the question would stay until a second Ctrl-C.
+    """
+    main = threading.current_thread() is threading.main_thread()  # signal handlers are the main thread's
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    try:
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        return sys.stdin.readline()
+    finally:
+        if previous is not None:  # None also: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, previous)
 
 
 def _job_dict(job: FailedJob, full: bool = False) -> dict[str, Any]:
@@ -258,7 +283,7 @@ async def _run_dead(args: argparse.Namespace) -> int:
             print(f"removed {item_id}")
         except DeadItemNotFoundError as exc:
             print(f"error: {escape(str(exc))}", file=sys.stderr)
-            status = 1
+            status = FAILURE
     return status
 
 
@@ -399,7 +424,7 @@ async def _run_scheduled(args: argparse.Namespace) -> int:
                     f"error: nothing scheduled with id {escape(repr(message_id))} (fired or cancelled?)",
                     file=sys.stderr,
                 )
-                status = 1
+                status = FAILURE
         return status
     return await _rebuild(args)
 
@@ -614,7 +639,7 @@ async def _run_failed(args: argparse.Namespace) -> int:
                 print(f"removed {job_id}")
         except JobNotFoundError as exc:
             print(f"error: {escape(str(exc))}", file=sys.stderr)
-            status = 1
+            status = FAILURE
     return status
 
 

@@ -601,6 +601,45 @@ def test_a_bulk_command_stopped_by_an_error_says_how_far_it_got_and_exits_1(in_p
     assert rclient.zcard(keys.dead_index(queue)) == 2
 
 
+def test_ctrl_c_at_the_question_stops_at_once_with_130_and_changes_nothing(redis_url, queue, rclient):
+    import select
+
+    add_dead(rclient, queue, 2)
+    exe = Path(sys.executable).parent / "earnevents"
+    controller, terminal = open_terminal()
+    proc = subprocess.Popen(
+        [str(exe), "dead", "remove", "--all"],
+        env=terminal_env(redis_url, queue),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    output = b""
+
+    def read() -> bytes:
+        nonlocal output
+        if select.select([controller], [], [], 0.1)[0]:
+            try:
+                output += os.read(controller, 65536)
+            except OSError:  # EIO: the command ended
+                pass
+        return output
+
+    try:
+        wait_for(lambda: b"[y/N]" in read(), 30, "the question")
+        proc.send_signal(signal.SIGINT)  # once: the answer's read must not swallow it
+        returncode = proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+        read()
+        os.close(controller)
+    assert returncode == cli_module.INTERRUPTED, output
+    assert screen(output.decode())[-2:] == ["error: interrupted", ""] and b"Traceback" not in output, output
+    assert rclient.zcard(keys.dead_index(queue)) == 2
+
+
 # --- exit statuses ----------------------------------------------------------------------------
 
 
