@@ -130,8 +130,9 @@ exit status:
        confirmation declined, Redis or MongoDB unreachable (a publish Redis did
        not take in time too), the application's modules not importable,
        `scheduled rebuild` with nothing to rebuild or documents it could not
-       load, a workflow run in no state to cancel or resume; a bulk command
-       stopped by an error prints how many items it had done
+       load, a workflow run in no state to cancel or resume, stdout closed
+       before all was written (a pipe's reader quit: nothing said); a bulk
+       command stopped by an error prints how many items it had done
   {USAGE}    bad usage or configuration: arguments, settings, a --data its event's
        schema refuses, a command that deletes or re-runs without --yes while
        stdin is not a terminal
@@ -1313,12 +1314,24 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _reader_gone() -> int:
+    """stdout's reader quit before all was written: nothing more is said there (or on stderr:
+    ``| head`` is not an error to report), exit status 1 as for a cut-off run."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush must not fail
+    except (OSError, ValueError):  # stdout not a file (captured in tests)
+        pass
+    return FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if _is_registry(args):
-            return _run_registry(args)
-        return asyncio.run(_run(args))
+        status = _run_registry(args) if _is_registry(args) else asyncio.run(_run(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone is then seen below
+        return status
+    except BrokenPipeError:  # stdout's reader quit (`earnevents failed list | head`): not Redis's doing
+        return _reader_gone()
     except (ConfigError, NotInitializedError, UsageError, ValueError, TypeError) as exc:
         return _fail(str(exc), USAGE)
     except EarnEventsError as exc:  # JobNotFoundError, DeadItemNotFoundError, EventNotFoundError, Declined, ...

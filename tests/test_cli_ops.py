@@ -640,6 +640,22 @@ def test_ctrl_c_at_the_question_stops_at_once_with_130_and_changes_nothing(redis
     assert rclient.zcard(keys.dead_index(queue)) == 2
 
 
+@pytest.mark.parametrize("args", [("failed", "list", "--json"), ("status", "--json")])
+def test_a_reader_gone_from_stdout_is_exit_1_and_nothing_said(redis_url, queue, args):
+    add_jobs(redis_url, queue, ("a.x", 1))
+    exe = Path(sys.executable).parent / "earnevents"
+    env = {**os.environ, "EARNEVENTS_REDIS_URI": redis_url, "EARNEVENTS_QUEUE": queue, "EARNEVENTS_MONGO_URI": ""}
+    reader, writer = os.pipe()
+    os.close(reader)  # as `| head -0` does: gone before the first line
+    try:
+        out = subprocess.run(
+            [str(exe), *args], env=env, stdout=writer, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60
+        )
+    finally:
+        os.close(writer)
+    assert (out.returncode, out.stderr) == (cli_module.FAILURE, b"")  # not "error: Redis: BrokenPipeError"
+
+
 # --- exit statuses ----------------------------------------------------------------------------
 
 
