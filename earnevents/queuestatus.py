@@ -123,3 +123,24 @@ async def queue_status() -> QueueStatus:
         dead=await event_bus.count_dead_items(),
         workers=transport.workers,
     )
+
+
+async def _index_ids(client: Any, index: str) -> list[str]:
+    """The members of the sorted set ``index``, each once (ZSCAN: every member there from
+    start to end of the scan is seen; ones added or removed meanwhile may or may not be)."""
+    seen: dict[str, None] = {}
+    async for member, _ in client.zscan_iter(index, count=SCAN_COUNT):
+        seen[member.decode() if isinstance(member, bytes) else str(member)] = None
+    return list(seen)
+
+
+async def dead_ids(client: Any, queue: str) -> list[str]:
+    """The ids of ``queue``'s dead items (what ``event_bus.remove_dead_item`` takes), in no order."""
+    return await _index_ids(client, keys.dead_index(queue))
+
+
+async def scheduled_ids(client: Any, queue: str, event_name: str | None = None) -> list[str]:
+    """The ids of what waits in ``queue``'s delay schedule (what ``event_bus.cancel`` takes),
+    only ``event_name``'s if given, in no order."""
+    index = keys.scheduled_zset(queue) if event_name is None else keys.scheduled_by_event(queue, event_name)
+    return await _index_ids(client, index)
