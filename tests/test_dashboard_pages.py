@@ -175,7 +175,7 @@ async def test_events_list_filters_pages_and_shows_markup_as_text(logged, queue,
 
 async def test_event_page_shows_each_handler_and_replays(logged, queue):
     bus = earnevents.event_bus
-    event = Event("user.created", {"email": "a@example.com"})
+    event = Event("user.created", {"email": "a@example.com"}, metadata={"entity": {"model": "User", "id": "ef" * 12}})
     await bus.publish(event)
     await bus.flush_event_log()
     failed = {"status": FAILED, "attempts": 3, "error": f"RuntimeError: {HOSTILE}", "traceback": "Traceback: boom"}
@@ -215,6 +215,10 @@ async def test_event_page_shows_each_handler_and_replays(logged, queue):
         assert record.replay_of == event.id and list(record.handlers) == ["app.h.mail"]
         new_page = (await http.get(replayed.headers["location"])).text
         assert f"Published as a replay of {event.id}." in new_page and new_id in new_page
+        # The replay links to the event it replays; both link to their document's workflow runs
+        assert f'<a href="/events/{event.id}"><code id="replay-of">' in new_page
+        runs = f'id="entity-runs" href="/workflows?model=User&amp;entity_id={"ef" * 12}"'
+        assert runs in new_page and runs in text
         # A replay to every handler; one to a handler the event never had is a 400
         everyone = await post(http, f"/events/{event.id}/replay", f"/events/{event.id}", handler="")
         assert (
@@ -279,6 +283,13 @@ async def test_workflows_list_filters_pages_and_shows_a_run(models_env, two_per_
         assert 'id="run-status">running<' in page.text and 'id="run-step">await_ready<' in page.text
         assert "<script>alert" not in page.text and str(escape(HOSTILE)) in page.text
         assert '<td class="what">started</td>' in page.text and f"Account <code>{'ab' * 12}</code>" in page.text
+        # Its document links to that document's runs, which the list filters by
+        link = re.search(r'<a class="related" href="([^"]+)">its runs</a>', page.text)
+        assert link is not None and link.group(1) == f"/workflows?model=Account&amp;entity_id={'ab' * 12}"
+        assert rows((await http.get(f"/workflows?model=Account&entity_id={'ab' * 12}")).text, "runs") == [waits]
+        assert rows((await http.get(f"/workflows?model=Account&entity_id={'cd' * 12}")).text, "runs") == []
+        half = await http.get("/workflows?model=Account")
+        assert half.status_code == 400 and "give both or neither" in half.text
         # Unknown runs and ids of no possible form: 404
         assert (await http.get(f"/workflows/{'0' * 32}")).status_code == 404
         assert (await http.get("/workflows/nosuchrun")).status_code == 404

@@ -109,6 +109,8 @@ async def event(request: Request) -> Response:
             "when": when,
             "notice": notice,
             "replay_path": event_path(request, record.id) + "/replay",
+            "event_path": lambda other: event_path(request, other),
+            "entity": record.event.entity_ref,
         },
         current="events",
     )

@@ -1,6 +1,7 @@
 """Workflows: runs by status, one run's state and history; cancel, resume and signal a run.
 
-- ``GET /workflows?workflow=&status=&offset=``: runs, newest first (``engine.find_runs``).
+- ``GET /workflows?workflow=&status=&model=&entity_id=&offset=``: runs, newest first (``engine.find_runs``);
+  ``model`` and ``entity_id`` together: only the runs of that document.
 - ``GET /workflows/{run_id}``: a run's status, step, Context, wait, wake-up time, attempts,
   result or error, entity and history (``engine.get_run``); 404 for an unknown id.
 - ``POST /workflows/{run_id}/cancel``: ``engine.cancel`` (a run that had ended says so).
@@ -58,11 +59,17 @@ async def workflows(request: Request) -> Response:
     if off is not None:
         return off
     try:
-        filters = {"workflow": text(request, "workflow"), "status": choice(request, "status", STATUSES)}
+        filters = {
+            "workflow": text(request, "workflow"),
+            "status": choice(request, "status", STATUSES),
+            "model": text(request, "model"),
+            "entity_id": text(request, "entity_id"),
+        }
         at = offset(request)
+        entity = _entity(filters["model"], filters["entity_id"])
     except BadQuery as exc:
         return problem(request, str(exc), status=400, current="workflows")
-    found = await engine.find_runs(filters["workflow"], filters["status"], None, listing.PAGE_SIZE + 1, at)
+    found = await engine.find_runs(filters["workflow"], filters["status"], entity, listing.PAGE_SIZE + 1, at)
     runs = found[: listing.PAGE_SIZE]
     return render(
         request,
@@ -76,6 +83,13 @@ async def workflows(request: Request) -> Response:
         },
         current="workflows",
     )
+
+
+def _entity(model: str | None, entity_id: str | None) -> dict[str, str] | None:
+    """The runs' document filter: a model name and a document id, both or neither."""
+    if (model is None) != (entity_id is None):
+        raise BadQuery("model and entity_id filter runs by their document together: give both or neither")
+    return None if model is None or entity_id is None else {"model": model, "id": entity_id}
 
 
 async def _run(request: Request) -> Run | Response:
