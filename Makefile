@@ -5,9 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+ARQ_VENV ?= .venv-arq
+ARQ_STAMP := $(ARQ_VENV)/.installed
 WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
-.PHONY: venv test test-fast test-lowest lint demo bench bench-quick capacity chaos chaos-automations chaos-workflows clean
+.PHONY: venv test test-fast test-lowest lint demo bench bench-quick bench-venvs capacity chaos chaos-automations chaos-workflows clean
 
 venv: $(STAMP)
 
@@ -52,10 +55,24 @@ lint: venv
 demo: venv  ## embedded Redis/Mongo unless EARNEVENTS_REDIS_URI / EARNEVENTS_MONGO_URI are set
 	$(BIN)/python -m workers.demo
 
-bench: venv
+# The benchmarks' peers: Dramatiq in the main venv (the bench extra); arq in a venv of its own,
+# since arq 0.28 requires redis-py < 6 and earnevents >= 6.1 (bench/peer_arq.py runs from it).
+bench-venvs: $(BENCH_STAMP) $(ARQ_STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $@
+
+$(ARQ_STAMP): bench/requirements-arq.txt
+	test -x $(ARQ_VENV)/bin/python || $(PYTHON) -m venv $(ARQ_VENV)
+	$(ARQ_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ARQ_VENV)/bin/python -m pip install -q -r bench/requirements-arq.txt
+	touch $@
+
+bench: bench-venvs  ## earnevents, Celery, Dramatiq and arq, 3 interleaved rounds (bench/run.py)
 	$(BIN)/python -m bench.run
 
-bench-quick: venv
+bench-quick: bench-venvs
 	$(BIN)/python -m bench.run --quick
 
 capacity: venv  ## Redis and MongoDB bytes per delayed event, message, failed job, ... (README "Capacity")
@@ -71,4 +88,4 @@ chaos-workflows: venv  ## workflow runs (goto, sleep, signal waits, retries) und
 	$(BIN)/python -m bench.chaos_workflows $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOWEST) $(ARQ_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,36 +1,37 @@
-"""Plumbing shared by the benchmark figures: payloads, workers, counters, stall ticker."""
+"""Plumbing shared by the benchmark figures: workers of every side, counters (the payload and
+stall ticker live in bench/workload.py, which the arq side imports from its own virtualenv)."""
 
 from __future__ import annotations
 
-import asyncio
+import os
+import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import redis
 
-from earnevents.testing import WorkerProcess, wait_for
+from earnevents.testing import GaveUp, WorkerProcess, wait_for
+
+from .workload import StallTicker, payload, unique
+
+__all__ = [
+    "ROOT",
+    "PeerProcess",
+    "StallTicker",
+    "arq_python",
+    "arq_worker",
+    "celery_worker",
+    "dramatiq_worker",
+    "earnevents_worker",
+    "payload",
+    "unique",
+    "wait_count",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / ".run"
-
-
-def payload(key: str, **extra: Any) -> dict[str, Any]:
-    """The ~200-byte JSON dict every figure sends."""
-    return {
-        "key": key,
-        "user_id": 123456,
-        "email": "someone@example.com",
-        "plan": "pro",
-        "tags": ["a", "b", "c"],
-        "note": "x" * 64,
-        **extra,
-    }
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+ARQ_VENV = ROOT / ".venv-arq"
+"""arq's own virtualenv (`make bench` makes it): arq 0.28 requires redis-py < 6, earnevents >= 6.1."""
 
 
 def earnevents_worker(
@@ -74,29 +75,48 @@ def wait_count(client: redis.Redis, key: str, n: int, timeout: float) -> float:
     return time.perf_counter()
 
 
-class StallTicker:
-    """Measures the event loop's worst lateness while something runs on it."""
+class PeerProcess(WorkerProcess):
+    """A peer's worker command (Dramatiq's, arq's) in its own process group, output to a log file.
 
-    def __init__(self, period: float = 0.001) -> None:
-        self.period = period
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
+    Ready once its log shows ``marker`` ``count`` times (once per worker process);
+    ``stop()`` is the same warm shutdown (SIGTERM to the group, SIGKILL after a timeout).
+    """
 
-    async def _run(self) -> None:
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(self.period)
-            self.worst = max(self.worst, time.perf_counter() - t - self.period)
+    def __init__(self, args: list[str], env: dict[str, str], marker: str, count: int, log_path: str) -> None:
+        super().__init__(env, cwd=str(ROOT), log_path=log_path)
+        self.args = args
+        self.marker = marker
+        self.count = count
 
-    async def __aenter__(self) -> StallTicker:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.sleep(0)
-        return self
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise GaveUp(f"{self.args[2]} worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            return self.log().count(self.marker) >= self.count
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
         try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+            wait_for(ready, timeout, f"{self.count} {self.args[2]} worker process(es) to be ready", interval=0.05)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
+
+
+def dramatiq_worker(redis_url: str, queue: str, processes: int = 2, threads: int = 8) -> PeerProcess:
+    """``dramatiq bench.peer_dramatiq --processes 2 --threads 8`` (its Redis broker) on ``queue``."""
+    env = {"BENCH_REDIS_URI": redis_url, "BENCH_QUEUE": queue, "PYTHONPATH": str(ROOT)}
+    LOGS.mkdir(exist_ok=True)
+    args = [sys.executable, "-m", "dramatiq", "bench.peer_dramatiq"]
+    args += ["--processes", str(processes), "--threads", str(threads), "--queues", queue]
+    return PeerProcess(args, env, "Worker process is ready for action.", processes, str(LOGS / f"bench-{queue}.log"))
+
+
+def arq_python() -> str:
+    """The interpreter of arq's virtualenv (``BENCH_ARQ_PYTHON`` overrides it)."""
+    return os.environ.get("BENCH_ARQ_PYTHON", str(ARQ_VENV / "bin" / "python"))
+
+
+def arq_worker(redis_url: str, queue: str, processes: int = 2) -> PeerProcess:
+    """``processes`` arq workers (bench/peer_arq.py's settings: max_jobs 100, poll delay 10 ms, no results)."""
+    env = {"BENCH_REDIS_URI": redis_url, "BENCH_QUEUE": queue, "PYTHONPATH": str(ROOT)}
+    LOGS.mkdir(exist_ok=True)
+    args = [arq_python(), "-m", "bench.peer_arq", "worker", "--processes", str(processes)]
+    return PeerProcess(args, env, "arq worker ready", processes, str(LOGS / f"bench-{queue}.log"))

@@ -1,9 +1,12 @@
-"""Worker memory with 100,000 pending delayed events: earnevents vs plain Celery.
+"""Worker memory with 100,000 pending delayed events: earnevents vs plain Celery, Dramatiq, arq.
 
 earnevents parks delayed events in Redis (a sorted set), so its worker's memory
 should not grow; a plain Celery worker fetches countdown tasks and holds them in
-memory until due. Both workers: prefork -c 2 on the same private redis-server;
-RSS is summed over each worker's process tree.
+memory until due. Dramatiq's worker fetches delayed messages from its delay queue too
+(up to 1,000 per thread at a time) and holds them until due; arq leaves deferred jobs in
+its Redis sorted set. earnevents and Celery: prefork -c 2; Dramatiq: 2 processes x 8
+threads; arq: 2 processes; all on the same private redis-server; RSS is summed over each
+worker's process tree.
 
     python -m bench.delayed_memory [--events 100000]
 """
@@ -15,12 +18,16 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
 
 import earnevents
+from bench import peer_dramatiq
+from bench.common import arq_worker, dramatiq_worker, unique
 from earnevents import Event, event_bus
 from earnevents.testing import RedisServer, WorkerProcess, wait_for
 
@@ -104,28 +111,89 @@ def measure_celery(redis_url: str, events: int) -> tuple[float, float]:
     return before, after
 
 
+def wait_stable(read: Callable[[], int], what: str, seconds: float = 3.0, timeout: float = 600) -> int:
+    """Poll ``read()`` until it has not changed for ``seconds``; returns its last value."""
+    last, since, deadline = read(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return now
+    raise TimeoutError(f"{what} kept changing for {timeout} s")
+
+
+def measure_dramatiq(redis_url: str, events: int) -> tuple[float, float]:
+    """Messages sent with ``delay`` of an hour go to the delay queue (``<queue>.DQ``); the
+    worker fetches them from there into memory until due. Measured once it stops fetching."""
+    queue = unique("mem-dramatiq")
+    client = redis.Redis.from_url(redis_url)
+    with dramatiq_worker(redis_url, queue) as worker:
+        before = settle_rss(worker)
+        peer_dramatiq.prepublish(redis_url, queue, "tick", "unused", events, delay_ms=3600_000)
+        delay_queue = peer_dramatiq.queue_keys(queue)[2]
+        wait_stable(lambda: int(client.llen(delay_queue)), "Dramatiq's delay queue")
+        after = settle_rss(worker, 10)
+    client.delete(*peer_dramatiq.queue_keys(queue))
+    client.close()
+    return before, after
+
+
+def measure_arq(redis_url: str, events: int) -> tuple[float, float]:
+    """Jobs enqueued with ``_defer_by`` of an hour wait in arq's sorted set, as earnevents' do."""
+    from bench.figures import arq
+
+    queue = unique("mem-arq")
+    with arq_worker(redis_url, queue) as worker:
+        before = settle_rss(worker)
+        arq("prepublish", redis_url, queue, "tick", "unused", events, "--defer", 3600)
+        time.sleep(2)  # a few hundred polls over the full queue
+        after = settle_rss(worker)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(queue)
+    for keys in _batches(client.scan_iter(match="arq:job:*", count=1000), 1000):
+        client.delete(*keys)
+    client.close()
+    return before, after
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+MEASURE = {
+    "earnevents": measure_earnevents,
+    "celery": measure_celery,
+    "dramatiq": measure_dramatiq,
+    "arq": measure_arq,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="worker RSS with pending delayed events")
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--sides", default=",".join(MEASURE), help="comma-separated, of " + ", ".join(MEASURE))
     args = parser.parse_args()
+    sides = [side.strip() for side in args.sides.split(",") if side.strip()]
     (ROOT / ".run").mkdir(exist_ok=True)
+    rss: dict[str, tuple[float, float]] = {}
     with RedisServer() as server:
-        ee_before, ee_after = measure_earnevents(server.url, args.events)
-        ce_before, ce_after = measure_celery(server.url, args.events)
-    result = {
-        "events": args.events,
-        "earnevents_rss_mb": [round(ee_before, 1), round(ee_after, 1)],
-        "celery_rss_mb": [round(ce_before, 1), round(ce_after, 1)],
-        "earnevents_growth_mb": round(ee_after - ee_before, 1),
-        "celery_growth_mb": round(ce_after - ce_before, 1),
-    }
-    print(f"{args.events} pending delayed events, worker RSS (prefork -c 2, whole process tree):")
-    print(
-        f"  earnevents (delay=3600):   {ee_before:7.1f} MB -> {ee_after:7.1f} MB  growth {ee_after - ee_before:+.1f} MB"
-    )
-    print(
-        f"  Celery (countdown=3600):   {ce_before:7.1f} MB -> {ce_after:7.1f} MB  growth {ce_after - ce_before:+.1f} MB"
-    )
+        for side in sides:
+            rss[side] = MEASURE[side](server.url, args.events)
+    result: dict[str, Any] = {"events": args.events}
+    print(f"{args.events} pending delayed events, worker RSS (2 processes, whole process tree):")
+    for side, (before, after) in rss.items():
+        result[f"{side}_rss_mb"] = [round(before, 1), round(after, 1)]
+        result[f"{side}_growth_mb"] = round(after - before, 1)
+        print(f"  {side:<11} {before:7.1f} MB -> {after:7.1f} MB  growth {after - before:+.1f} MB")
     print(json.dumps(result))
     return 0
 

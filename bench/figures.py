@@ -1,15 +1,19 @@
 """The benchmark figures. Each takes a Redis URL and a size, and returns metrics for one side.
 
-Both sides do the same work: the same payload, the same Redis round trip in the
-handler/task, the same warm-up. Nothing is cached between runs: every run uses
-fresh queue and counter names.
+Sides: earnevents, plain Celery (bench/plain_celery.py), Dramatiq (bench/peer_dramatiq.py)
+and arq (bench/peer_arq.py, run from its own virtualenv). Every side does the same work:
+the same payload, the same Redis round trip in the handler/task, the same warm-up. Nothing
+is cached between runs: every run uses fresh queue and counter names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -18,8 +22,21 @@ from celery import Celery
 
 import earnevents
 from earnevents import Event, event_bus
+from earnevents.testing import WorkerProcess
 
-from .common import StallTicker, celery_worker, earnevents_worker, payload, unique, wait_count
+from . import peer_dramatiq
+from .common import (
+    ROOT,
+    StallTicker,
+    arq_python,
+    arq_worker,
+    celery_worker,
+    dramatiq_worker,
+    earnevents_worker,
+    payload,
+    unique,
+    wait_count,
+)
 
 WARMUP = 50
 Metrics = dict[str, float]
@@ -29,6 +46,34 @@ def celery_app(redis_url: str, queue: str) -> Celery:
     app = Celery("bench-publisher", broker=redis_url)
     app.conf.update(task_default_queue=queue, task_serializer="json", broker_connection_retry_on_startup=True)
     return app
+
+
+def arq(*args: object) -> dict[str, float] | None:
+    """Run ``python -m bench.peer_arq ARGS`` with arq's interpreter; its JSON line of metrics, if any."""
+    done = subprocess.run(
+        [arq_python(), "-m", "bench.peer_arq", *map(str, args)],
+        cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.peer_arq {args[0]} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
+
+
+def worker_for(side: str, redis_url: str, queue: str, pool: str = "prefork", concurrency: int = 2) -> WorkerProcess:
+    """One worker of ``side`` on ``queue``: earnevents and Celery with ``pool`` and ``concurrency``;
+    Dramatiq (2 processes x 8 threads) and arq (2 processes, 100 jobs each) as configured for every figure."""
+    if side == "earnevents":
+        return earnevents_worker(redis_url, queue, pool, concurrency)
+    if side == "celery":
+        return celery_worker(redis_url, queue, pool, concurrency)
+    if side == "dramatiq":
+        return dramatiq_worker(redis_url, queue)
+    return arq_worker(redis_url, queue)
 
 
 def drop(redis_url: str, *keys: str) -> None:
@@ -90,6 +135,13 @@ async def _celery_publish(redis_url: str, n: int, mode: str) -> Metrics:
 
 
 def publish(side: str, redis_url: str, n: int, mode: str) -> Metrics:
+    """``mode``: sequential, gather (100 at once) or batch (earnevents' publish_batch of 100)."""
+    if side == "dramatiq":
+        return peer_dramatiq.publish(redis_url, unique("pub-dramatiq"), n, mode)
+    if side == "arq":
+        metrics = arq("publish", redis_url, unique("pub-arq"), n, mode)
+        assert metrics is not None
+        return metrics
     run = _ee_publish if side == "earnevents" else _celery_publish
     return asyncio.run(run(redis_url, n, mode))
 
@@ -114,6 +166,10 @@ def _prepublish(
                 await earnevents.close()
 
         asyncio.run(go())
+    elif side == "dramatiq":
+        peer_dramatiq.prepublish(redis_url, queue, name, key, n)
+    elif side == "arq":
+        arq("prepublish", redis_url, queue, name, key, n)
     else:
         app = celery_app(redis_url, queue)
         with app.producer_or_acquire() as producer:
@@ -143,6 +199,8 @@ def end_to_end(
     """Pre-publish ``n`` events, start the worker(s), time until all are handled.
 
     ``per_message`` > 1 (earnevents only): that many events packed per queue message.
+    ``pool``, ``concurrency`` and ``processes`` are earnevents' and Celery's; Dramatiq and arq
+    always run one worker command of 2 processes (``worker_for``).
     ``event_log`` (earnevents only): publisher and workers record every event and its
     handler's outcome in the event log (Redis store).
     Also reports what stays in Redis per handled event once the workers are gone and
@@ -155,8 +213,8 @@ def end_to_end(
     _prepublish(side, redis_url, queue, name, key, n, per_message if side == "earnevents" else 1, event_log)
     if side == "earnevents":
         workers = [earnevents_worker(redis_url, queue, pool, concurrency, event_log) for _ in range(processes)]
-    else:
-        workers = [celery_worker(redis_url, queue, pool, concurrency) for _ in range(processes)]
+    else:  # the peers' worker commands run their own processes (2) and ignore pool and concurrency
+        workers = [worker_for(side, redis_url, queue, pool, concurrency) for _ in range(processes)]
     try:
         t_start = time.perf_counter()
         for worker in workers:
@@ -168,7 +226,7 @@ def end_to_end(
     finally:
         for worker in workers:
             worker.stop()
-        client.delete(queue, key)
+        client.delete(*queue_keys(side, queue), key)
     mem_after, keys_after = key_memory(client), client.dbsize()
     client.close()
     return {
@@ -179,13 +237,17 @@ def end_to_end(
     }
 
 
+def queue_keys(side: str, queue: str) -> list[str]:
+    """The Redis keys ``side`` keeps ``queue`` in (emptied by the workers; dropped after a figure)."""
+    return peer_dramatiq.queue_keys(queue) if side == "dramatiq" else [queue]
+
+
 # --- 6: latency ---------------------------------------------------------------------------
 
 
 def latency(side: str, redis_url: str, rate: float, seconds: float) -> Metrics:
     queue, key = unique(f"lat-{side}"), unique("lat")
-    make = earnevents_worker if side == "earnevents" else celery_worker
-    worker = make(redis_url, queue)
+    worker = worker_for(side, redis_url, queue)
     client = redis.Redis.from_url(redis_url)
     total = int(rate * seconds)
     try:
@@ -211,14 +273,19 @@ def latency(side: str, redis_url: str, rate: float, seconds: float) -> Metrics:
             if send is None:
                 await earnevents.close()
 
-        asyncio.run(publish_paced())
+        if side == "dramatiq":
+            peer_dramatiq.publish_paced(redis_url, queue, key, rate, total)
+        elif side == "arq":
+            arq("paced", redis_url, queue, key, rate, total)
+        else:
+            asyncio.run(publish_paced())
         from earnevents.testing import wait_for
 
         wait_for(lambda: client.llen(key) >= total, 120, "every latency sample", interval=0.05)
         samples = sorted(float(x) * 1000 for x in client.lrange(key, 0, -1))
     finally:
         worker.stop()
-        client.delete(queue, key)
+        client.delete(*queue_keys(side, queue), key)
         client.close()
     q = statistics.quantiles(samples, n=100)
     return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98]}

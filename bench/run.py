@@ -1,11 +1,12 @@
-"""`make bench`: earnevents side by side with plain Celery 5 on the same redis-server.
+"""`make bench`: earnevents side by side with plain Celery 5, Dramatiq and arq on the same redis-server.
 
-Every figure runs for both sides in each round, alternating which goes first
-(A B, then B A, ...), for at least 3 rounds; the table shows median, min and max,
-and the earnevents/Celery ratio taken within each round. Raw results go to
-bench/results/latest.json, the table to bench/results/summary.json.
+Every figure runs for every side that has its feature in each round, alternating the order
+(A B C D, then D C B A, ...), for at least 3 rounds; the table shows median, min and max,
+the earnevents/Celery ratio and the ratio to the best peer (Celery, Dramatiq or arq: the
+best value of the round), both taken within each round. A side without the feature shows
+"n/a: why". Raw results go to bench/results/latest.json, the table to bench/results/summary.json.
 
-    python -m bench.run [--quick] [--rounds N] [--only 1,4]
+    python -m bench.run [--quick] [--rounds N] [--only 1,4] [--sides earnevents,celery,dramatiq]
     python -m bench.run --only 4L     # the event log's cost: fig 4 with it on, as a ratio to off
     python -m bench.run --only 9,10   # workflows (bench/workflow_figures.py), on the MongoDB stand-in
 """
@@ -18,11 +19,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,13 @@ from typing import Any
 from earnevents.testing import MongoServer, RedisServer
 
 from . import delayed_memory, figures, workflow_figures
+from .common import arq_python
 
 RESULTS = Path(__file__).parent / "results"
-SIDES = ("earnevents", "celery")
+SIDES = ("earnevents", "celery", "dramatiq", "arq")
+PEERS = SIDES[1:]
+LABELS = {"earnevents": "earnevents", "celery": "Celery", "dramatiq": "Dramatiq", "arq": "arq"}
+NO_PACKING = "one job per message"
 PACK = 100
 """Events per message where a figure packs them (publish_batch(events_per_message=PACK))."""
 
@@ -44,6 +51,8 @@ class Figure:
     run: Callable[[str, str], dict[str, float]]  # (side, redis_url) -> metrics
     metrics: tuple[tuple[str, str, str], ...]  # (metric, better: "higher"|"lower", target text)
     mongo: bool = False  # runs on the MongoDB stand-in (nx-27017), started only when such a figure is selected
+    na: dict[str, str] = field(default_factory=dict)  # side -> why it cannot run this figure
+    best_peer: bool = True  # False: the Celery column is a stand-in (4L: the event log off; 10: a reference)
 
 
 def sizes(quick: bool) -> dict[str, Any]:
@@ -72,18 +81,21 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
     def fig5a(side: str, url: str) -> dict[str, float]:
         if side == "earnevents":  # one event per message: 2 processes x 100 threads sharing a loop
             return figures.end_to_end(side, url, size["n5a"], "io", "threads", size["io_threads"], processes=2)
+        # Celery prefork -c 2; Dramatiq 2 processes x 8 threads; arq 2 processes x 100 jobs
         return figures.end_to_end(side, url, size["n5a"], "io", "prefork", 2)
+
+    only_ee = {peer: "earnevents' own event log, on vs off" for peer in ("dramatiq", "arq")}
 
     return [
         Figure(
             "1",
-            "publish, sequential awaits vs apply_async",
+            "publish, sequential awaits vs apply_async (Dramatiq: send; arq: awaited enqueue_job)",
             lambda side, url: figures.publish(side, url, size["n1"], "sequential"),
             (("rate", "higher", ">= 2x"), ("stall_ms", "lower", "earnevents <= 5 ms")),
         ),
         Figure(
             "2",
-            "publish, gather of 100 vs run_in_executor",
+            "publish, gather of 100 vs run_in_executor (Dramatiq: send in executor; arq: gather of enqueue_job)",
             lambda side, url: figures.publish(side, url, size["n2"], "gather"),
             (("rate", "higher", ">= 5x"),),
         ),
@@ -92,10 +104,14 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "publish_batch of 100 vs apply_async",
             lambda side, url: figures.publish(side, url, size["n3"], "batch" if side == "earnevents" else "sequential"),
             (("rate", "higher", ">= 10x"),),
+            na={
+                "dramatiq": "no batch publish (a group sends its messages one by one)",
+                "arq": "no batch publish (enqueue_job takes one job)",
+            },
         ),
         Figure(
             "4",
-            "end to end, trivial handler, prefork -c 2",
+            "end to end, trivial handler, prefork -c 2 (Dramatiq 2 processes x 8 threads; arq 2 x max_jobs 100)",
             lambda side, url: figures.end_to_end(side, url, size["n4"]),
             (
                 ("rate", "higher", ">= 1.0x"),
@@ -109,22 +125,26 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "end to end as fig 4, earnevents with the event log on (earnevents column) vs off (Celery column)",
             lambda side, url: figures.end_to_end("earnevents", url, size["n4"], event_log=side == "earnevents"),
             (("rate", "higher", ">= 0.7x"),),
+            na=only_ee,
+            best_peer=False,
         ),
         Figure(
             "4b",
             f"end to end, trivial handler, prefork -c 2, {PACK} events per message",
             lambda side, url: figures.end_to_end(side, url, size["n4"], per_message=PACK),
             (("rate", "higher", "report"),),
+            na={peer: f"{NO_PACKING}: see fig 4" for peer in ("dramatiq", "arq")},
         ),
         Figure(
             "5",
             f"I/O-bound handlers (10 ms wait), prefork -c 2, {PACK} events per message",
             fig5,
             (("rate", "higher", ">= 20x"),),
+            na={peer: f"{NO_PACKING}: see fig 5a" for peer in ("dramatiq", "arq")},
         ),
         Figure(
             "5a",
-            "I/O-bound handlers, one event per message, 2 x threads -c 100",
+            "I/O-bound handlers, one event per message, 2 x threads -c 100 (Celery prefork -c 2; peers as fig 4)",
             fig5a,
             (("rate", "higher", "report"),),
         ),
@@ -145,6 +165,10 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
                 ("start_per_s", "higher", "report"),
             ),
             mongo=True,
+            na={
+                "dramatiq": "no persisted workflows (its pipelines, like Celery chains, are not measured yet)",
+                "arq": "no workflows or chains",
+            },
         ),
         Figure(
             "10",
@@ -154,6 +178,8 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             ),
             (("p50_ms", "lower", "report"), ("p95_ms", "lower", "report"), ("p99_ms", "lower", "report")),
             mongo=True,
+            na={"dramatiq": "no signals to waiting runs", "arq": "no signals to waiting runs"},
+            best_peer=False,
         ),
     ]
 
@@ -171,14 +197,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="every figure once, small N (a smoke check)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--only", default="", help="comma-separated figure numbers, e.g. 1,4,7")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of " + ", ".join(SIDES))
     parser.add_argument("--json", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
+    sides = tuple(side for side in SIDES if side in {x.strip() for x in args.sides.split(",")})
+    if "earnevents" not in sides:
+        parser.error("--sides must include earnevents (every ratio is earnevents over a peer)")
+    if "arq" in sides and not os.access(arq_python(), os.X_OK):
+        parser.error(f"no arq interpreter at {arq_python()}: `make bench-venvs` makes .venv-arq (or leave arq out)")
     size = sizes(args.quick)
     servers: dict[str, str] = {}
     figs = [f for f in build(size, servers) if not only or f.number in only]
-    raw: dict[str, Any] = {"rounds": [], "sizes": size}
+    raw: dict[str, Any] = {"rounds": [], "sizes": size, "sides": list(sides)}
     started = time.monotonic()
 
     with ExitStack() as stack:
@@ -187,10 +219,10 @@ def main() -> int:
         if any(fig.mongo for fig in figs):
             servers["mongo"] = stack.enter_context(MongoServer()).url
         for r in range(rounds):
-            order = SIDES if r % 2 == 0 else SIDES[::-1]
+            order = sides if r % 2 == 0 else sides[::-1]
             this_round: dict[str, Any] = {}
             for fig in figs:
-                this_round[fig.number] = {side: fig.run(side, plain.url) for side in order}
+                this_round[fig.number] = {side: fig.run(side, plain.url) for side in order if side not in fig.na}
                 print(f"round {r + 1} fig {fig.number}: {this_round[fig.number]}", flush=True)
             if not only or "8" in only:
                 for number in ("1", "4"):
@@ -202,9 +234,10 @@ def main() -> int:
             raw["rounds"].append(this_round)
         if not only or "7" in only:
             n7 = size["n7"]
-            ee = delayed_memory.measure_earnevents(plain.url, n7)
-            ce = delayed_memory.measure_celery(plain.url, n7)
-            raw["memory"] = {"events": n7, "earnevents_mb": ee, "celery_mb": ce}
+            raw["memory"] = {"events": n7}
+            for side in sides:
+                raw["memory"][f"{side}_mb"] = delayed_memory.MEASURE[side](plain.url, n7)
+                print(f"fig 7 {side}: RSS before, after {raw['memory'][f'{side}_mb']} MB", flush=True)
 
     rows = table(raw, figs)
     env = {
@@ -214,7 +247,10 @@ def main() -> int:
         "celery": version("celery"),
         "kombu": version("kombu"),
         "redis-py": version("redis"),
+        "dramatiq": version("dramatiq") if "dramatiq" in sides else None,
+        "arq": arq_version() if "arq" in sides else None,
         "earnevents": version("earnevents"),
+        "sides": list(sides),
         "rounds": rounds,
         "quick": args.quick,
         "seconds": round(time.monotonic() - started),
@@ -226,59 +262,100 @@ def main() -> int:
     return 0
 
 
+def arq_version() -> str:
+    """arq's version and the redis-py it runs on, from its own virtualenv."""
+    code = "from importlib.metadata import version as v; print(v('arq'), 'redis-py', v('redis'))"
+    return subprocess.run([arq_python(), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def best_of(values: dict[str, float], better: str) -> tuple[str, float] | None:
+    """The peer with the best value of one round (``values``: side -> value), earnevents left out."""
+    peers = {side: value for side, value in values.items() if side in PEERS}
+    if not peers:
+        return None
+    pick = max if better == "higher" else min
+    side = pick(peers, key=lambda s: peers[s])
+    return side, peers[side]
+
+
+def side_cells(fig: Figure, metric: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per side: summary of its values over the rounds, ``{"n/a": why}``, or None (not run)."""
+    cells: dict[str, Any] = {}
+    for side in SIDES:
+        if side in fig.na:
+            cells[side] = {"n/a": fig.na[side]}
+        elif rounds and side in rounds[0][fig.number]:
+            cells[side] = summarize([rnd[fig.number][side][metric] for rnd in rounds])
+        else:
+            cells[side] = None
+    return cells
+
+
 def table(raw: dict[str, Any], figs: list[Figure]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    rounds = raw["rounds"]
     for fig in figs:
         for metric, better, target in fig.metrics:
-            ee = [rnd[fig.number]["earnevents"][metric] for rnd in raw["rounds"]]
-            ce = [rnd[fig.number]["celery"][metric] for rnd in raw["rounds"]]
-            ratios = [ratio(a, b) for a, b in zip(ee, ce, strict=True)]
+            ee = [rnd[fig.number]["earnevents"][metric] for rnd in rounds]
+            ratios = None
+            if rounds and "celery" in rounds[0][fig.number]:
+                ce = [rnd[fig.number]["celery"][metric] for rnd in rounds]
+                ratios = [ratio(a, b) for a, b in zip(ee, ce, strict=True)]
+            best_ratios, best_sides = [], []
+            for rnd in rounds:
+                best = best_of({side: m[metric] for side, m in rnd[fig.number].items()}, better)
+                if fig.best_peer and best is not None:
+                    best_sides.append(best[0])
+                    best_ratios.append(ratio(rnd[fig.number]["earnevents"][metric], best[1]))
             rows.append(
                 {
                     "fig": fig.number,
                     "title": fig.title,
                     "metric": metric,
                     "better": better,
-                    "earnevents": summarize(ee),
-                    "celery": summarize(ce),
-                    "ratio": summarize(ratios),
+                    **side_cells(fig, metric, rounds),
+                    "ratio": summarize(ratios) if ratios else None,
+                    "best_peer": Counter(best_sides).most_common(1)[0][0] if best_sides else None,
+                    "ratio_best_peer": summarize(best_ratios) if best_ratios else None,
                     "target": target,
-                    "met": met(metric, target, ee, ratios),
+                    "met": met(metric, target, ee, ratios) if ratios else None,
                 }
             )
     for number in ("1", "4"):
         key = f"8.{number}"
-        if raw["rounds"] and key in raw["rounds"][0]:
-            for side in ("earnevents", "celery"):
-                ratios = [rnd[key][side]["rate"] / rnd[number][side]["rate"] for rnd in raw["rounds"]]
+        if rounds and key in rounds[0]:
+            for side in rounds[0][key]:
+                ratios = [rnd[key][side]["rate"] / rnd[number][side]["rate"] for rnd in rounds]
                 rows.append(
                     {
                         "fig": key,
-                        "title": f"appendonly everysec / off, fig {number}, {side}",
+                        "title": f"appendonly everysec / off, fig {number}, {LABELS[side]}",
                         "metric": "rate",
                         "better": "higher",
-                        "earnevents": None,
-                        "celery": None,
+                        **dict.fromkeys(SIDES),
                         "ratio": summarize(ratios),
+                        "best_peer": None,
+                        "ratio_best_peer": None,
                         "target": "report",
                         "met": None,
                     }
                 )
     memory = raw.get("memory")
     if memory:
-        ee_growth = memory["earnevents_mb"][1] - memory["earnevents_mb"][0]
-        ce_growth = memory["celery_mb"][1] - memory["celery_mb"][0]
+        growth = {side: memory[f"{side}_mb"][1] - memory[f"{side}_mb"][0] for side in SIDES if f"{side}_mb" in memory}
+        best = best_of(growth, "lower")
         rows.append(
             {
                 "fig": "7",
                 "title": f"worker RSS growth, {memory['events']} pending delayed events",
                 "metric": "growth_mb",
                 "better": "lower",
-                "earnevents": summarize([ee_growth]),
-                "celery": summarize([ce_growth]),
-                "ratio": None,
+                **{side: summarize([growth[side]]) if side in growth else None for side in SIDES},
+                "ratio": None,  # a ratio of growths near zero says nothing: the columns do
+                "best_peer": best[0] if best else None,
+                "ratio_best_peer": None,
                 "target": "earnevents < 20 MB",
-                "met": ee_growth < 20,
+                "met": growth["earnevents"] < 20,
             }
         )
     return rows
@@ -295,27 +372,36 @@ def met(metric: str, target: str, ee: list[float], ratios: list[float]) -> bool 
     return None
 
 
-def fmt(stats: dict[str, float] | None) -> str:
+def fmt(stats: dict[str, Any] | None) -> str:
     if stats is None:
         return "-"
+    if "n/a" in stats:
+        return f"n/a: {stats['n/a']}"
     return f"{stats['median']:.4g} [{stats['min']:.4g}-{stats['max']:.4g}]"
 
 
 def print_table(env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     print(
         f"\nearnevents {env['earnevents']} vs Celery {env['celery']} (kombu {env['kombu']}), "
+        f"Dramatiq {env.get('dramatiq')}, arq {env.get('arq')}; "
         f"{env['date']}, {env['cores']} cores, Python {env['python']}, {env['rounds']} round(s), {env['seconds']} s"
     )
     print(
-        "| fig | what | metric | earnevents median [min-max] | Celery median [min-max] "
-        "| ratio ee/Celery | target | met |"
+        "| fig | what | metric | earnevents median [min-max] | Celery | Dramatiq | arq "
+        "| ratio ee/Celery | ratio ee/best peer | target | met |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         met_text = {True: "yes", False: "**no**", None: ""}[row["met"]]
+        best = "-"
+        if row["best_peer"] and row["ratio_best_peer"] is None:  # fig 7: the peer that grew least
+            best = f"- (least: {LABELS[row['best_peer']]})"
+        elif row["best_peer"]:
+            best = f"{fmt(row['ratio_best_peer'])} ({LABELS[row['best_peer']]})"
+        cells = " | ".join(fmt(row[side]) for side in SIDES)
         print(
-            f"| {row['fig']} | {row['title']} | {row['metric']} | {fmt(row['earnevents'])} | {fmt(row['celery'])} "
-            f"| {fmt(row['ratio'])} | {row['target']} | {met_text} |"
+            f"| {row['fig']} | {row['title']} | {row['metric']} | {cells} "
+            f"| {fmt(row['ratio'])} | {best} | {row['target']} | {met_text} |"
         )
 
 

@@ -10,13 +10,13 @@ remove dead letters (queue items workers refused); look at and replay logged eve
     earnevents failed purge [--older-than 7d] [FILTERS] [--yes]
     earnevents dead list [--limit N] [--offset N] [--json]
     earnevents dead show ID
-    earnevents dead remove ID [ID ...] [--yes]
+    earnevents dead remove (ID [ID ...] | --all) [--yes]
     earnevents events [--json]
     earnevents events list [--name NAME] [--status STATUS] [--sender S] [--since 1h] [--limit N] [--offset N] [--json]
     earnevents events show EVENT_ID
     earnevents events replay EVENT_ID [--handler DOTTED ...] [--yes]
     earnevents scheduled list [--event NAME] [--limit N] [--offset N] [--json]
-    earnevents scheduled cancel ID [ID ...] [--yes]
+    earnevents scheduled cancel (ID [ID ...] | --all [--event NAME]) [--yes]
     earnevents scheduled rebuild [--since DURATION] [--yes]
     earnevents workflows list [--workflow NAME] [--status STATUS] [--limit N] [--offset N] [--json]
     earnevents workflows show RUN_ID [--json]
@@ -28,13 +28,18 @@ remove dead letters (queue items workers refused); look at and replay logged eve
 FILTERS are --event NAME, --handler DOTTED, --error TEXT (a substring of the error),
 --since WHEN and --until WHEN (WHEN: a duration ago, 90s/1h/7d, or an ISO time; a time
 without a zone is UTC). ``failed retry|remove --all`` take every job the filters match
-(all of the queue's without one), in batches of 500 with a progress line on stderr,
-after a confirmation that shows the count; ``failed purge`` given --error, --since or
---until does the same (its --older-than then narrows --until).
+(all of the queue's without one), ``dead remove --all`` every dead item, ``scheduled
+cancel --all`` everything waiting (only --event's, alias --name, if given): the ids read
+first, a confirmation that shows their count, then batches of 500 with progress on stderr
+(a bar on a terminal, a ``remove: 500/1234`` line per batch otherwise), then one line
+saying how many were done and how many were gone already (handled by someone else
+meanwhile: not an error). ``failed purge`` given --error, --since or --until does the
+same as ``failed remove --all`` (its --older-than then narrows --until).
 
 ``earnevents status`` prints the configured queue's counts: waiting, in flight,
-scheduled, failed, dead-lettered, and its live workers; ``--watch`` reprints them
-every SECONDS (2) until interrupted. ``earnevents publish`` publishes one event as
+scheduled, failed, dead-lettered, and its live workers; ``--watch`` reads them again
+every SECONDS (2) until interrupted: on a terminal one table redrawn in place, otherwise
+(or with --json) a line each time. ``earnevents publish`` publishes one event as
 ``event_bus.publish`` does (validated against its ``define_event`` schema: it imports
 the application's modules as ``earnevents events`` does) and prints its id.
 
@@ -70,10 +75,8 @@ Connection settings come from EARNEVENTS_* variables, like the worker's, or from
 handlers again (retry, remove, purge, replay, cancel, rebuild --since, workflows cancel|resume)
 ask for confirmation on a terminal; with stdin not a terminal they refuse (exit 2) unless given --yes.
 
-Exit status: 0 done; 1 a runtime error (an id not found, the others still
-handled; Redis or MongoDB unreachable; confirmation declined); 2 bad usage or
-configuration (a --data its event's schema refuses too); 130 interrupted (how
-``status --watch`` ends). Errors are one ``error: ...`` line on stderr, never a traceback.
+Exit status: see :data:`EXIT_STATUS`, the table ``earnevents --help`` ends with.
+Errors are one ``error: ...`` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -86,8 +89,10 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
 import redis.exceptions as redis_errors
@@ -95,7 +100,8 @@ from pymongo.errors import PyMongoError
 
 from . import discovery, runtime
 from .bus import event_bus
-from .clitable import on_terminal, print_table
+from .cliprogress import BatchProgress
+from .clitable import live_table, on_terminal, print_table
 from .config import Settings
 from .deadletters import DeadItem
 from .definitions import RegistryEntry, Subscriber
@@ -108,7 +114,7 @@ from .failures.selection import JobSelection, walk
 from .logtext import escape
 from .models import automations
 from .moments import parse_duration, parse_moment
-from .queuestatus import queue_status
+from .queuestatus import dead_ids, queue_status, scheduled_ids
 from .redact import redact_uri
 from .schedule import ScheduledEvent
 from .workflows import engine as workflow_engine
@@ -119,6 +125,27 @@ USAGE = 2
 """Exit status for bad usage or configuration."""
 FAILURE = 1
 """Exit status for a runtime error: an unknown id, a server unreachable, a declined confirmation."""
+INTERRUPTED = 130
+"""Exit status when interrupted (Ctrl-C, SIGINT): 128 + the signal's number, as shells report it."""
+
+EXIT_STATUS = f"""\
+exit status:
+  0    done; also when --all matched nothing, or some items it matched were gone
+       (handled by someone else) by the time they were reached
+  {FAILURE}    a runtime error: an ID given not found (the others still handled), a
+       confirmation declined, Redis or MongoDB unreachable (a publish Redis did
+       not take in time too), the application's modules not importable,
+       `scheduled rebuild` with nothing to rebuild or documents it could not
+       load, a workflow run in no state to cancel or resume, stdout closed
+       before all was written (a pipe's reader quit: nothing said); a bulk
+       command stopped by an error prints how many items it had done
+  {USAGE}    bad usage or configuration: arguments, settings, a --data its event's
+       schema refuses, a command that deletes or re-runs without --yes while
+       stdin is not a terminal
+  {INTERRUPTED}  interrupted (Ctrl-C, at a confirmation's question too): how
+       `status --watch` ends; a bulk command prints how many items it had done
+"""
+"""The exit statuses, as ``earnevents --help`` ends with them."""
 
 
 def _count_arg(text: str) -> int:
@@ -148,10 +175,31 @@ def confirm(what: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{what}: stdin is not a terminal, so nobody can confirm; pass --yes to go ahead")
-    sys.stderr.write(f"{what}? [y/N] ")
-    sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+    try:
+        answer = _ask(f"{what}? [y/N] ")
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")  # the error line on a line of its own, not after the question
+        raise
+    if answer.strip().lower() not in ("y", "yes"):
         raise Declined("not confirmed; nothing was changed")
+
+
+def _ask(question: str) -> str:
+    """Write ``question`` on stderr and read the answer, a line from stdin; Ctrl-C raises
+    KeyboardInterrupt at once, from before the question shows.
+
+    Under ``asyncio.run`` (Python 3.11+) a first SIGINT only cancels the main task, which a
+    read blocked in this thread never sees: the question would stay until a second Ctrl-C.
+    """
+    main = threading.current_thread() is threading.main_thread()  # signal handlers are the main thread's
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    try:
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        return sys.stdin.readline()
+    finally:
+        if previous is not None:  # None also: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, previous)
 
 
 def _job_dict(job: FailedJob, full: bool = False) -> dict[str, Any]:
@@ -207,6 +255,19 @@ async def _run_dead(args: argparse.Namespace) -> int:
     if args.command == "show":
         print(json.dumps(_dead_dict(await event_bus.get_dead_item(args.item_id), full=True), indent=2))
         return 0
+    if args.all:
+        if args.item_ids:
+            raise UsageError("dead remove: give IDs or --all, not both")
+        ids = await dead_ids(runtime.current().redis, _queue())
+        if not ids:
+            print(f"no dead item on queue {_queue()!r}; nothing to do")
+            return 0
+        confirm(f"remove {len(ids)} dead item record(s) of queue {_queue()!r} (all of them)", args.yes)
+        act = _unless_missing(event_bus.remove_dead_item, DeadItemNotFoundError)
+        await _in_batches(ids, act, "remove", "removed", "dead item record(s)", "removed meanwhile")
+        return 0
+    if not args.item_ids:
+        raise UsageError("dead remove: give the IDs, or --all for every dead item of the queue")
     confirm(f"remove {len(args.item_ids)} dead item record(s) of queue {_queue()!r}", args.yes)
     status = 0
     for item_id in args.item_ids:
@@ -215,7 +276,7 @@ async def _run_dead(args: argparse.Namespace) -> int:
             print(f"removed {item_id}")
         except DeadItemNotFoundError as exc:
             print(f"error: {escape(str(exc))}", file=sys.stderr)
-            status = 1
+            status = FAILURE
     return status
 
 
@@ -340,6 +401,12 @@ async def _run_scheduled(args: argparse.Namespace) -> int:
             print(_scheduled_line(item))
         return 0
     if args.command == "cancel":
+        if args.all:
+            return await _cancel_all(args)
+        if not args.ids:
+            raise UsageError("scheduled cancel: give the IDs, or --all (with --event) for everything waiting")
+        if args.event is not None:
+            raise UsageError("scheduled cancel: --event selects messages for --all only; add --all")
         confirm(f"cancel {len(args.ids)} scheduled message(s) of queue {_queue()!r}", args.yes)
         status = 0
         for message_id in args.ids:
@@ -350,9 +417,25 @@ async def _run_scheduled(args: argparse.Namespace) -> int:
                     f"error: nothing scheduled with id {escape(repr(message_id))} (fired or cancelled?)",
                     file=sys.stderr,
                 )
-                status = 1
+                status = FAILURE
         return status
     return await _rebuild(args)
+
+
+async def _cancel_all(args: argparse.Namespace) -> int:
+    """``scheduled cancel --all [--event NAME]``: withdraw everything waiting (that event's), in batches."""
+    if args.ids:
+        raise UsageError("scheduled cancel: give IDs or --all, not both")
+    ids = await scheduled_ids(runtime.current().redis, _queue(), args.event)  # ids first: firing shifts the pages
+    which = "all of them" if args.event is None else f"event {escape(repr(args.event))}"
+    if not ids:
+        print(f"nothing scheduled on queue {_queue()!r} ({which}); nothing to do")
+        return 0
+    confirm(f"cancel {len(ids)} scheduled message(s) of queue {_queue()!r} ({which})", args.yes)
+    await _in_batches(
+        ids, event_bus.cancel, "cancel", "cancelled", "scheduled message(s)", "fired or cancelled meanwhile"
+    )
+    return 0
 
 
 async def _rebuild(args: argparse.Namespace) -> int:
@@ -533,19 +616,70 @@ async def _run_failed(args: argparse.Namespace) -> int:
                 print(f"removed {job_id}")
         except JobNotFoundError as exc:
             print(f"error: {escape(str(exc))}", file=sys.stderr)
-            status = 1
+            status = FAILURE
     return status
 
 
 BATCH = 500
-"""Jobs retried or removed per batch (one progress line each) by ``failed retry|remove --all``."""
+"""Items retried, removed or cancelled per batch (one plain progress line each) by the
+``--all`` commands: ``failed retry|remove``, ``dead remove``, ``scheduled cancel``."""
 CONCURRENCY = 32
-"""Of a batch, jobs retried or removed at the same time (each a few Redis round trips)."""
+"""Of a batch, items acted on at the same time (each a few Redis round trips)."""
 
 
-async def _bounded(gate: asyncio.Semaphore, act: Any, job_id: str) -> Any:
-    async with gate:
-        return await act(job_id)
+def _unless_missing(act: Callable[[str], Awaitable[Any]], missing: type[Exception]) -> Callable[[str], Awaitable[bool]]:
+    """``act`` as :func:`_in_batches` takes it: True when done, False when ``missing`` says the item was gone."""
+
+    async def run(item_id: str) -> bool:
+        try:
+            await act(item_id)
+        except missing:
+            return False
+        return True
+
+    return run
+
+
+async def _in_batches(
+    ids: Sequence[str], act: Callable[[str], Awaitable[bool]], verb: str, past: str, noun: str, gone_why: str
+) -> None:
+    """Run ``act`` on each of ``ids``, BATCH at a time (CONCURRENCY of a batch at once), with
+    progress on stderr (``cliprogress``), then print what was done: ``{past} N {noun}``.
+
+    ``act`` returns False for an item gone since the ids were read (``gone_why`` says how): counted,
+    not an error. Another exception stops it after the batch it happened in: it prints how many
+    were done (``stopped by an error: ...``) and raises it. An interruption (Ctrl-C) stops it at
+    once, printing ``interrupted: ...`` the same way."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+    done = gone = 0
+
+    def summary(of: str = "") -> str:
+        return f"{past} {done}{of} {noun}" + (f"; {gone} were gone already ({gone_why})" if gone else "")
+
+    async def one(item_id: str) -> None:
+        nonlocal done, gone
+        async with gate:
+            if await act(item_id):
+                done += 1
+            else:
+                gone += 1
+        progress.advance()
+
+    with BatchProgress(verb, len(ids)) as progress:
+        try:
+            for start in range(0, len(ids), BATCH):
+                results = await asyncio.gather(*(one(i) for i in ids[start : start + BATCH]), return_exceptions=True)
+                progress.batch_done()
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            print(f"interrupted: {summary(f' of {len(ids)}')}", flush=True)
+            raise
+        except Exception:
+            print(f"stopped by an error: {summary(f' of {len(ids)}')}", flush=True)
+            raise
+    print(summary())
 
 
 async def _bulk(args: argparse.Namespace) -> int:
@@ -559,26 +693,9 @@ async def _bulk(args: argparse.Namespace) -> int:
     what = "run their handlers again" if verb == "retry" else "for good"
     confirm(f"{verb} {len(ids)} failed job(s) of queue {_queue()!r} ({_selection_text(selection)}): {what}", args.yes)
     act = event_bus.retry_job if verb == "retry" else event_bus.remove_job
-    done = gone = 0
-    gate = asyncio.Semaphore(CONCURRENCY)
-    terminal = sys.stderr.isatty()
-    for start in range(0, len(ids), BATCH):
-        batch = ids[start : start + BATCH]
-        results = await asyncio.gather(*(_bounded(gate, act, job_id) for job_id in batch), return_exceptions=True)
-        for result in results:
-            if isinstance(result, JobNotFoundError):
-                gone += 1  # retried or removed by someone else since listed
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                done += 1
-        line = f"{verb}: {start + len(batch)}/{len(ids)}"
-        print(("\r" + line) if terminal else line, end="" if terminal else "\n", file=sys.stderr, flush=True)
-    if terminal:
-        print(file=sys.stderr)
     past = "retried" if verb == "retry" else "removed"
-    print(
-        f"{past} {done} failed job(s)" + (f"; {gone} were gone already (retried or removed meanwhile)" if gone else "")
+    await _in_batches(
+        ids, _unless_missing(act, JobNotFoundError), verb, past, "failed job(s)", "retried or removed meanwhile"
     )
     return 0
 
@@ -598,22 +715,52 @@ def _status_text(status: dict[str, Any]) -> str:
     )
 
 
+_STATUS_COLUMNS = (
+    ("queue", "queue"),
+    ("waiting", "waiting"),
+    ("in flight", "in_flight"),
+    ("scheduled", "scheduled"),
+    ("failed", "failed"),
+    ("dead-lettered", "dead"),
+    ("live workers", "workers"),
+)
+
+
+def _status_row(status: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(status[field] for _, field in _STATUS_COLUMNS)
+
+
+def _now_title(note: str = "") -> str:
+    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC{note}"
+
+
 async def _run_status(args: argparse.Namespace) -> int:
     """``earnevents status [--json] [--watch [SECONDS]]``."""
+    if args.watch is not None and not args.json and on_terminal():
+        await _watch_in_place(args.watch)
+    headers = [header for header, _ in _STATUS_COLUMNS]
     while True:
         status = await _status()
         if args.json:
             print(json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(), **status}), flush=True)
         elif on_terminal():
-            headers = ("queue", "waiting", "in flight", "scheduled", "failed", "dead-lettered", "live workers")
-            fields = ("queue", "waiting", "in_flight", "scheduled", "failed", "dead", "workers")
-            title = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-            print_table(title, headers, [tuple(status[f] for f in fields)])
+            print_table(_now_title(), headers, [_status_row(status)])
         else:
             print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {_status_text(status)}", flush=True)
         if args.watch is None:
             return 0
         await asyncio.sleep(args.watch)
+
+
+async def _watch_in_place(every: float) -> NoReturn:
+    """``status --watch`` on a terminal: one table, redrawn in place every ``every`` s until
+    interrupted (the interruption goes through: exit status 130, the last table left on screen)."""
+    note = f", every {every:g}s (Ctrl-C to stop)"
+    headers = [header for header, _ in _STATUS_COLUMNS]
+    with live_table() as draw:
+        while True:
+            draw(_now_title(note), headers, [_status_row(await _status())])
+            await asyncio.sleep(every)
 
 
 def _data_arg(text: str) -> dict[str, Any]:
@@ -771,6 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="earnevents",
         description="Failed jobs, dead letters, the event registry, the event log, the delay schedule "
         "and workflow runs.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog's table as written
     )
     parser.add_argument("--redis-uri", help="default: $EARNEVENTS_REDIS_URI")
     parser.add_argument("--mongo-uri", help="default: $EARNEVENTS_MONGO_URI (unset: failed jobs live in Redis)")
@@ -810,8 +959,14 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     show = dead.add_parser("show", help="one item with its raw text, as JSON")
     show.add_argument("item_id", metavar="ID")
-    remove = dead.add_parser("remove", help="delete the record")
-    remove.add_argument("item_ids", nargs="+", metavar="ID")
+    remove = dead.add_parser(
+        "remove",
+        help="delete records",
+        description="Delete the records of the IDs given (exit status 1 if one was not found), or with --all "
+        f"every dead item of the queue, {BATCH} at a time, after a confirmation showing the count.",
+    )
+    remove.add_argument("item_ids", nargs="*", metavar="ID")
+    remove.add_argument("--all", action="store_true", help="every dead item of the queue instead of IDs")
     _add_yes(remove)
     _add_scheduled(groups)
     _add_event_log(_add_events(groups))
@@ -849,6 +1004,9 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     token = os.environ.get(TOKEN_ENV) or None
     serve.check_bind(args.host, token, args.read_only)
     settings = Settings.resolve(redis_uri=args.redis_uri, mongo_uri=args.mongo_uri, database=args.database)
+    # Workflows' resume and signal need their definitions, event pages the defined events: import
+    # what a worker of these settings would, as the `workflows` and `publish` commands do.
+    _import_app_modules(settings)
     # The app initializes earnevents in its lifespan, from the environment: hand it the options.
     for name, value in (
         ("EARNEVENTS_REDIS_URI", args.redis_uri),
@@ -879,11 +1037,14 @@ def _add_scheduled(groups: Any) -> None:
     lst.add_argument("--offset", type=_count_arg, default=0)
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     what = (
-        "Withdraw scheduled messages by the id `scheduled list` shows; exit status 1 if one was not pending. "
-        "A model's occurrence comes back on its document's next write or a rebuild."
+        "Withdraw scheduled messages by the id `scheduled list` shows (exit status 1 if one was not pending), "
+        f"or with --all everything waiting (only --event's with it), {BATCH} at a time, after a confirmation "
+        "showing the count. A model's occurrence comes back on its document's next write or a rebuild."
     )
     cancel = scheduled.add_parser("cancel", help="withdraw scheduled messages", description=what)
-    cancel.add_argument("ids", nargs="+", metavar="ID")
+    cancel.add_argument("ids", nargs="*", metavar="ID")
+    cancel.add_argument("--all", action="store_true", help="everything waiting (--event's) instead of IDs")
+    cancel.add_argument("--event", "--name", dest="event", metavar="NAME", help="with --all: only this event's")
     _add_yes(cancel)
     what = (
         "Recreate the models' pending scheduled events from their MongoDB documents (after Redis lost its data, "
@@ -1167,14 +1328,26 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _reader_gone() -> int:
+    """stdout's reader quit before all was written: nothing more is said there (or on stderr:
+    ``| head`` is not an error to report), exit status 1 as for a cut-off run."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush must not fail
+    except (OSError, ValueError):  # stdout not a file (captured in tests)
+        pass
+    return FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if _is_registry(args):
-            return _run_registry(args)
         if args.group == "dashboard":
             return _run_dashboard(args)
-        return asyncio.run(_run(args))
+        status = _run_registry(args) if _is_registry(args) else asyncio.run(_run(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone is then seen below
+        return status
+    except BrokenPipeError:  # stdout's reader quit (`earnevents failed list | head`): not Redis's doing
+        return _reader_gone()
     except (ConfigError, NotInitializedError, UsageError, ValueError, TypeError) as exc:
         return _fail(str(exc), USAGE)
     except EarnEventsError as exc:  # JobNotFoundError, DeadItemNotFoundError, EventNotFoundError, Declined, ...
@@ -1184,7 +1357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyMongoError as exc:
         return _fail(f"MongoDB: {type(exc).__name__}: {exc} (check EARNEVENTS_MONGO_URI or --mongo-uri)", FAILURE)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted", INTERRUPTED)
     except Exception as exc:  # no traceback for an operator; the type says where to look
         return _fail(f"unexpected {type(exc).__name__}: {exc}", FAILURE)
 

@@ -6,10 +6,12 @@ that, and control characters are escaped (``logtext.escape``) before rich sees t
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -21,11 +23,33 @@ def on_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print ``rows`` under ``headers`` as a rich table, ``title`` above it."""
+def make_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
+    """``rows`` under ``headers`` as a rich table, ``title`` above it (all shown as text)."""
     table = Table(title=Text(escape(title)), title_justify="left", show_lines=False)
     for i, header in enumerate(headers):
         table.add_column(Text(header), no_wrap=i == 0)  # ids stay whole, to copy
     for row in rows:
         table.add_row(*(Text(escape(str(cell))) for cell in row))
-    Console(highlight=False).print(table)
+    return table
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print ``rows`` under ``headers`` as a rich table, ``title`` above it."""
+    Console(highlight=False).print(make_table(title, headers, rows))
+
+
+Draw = Callable[[str, Sequence[str], Sequence[Sequence[object]]], None]
+"""What :func:`live_table` gives: draw(title, headers, rows) replaces the table shown."""
+
+
+@contextlib.contextmanager
+def live_table() -> Iterator[Draw]:
+    """A table redrawn in place on the terminal (rich Live): each draw replaces the last
+    one instead of printing another below it. On leaving, even by an interruption, the
+    last table stays on screen and the cursor is shown again."""
+    with Live(console=Console(highlight=False), auto_refresh=False) as live:
+
+        def draw(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+            live.update(make_table(title, headers, rows), refresh=True)
+
+        yield draw

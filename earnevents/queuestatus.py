@@ -58,6 +58,42 @@ def unacked_queue(raw: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Consumer:
+    """A worker's consumer of the queue: ``id`` is ``host:pid:nonce``; ``alive``: its
+    keep-alive key is fresh; ``fetched``: messages in its reliable-fetch in-flight list."""
+
+    id: str
+    alive: bool
+    fetched: int
+
+    @property
+    def host(self) -> str:
+        return self.id.rsplit(":", 2)[0] if self.id.count(":") >= 2 else self.id
+
+    @property
+    def pid(self) -> str:
+        return self.id.rsplit(":", 2)[1] if self.id.count(":") >= 2 else ""
+
+
+async def consumers(client: Any, queue: str) -> list[Consumer]:
+    """The consumers registered for ``queue``, by id, from the asyncio Redis ``client``."""
+    ids = sorted(
+        m.decode() if isinstance(m, bytes) else str(m) for m in await client.smembers(keys.inflight_consumers(queue))
+    )
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for consumer in ids:
+        pipe.exists(keys.consumer_alive(consumer))
+        pipe.llen(keys.inflight_list(queue, consumer))
+    replies = await pipe.execute()
+    return [
+        Consumer(consumer, bool(alive), int(fetched))
+        for consumer, alive, fetched in zip(ids, replies[0::2], replies[1::2], strict=True)
+    ]
+
+
 async def transport_counts(client: Any, queue: str) -> TransportCounts:
     """The counts of ``queue`` from the asyncio Redis ``client``."""
     waiting = int(await client.llen(queue))
@@ -65,17 +101,12 @@ async def transport_counts(client: Any, queue: str) -> TransportCounts:
     async for _, raw in client.hscan_iter(keys.UNACKED, count=SCAN_COUNT):
         if unacked_queue(raw) == queue:
             unacked += 1
-    consumers = sorted(
-        m.decode() if isinstance(m, bytes) else str(m) for m in await client.smembers(keys.inflight_consumers(queue))
+    registered = await consumers(client, queue)
+    return TransportCounts(
+        waiting=waiting,
+        in_flight=unacked + sum(c.fetched for c in registered),
+        workers=sum(1 for c in registered if c.alive),
     )
-    pipe = client.pipeline(transaction=False)
-    for consumer in consumers:
-        pipe.exists(keys.consumer_alive(consumer))
-        pipe.llen(keys.inflight_list(queue, consumer))
-    replies = await pipe.execute() if consumers else []
-    alive = sum(1 for flag in replies[0::2] if flag)
-    fetched = sum(int(n) for n in replies[1::2])
-    return TransportCounts(waiting=waiting, in_flight=unacked + fetched, workers=alive)
 
 
 async def queue_status() -> QueueStatus:
@@ -92,3 +123,24 @@ async def queue_status() -> QueueStatus:
         dead=await event_bus.count_dead_items(),
         workers=transport.workers,
     )
+
+
+async def _index_ids(client: Any, index: str) -> list[str]:
+    """The members of the sorted set ``index``, each once (ZSCAN: every member there from
+    start to end of the scan is seen; ones added or removed meanwhile may or may not be)."""
+    seen: dict[str, None] = {}
+    async for member, _ in client.zscan_iter(index, count=SCAN_COUNT):
+        seen[member.decode() if isinstance(member, bytes) else str(member)] = None
+    return list(seen)
+
+
+async def dead_ids(client: Any, queue: str) -> list[str]:
+    """The ids of ``queue``'s dead items (what ``event_bus.remove_dead_item`` takes), in no order."""
+    return await _index_ids(client, keys.dead_index(queue))
+
+
+async def scheduled_ids(client: Any, queue: str, event_name: str | None = None) -> list[str]:
+    """The ids of what waits in ``queue``'s delay schedule (what ``event_bus.cancel`` takes),
+    only ``event_name``'s if given, in no order."""
+    index = keys.scheduled_zset(queue) if event_name is None else keys.scheduled_by_event(queue, event_name)
+    return await _index_ids(client, index)

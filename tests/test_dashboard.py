@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,10 +25,13 @@ from starlette.routing import Mount, Route
 
 import earnevents
 from earnevents import Event, FailedJob, runtime
-from earnevents.dashboard import create_app, pages
+from earnevents.dashboard import chart, create_app, pages
 from earnevents.dashboard.render import render
 from earnevents.deadletters import ADD_SCRIPT, DeadItem, add_args
+from earnevents.stats import MinuteStats
 from earnevents.testing import wait_for
+from earnevents.worker import stats as worker_stats
+from earnevents.worker.jobs import Job, Outcome
 
 BASE = "http://dash.test"
 ORIGIN = {"origin": BASE}
@@ -82,6 +87,53 @@ async def test_overview_shows_the_counts_earnevents_status_prints(bus, queue, rc
         assert f'earnevents_queue_{name}{{queue="{queue}"}} {float(value)}' in metrics.text, metrics.text
 
 
+async def test_overview_charts_the_last_hours_outcomes_per_minute_and_reloads_itself(bus, queue):
+    # Given outcomes counted by workers this minute and twenty minutes ago
+    now = time.time()
+    job = Job(event=Event("a.b", {}), handler=None, attempt=0, retry_policy=None, queue=queue)
+    worker_stats.finished(job, [Outcome("m.h", at=now)] * 4)
+    worker_stats.settled(job, Outcome("m.h", ValueError(), at=now), retrying=True)
+    worker_stats.settled(job, Outcome("m.h", ValueError(), at=now - 1200), retrying=False)
+    await worker_stats.flush(lambda: earnevents.runtime.current().redis)
+    # When the overview is read
+    async with client(create_app(token="")) as http:
+        page = (await http.get("/")).text
+    # Then its chart has one bar segment per minute and outcome, heights in proportion
+    bars = re.findall(
+        r'<rect class="bar (\w+)" data-field="\w+" x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)">', page
+    )
+    assert sorted(field for field, _, _ in bars) == ["failed", "retried", "succeeded"]
+    heights = {field: float(h) for field, _, h in bars}
+    assert heights["succeeded"] == pytest.approx(4 * heights["failed"]) == pytest.approx(4 * heights["retried"])
+    assert re.findall(r'data-total="(\w+)">\w+: (\d+)', page) == [("succeeded", "4"), ("retried", "1"), ("failed", "1")]
+    assert "<script" not in page
+    # And it reloads itself without a script
+    assert re.search(r'<meta http-equiv="refresh" content="\d+">', page)
+
+
+@pytest.mark.worker
+async def test_overview_lists_the_live_workers(bus, start_worker):
+    async with client(create_app(token="")) as http:
+        assert "No live worker consumes this queue" in (await http.get("/")).text
+        start_worker()
+
+        deadline = time.monotonic() + 20
+        while '<table class="workers">' not in (page := (await http.get("/")).text):
+            assert time.monotonic() < deadline, "the worker never showed"
+            await asyncio.sleep(0.1)
+    rows = re.findall(r"<tr><td class=\"queue\">([^<]*)</td><td>(\d+)</td>", page)
+    assert [host for host, _ in rows] == [socket.gethostname()]
+    assert counts(page)["workers"] == 1
+
+
+def test_chart_scale_is_a_round_number_at_or_above_the_busiest_minute():
+    assert [chart.nice_max(n) for n in (0, 1, 3, 7, 10, 11, 260, 1001)] == [1, 1, 5, 10, 10, 20, 500, 2000]
+    minutes = [MinuteStats(100 + i, succeeded=i) for i in range(60)]
+    built = chart.build(minutes)
+    assert [t.label for t in built.y_ticks] == ["0", "50", "100"]
+    assert len(built.bars) == 59 and len(built.x_ticks) == 6  # every ten minutes
+
+
 async def test_every_response_carries_the_security_headers(bus):
     async with client(create_app(token="")) as http:
         for path in ("/", "/metrics", "/static/dashboard.css", "/login"):
@@ -96,6 +148,7 @@ async def test_every_response_carries_the_security_headers(bus):
     app = create_app(token="")
     page = (await client(app).get("/")).text
     nav = [str(app.url_path_for(entry.route)) for entry in pages.NAV]
+    assert nav == ["/", "/failed", "/scheduled", "/events", "/workflows"]
     assert re.findall(r'(?:href|src)="([^"]+)"', page) == ["/static/dashboard.css", *nav]
     assert "<script" not in page
 
@@ -308,3 +361,18 @@ def test_the_command_refuses_a_public_host_without_a_token(redis_url, queue, hos
     assert out.stderr.startswith("error: refusing to serve the dashboard on"), out.stderr
     assert "EARNEVENTS_DASHBOARD_TOKEN" in out.stderr
     assert len(out.stderr.splitlines()) == 1
+
+
+def test_the_command_imports_the_application_as_a_worker_would(redis_url, queue):
+    # Workflows' resume and signal need their definitions: the command imports the handler
+    # modules first, and a module that cannot be imported stops it with the reason.
+    out = subprocess.run(
+        [str(EXE), "dashboard", "--port", str(free_port())],
+        env=dashboard_env(redis_url, queue, EARNEVENTS_HANDLER_MODULES="no_such_app_module_xyz"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "could not import the application's modules" in out.stderr and "no_such_app_module_xyz" in out.stderr

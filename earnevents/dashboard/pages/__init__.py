@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.routing import BaseRoute
 
-from . import auth, failed, metrics, overview
+from . import auth, events, failed, metrics, overview, scheduled, workflows
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,16 @@ class NavEntry:
     route: str
 
 
-MODULES = (overview, failed, metrics, auth)
+MODULES = (overview, failed, scheduled, events, workflows, metrics, auth)
 """The modules whose ``routes`` the app mounts, in this order."""
 
-NAV = (NavEntry("Overview", "overview"), NavEntry("Failed jobs", "failed"))
+NAV = (
+    NavEntry("Overview", "overview"),
+    NavEntry("Failed jobs", "failed"),
+    NavEntry("Scheduled", "scheduled"),
+    NavEntry("Events", "events"),
+    NavEntry("Workflows", "workflows"),
+)
 """The navigation, in order."""
 
 

@@ -1,8 +1,9 @@
 """Overview: the configured queue's counts (the reading ``earnevents status`` prints) and
 where the dashboard is connected (URIs redacted).
 
-The per-minute chart of handled, retried and failed jobs over the last hour goes in the
-template's ``chart`` block (``templates/overview.html``), fed from this endpoint's context.
+Below, the handler outcomes per minute over the last hour (:mod:`earnevents.stats`,
+drawn by :mod:`earnevents.dashboard.chart`). The page reloads itself every
+:data:`REFRESH` seconds (a meta refresh: the dashboard runs no script).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ... import runtime
-from ...queuestatus import queue_status
+from ... import runtime, stats
+from ...queuestatus import consumers, queue_status
 from ...redact import redact_uri
+from .. import chart
 from ..render import render
 
 COLUMNS = (
@@ -26,18 +28,26 @@ COLUMNS = (
 )
 """QueueStatus field -> column heading, in the order of ``earnevents status``."""
 
+REFRESH = 5
+"""Seconds between two reloads of the page."""
+
 
 async def overview(request: Request) -> Response:
-    settings = runtime.current().settings
+    env = runtime.current()
     status = await queue_status()
+    minutes = await stats.per_minute(env.redis, status.queue)
+    live = [c for c in await consumers(env.redis, status.queue) if c.alive]
     return render(
         request,
         "overview.html",
         {
             "statuses": [status],
             "columns": COLUMNS,
-            "redis_uri": redact_uri(settings.redis_uri),
-            "mongo_uri": redact_uri(settings.mongo_uri) if settings.mongo_uri else None,
+            "chart": chart.build(minutes),
+            "workers": live,
+            "refresh": REFRESH,
+            "redis_uri": redact_uri(env.settings.redis_uri),
+            "mongo_uri": redact_uri(env.settings.mongo_uri) if env.settings.mongo_uri else None,
         },
         current="overview",
     )
