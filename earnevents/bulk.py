@@ -7,6 +7,9 @@ the list, so acting while walking would skip jobs. Then :func:`run` acts on them
 does, while the bulk runs as a background task). A job gone since its id was read
 (retried or removed by someone else) is counted, not an error; another error stops the
 bulk after the batch it happened in.
+
+``earnevents failed retry|remove --all`` reads its ids with :func:`matching_ids` and acts
+with :func:`act_for` too, in its own batches (its progress bar on the terminal).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ from typing import Any, NoReturn, cast
 import redis.exceptions as redis_errors
 from pymongo.errors import PyMongoError
 
-from . import discovery, runtime
+from . import bulk, discovery, runtime
 from .bus import event_bus
 from .cliprogress import BatchProgress
 from .clitable import live_table, on_terminal, print_table
@@ -685,14 +685,14 @@ async def _in_batches(
 async def _bulk(args: argparse.Namespace) -> int:
     """``failed retry|remove --all``: every job the filters match, in batches, with progress."""
     selection = _selection(args)
-    ids = [job.id for job in await _matching(selection)]  # ids first: acting shifts the pages
+    ids = await bulk.matching_ids(selection)  # ids first: acting shifts the pages
     if not ids:
         print(f"no failed job matches ({_selection_text(selection)}); nothing to do")
         return 0
-    verb = "retry" if args.command == "retry" else "remove"
+    verb: bulk.Action = "retry" if args.command == "retry" else "remove"
     what = "run their handlers again" if verb == "retry" else "for good"
     confirm(f"{verb} {len(ids)} failed job(s) of queue {_queue()!r} ({_selection_text(selection)}): {what}", args.yes)
-    act = event_bus.retry_job if verb == "retry" else event_bus.remove_job
+    act = bulk.act_for(verb)
     past = "retried" if verb == "retry" else "removed"
     await _in_batches(
         ids, _unless_missing(act, JobNotFoundError), verb, past, "failed job(s)", "retried or removed meanwhile"
