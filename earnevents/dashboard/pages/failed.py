@@ -11,6 +11,11 @@ and ``until`` (an ISO time, UTC when it names no zone, or a duration ago: ``90s`
 After retrying or removing one job the browser is sent back to the list with its filter,
 and the list says what happened (``notice`` and ``job`` query parameters: a fixed message
 chosen by ``notice``, never text taken from the URL).
+
+A bulk's confirmation carries a ``since``/``until`` given as a duration ago as the moment
+it meant then, so the bulk acts on the jobs that were counted (and those failing since,
+when no ``until`` was given). The bulk itself is :mod:`earnevents.bulk`, run as a task of
+the dashboard's process (:mod:`earnevents.dashboard.bulks`).
 """
 
 from __future__ import annotations
