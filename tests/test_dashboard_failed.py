@@ -184,6 +184,21 @@ async def test_detail_shows_everything_as_text(env):
     assert odd.status_code == 404
 
 
+async def test_a_job_links_to_its_event_its_event_names_jobs_and_its_documents_runs(bus):
+    # Given a failed job of an event about a document
+    event = Event("order.paid", {"n": 1}, metadata={"entity": {"model": "Order", "id": "ab" * 12}})
+    [one] = await add(FailedJob(event, "app.h", "RuntimeError: x", "tb", 2, runtime.current().settings.queue_name))
+    async with client(create_app(token="")) as http:
+        page = (await http.get(f"/failed/{one.id}")).text
+    related = re.search(r'<p class="related" id="related">(.*?)</p>', page, re.S)
+    assert related is not None
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', related.group(1))
+    assert links == [
+        ("/failed?event=order.paid", "failed jobs of this event name"),
+        (f"/workflows?model=Order&amp;entity_id={'ab' * 12}", f"workflow runs of Order {'ab' * 12}"),
+    ]  # no event log here: no link to a record that cannot exist
+
+
 async def test_retry_one_sends_its_message_and_takes_it_off_the_list(env):
     # Given two failed jobs, the list filtered to one event
     kept, retried = await add(job("user.created", "app.mail"), job("order.paid", "app.bill"))

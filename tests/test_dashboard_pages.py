@@ -16,7 +16,7 @@ from starlette.routing import Mount
 from test_dashboard import ORIGIN, client, csrf_field
 
 import earnevents
-from earnevents import Event, keys, message, runtime
+from earnevents import Event, FailedJob, keys, message, runtime
 from earnevents.dashboard import create_app, listing
 from earnevents.eventlog.record import FAILED, SUCCEEDED, HandlerChange
 from earnevents.workflows import engine
@@ -196,6 +196,15 @@ async def test_event_page_shows_each_handler_and_replays(logged, queue):
         page = await http.get(f"/events/{event.id}")
         assert page.status_code == 200
         text = page.text
+        # The failed handler links to its failed job, and the page to the event name's failed jobs
+        job_id = message.derived_id("failed", event.id, "app.h.mail", 3)
+        assert f'<a class="failed-job" href="/failed/{job_id}">failed job</a>' in text
+        assert '<a id="failed-of-name" href="/failed?event=user.created">' in text
+        # And that failed job's page links back to the event's record
+        await logged.failures.add(FailedJob(event, "app.h.mail", "RuntimeError: x", "tb", 3, queue, id=job_id))
+        assert (
+            f'<a href="/events/{event.id}">its event in the event log</a>' in (await http.get(f"/failed/{job_id}")).text
+        )
         # Each handler: status, attempts, error (as text), traceback
         assert 'data-handler="app.h.mail"' in text and 'data-handler="app.h.audit"' in text
         assert "RuntimeError: " + str(escape(HOSTILE)) in text and "<script>alert" not in text

@@ -14,7 +14,7 @@ from conftest import token, wait_results
 from pymongo import MongoClient
 
 import earnevents
-from earnevents import Event, EventNotFoundError, EventRecord, event_bus, keys
+from earnevents import Event, EventNotFoundError, EventRecord, event_bus, keys, message
 from earnevents.testing import free_port, wait_for
 
 pytestmark = pytest.mark.worker
@@ -81,6 +81,8 @@ async def test_statuses_retry_failure_retry_job_cancel_and_replay(
         # When the downstream is fixed and the failed job retried
         rclient.set(f"fixed:{tok}", 1)
         [job] = await event_bus.get_failed_jobs()
+        # (the dashboard links a failed handler's entry to its job by this id)
+        assert job.id == message.derived_id("failed", event.id, "e2e_handlers.fixable", failed.attempts)
         await event_bus.retry_job(job.id)
         # Then the handler is retrying at once, then succeeded, and so is the event
         assert statuses(await event_bus.get_event(event.id))["fixable"] in ("retrying", "running", "succeeded")

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ... import names, runtime
+from ... import message, names, runtime
 from ...bus import event_bus
 from ...errors import EventNotFoundError
 from ...eventlog import EVENT_STATUSES
@@ -111,6 +111,10 @@ async def event(request: Request) -> Response:
             "replay_path": event_path(request, record.id) + "/replay",
             "event_path": lambda other: event_path(request, other),
             "entity": record.event.entity_ref,
+            "failed_job": lambda handler: url(
+                request, "failed_job", job_id=message.derived_id("failed", record.id, handler.handler, handler.attempts)
+            ),
+            "failed_of_name": url(request, "failed") + "?" + urlencode({"event": record.name}),
         },
         current="events",
     )

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ... import bulk, names
+from ... import bulk, names, runtime
 from ...bus import event_bus
 from ...errors import JobNotFoundError
 from ...event import encode
@@ -42,6 +42,7 @@ from ...moments import parse_moment
 from .. import security
 from ..bulks import registry
 from ..render import render, url
+from .events import event_path
 
 PAGE_SIZE = 50
 """Jobs per page of the list."""
@@ -298,8 +299,26 @@ async def failed_job(request: Request) -> Response:
         "message": None,
         "back": url(request, "failed") + where.query(offset=offset or None),
         "keep": where.texts | ({"offset": str(offset)} if offset else {}),
+        "related": related(request, job),
     }
     return render(request, "failed_job.html", context, current="failed")
+
+
+def related(request: Request, job: FailedJob) -> list[tuple[str, str]]:
+    """(text, href) of the pages about what ``job`` concerns: its event's record in the event
+    log (when it is on), the other failed jobs of its event name, the workflow runs of the
+    document its event is about."""
+    links = []
+    if runtime.current().settings.event_log:
+        links.append(("its event in the event log", event_path(request, job.event.id)))
+    links.append(
+        ("failed jobs of this event name", url(request, "failed") + "?" + urlencode({"event": job.event.name}))
+    )
+    entity = job.event.entity_ref
+    if entity is not None:
+        query = urlencode({"model": entity.model, "entity_id": entity.id})
+        links.append((f"workflow runs of {entity.model} {entity.id}", url(request, "workflows") + "?" + query))
+    return links
 
 
 def _back_to_list(request: Request, fields: Mapping[str, str], notice: str, job_id: str) -> Response:
