@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..moments import parse_moment
 from .render import render, url
 
 PAGE_SIZE = 50
@@ -55,16 +56,16 @@ def choice(request: Request, name: str, allowed: Sequence[str]) -> str | None:
 
 
 def moment(request: Request, name: str) -> dt.datetime | None:
-    """The parameter ``name`` as an aware datetime: ISO 8601 (``2026-01-31T12:00``), UTC
-    when it names no offset."""
+    """The parameter ``name`` as an aware datetime: a duration ago (``90s``, ``2h``, ``7d``) or
+    an ISO time, UTC when it names no offset (:func:`earnevents.moments.parse_moment`, as the
+    CLI's ``--since`` and the Failed jobs page read it)."""
     value = text(request, name)
     if value is None:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise BadQuery(f"{name} must be a date and time in ISO 8601 (e.g. 2026-01-31T12:00), got {value!r}") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
+        return parse_moment(value)
+    except ValueError as exc:
+        raise BadQuery(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Events: the event log (when it is on), one event's handlers, and replaying an event.
 
 - ``GET /events?name=&status=&sender=&since=&until=&offset=``: logged events of the queue,
-  newest first (``event_bus.find_events``); ``since``/``until`` are ISO 8601 times (UTC
-  unless they name an offset).
+  newest first (``event_bus.find_events``); ``since``/``until`` are a duration ago or
+  ISO 8601 times (UTC unless they name an offset): :func:`earnevents.moments.parse_moment`.
 - ``GET /events/{event_id}``: one event's data, metadata and each handler's status,
   attempts, times, last error and traceback (``event_bus.get_event``); 404 for an id
   that is not logged. Ids are percent-encoded in links (:func:`event_path`): an event id
