@@ -140,3 +140,15 @@ def test_bulk_retry_of_a_filter(dashboard, start_worker, rclient, browser, scree
         "dash.fixable"
     )
     assert failed_count(server) == 2 and failed_count(server, "dash.broken") == 2
+    # And the overview shows the live worker and charts what it did this minute
+    browser.get(base_url + "/")
+    wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "table.workers tbody tr"), "the live worker listed")
+
+    def outcomes(d: Any) -> dict[str, str] | None:
+        d.refresh()  # the chart is drawn when the page is served: counts land within a second
+        totals = {e.get_attribute("data-total"): e.text for e in d.find_elements(By.CSS_SELECTOR, "[data-total]")}
+        return totals if totals.get("succeeded", "").endswith(": 25") else None
+
+    totals = wait_until(browser, outcomes, "the 25 retried jobs charted as succeeded")
+    assert totals["failed"] == "failed: 27" and browser.find_elements(By.CSS_SELECTOR, "#outcomes-chart rect.bar")
+    screenshot("overview")
