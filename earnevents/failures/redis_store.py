@@ -4,6 +4,11 @@ Bounded: a queue keeps at most ``max_jobs`` records (adding one more deletes the
 oldest, in the same script) and none older than ``max_age`` seconds (not listed
 or counted; the record key expires then, its index entries go at the next add).
 So a handler failing 1,000 times a second holds Redis at ``max_jobs`` records.
+
+Filters: event name and handler pick the index (one sorted set per name, handler and
+pair), the failure-time window is a score range of it (ZREVRANGEBYSCORE / ZCOUNT),
+and the error text is matched in Redis by a script reading the records of that range,
+:data:`SCAN_BATCH` per call, at most ``max_jobs`` of them per list or count.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,6 +24,7 @@ import redis.asyncio as aioredis
 from .. import keys, names
 from .base import DEFAULT_MAX_AGE, DEFAULT_MAX_JOBS
 from .record import FailedJob
+from .selection import JobSelection, checked
 
 TRIM_BATCH = 1000
 """At most this many old records are deleted by one add (and per round of a purge), so
@@ -72,6 +78,74 @@ REMOVE_SCRIPT = (
 local orphans = {}
 for _, id in ipairs(ARGV) do drop(id, orphans) end
 return orphans
+"""
+)
+
+
+SCAN_BATCH = 2000
+"""Records one call of :data:`SCAN_SCRIPT` reads at most (a few ms of Redis time), so matching
+the error text over a full queue never blocks Redis for long."""
+
+# The error text of a record (JSON as _dumps writes it), or nil. Fast path: the record's own
+# "error" key is the last `"error":"` in it (after it come only the traceback, attempts, queue
+# and failed_at: plain values, and a quote inside a string is escaped), so only that value is
+# decoded; else (another layout) the whole record. A value cjson cannot decode (a lone
+# surrogate escaped) is returned second, still JSON-escaped.
+_ERROR_OF = """
+local function error_of(record)
+  local start, pos = nil, 1
+  while true do
+    local s, e = string.find(record, '"error":"', pos, true)
+    if not s then break end
+    start, pos = e, e + 1
+  end
+  if start then
+    local i = start + 1
+    while true do
+      local q = string.find(record, '"', i, true)
+      if not q then break end
+      local backslashes = 0
+      while string.byte(record, q - 1 - backslashes) == 92 do backslashes = backslashes + 1 end
+      if backslashes % 2 == 0 then
+        local ok, text = pcall(cjson.decode, string.sub(record, start, q))
+        if ok then return text end
+        return nil, string.sub(record, start + 1, q - 1)
+      end
+      i = q + 1
+    end
+  end
+  local ok, doc = pcall(cjson.decode, record)
+  if ok and type(doc) == 'table' and type(doc.error) == 'string' then return doc.error end
+  return nil
+end
+"""
+
+# KEYS: the index. ARGV: max score, min score, start rank, how many to read, the error text
+# (UTF-8), record key prefix, matches wanted (0: count only), the error text JSON-escaped.
+# Reads the index range's ids from `start` on (newest first), the record of each, and stops
+# after `wanted` matches. Returns {ids read, matches, the matching ids (when wanted > 0)...}.
+SCAN_SCRIPT = (
+    _ERROR_OF
+    + """
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
+local needle, prefix, wanted = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local out, read, matches = {0, 0}, 0, 0
+for _, id in ipairs(ids) do
+  read = read + 1
+  local record = redis.call('GET', prefix .. id)
+  if record then
+    local text, escaped = error_of(record)
+    if (text and string.find(text, needle, 1, true)) or (escaped and string.find(escaped, ARGV[8], 1, true)) then
+      matches = matches + 1
+      if wanted > 0 then
+        table.insert(out, id)
+        if matches >= wanted then break end
+      end
+    end
+  end
+end
+out[1], out[2] = read, matches
+return out
 """
 )
 
@@ -175,22 +249,73 @@ class RedisFailureStore:
             return keys.failed_by_handler(q, handler)
         return keys.failed_index(q)
 
-    async def list(
-        self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
-    ) -> list[FailedJob]:
+    def _range(self, selection: JobSelection) -> tuple[str, str, str]:
+        """The index, max and min scores (inclusive) for ``selection``'s names and window."""
+        index = self._index(selection.event_name, selection.handler)
+        low = self._cutoff()
+        if selection.since is not None:
+            low = max(low, selection.since.timestamp())
+        high = "+inf" if selection.until is None else repr(selection.until.timestamp())
+        return index, high, repr(low)
+
+    async def list(self, limit: int = 100, offset: int = 0, selection: JobSelection | None = None) -> list[FailedJob]:
+        selection = checked(selection)
+        index, high, low = self._range(selection)
+        error = names.check_filter(selection.error, "error")
         if limit <= 0:
             return []
         client = self._client()
-        ids = await client.zrevrangebyscore(
-            self._index(event_name, handler), "+inf", repr(self._cutoff()), start=offset, num=limit
-        )
+        ids: Sequence[Any]
+        if error is None:
+            ids = await client.zrevrangebyscore(index, high, low, start=offset, num=limit)
+        else:
+            ids = (await self._scan(index, high, low, error, offset + limit))[offset:]
         if not ids:
             return []
         raw = await client.mget([keys.failed_job(i.decode() if isinstance(i, bytes) else str(i)) for i in ids])
         return [FailedJob.from_doc(json.loads(r)) for r in raw if r is not None]
 
-    async def count(self, event_name: str | None = None, handler: str | None = None) -> int:
-        return int(await self._client().zcount(self._index(event_name, handler), repr(self._cutoff()), "+inf"))
+    async def count(self, selection: JobSelection | None = None) -> int:
+        selection = checked(selection)
+        index, high, low = self._range(selection)
+        error = names.check_filter(selection.error, "error")
+        if error is None:
+            return int(await self._client().zcount(index, low, high))
+        matches = 0
+        async for _, found in self._scan_batches(index, high, low, error, 0):
+            matches += found
+        return matches
+
+    async def _scan(self, index: str, high: str, low: str, error: str, wanted: int) -> Sequence[Any]:
+        """The first ``wanted`` ids of the range whose record's error text contains ``error``."""
+        ids: list[Any] = []
+        async for batch, _ in self._scan_batches(index, high, low, error, wanted):
+            ids.extend(batch)
+            if len(ids) >= wanted:
+                break
+        return ids[:wanted]
+
+    async def _scan_batches(
+        self, index: str, high: str, low: str, error: str, wanted: int
+    ) -> AsyncIterator[tuple[Sequence[Any], int]]:
+        """(matching ids, how many matched) per call of :data:`SCAN_SCRIPT`, newest first, over at
+        most ``max_jobs`` ids of the range; ``wanted`` 0 counts only (no ids)."""
+        client = self._client()
+        needle = error.encode("utf-8", "surrogatepass")
+        escaped = json.dumps(error)[1:-1]
+        prefix = keys.failed_job("")
+        start, found = 0, 0
+        while start < self.max_jobs:
+            size = min(SCAN_BATCH, self.max_jobs - start)
+            left = 0 if wanted == 0 else wanted - found
+            read, matched, *ids = await client.eval(
+                SCAN_SCRIPT, 1, index, high, low, start, size, needle, prefix, left, escaped
+            )
+            found += int(matched)
+            yield ids, int(matched)
+            if int(read) < size:
+                return
+            start += int(read)
 
     async def get(self, job_id: str) -> FailedJob | None:
         if not names.is_record_id(job_id, "job_id"):
