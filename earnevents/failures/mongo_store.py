@@ -128,7 +128,8 @@ class MongoFailureStore:
         query["failed_at"] = window
         error = names.check_filter(selection.error, "error")
         if error is not None:
-            query["error"] = {"$regex": literal_pattern(error)}
+            # As _insert stores a text UTF-8 cannot carry (lone surrogates escaped).
+            query["error"] = {"$regex": literal_pattern(_text(error))}
         return query
 
     def _cutoff(self) -> dt.datetime:
