@@ -86,18 +86,46 @@ SCAN_BATCH = 2000
 """Records one call of :data:`SCAN_SCRIPT` reads at most (a few ms of Redis time), so matching
 the error text over a full queue never blocks Redis for long."""
 
-# The error text of a record (JSON as _dumps writes it), or nil. Fast path: the record's own
-# "error" key is the last `"error":"` in it (after it come only the traceback, attempts, queue
-# and failed_at: plain values, and a quote inside a string is escaped), so only that value is
-# decoded; else (another layout) the whole record. A value cjson cannot decode (a lone
-# surrogate escaped) is returned second, still JSON-escaped.
+# Ranks, not scores, from the top of a score window: ZREVRANGEBYSCORE ... LIMIT offset walks
+# past `offset` entries one by one; ZREVRANGE finds a rank in O(log n). KEYS[1]: the index.
+# ARGV[1], ARGV[2]: max and min score (inclusive). Sets `first` (the rank of the window's newest
+# entry) and `inside` (how many the window holds).
+_WINDOW = """
+local first = 0
+if ARGV[1] ~= '+inf' then first = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') end
+local inside = redis.call('ZCOUNT', KEYS[1], ARGV[2], ARGV[1])
+"""
+
+# KEYS: the index. ARGV: max score, min score, offset, limit. Returns the ids of the window's
+# jobs from `offset` on, newest first (ties by id, descending).
+PAGE_SCRIPT = (
+    _WINDOW
+    + """
+local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = math.min(offset + limit, inside) - 1
+if last < offset then return {} end
+return redis.call('ZREVRANGE', KEYS[1], first + offset, first + last)
+"""
+)
+
+# The error text of a record (JSON), or nil, and, when cjson cannot decode it (a lone surrogate
+# escaped), the text still JSON-escaped. _dumps writes the error right after the id, so it is
+# found there; in a record of another layout, the record's own "error" key is the last
+# `"error":"` in it (after it come only the traceback, attempts, queue and failed_at: plain
+# values, and a quote inside a string is escaped). Text with no backslash is as it is.
 _ERROR_OF = """
-local function error_of(record)
-  local start, pos = nil, 1
-  while true do
-    local s, e = string.find(record, '"error":"', pos, true)
-    if not s then break end
-    start, pos = e, e + 1
+local function error_of(record, id)
+  local start = nil
+  local head = '{"_id":"' .. id .. '","error":"'
+  if string.sub(record, 1, #head) == head then
+    start = #head
+  else
+    local pos = 1
+    while true do
+      local s, e = string.find(record, '"error":"', pos, true)
+      if not s then break end
+      start, pos = e, e + 1
+    end
   end
   if start then
     local i = start + 1
@@ -107,9 +135,11 @@ local function error_of(record)
       local backslashes = 0
       while string.byte(record, q - 1 - backslashes) == 92 do backslashes = backslashes + 1 end
       if backslashes % 2 == 0 then
-        local ok, text = pcall(cjson.decode, string.sub(record, start, q))
+        local raw = string.sub(record, start + 1, q - 1)
+        if not string.find(raw, '\\\\', 1, true) then return raw end
+        local ok, text = pcall(cjson.decode, '"' .. raw .. '"')
         if ok then return text end
-        return nil, string.sub(record, start + 1, q - 1)
+        return nil, raw
       end
       i = q + 1
     end
@@ -120,21 +150,26 @@ local function error_of(record)
 end
 """
 
-# KEYS: the index. ARGV: max score, min score, start rank, how many to read, the error text
-# (UTF-8), record key prefix, matches wanted (0: count only), the error text JSON-escaped.
-# Reads the index range's ids from `start` on (newest first), the record of each, and stops
-# after `wanted` matches. Returns {ids read, matches, the matching ids (when wanted > 0)...}.
+# KEYS: the index. ARGV: max score, min score, start (rank in the window), how many to read,
+# the error text (UTF-8), record key prefix, matches wanted (0: count only), the error text
+# JSON-escaped. Reads the window's ids from `start` on (newest first), the record of each,
+# and stops after `wanted` matches. Returns {ids read, matches, the matching ids (when
+# wanted > 0)...}.
 SCAN_SCRIPT = (
-    _ERROR_OF
+    _WINDOW
+    + _ERROR_OF
     + """
-local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', ARGV[3], ARGV[4])
+local start, size = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = math.min(start + size, inside) - 1
+if last < start then return {0, 0} end
+local ids = redis.call('ZREVRANGE', KEYS[1], first + start, first + last)
 local needle, prefix, wanted = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local out, read, matches = {0, 0}, 0, 0
 for _, id in ipairs(ids) do
   read = read + 1
   local record = redis.call('GET', prefix .. id)
   if record then
-    local text, escaped = error_of(record)
+    local text, escaped = error_of(record, id)
     if (text and string.find(text, needle, 1, true)) or (escaped and string.find(escaped, ARGV[8], 1, true)) then
       matches = matches + 1
       if wanted > 0 then
@@ -151,9 +186,11 @@ return out
 
 
 def _dumps(job: FailedJob) -> str:
+    """The record: JSON with the error text right after the id (where :data:`SCAN_SCRIPT` reads it)."""
     doc = job.to_doc()
     doc["failed_at"] = job.failed_at.isoformat()
-    return json.dumps(doc, separators=(",", ":"))
+    first = {"_id": doc.pop("_id"), "error": doc.pop("error")}
+    return json.dumps({**first, **doc}, separators=(",", ":"))
 
 
 class RedisFailureStore:
@@ -267,7 +304,7 @@ class RedisFailureStore:
         client = self._client()
         ids: Sequence[Any]
         if error is None:
-            ids = await client.zrevrangebyscore(index, high, low, start=offset, num=limit)
+            ids = await client.eval(PAGE_SCRIPT, 1, index, high, low, offset, limit)
         else:
             ids = (await self._scan(index, high, low, error, offset + limit))[offset:]
         if not ids:
