@@ -7,7 +7,7 @@ LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed
 WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
-.PHONY: venv test test-fast test-lowest lint demo bench bench-quick capacity chaos chaos-automations chaos-workflows clean
+.PHONY: venv test test-fast test-lowest lint demo bench bench-quick bench-failed capacity chaos chaos-automations chaos-workflows clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,9 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python -m bench.run --quick
+
+bench-failed: venv  ## 100,000 failed jobs: list, page, count and filter them on each store (bench/failed_jobs_scale.py)
+	$(BIN)/python -m bench.failed_jobs_scale $(ARGS)
 
 capacity: venv  ## Redis and MongoDB bytes per delayed event, message, failed job, ... (README "Capacity")
 	$(BIN)/python -m bench.capacity
