@@ -10,7 +10,7 @@ import pytest
 from bson import ObjectId
 
 import earnevents
-from earnevents import Event, FailedJob, JobNotFoundError, event_bus
+from earnevents import Event, FailedJob, JobNotFoundError, event_bus, keys
 from earnevents.failures import MongoFailureStore, RedisFailureStore
 
 
@@ -139,29 +139,23 @@ async def test_error_text_is_matched_as_it_is_even_with_pattern_characters_and_u
     assert await event_bus.count_failed_jobs(error="") == len(jobs) + 1
 
 
-async def test_redis_records_of_the_earlier_layout_are_matched_by_their_own_error(redis_url, queue, job, monkeypatch):
-    # Given Redis records written with the event before the error (as before the error came
-    # first), one with the searched text as an "error" key in its event data
-    import json
-
-    from earnevents.failures import redis_store
-
-    def event_first(failed: FailedJob) -> str:
-        return json.dumps({**failed.to_doc(), "failed_at": failed.failed_at.isoformat()}, separators=(",", ":"))
-
-    monkeypatch.setattr(redis_store, "_dumps", event_first)
+async def test_redis_jobs_filed_before_the_error_text_hash_are_matched_by_their_records_error(
+    redis_url, queue, job, rclient
+):
+    # Given Redis jobs without an entry in the error text hash (filed before it existed), one
+    # with the searched text as an "error" key in its event data and in its traceback
     env = await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
     try:
         hit = failing(job, 'KeyError: "é" (.*)', "a.x", "h.one", 1, error='"é" (.*)')
         decoy = failing(job, "RuntimeError: plain", "a.x", "h.one", 2, error='"é" (.*)')
+        decoy = FailedJob(**{**decoy.__dict__, "traceback": 'x "error":"é (.*)"'})
         for j in (hit, decoy):
             await env.failures.add(j)
-        assert '"event":' in event_first(hit) and event_first(hit).index('"event":') < event_first(hit).index(
-            '"error":"K'
-        )
+        assert rclient.hdel(keys.failed_errors(queue), hit.id, decoy.id) == 2
         # Then the filter reads each record's own error text
         assert [j.id for j in await event_bus.get_failed_jobs(error='"é" (.*)')] == [hit.id]
         assert await event_bus.count_failed_jobs(error="RuntimeError") == 1
+        assert await event_bus.count_failed_jobs(error="é (.*)") == 0
     finally:
         await earnevents.close()
 

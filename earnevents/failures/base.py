@@ -24,6 +24,8 @@ class FailureStore(Protocol):
     an id not of the form earnevents makes (``names.is_record_id``) is not found,
     without a query. Filters are compared as they are, never as patterns: event name
     and handler equal, error text a substring, the failure time within the window.
+    Matching an error text reads records: a list or count reads at most ``max_jobs``
+    of them, newest first, in the window its other filters give.
 
     Bounded: it keeps at most ``max_jobs`` records of the queue (adding one more
     deletes the oldest) and none older than ``max_age`` seconds (never listed or

@@ -7,8 +7,9 @@ So a handler failing 1,000 times a second holds Redis at ``max_jobs`` records.
 
 Filters: event name and handler pick the index (one sorted set per name, handler and
 pair), the failure-time window is a score range of it (ZREVRANGEBYSCORE / ZCOUNT),
-and the error text is matched in Redis by a script reading the records of that range,
-:data:`SCAN_BATCH` per call, at most ``max_jobs`` of them per list or count.
+and the error text is matched in Redis by a script reading the error texts of that range
+(a hash of id -> error text beside the records), :data:`SCAN_BATCH` per call, at most
+``max_jobs`` of them per list or count.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ TRIM_BATCH = 1000
 lowering the cap or the age on a full store never makes one script block Redis for long."""
 
 # Deletes one job by id with everything that names it, from the key list filed beside it in
-# KEYS[2] (key names come from keys.py, never built here). A job filed before that list
-# existed is taken off the queue's index only and returned, for the caller to finish.
+# KEYS[2] (key names come from keys.py, never built here), and its error text in KEYS[3]. A job
+# filed before that list existed is taken off the queue's index only and returned, for the
+# caller to finish.
 _DROP = """
 local function drop(id, orphans)
   redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[3], id)
   local names = redis.call('HGET', KEYS[2], id)
   if not names then
     table.insert(orphans, id)
@@ -48,17 +51,18 @@ local function drop(id, orphans)
 end
 """
 
-# KEYS: queue index, key list hash, record key, the job's other indexes.
+# KEYS: queue index, key list hash, error text hash, record key, the job's other indexes.
 # ARGV: id, score (failed_at), record JSON, expire-at (unix s), cap, cutoff score (older ones
-# go), key list JSON, trim batch. Returns the ids of old-style jobs left to the caller.
+# go), key list JSON, trim batch, error text. Returns the ids of old-style jobs left to the caller.
 ADD_SCRIPT = (
     _DROP
     + """
-redis.call('SET', KEYS[3], ARGV[3])
-redis.call('EXPIREAT', KEYS[3], ARGV[4])
+redis.call('SET', KEYS[4], ARGV[3])
+redis.call('EXPIREAT', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+for i = 5, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[7])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[9])
 local orphans, batch = {}, tonumber(ARGV[8])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[6], 'LIMIT', 0, batch)) do
   drop(id, orphans)
@@ -71,7 +75,7 @@ return orphans
 """
 )
 
-# KEYS: queue index, key list hash. ARGV: ids. Returns the ids of old-style jobs left to the caller.
+# KEYS: queue index, key list hash, error text hash. ARGV: ids. Returns the ids of old-style jobs left to the caller.
 REMOVE_SCRIPT = (
     _DROP
     + """
@@ -108,24 +112,17 @@ return redis.call('ZREVRANGE', KEYS[1], first + offset, first + last)
 """
 )
 
-# The error text of a record (JSON), or nil, and, when cjson cannot decode it (a lone surrogate
-# escaped), the text still JSON-escaped. _dumps writes the error right after the id, so it is
-# found there; in a record of another layout, the record's own "error" key is the last
-# `"error":"` in it (after it come only the traceback, attempts, queue and failed_at: plain
-# values, and a quote inside a string is escaped). Text with no backslash is as it is.
+# The error text of a record (JSON; read for jobs filed before the error text hash), or nil,
+# and, when cjson cannot decode it (a lone surrogate escaped), the text still JSON-escaped.
+# The record's own "error" key is the last `"error":"` in it: after it come only the
+# traceback, attempts, queue and failed_at (plain values; a quote inside a string is escaped).
 _ERROR_OF = """
-local function error_of(record, id)
-  local start = nil
-  local head = '{"_id":"' .. id .. '","error":"'
-  if string.sub(record, 1, #head) == head then
-    start = #head
-  else
-    local pos = 1
-    while true do
-      local s, e = string.find(record, '"error":"', pos, true)
-      if not s then break end
-      start, pos = e, e + 1
-    end
+local function error_of(record)
+  local start, pos = nil, 1
+  while true do
+    local s, e = string.find(record, '"error":"', pos, true)
+    if not s then break end
+    start, pos = e, e + 1
   end
   if start then
     local i = start + 1
@@ -136,7 +133,6 @@ local function error_of(record, id)
       while string.byte(record, q - 1 - backslashes) == 92 do backslashes = backslashes + 1 end
       if backslashes % 2 == 0 then
         local raw = string.sub(record, start + 1, q - 1)
-        if not string.find(raw, '\\\\', 1, true) then return raw end
         local ok, text = pcall(cjson.decode, '"' .. raw .. '"')
         if ok then return text end
         return nil, raw
@@ -150,11 +146,12 @@ local function error_of(record, id)
 end
 """
 
-# KEYS: the index. ARGV: max score, min score, start (rank in the window), how many to read,
-# the error text (UTF-8), record key prefix, matches wanted (0: count only), the error text
-# JSON-escaped. Reads the window's ids from `start` on (newest first), the record of each,
-# and stops after `wanted` matches. Returns {ids read, matches, the matching ids (when
-# wanted > 0)...}.
+# KEYS: the index, the error text hash. ARGV: max score, min score, start (rank in the
+# window), how many to read (unpack's limit: at most 8000), the error text (UTF-8), record key
+# prefix, matches wanted (0: count only), the error text JSON-escaped. Reads the window's ids
+# from `start` on (newest first), their error texts in one HMGET (the record of a job filed
+# before that hash existed), and stops after `wanted` matches. Returns {ids read, matches,
+# the matching ids (when wanted > 0)...}.
 SCAN_SCRIPT = (
     _WINDOW
     + _ERROR_OF
@@ -163,13 +160,17 @@ local start, size = tonumber(ARGV[3]), tonumber(ARGV[4])
 local last = math.min(start + size, inside) - 1
 if last < start then return {0, 0} end
 local ids = redis.call('ZREVRANGE', KEYS[1], first + start, first + last)
+local errors = redis.call('HMGET', KEYS[2], unpack(ids))
 local needle, prefix, wanted = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local out, read, matches = {0, 0}, 0, 0
-for _, id in ipairs(ids) do
+for i, id in ipairs(ids) do
   read = read + 1
-  local record = redis.call('GET', prefix .. id)
-  if record then
-    local text, escaped = error_of(record, id)
+  local text, escaped = errors[i], nil
+  if not text then
+    local record = redis.call('GET', prefix .. id)
+    if record then text, escaped = error_of(record) end
+  end
+  if text or escaped then
     if (text and string.find(text, needle, 1, true)) or (escaped and string.find(escaped, ARGV[8], 1, true)) then
       matches = matches + 1
       if wanted > 0 then
@@ -186,11 +187,9 @@ return out
 
 
 def _dumps(job: FailedJob) -> str:
-    """The record: JSON with the error text right after the id (where :data:`SCAN_SCRIPT` reads it)."""
     doc = job.to_doc()
     doc["failed_at"] = job.failed_at.isoformat()
-    first = {"_id": doc.pop("_id"), "error": doc.pop("error")}
-    return json.dumps({**first, **doc}, separators=(",", ":"))
+    return json.dumps(doc, separators=(",", ":"))
 
 
 class RedisFailureStore:
@@ -228,8 +227,8 @@ class RedisFailureStore:
         score = job.failed_at.timestamp()
         main, *others = self._indexes(job)
         record_key = keys.failed_job(job.id)
-        script_keys = [main, keys.failed_keys(job.queue), record_key, *others]
-        argv: list[str | int | float] = [
+        script_keys = [main, keys.failed_keys(job.queue), keys.failed_errors(job.queue), record_key, *others]
+        argv: list[str | bytes | int | float] = [
             job.id,
             repr(score),
             _dumps(job),
@@ -238,6 +237,7 @@ class RedisFailureStore:
             repr(self._cutoff()),
             json.dumps([record_key, *others]),
             TRIM_BATCH,
+            job.error.encode("utf-8", "surrogatepass"),
         ]
         orphans = await self._client().eval(ADD_SCRIPT, len(script_keys), *script_keys, *argv)
         await self._finish(orphans)
@@ -269,7 +269,7 @@ class RedisFailureStore:
             ids = await client.zrangebyscore(index, "-inf", upper, start=0, num=TRIM_BATCH)
             if not ids:
                 return removed
-            script_keys = [keys.failed_index(self.queue), keys.failed_keys(self.queue)]
+            script_keys = [keys.failed_index(self.queue), keys.failed_keys(self.queue), keys.failed_errors(self.queue)]
             orphans = await client.eval(REMOVE_SCRIPT, len(script_keys), *script_keys, *ids)
             await self._finish(orphans, index)
             removed += len(ids)
@@ -346,7 +346,18 @@ class RedisFailureStore:
             size = min(SCAN_BATCH, self.max_jobs - start)
             left = 0 if wanted == 0 else wanted - found
             read, matched, *ids = await client.eval(
-                SCAN_SCRIPT, 1, index, high, low, start, size, needle, prefix, left, escaped
+                SCAN_SCRIPT,
+                2,
+                index,
+                keys.failed_errors(self.queue),
+                high,
+                low,
+                start,
+                size,
+                needle,
+                prefix,
+                left,
+                escaped,
             )
             found += int(matched)
             yield ids, int(matched)
@@ -369,6 +380,7 @@ class RedisFailureStore:
         for index in self._indexes(job):
             pipe.zrem(index, job_id)
         pipe.hdel(keys.failed_keys(job.queue), job_id)
+        pipe.hdel(keys.failed_errors(job.queue), job_id)
         deleted: list[Any] = await pipe.execute()
         # The DEL inside MULTI decides between concurrent takers.
         return job if deleted[0] == 1 else None
