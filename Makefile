@@ -10,7 +10,7 @@ ARQ_VENV ?= .venv-arq
 ARQ_STAMP := $(ARQ_VENV)/.installed
 WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
 
-.PHONY: venv test test-fast test-lowest lint demo bench bench-quick bench-venvs capacity chaos chaos-automations chaos-workflows clean
+.PHONY: venv test test-fast test-lowest lint demo bench bench-quick bench-venvs bench-failed capacity chaos chaos-automations chaos-workflows clean
 
 venv: $(STAMP)
 
@@ -74,6 +74,9 @@ bench: bench-venvs  ## earnevents, Celery, Dramatiq and arq, 3 interleaved round
 
 bench-quick: bench-venvs
 	$(BIN)/python -m bench.run --quick
+
+bench-failed: venv  ## 100,000 failed jobs: list, page, count and filter them on each store (bench/failed_jobs_scale.py)
+	$(BIN)/python -m bench.failed_jobs_scale $(ARGS)
 
 capacity: venv  ## Redis and MongoDB bytes per delayed event, message, failed job, ... (README "Capacity")
 	$(BIN)/python -m bench.capacity

@@ -42,7 +42,7 @@ from .eventlog import EventLogStore, EventRecord
 from .eventlog.record import FAILED, PENDING, RETRYING, HandlerChange, HandlerRecord, Marked, Published
 from .eventlog.recorder import Recorder
 from .failures import FailedJob, FailureStore
-from .failures.selection import JobSelection, walk
+from .failures.selection import JobSelection
 from .groupcommit import GroupCommit
 from .logtext import get_logger
 from .redact import redact_uri
@@ -423,24 +423,13 @@ class EventBus:
         ``until`` (timezone-aware datetimes, both inclusive).
 
         The filters are str (TypeError otherwise) compared as they are: never a pattern
-        or a query operator.
+        or a query operator. The store applies all of them (one query in MongoDB; index
+        ranges and, for the error text, a script reading the records in Redis).
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         selection = _job_selection(event_name, handler, error, since, until)
-        failures = self._state().failures
-        if selection.indexed_only:
-            return await failures.list(limit, offset, event_name, handler)
-        jobs: list[FailedJob] = []
-        skipped = 0
-        async for job in walk(failures.list, selection):
-            if len(jobs) >= limit:
-                break
-            if skipped < offset:
-                skipped += 1
-                continue
-            jobs.append(job)
-        return jobs
+        return await self._state().failures.list(limit, offset, selection)
 
     async def count_failed_jobs(
         self,
@@ -452,11 +441,7 @@ class EventBus:
         until: dt.datetime | None = None,
     ) -> int:
         """How many failed jobs :meth:`get_failed_jobs` pages through with these filters."""
-        selection = _job_selection(event_name, handler, error, since, until)
-        failures = self._state().failures
-        if selection.indexed_only:
-            return await failures.count(event_name, handler)
-        return sum([1 async for _ in walk(failures.list, selection)])
+        return await self._state().failures.count(_job_selection(event_name, handler, error, since, until))
 
     async def get_failed_job(self, job_id: str) -> FailedJob:
         """One failed job; JobNotFoundError when there is none with that id.

@@ -163,6 +163,12 @@ def failed_keys(queue: str) -> str:
     return f"{PREFIX}:{queue}:failed:keys"
 
 
+def failed_errors(queue: str) -> str:
+    """Hash of failed job id -> its error text (Redis store): the error filter reads these, many
+    per call, instead of each whole record."""
+    return f"{PREFIX}:{queue}:failed:errors"
+
+
 def failed_job(job_id: str) -> str:
     """String key holding one failed job record as JSON (ids are unique across queues)."""
     return f"{PREFIX}:failed-job:{job_id}"

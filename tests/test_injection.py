@@ -7,6 +7,7 @@ import pytest
 from bson import ObjectId
 
 from earnevents import BaseModel, DeadItemNotFoundError, Event, FailedJob, JobNotFoundError, deadletters, event_bus
+from earnevents.failures.selection import JobSelection
 
 pytest_plugins = ["model_fixtures"]  # the models_env fixture
 
@@ -35,8 +36,12 @@ async def test_a_failed_job_filter_that_is_not_a_str_is_a_type_error(env, queue,
             await call(event_name=value)
         with pytest.raises(TypeError, match="handler must be a str"):
             await call(handler=value)
-    with pytest.raises(TypeError):
-        await env.failures.list(event_name=value)
+    with pytest.raises(TypeError, match="event_name must be a str"):
+        JobSelection(event_name=value)
+    with pytest.raises(TypeError, match="selection must be a JobSelection"):
+        await env.failures.list(10, 0, {"event_name": value})
+    with pytest.raises(TypeError, match="selection must be a JobSelection"):
+        await env.failures.count({"event_name": value})
     # And a str filter is compared as it is
     assert await event_bus.get_failed_jobs(event_name="$ne") == []
     assert [j.event.name for j in await event_bus.get_failed_jobs(event_name="a.secret")] == ["a.secret"]

@@ -146,6 +146,8 @@ def _queue_keys(queue: str) -> list[str]:
         keys.failed_by_event(queue, "e.x"),
         keys.failed_by_handler(queue, "m.h"),
         keys.failed_by_event_handler(queue, "e.x", "m.h"),
+        keys.failed_keys(queue),
+        keys.failed_errors(queue),
         keys.inflight_list(queue, "c1"),
         keys.inflight_consumers(queue),
         keys.dead_index(queue),

@@ -32,16 +32,17 @@ async def stored_ids(env, queue: str) -> set[str]:
 
 
 async def assert_redis_indexes_consistent(env, queue: str, ids: set[str], gone: set[str] = frozenset()) -> None:
-    """Every Redis key of ``queue``'s failed jobs names exactly the jobs in ``ids``; the
-    records of ``ids`` exist and those of ``gone`` do not."""
+    """Every Redis key of ``queue``'s failed jobs (indexes, key list, error texts) names exactly
+    the jobs in ``ids``; the records of ``ids`` exist and those of ``gone`` do not."""
     client = env.redis
     for job_id in ids | gone:
         assert await client.exists(keys.failed_job(job_id)) == (job_id in ids), job_id
     assert {k.decode() for k in await client.hkeys(keys.failed_keys(queue))} == ids
+    assert {k.decode() for k in await client.hkeys(keys.failed_errors(queue))} == ids
     index_keys = {k async for k in client.scan_iter(match=f"{keys.failed_index(queue)}:*")}
     in_indexes: set[str] = set()
     for index in index_keys:
-        if index.decode() == keys.failed_keys(queue):
+        if index.decode() in (keys.failed_keys(queue), keys.failed_errors(queue)):
             continue
         members = {m.decode() for m in await client.zrange(index, 0, -1)}
         assert members <= ids, index

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from .. import keys, names
 from ..logtext import get_logger
 from .base import DEFAULT_MAX_AGE, DEFAULT_MAX_JOBS
 from .record import FailedJob
+from .selection import JobSelection, checked
 
 log = get_logger(__name__)
 
@@ -40,6 +42,19 @@ EVENT_AS_JSON = "event_json"
 # What BSON or the server refuses in a document (a key with NUL, "$" or ".", an int beyond
 # 64 bits, a string that is not valid UTF-8): properties of the data, not of the moment.
 _UNSTORABLE = (InvalidDocument, OverflowError, UnicodeError, WriteError)
+
+
+def literal_pattern(text: str) -> str:
+    """A regular expression matching ``text`` itself anywhere: every character that means
+    something to a pattern is escaped, for PCRE (MongoDB) and Python's re (nx-27017) alike,
+    and NUL (which BSON cannot carry in a pattern) is written as ``\\x00``."""
+    return re.escape(text).replace("\x00", "\\x00")
+
+
+async def _is_nx_27017(col: AsyncCollection[Any]) -> bool:
+    """Whether the server is nx-27017 (its buildInfo names its process; MongoDB's does not)."""
+    info = await col.database.client.admin.command("buildInfo")
+    return info.get("process") == "nx_27017"
 
 
 def _text(value: str) -> str:
@@ -77,9 +92,15 @@ class MongoFailureStore:
     async def _col(self) -> AsyncCollection[Any]:
         col = self._db()[self._name]
         if id(col.database.client) not in self._indexed:
-            await col.create_index([("queue", ASCENDING), ("failed_at", DESCENDING)])
-            await col.create_index([("queue", ASCENDING), ("event_name", ASCENDING), ("failed_at", DESCENDING)])
-            await col.create_index([("queue", ASCENDING), ("handler", ASCENDING), ("failed_at", DESCENDING)])
+            # Each serves a filter (none, event name, handler) with the time window as a range
+            # and list's order (failed_at, _id) read off the index: no sort in memory, and a
+            # deep offset skips index entries. The error text is matched on the documents the
+            # index range yields. nx-27017 (the stand-in the tests use) cannot index _id (its
+            # writes fail after such an index is made): it gets the indexes without it.
+            tiebreak = [] if await _is_nx_27017(col) else [("_id", DESCENDING)]
+            for field in (None, "event_name", "handler"):
+                prefix = [("queue", ASCENDING)] + ([(field, ASCENDING)] if field else [])
+                await col.create_index([*prefix, ("failed_at", DESCENDING), *tiebreak])
             # Per-document expiry (expireAfterSeconds=0 on a datetime of its own), so changing
             # EARNEVENTS_FAILED_MAX_AGE never conflicts with an existing index's options.
             await col.create_index([(EXPIRE_AT, ASCENDING)], expireAfterSeconds=0)
@@ -94,13 +115,26 @@ class MongoFailureStore:
             query["handler"] = handler
         return query
 
+    def _query(self, selection: JobSelection | None) -> dict[str, Any]:
+        """One query for all of ``selection``, values as values: names compared for equality, the
+        error text as an escaped pattern (:func:`literal_pattern`), the window a failed_at range
+        that never reaches back past ``max_age`` (the TTL monitor may lag a minute)."""
+        selection = checked(selection)
+        query = self._filter(selection.event_name, selection.handler)
+        cutoff = self._cutoff()
+        window: dict[str, Any] = {"$gte": cutoff if selection.since is None else max(cutoff, selection.since)}
+        if selection.until is not None:
+            window["$lte"] = selection.until
+        query["failed_at"] = window
+        error = names.check_filter(selection.error, "error")
+        if error is not None:
+            # As _insert stores a text UTF-8 cannot carry (lone surrogates escaped).
+            query["error"] = {"$regex": literal_pattern(_text(error))}
+        return query
+
     def _cutoff(self) -> dt.datetime:
         """Records that failed before this are older than ``max_age``."""
         return dt.datetime.fromtimestamp(time.time() - self.max_age, dt.timezone.utc)
-
-    def _live(self, query: dict[str, Any]) -> dict[str, Any]:
-        """``query`` without records older than ``max_age`` (the TTL monitor may lag a minute)."""
-        return {**query, "failed_at": {"$gte": self._cutoff()}}
 
     async def add(self, job: FailedJob) -> None:
         """Upsert ``job``; an event BSON refuses is stored as its JSON wire string instead.
@@ -129,33 +163,33 @@ class MongoFailureStore:
         result = await col.delete_many(query)
         return result.deleted_count
 
-    async def _insert(self, job: FailedJob) -> None:
-        col = await self._col()
+    def document(self, job: FailedJob) -> dict[str, Any]:
+        """The document :meth:`add` stores for ``job`` (when BSON takes its event as it is);
+        ``bench/failed_jobs_scale.py`` bulk-inserts these."""
         doc = job.to_doc()
         doc[EXPIRE_AT] = job.failed_at + dt.timedelta(seconds=self.max_age)
+        return doc
+
+    async def _insert(self, job: FailedJob) -> None:
+        col = await self._col()
+        doc = self.document(job)
         try:
             await col.replace_one({"_id": job.id}, doc, upsert=True)
         except _UNSTORABLE as exc:
             log.warning("failed job %s: stored with its event as JSON text (BSON refused it: %s)", job.id, exc)
             await col.replace_one({"_id": _text(job.id)}, _as_json(doc), upsert=True)
 
-    async def list(
-        self, limit: int = 100, offset: int = 0, event_name: str | None = None, handler: str | None = None
-    ) -> list[FailedJob]:
+    async def list(self, limit: int = 100, offset: int = 0, selection: JobSelection | None = None) -> list[FailedJob]:
+        query = self._query(selection)
         if limit <= 0:
             return []
         col = await self._col()
-        cursor = col.find(
-            self._live(self._filter(event_name, handler)),
-            sort=[("failed_at", DESCENDING), ("_id", DESCENDING)],
-            skip=offset,
-            limit=limit,
-        )
+        cursor = col.find(query, sort=[("failed_at", DESCENDING), ("_id", DESCENDING)], skip=offset, limit=limit)
         return [FailedJob.from_doc(doc) async for doc in cursor]
 
-    async def count(self, event_name: str | None = None, handler: str | None = None) -> int:
+    async def count(self, selection: JobSelection | None = None) -> int:
         col = await self._col()
-        return await col.count_documents(self._live(self._filter(event_name, handler)))
+        return await col.count_documents(self._query(selection))
 
     async def get(self, job_id: str) -> FailedJob | None:
         if not names.is_record_id(job_id, "job_id"):

@@ -1,18 +1,18 @@
-"""Which failed jobs an operator means: filters the stores do not index (error text, time
-window), applied to pages the stores list, newest first.
+"""Which failed jobs an operator means, and walking through all of them.
 
-The stores filter by event name and handler themselves; ``JobSelection`` adds a
-substring of the error text and a failure-time window on top, so an operator can say
-"the jobs that failed with ConnectionError since 9:00". Matching is done here, over
-pages, rather than in each store: both stores page newest first, so a ``since`` bound
-ends the walk early, and a filter written once holds for both.
+``JobSelection`` names jobs by event name and handler (compared as they are), by a
+substring of the error text and by a failure-time window, so an operator can say
+"the jobs that failed with ConnectionError since 9:00". Both stores take a selection
+and filter by all of it themselves (``FailureStore.list`` / ``count``); ``walk`` goes
+through everything a selection matches, page by page, for bulk commands.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from .record import FailedJob
 
@@ -23,7 +23,8 @@ PAGE = 500
 @dataclass(frozen=True)
 class JobSelection:
     """Failed jobs of one event name and/or handler (compared as they are), whose error
-    text contains ``error``, that failed from ``since`` to ``until`` (both inclusive)."""
+    text contains ``error`` (a plain substring, case-sensitive, never a pattern), that
+    failed from ``since`` to ``until`` (both inclusive)."""
 
     event_name: str | None = None
     handler: str | None = None
@@ -45,43 +46,65 @@ class JobSelection:
 
     @property
     def indexed_only(self) -> bool:
-        """True when the store's own filters say it all (its count is the answer)."""
+        """True when only event name and/or handler are given (no error text, no time window)."""
         return self.error is None and self.since is None and self.until is None
 
-    def matches(self, job: FailedJob) -> bool:
-        if self.event_name is not None and job.event.name != self.event_name:
-            return False
-        if self.handler is not None and job.handler != self.handler:
-            return False
-        if self.error is not None and self.error not in job.error:
-            return False
-        if self.since is not None and job.failed_at < self.since:
-            return False
-        return self.until is None or job.failed_at <= self.until
+
+def checked(selection: object) -> JobSelection:
+    """``selection`` (None: everything) as a JobSelection; TypeError for anything else."""
+    if selection is None:
+        return JobSelection()
+    if not isinstance(selection, JobSelection):
+        raise TypeError(f"selection must be a JobSelection, got {type(selection).__name__}")
+    return selection
 
 
-ListPage = Callable[[int, int, str | None, str | None], Awaitable[list[FailedJob]]]
-"""``(limit, offset, event_name, handler)`` -> jobs newest first, as ``event_bus.get_failed_jobs``."""
+class ListPage(Protocol):
+    """``event_bus.get_failed_jobs``: jobs newest first (then by id, descending)."""
+
+    async def __call__(
+        self,
+        limit: int,
+        offset: int,
+        event_name: str | None,
+        handler: str | None,
+        *,
+        error: str | None,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+    ) -> list[FailedJob]: ...
 
 
 async def walk(list_page: ListPage, selection: JobSelection, page: int | None = None) -> AsyncIterator[FailedJob]:
     """The jobs ``selection`` matches, newest first, asking ``list_page`` for ``page`` (:data:`PAGE`) at a time.
 
-    Stops at the first job older than ``since``: the list is newest first. Jobs removed
-    while walking may shift a page, so one may be missed or seen twice (each id is
-    yielded once); take the ids first when acting on them.
+    Pages by failure time, not by offset from the top: each page asks for the jobs that
+    failed up to the last one seen (``until``), skipping only those already seen at that
+    very moment. So each page costs the store what the first one does (no rescan of the
+    jobs before it), however deep the walk. Jobs added or removed while walking may be
+    missed or seen again (each id is yielded once); take the ids first when acting on them.
     """
     page = page or PAGE
     seen: set[str] = set()
-    offset = 0
+    bound, at_bound = selection.until, 0  # jobs already seen that failed exactly at `bound`
     while True:
-        jobs = await list_page(page, offset, selection.event_name, selection.handler)
+        jobs = await list_page(
+            page,
+            at_bound,
+            selection.event_name,
+            selection.handler,
+            error=selection.error,
+            since=selection.since,
+            until=bound,
+        )
         for job in jobs:
-            if selection.since is not None and job.failed_at < selection.since:
-                return
-            if job.id not in seen and selection.matches(job):
+            if job.id not in seen:
                 seen.add(job.id)
                 yield job
         if len(jobs) < page:
             return
-        offset += len(jobs)
+        last = jobs[-1].failed_at
+        if last == bound:
+            at_bound += len(jobs)
+        else:
+            bound, at_bound = last, sum(1 for job in jobs if job.failed_at == last)
