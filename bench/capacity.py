@@ -48,7 +48,7 @@ from earnevents.testing import MongoServer, RedisServer
 from earnevents.worker.completions import Completions
 
 from .dedup_memory import handler_names, per_job_now
-from .delayed_memory import PAYLOAD
+from .workload import PAYLOAD
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "capacity.json"

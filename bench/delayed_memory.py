@@ -28,19 +28,11 @@ import redis
 import earnevents
 from bench import peer_dramatiq
 from bench.common import arq_worker, dramatiq_worker, unique
+from bench.workload import PAYLOAD
 from earnevents import Event, event_bus
 from earnevents.testing import RedisServer, WorkerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-PAYLOAD = {
-    "user_id": 123456,
-    "email": "someone@example.com",
-    "plan": "pro",
-    "tags": ["a", "b", "c"],
-    "amount": "19.99",
-    "currency": "EUR",
-    "note": "x" * 60,
-}  # ~200 bytes of JSON
 
 
 def rss_mb(worker: WorkerProcess) -> float:

@@ -7,7 +7,9 @@ question through ``event_bus`` (what the CLI and a dashboard call), median of R 
 
 - the first page (50 jobs), a page at offset N/2, the count of all;
 - by event name (a tenth of the jobs), by error text (a tenth; and a text none has),
-  by a one-hour window (3,601 jobs, half-way back), all five filters at once: page and count.
+  by a one-hour window (3,601 jobs, half-way back), all five filters at once: page and count;
+- the dashboard's Failed jobs list served whole (count, page, HTML) through its ASGI app:
+  first page, at offset N/2, by event name, by error text, failed in the last hour.
 
 Stores: Redis (a private redis-server) and the MongoDB stand-in nx-27017, plus a real
 MongoDB when EARNEVENTS_TEST_MONGO_URI is set. The records are the store's own: the
@@ -40,15 +42,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
 import earnevents
 from earnevents import Event, FailedJob, event_bus
+from earnevents.dashboard import create_app
 from earnevents.failures import MongoFailureStore, RedisFailureStore
 from earnevents.testing import MongoServer, RedisServer
 
-from .delayed_memory import PAYLOAD
+from .workload import PAYLOAD
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "failed_jobs_scale.json"
@@ -130,6 +134,24 @@ async def fill_mongo(url: str, database: str, queue: str, batch: list[FailedJob]
         await client.close()
 
 
+def dashboard_pages(n: int, http: Any) -> list[tuple[str, Callable[[], Awaitable[Any]]]]:
+    """(what, ask): the dashboard's Failed jobs list served whole (its count, its page of 50,
+    the HTML), through its ASGI app in this process; the answer is the page's size in bytes."""
+
+    async def get(path: str) -> int:
+        response = await http.get(path)
+        response.raise_for_status()
+        return len(response.content)
+
+    return [
+        ("dashboard /failed", lambda: get("/failed")),
+        (f"dashboard /failed at offset {n // 2:,}", lambda: get(f"/failed?offset={n // 2}")),
+        ("dashboard /failed?event=", lambda: get("/failed?event=order.step3")),
+        ("dashboard /failed?error=", lambda: get("/failed?error=TimeoutError")),
+        ("dashboard /failed?since=1h", lambda: get("/failed?since=1h")),
+    ]
+
+
 def questions(n: int, now: dt.datetime) -> list[tuple[str, Callable[[], Awaitable[Any]]]]:
     """(what, ask) in table order; ``ask`` calls event_bus."""
     hour = {"since": now - dt.timedelta(seconds=n // 2 + 3600), "until": now - dt.timedelta(seconds=n // 2)}
@@ -154,10 +176,11 @@ def questions(n: int, now: dt.datetime) -> list[tuple[str, Callable[[], Awaitabl
 async def measure(init: Callable[[], Awaitable[Any]], n: int, now: dt.datetime, repeat: int) -> dict[str, Any]:
     """Median and max milliseconds of each question, and what it answered (jobs or count)."""
     await init()
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(token="")), base_url="http://bench")
     try:
         await event_bus.count_failed_jobs()  # connections and indexes made before timing
         out: dict[str, Any] = {}
-        for what, ask in questions(n, now):
+        for what, ask in questions(n, now) + dashboard_pages(n, http):
             times, answer = [], None
             for _ in range(repeat):
                 began = time.perf_counter()
@@ -170,6 +193,7 @@ async def measure(init: Callable[[], Awaitable[Any]], n: int, now: dt.datetime, 
             }
         return out
     finally:
+        await http.aclose()
         await earnevents.close()
 
 

@@ -11,6 +11,17 @@ import time
 import uuid
 from typing import Any
 
+PAYLOAD = {
+    "user_id": 123456,
+    "email": "someone@example.com",
+    "plan": "pro",
+    "tags": ["a", "b", "c"],
+    "amount": "19.99",
+    "currency": "EUR",
+    "note": "x" * 60,
+}
+"""~200 bytes of JSON: a delayed event's data (delayed_memory), a stored record's (capacity, failed_jobs_scale)."""
+
 
 def payload(key: str, **extra: Any) -> dict[str, Any]:
     """The ~200-byte JSON dict every figure sends."""
