@@ -528,18 +528,7 @@ def _selection(args: argparse.Namespace) -> JobSelection:
 
 
 def _selection_text(selection: JobSelection) -> str:
-    parts = []
-    if selection.event_name is not None:
-        parts.append(f"event {escape(repr(selection.event_name))}")
-    if selection.handler is not None:
-        parts.append(f"handler {escape(repr(selection.handler))}")
-    if selection.error is not None:
-        parts.append(f"error containing {escape(repr(selection.error))}")
-    if selection.since is not None:
-        parts.append(f"failed since {selection.since:%Y-%m-%d %H:%M:%S} UTC")
-    if selection.until is not None:
-        parts.append(f"failed until {selection.until:%Y-%m-%d %H:%M:%S} UTC")
-    return ", ".join(parts) or "all of them"
+    return escape(selection.describe())  # escaped: a name or text may hold control characters
 
 
 async def _matching(selection: JobSelection, limit: int | None = None, offset: int = 0) -> list[FailedJob]:

@@ -44,6 +44,21 @@ class JobSelection:
         if self.since is not None and self.until is not None and self.since > self.until:
             raise ValueError(f"since ({self.since.isoformat()}) is after until ({self.until.isoformat()})")
 
+    def describe(self, nothing: str = "all of them") -> str:
+        """The selection in words (names and text as ``repr``), ``nothing`` when it selects all."""
+        parts = []
+        if self.event_name is not None:
+            parts.append(f"event {self.event_name!r}")
+        if self.handler is not None:
+            parts.append(f"handler {self.handler!r}")
+        if self.error is not None:
+            parts.append(f"error containing {self.error!r}")
+        if self.since is not None:
+            parts.append(f"failed since {self.since:%Y-%m-%d %H:%M:%S} UTC")
+        if self.until is not None:
+            parts.append(f"failed until {self.until:%Y-%m-%d %H:%M:%S} UTC")
+        return ", ".join(parts) or nothing
+
     @property
     def indexed_only(self) -> bool:
         """True when only event name and/or handler are given (no error text, no time window)."""

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from ... import message, names, runtime
 from ...bus import event_bus
 from ...errors import EventNotFoundError
-from ...eventlog import EVENT_STATUSES
+from ...eventlog import EVENT_STATUSES, EventRecord
 from .. import listing, security
 from ..listing import BadQuery, choice, moment, offset, pager, problem, text, when
 from ..render import render, url
@@ -84,7 +84,8 @@ def _not_found(request: Request, event_id: str) -> Response:
     return problem(request, f"no logged event has the id {event_id!r}", status=404, current="events", title="Not found")
 
 
-async def event(request: Request) -> Response:
+async def _record(request: Request) -> EventRecord | Response:
+    """The logged event the path names, else the page saying why not (log off, 404)."""
     off = _log_off(request)
     if off is not None:
         return off
@@ -92,9 +93,15 @@ async def event(request: Request) -> Response:
     if not names.is_event_id(event_id):
         return _not_found(request, event_id)
     try:
-        record = await event_bus.get_event(event_id)
+        return await event_bus.get_event(event_id)
     except EventNotFoundError:
         return _not_found(request, event_id)
+
+
+async def event(request: Request) -> Response:
+    record = await _record(request)
+    if isinstance(record, Response):
+        return record
     notice = None
     if request.query_params.get("notice") == "replayed":
         notice = f"Published as a replay of {record.replay_of}." if record.replay_of else None
@@ -121,16 +128,10 @@ async def event(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
-    off = _log_off(request)
-    if off is not None:
-        return off
-    event_id: str = request.path_params["event_id"]
-    if not names.is_event_id(event_id):
-        return _not_found(request, event_id)
-    try:
-        record = await event_bus.get_event(event_id)
-    except EventNotFoundError:
-        return _not_found(request, event_id)
+    record = await _record(request)
+    if isinstance(record, Response):
+        return record
+    event_id = record.id
     handler = security.form(request).get("handler", "").strip() or None
     if handler is not None and handler not in record.handlers:
         known = ", ".join(sorted(record.handlers)) or "none yet"

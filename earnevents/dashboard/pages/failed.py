@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -87,18 +87,7 @@ class Filter:
 
     def describe(self) -> str:
         """The filter in words, for headings and confirmations."""
-        selection, parts = self.selection, []
-        if selection.event_name is not None:
-            parts.append(f"event {selection.event_name!r}")
-        if selection.handler is not None:
-            parts.append(f"handler {selection.handler!r}")
-        if selection.error is not None:
-            parts.append(f"error containing {selection.error!r}")
-        if selection.since is not None:
-            parts.append(f"failed since {selection.since:%Y-%m-%d %H:%M:%S} UTC")
-        if selection.until is not None:
-            parts.append(f"failed until {selection.until:%Y-%m-%d %H:%M:%S} UTC")
-        return ", ".join(parts) or "all failed jobs"
+        return self.selection.describe("all failed jobs")
 
 
 def _one(values: ImmutableMultiDict[str, str] | Mapping[str, str], name: str) -> str | None:
@@ -330,22 +319,21 @@ def _back_to_list(request: Request, fields: Mapping[str, str], notice: str, job_
 
 async def failed_retry(request: Request) -> Response:
     """``POST /failed/{job_id}/retry``: run the job's handler again; back to the list."""
-    job_id = request.path_params["job_id"]
-    try:
-        await event_bus.retry_job(job_id)
-    except JobNotFoundError:
-        return _back_to_list(request, security.form(request), "gone", job_id)
-    return _back_to_list(request, security.form(request), "retried", job_id)
+    return await _act_on_one(request, event_bus.retry_job, "retried")
 
 
 async def failed_remove(request: Request) -> Response:
     """``POST /failed/{job_id}/remove``: delete the job for good; back to the list."""
+    return await _act_on_one(request, event_bus.remove_job, "removed")
+
+
+async def _act_on_one(request: Request, act: Callable[[str], Awaitable[object]], done: str) -> Response:
     job_id = request.path_params["job_id"]
     try:
-        await event_bus.remove_job(job_id)
+        await act(job_id)
     except JobNotFoundError:
-        return _back_to_list(request, security.form(request), "gone", job_id)
-    return _back_to_list(request, security.form(request), "removed", job_id)
+        done = "gone"
+    return _back_to_list(request, security.form(request), done, job_id)
 
 
 def _action(text: str | None) -> bulk.Action:
