@@ -11,8 +11,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import re
+import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +25,7 @@ from typing import Any
 import earnevents
 from earnevents import Event, event_bus
 from earnevents.redact import redact_uri
-from earnevents.testing import MongoServer, RedisServer, WorkerProcess
+from earnevents.testing import MongoServer, RedisServer, WorkerProcess, free_port, wait_for
 from earnevents.workflows import engine
 
 from . import example_workflows  # noqa: F401  (declares onboard_customer here too)
@@ -222,6 +226,54 @@ async def settled_record(event_id: str, timeout: float = 20) -> earnevents.Event
         await asyncio.sleep(0.1)
 
 
+def show_dashboard(env: dict[str, str]) -> None:
+    """Step 11: `earnevents dashboard` on a free port, read over HTTP as a browser would."""
+    say("\n11. the dashboard: `earnevents dashboard` served on a free port, read over HTTP")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "earnevents"), "dashboard", "--port", str(port)]
+    with subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    ) as server:
+        try:
+            wait_for(lambda: _get(base + "/") is not None, 30, "the dashboard answering")
+            for path, what in (("/", "overview"), ("/failed", "failed jobs"), ("/events", "event log")):
+                page = _get(base + path) or ""
+                title = re.search(r"<title>([^<]*)</title>", page)
+                say(f"    GET {path}: {what}, {len(page):,} bytes ({title.group(1) if title else '?'})")
+            gauges = [
+                line
+                for line in (_get(base + "/metrics") or "").splitlines()
+                if line.startswith("earnevents_queue_") and not line.startswith("#")
+            ]
+            say(
+                "    GET /metrics: "
+                + "; ".join(g.split("{")[0].removeprefix("earnevents_queue_") + " " + g.split()[-1] for g in gauges)
+            )
+            say(
+                f"    (from a shell: ... EARNEVENTS_QUEUE={QUEUE} earnevents dashboard, then open http://127.0.0.1:8787/)"
+            )
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
 def main() -> int:
     with services() as (redis_url, mongo_url):
         worker_env = {
@@ -239,6 +291,7 @@ def main() -> int:
         say(f"starting `celery -A earnevents worker` (log: {log_path.relative_to(ROOT)})")
         with WorkerProcess(worker_env, concurrency=2, cwd=str(ROOT), log_path=str(log_path)):
             asyncio.run(run(redis_url, mongo_url))
+            show_dashboard(worker_env)
     say("\ndone: worker stopped" + ("" if os.environ.get("EARNEVENTS_REDIS_URI") else ", embedded servers stopped"))
     return 0
 
