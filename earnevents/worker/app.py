@@ -16,6 +16,7 @@ import json
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import billiard.common
@@ -255,7 +256,7 @@ class WorkerRuntime:
         self.max_deliveries = env.settings.max_deliveries
         eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
         metrics.configure(env.settings)
-        self.stats = loop.submit(stats.flush_every(lambda: env.redis))  # this process' per-minute counts
+        self.stats: Future[None] | None = None  # the task writing this process' per-minute counts
 
     @classmethod
     def get(cls) -> WorkerRuntime:
@@ -263,7 +264,9 @@ class WorkerRuntime:
             if cls._current is None or cls._current[0] != os.getpid():
                 loop = process_loop()
                 env = loop.run(runtime.init(handler_modules=(), autodiscover=()))  # done at start
-                cls._current = (os.getpid(), cls(loop, env))
+                current = cls(loop, env)
+                current.stats = loop.submit(stats.flush_every(lambda: env.redis))
+                cls._current = (os.getpid(), current)
             return cls._current[1]
 
     @classmethod
@@ -273,11 +276,12 @@ class WorkerRuntime:
         if entry is not None and entry[0] == os.getpid():
             eventlog_writer.stop()
             current = entry[1]
-            current.stats.cancel()
-            try:
-                current.loop.run(stats.flush(lambda: current.env.redis), timeout=2)
-            except Exception:  # best effort at exit: at most FLUSH_INTERVAL of counts
-                log.debug("writing the last handler stats failed", exc_info=True)
+            if current.stats is not None:
+                current.stats.cancel()
+                try:
+                    current.loop.run(stats.flush(lambda: current.env.redis), timeout=2)
+                except Exception:  # best effort at exit: at most FLUSH_INTERVAL of counts
+                    log.debug("writing the last handler stats failed", exc_info=True)
             try:
                 entry[1].loop.run(runtime.close(), timeout=5)
             except Exception:  # best effort at exit
