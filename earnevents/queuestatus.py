@@ -94,14 +94,16 @@ async def consumers(client: Any, queue: str) -> list[Consumer]:
     ]
 
 
-async def transport_counts(client: Any, queue: str) -> TransportCounts:
-    """The counts of ``queue`` from the asyncio Redis ``client``."""
+async def transport_counts(client: Any, queue: str, registered: list[Consumer] | None = None) -> TransportCounts:
+    """The counts of ``queue`` from the asyncio Redis ``client`` (``registered``: its
+    :func:`consumers` when the caller has read them, so a page shows one reading)."""
     waiting = int(await client.llen(queue))
     unacked = 0
     async for _, raw in client.hscan_iter(keys.UNACKED, count=SCAN_COUNT):
         if unacked_queue(raw) == queue:
             unacked += 1
-    registered = await consumers(client, queue)
+    if registered is None:
+        registered = await consumers(client, queue)
     return TransportCounts(
         waiting=waiting,
         in_flight=unacked + sum(c.fetched for c in registered),
@@ -109,11 +111,12 @@ async def transport_counts(client: Any, queue: str) -> TransportCounts:
     )
 
 
-async def queue_status() -> QueueStatus:
-    """The configured queue's :class:`QueueStatus` (after ``init()``; NotInitializedError before)."""
+async def queue_status(registered: list[Consumer] | None = None) -> QueueStatus:
+    """The configured queue's :class:`QueueStatus` (after ``init()``; NotInitializedError
+    before); ``registered`` as for :func:`transport_counts`."""
     env = runtime.current()
     queue = env.settings.queue_name
-    transport = await transport_counts(env.redis, queue)
+    transport = await transport_counts(env.redis, queue, registered)
     return QueueStatus(
         queue=queue,
         waiting=transport.waiting,

@@ -24,8 +24,9 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 import earnevents
-from earnevents import Event, FailedJob, runtime
+from earnevents import Event, FailedJob, queuestatus, runtime
 from earnevents.dashboard import chart, create_app, pages
+from earnevents.dashboard.pages import overview as overview_page
 from earnevents.dashboard.render import render
 from earnevents.deadletters import ADD_SCRIPT, DeadItem, add_args
 from earnevents.stats import MinuteStats
@@ -124,6 +125,22 @@ async def test_overview_lists_the_live_workers(bus, start_worker):
     rows = re.findall(r"<tr><td class=\"queue\">([^<]*)</td><td>(\d+)</td>", page)
     assert [host for host, _ in rows] == [socket.gethostname()]
     assert counts(page)["workers"] == 1
+
+
+async def test_the_overviews_worker_count_and_list_are_one_reading(bus, monkeypatch):
+    # Given a worker whose keep-alive turns fresh between two readings (it is starting)
+    readings = iter([False, True, True])
+
+    async def flipping(client: Any, queue: str) -> list[queuestatus.Consumer]:
+        return [queuestatus.Consumer("host-a:42:cafe", next(readings), 0)]
+
+    monkeypatch.setattr(queuestatus, "consumers", flipping)
+    monkeypatch.setattr(overview_page, "consumers", flipping)
+    async with client(create_app(token="")) as http:
+        page = (await http.get("/")).text
+    # Then the count and the list agree (CI once saw 0 counted beside one listed)
+    listed = re.findall(r"<tr><td class=\"queue\">([^<]*)</td>", page)
+    assert counts(page)["workers"] == len(listed)
 
 
 def test_chart_scale_is_a_round_number_at_or_above_the_busiest_minute():

@@ -34,9 +34,10 @@ REFRESH = 5
 
 async def overview(request: Request) -> Response:
     env = runtime.current()
-    status = await queue_status()
+    registered = await consumers(env.redis, env.settings.queue_name)  # one reading: the count and the list agree
+    status = await queue_status(registered)
     minutes = await stats.per_minute(env.redis, status.queue)
-    live = [c for c in await consumers(env.redis, status.queue) if c.alive]
+    live = [c for c in registered if c.alive]
     return render(
         request,
         "overview.html",
