@@ -110,7 +110,7 @@ from .errors import ConfigError, DeadItemNotFoundError, EarnEventsError, JobNotF
 from .event import Event, encode
 from .eventlog import EVENT_STATUSES, EventRecord
 from .failures import FailedJob
-from .failures.selection import JobSelection, walk
+from .failures.selection import JobSelection
 from .logtext import escape
 from .models import automations
 from .moments import parse_duration, parse_moment
@@ -531,26 +531,13 @@ def _selection_text(selection: JobSelection) -> str:
     return escape(selection.describe())  # escaped: a name or text may hold control characters
 
 
-async def _matching(selection: JobSelection, limit: int | None = None, offset: int = 0) -> list[FailedJob]:
-    """Jobs ``selection`` matches, newest first, from ``offset`` on, at most ``limit``."""
-    if limit is not None:
-        return await event_bus.get_failed_jobs(
-            limit,
-            offset,
-            selection.event_name,
-            selection.handler,
-            error=selection.error,
-            since=selection.since,
-            until=selection.until,
-        )
-    return [job async for job in walk(event_bus.get_failed_jobs, selection)][offset:]
-
-
 async def _run_failed(args: argparse.Namespace) -> int:
     """``earnevents failed list|show|retry|remove|purge``: failed jobs."""
     if args.command == "list":
         selection = _selection(args)
-        jobs = await _matching(selection, args.limit, args.offset)
+        jobs = await event_bus.get_failed_jobs(
+            args.limit, args.offset, args.event, args.handler, error=args.error, since=args.since, until=args.until
+        )
         if args.json:
             for job in jobs:
                 print(json.dumps(_job_dict(job)))
