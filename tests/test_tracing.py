@@ -255,6 +255,19 @@ def test_an_error_whose_str_raises_is_recorded_and_a_failing_observer_never_fail
     assert "broken.finished failed; the job goes on" in caplog.text
 
 
+def test_without_a_tracer_provider_a_job_makes_no_span(spans, monkeypatch):
+    # Given opentelemetry installed but no provider set (the API's proxy, as in a worker
+    # whose application configures no tracing)
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    job = job_for(Event("e.x", {}))
+    # When a try starts, fails and is settled
+    worker_tracing.started(job, ["m.h"])
+    assert [key for key in worker_tracing._open if key[0] == job.event.id] == []
+    worker_tracing.settled(job, worker_tracing.Outcome("m.h", ValueError()), retrying=False)
+    # Then no span was made (each would cost the job for nothing)
+    assert spans.get_finished_spans() == ()
+
+
 def test_a_failed_try_stays_open_until_settled(spans):
     registry = HandlerRegistry()
     h = registry.register("e.x", lambda e: 1 / 0)

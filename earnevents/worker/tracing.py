@@ -16,7 +16,8 @@ A failed try whose settling never completes here (Redis down: the message is del
 again) keeps its span open until the same try starts again or :data:`MAX_OPEN` others are
 open; it then ends with the outcome ``unsettled``.
 
-Without ``opentelemetry-api`` installed every function here returns at once.
+Without ``opentelemetry-api`` installed every function here returns at once; with it but
+no tracer provider set (the API's proxy), no span is made.
 """
 
 from __future__ import annotations
@@ -88,9 +89,15 @@ def _failed(span: Any, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, describe(error)))
 
 
+def _provider_set() -> bool:
+    """Whether this process has a tracer provider: until the application sets one, the API's
+    proxy makes spans that record nothing, and each job would pay for making them."""
+    return tracing.AVAILABLE and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def started(job: Job, handlers: list[str]) -> None:
-    """Start a span for each of ``handlers`` about to run for ``job``."""
-    if not tracing.AVAILABLE or not handlers:
+    """Start a span for each of ``handlers`` about to run for ``job`` (none without a provider)."""
+    if not handlers or not _provider_set():
         return
     spans = [(_key(job, h), _start(job, h)) for h in handlers]
     stale: list[Any] = []
@@ -142,13 +149,15 @@ def settled(job: Job, outcome: Outcome, retrying: bool) -> None:
     """End a failed try's span: its retry is scheduled (``retrying``) or it is recorded as failed.
 
     A job recorded without running (its worker died too often, its handler is unknown
-    here) had no span: it gets one that starts and ends now.
+    here) had no span: it gets one that starts and ends now (when a provider is set).
     """
     if not tracing.AVAILABLE:
         return
     with _lock:
         span = _open.pop(_key(job, outcome.handler), None)
     if span is None:
+        if not _provider_set():
+            return
         span = _start(job, outcome.handler)
         if outcome.error is not None:
             _failed(span, outcome.error)
