@@ -173,10 +173,8 @@ def test_close_after_losing_a_blocking_move_reply_returns_the_message_at_once(co
 
 
 def recorded_id(value: bytes) -> str:
-    """The message id of an unacknowledged record, of either shape written: the fetch script's
-    (the message's JSON inlined) or kombu's QoS.append (the message as a JSON string)."""
-    message = json.loads(value)[0]
-    return str((json.loads(message) if isinstance(message, str) else message)["headers"]["id"])
+    """The message id of an unacknowledged record ``[message, exchange, routing_key]``."""
+    return str(json.loads(value)[0]["headers"]["id"])
 
 
 def test_close_after_losing_a_fetch_reply_raises_nothing_and_leaves_the_messages_recorded(connect, rclient, queue):
@@ -454,6 +452,39 @@ def test_a_stalled_workers_late_ack_does_not_erase_the_record_of_the_worker_hold
     # Then B's copy is still recorded as unacknowledged: should B die, it comes back
     assert got_b[0].headers["id"] == got_a[0].headers["id"]
     assert rclient.hexists(f"{queue}:unacked", got_b[0].delivery_tag)
+
+
+def test_messages_given_back_after_the_visibility_timeout_are_whole_messages_again(connect, rclient, queue):
+    # Given messages recorded as unacknowledged both ways the transport records them: the
+    # first by QoS.append (taken with BLMOVE), the rest by the fetch script itself
+    ids = publish(rclient, queue, 3)
+    conn_a = connect()
+    _, got_a = start_fast_fetching(conn_a, queue)
+    conn_a.drain_events(timeout=5)
+    assert len(got_a) == 3 and rclient.hlen(f"{queue}:unacked") == 3
+    # And their worker stalled past the visibility timeout
+    for tag in rclient.zrange(f"{queue}:unacked-index", 0, -1):
+        rclient.zadd(f"{queue}:unacked-index", {tag: redis_now(rclient) - 60})
+    # When another worker gives them back
+    conn_b = connect()
+    conn_b.default_channel.qos.restore_visible(num=10, interval=1)
+    # Then each is on the queue as the message it was (not a string of it) and is taken again
+    queued = [json.loads(item) for item in rclient.lrange(queue, 0, -1)]
+    assert all(isinstance(m, dict) and m["body"] == json.loads(message_of(got_a, m))["body"] for m in queued)
+    _, got_b = consume(conn_b, queue)
+    with contextlib.suppress(TimeoutError):
+        while len(got_b) < 3:
+            conn_b.drain_events(timeout=5)
+    assert sorted(m.headers["id"] for m in got_b) == ids
+    assert [m.decode() for m in sorted(got_b, key=lambda m: m.headers["id"])] == [
+        m.decode() for m in sorted(got_a, key=lambda m: m.headers["id"])
+    ]
+
+
+def message_of(got: list[Any], queued: dict[str, Any]) -> str:
+    """The JSON of the message in ``got`` with ``queued``'s id, as it was first taken."""
+    taken = next(m for m in got if m.headers["id"] == queued["headers"]["id"])
+    return json.dumps(taken._raw)
 
 
 def test_a_swept_message_gets_a_new_delivery_tag_and_is_otherwise_unchanged(rclient, queue):
