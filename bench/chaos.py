@@ -232,10 +232,11 @@ def main() -> int:
     parser.add_argument("--exit-every", type=int, default=0, help="every K-th event: a handler calls os._exit")
     parser.add_argument("--hang-every", type=int, default=0, help="every K-th event: a handler never returns")
     parser.add_argument("--event-log", action="store_true", help="event log on (publisher and workers); report it")
+    add_appendfsync_option(parser)
     args = parser.parse_args()
     faults = bool(args.exit_every or args.hang_every)
 
-    server = RedisServer(appendonly=True)
+    server = RedisServer(appendonly=True, appendfsync=args.appendfsync)
     server.start()
     env = {
         "EARNEVENTS_REDIS_URI": server.url,
@@ -306,6 +307,7 @@ def main() -> int:
         print(f"unexpected failed jobs:            {len(failed - must_fail)}")
         print(f"poison items dead-lettered:        {dead} of {args.poison} pushed")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
+        print(f"redis AOF writes postponed:        {postponed_aof_writes(server)}  (appendfsync {args.appendfsync})")
         if args.event_log:
             statuses = asyncio.run(_logged_statuses(server.url, ids))
             shown = ", ".join(f"{status} {count}" for status, count in sorted(statuses.items()))
@@ -318,6 +320,26 @@ def main() -> int:
             worker.stop()
         client.close()
         server.cleanup()
+
+
+def add_appendfsync_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--appendfsync",
+        choices=("always", "everysec"),
+        default="always",
+        help="Redis' appendfsync (default always: with everysec, Redis killed while a background "
+        "fsync is slow drops writes it had already acknowledged, which no client can recover)",
+    )
+
+
+def postponed_aof_writes(server: RedisServer) -> int:
+    """How often Redis postponed writing its AOF because a background fsync was slow (its
+    log says so): writes acknowledged in such a window are lost if Redis is then killed."""
+    try:
+        text = (Path(server.data_dir) / "redis.log").read_text(errors="replace")
+    except OSError:
+        return 0
+    return text.count("Asynchronous AOF fsync is taking too long")
 
 
 def where_is(client: redis.Redis, event_id: str) -> str:

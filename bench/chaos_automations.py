@@ -35,7 +35,15 @@ from earnevents import event_bus, keys
 from earnevents.redact import redact_uri
 from earnevents.testing import MongoServer, RedisServer
 
-from .chaos import Chaos, log, mongo_workers, settle, wait_for_progress
+from .chaos import (
+    Chaos,
+    add_appendfsync_option,
+    log,
+    mongo_workers,
+    postponed_aof_writes,
+    settle,
+    wait_for_progress,
+)
 from .chaos_automation_handlers import FIRED, FIRST_AT, Booking, to_ms
 
 QUEUE = "chaos-automations"
@@ -210,9 +218,10 @@ def main() -> int:
     parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis stays down when killed")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every occurrence")
     parser.add_argument("--stall", type=float, default=45, help="stop waiting after this long without progress")
+    add_appendfsync_option(parser)
     args = parser.parse_args()
 
-    server = RedisServer(appendonly=True)
+    server = RedisServer(appendonly=True, appendfsync=args.appendfsync)
     mongo = MongoServer()
     server.start()
     mongo.start()
@@ -269,6 +278,7 @@ def main() -> int:
         dropped = dropped_at_due_time([Path(w.log_path) for w in workers])
         print(f"stale occurrences dropped when due: {sum(dropped.values())}  {dict(dropped)}")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
+        print(f"redis AOF writes postponed:        {postponed_aof_writes(server)}  (appendfsync {args.appendfsync})")
         if latency:
             print(
                 f"latency (handler - due):           p50 {statistics.median(latency):.3f} s, "

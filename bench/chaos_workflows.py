@@ -40,7 +40,15 @@ from earnevents.testing import MongoServer, RedisServer
 from earnevents.workflows import engine
 from earnevents.workflows.runs import ACTIVE, Run
 
-from .chaos import Chaos, log, mongo_workers, settle, wait_for_progress
+from .chaos import (
+    Chaos,
+    add_appendfsync_option,
+    log,
+    mongo_workers,
+    postponed_aof_writes,
+    settle,
+    wait_for_progress,
+)
 from .chaos_workflow_defs import EFFECTS, PARK_SECONDS, SIGNAL, TIMED_OUT, WAIT_TIMEOUT, WORKFLOW
 
 QUEUE = "chaos-workflows"
@@ -189,9 +197,10 @@ def main() -> int:
     parser.add_argument(
         "--stall", type=float, default=WAIT_TIMEOUT + 30, help="stop waiting after this long without progress"
     )
+    add_appendfsync_option(parser)
     args = parser.parse_args()
 
-    server = RedisServer(appendonly=True)
+    server = RedisServer(appendonly=True, appendfsync=args.appendfsync)
     mongo = MongoServer()
     server.start()
     mongo.start()
@@ -270,6 +279,7 @@ def main() -> int:
         print(f"charge tries (completed runs):     {dict(sorted(tries.items(), key=lambda kv: str(kv[0])))}")
         print(f"failed jobs:                       {len(failed)}")
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
+        print(f"redis AOF writes postponed:        {postponed_aof_writes(server)}  (appendfsync {args.appendfsync})")
         print(f"duration:                          {duration:.1f} s")
         for run in lost[:20]:
             last = run.history[-1] if run.history else {}

@@ -179,7 +179,8 @@ def make_tls_files(directory: str) -> tuple[str, str, str]:
 
 
 class RedisServer(_Server):
-    """A private redis-server on a free port; ``appendonly=True`` persists to ``data_dir``.
+    """A private redis-server on a free port; ``appendonly=True`` persists to ``data_dir``
+    (``appendfsync``: Redis' own option, ``everysec`` or ``always``).
 
     ``tls=True``: TLS only (no plain port), a self-signed certificate made at start;
     ``url`` is ``rediss://...?ssl_ca_certs=...``. ``tls_client_certs=True``: TLS that
@@ -194,6 +195,7 @@ class RedisServer(_Server):
         data_dir: str | None = None,
         appendonly: bool = False,
         *,
+        appendfsync: str = "everysec",
         tls: bool = False,
         tls_client_certs: bool = False,
         unixsocket: bool = False,
@@ -204,6 +206,7 @@ class RedisServer(_Server):
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="earnevents-redis-")
         self.data_dir = data_dir or (self._tmp.name if self._tmp else ".")
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.tls = tls or tls_client_certs
         self.tls_client_certs = tls_client_certs
         self.socket_path = os.path.join(self.data_dir, "redis.sock") if unixsocket else None
@@ -256,7 +259,7 @@ class RedisServer(_Server):
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--logfile",
             os.path.join(self.data_dir, "redis.log"),
         ]
