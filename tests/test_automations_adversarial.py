@@ -1,0 +1,177 @@
+"""Model automations when users get things wrong or the world changes under them: a
+condition that raises, a naive datetime in the date field, entity references with an
+ObjectId or a non-ObjectId id, the seed's ``entity_type="*"``, a write that fails, the
+issue's keyword-only ``EventDefinition`` signature. Without a worker: the occurrence
+handler (``occurrences.fire``) runs in-process, as a worker would run it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import pytest
+from model_fixtures import queued
+
+import earnevents
+from earnevents import BaseModel, EntityRef, Event, EventConditionError, EventDefinition, ModelStateError
+from earnevents.models import automations
+from earnevents.worker import occurrences
+
+pytest_plugins = ["model_fixtures"]  # the models_env fixture
+
+UTC = dt.timezone.utc
+HOUR = dt.timedelta(hours=1)
+
+
+def urgent(order: Any) -> bool:
+    return bool(order.note.lower() == "urgent")  # AttributeError while note is None
+
+
+class TadOrder(BaseModel):
+    """Two definitions whose condition raises while ``note`` is None, and one without a condition."""
+
+    _events = (
+        EventDefinition("tad_urgent", condition=urgent),
+        EventDefinition("tad_urgent_due", date_field="due", condition=urgent),
+        EventDefinition("tad_due", date_field="due"),
+    )
+    due: dt.datetime | None = None
+    note: str | None = None
+
+
+def names(rclient, queue) -> list[str]:
+    return [event.name for event in queued(rclient, queue)]
+
+
+async def pending_for(name: str) -> list[Any]:
+    return await earnevents.event_bus.get_scheduled(event_name=name)
+
+
+def as_worker_gets_it(pending: Any) -> Event:
+    """The occurrence's message from the schedule, as the worker's handler receives it."""
+    return pending.event
+
+
+# --- a condition that raises ----------------------------------------------------------
+
+
+@pytest.mark.mongo
+async def test_a_condition_that_raises_on_a_write_is_named_and_the_other_definitions_are_kept(
+    models_env, rclient, queue
+):
+    # Given an order whose two conditions raise (note is None)
+    order = TadOrder(due=dt.datetime.now(UTC) + HOUR)
+    # When it is created
+    with pytest.raises(EventConditionError) as raised:
+        await order.create()
+    # Then the error names the event, the model and the document, with the condition's error as its cause
+    assert f"the condition of 'tad_urgent' raised on TadOrder {order.id}" in str(raised.value)
+    assert isinstance(raised.value.__cause__, AttributeError)
+    # And the write stands, and the definition without a condition was maintained all the same
+    assert order.is_stored and await TadOrder.get(order.id) is not None
+    [due] = await pending_for("tad_due")
+    assert due.entity == EntityRef("TadOrder", str(order.id))
+    assert await pending_for("tad_urgent_due") == []
+    # When the write fixes the data the conditions raised on
+    order.note = "urgent"
+    await order.save()
+    # Then the state before (where they raised) counts as not holding: the immediate event is
+    # published and the gated occurrence scheduled
+    assert names(rclient, queue).count("tad_urgent") == 1
+    [urgent_due] = await pending_for("tad_urgent_due")
+    assert urgent_due.entity == EntityRef("TadOrder", str(order.id))
+
+
+@pytest.mark.mongo
+async def test_a_rebuild_skips_a_document_whose_condition_raises_and_rebuilds_the_others(models_env, queue, rclient):
+    # Given two orders written behind the model's back (nothing scheduled): one the conditions raise on
+    due = (dt.datetime.now(UTC) + HOUR).replace(microsecond=0)
+    collection = models_env.db[TadOrder._collection]
+    bad = (await collection.insert_one({"due": due, "note": None})).inserted_id
+    good = (await collection.insert_one({"due": due, "note": "urgent"})).inserted_id
+    # When the schedule is rebuilt from MongoDB
+    [report] = await automations.rebuild(models_env.redis, models_env.db, queue, [TadOrder])
+    # Then the bad one is counted unreadable, the good one's occurrences are back, and the model is marked rebuilt
+    assert report.unreadable == 1
+    assert {p.entity.id for p in await pending_for("tad_urgent_due")} == {str(good)}
+    assert {p.entity.id for p in await pending_for("tad_due")} == {str(good)}
+    assert str(bad) not in {p.entity.id for p in await earnevents.event_bus.get_scheduled()}
+    assert rclient.sismember(earnevents.keys.occurrences_rebuilt(queue), "TadOrder")
+
+
+@pytest.mark.mongo
+async def test_a_condition_that_raises_when_an_occurrence_is_due_fails_the_job_with_a_clear_error(
+    models_env, rclient, queue
+):
+    # Given an urgent order with its gated occurrence pending
+    order = await TadOrder(due=dt.datetime.now(UTC) + HOUR, note="urgent").create()
+    [pending] = await pending_for("tad_urgent_due")
+    # And its note cleared behind the model's back, so the condition raises
+    await models_env.db[TadOrder._collection].update_one({"_id": order.id}, {"$set": {"note": None}})
+    # When the worker's occurrence handler runs it
+    # Then it fails (retried, then a failed job) with an error naming the event and the document
+    with pytest.raises(EventConditionError, match=f"the condition of 'tad_urgent_due' raised on TadOrder {order.id}"):
+        await occurrences.fire(as_worker_gets_it(pending))
+    assert "tad_urgent_due" not in names(rclient, queue)
+
+
+# --- a naive datetime in the date field -------------------------------------------------
+
+
+class TadAlarm(BaseModel):
+    _events = (EventDefinition("tad_alarm", date_field="rings_at"),)
+    rings_at: dt.datetime | None = None
+
+
+@pytest.mark.mongo
+async def test_a_naive_date_is_taken_as_utc_by_the_writer_and_by_the_worker(models_env, rclient, queue):
+    # Given an alarm written with a naive datetime (UTC, as MongoDB takes it), with microseconds
+    naive = dt.datetime.now(UTC).replace(tzinfo=None) + HOUR
+    alarm = await TadAlarm(rings_at=naive).create()
+    # Then its occurrence is due at that time read as UTC
+    [pending] = await pending_for("tad_alarm")
+    assert abs(pending.due_at - naive.replace(tzinfo=UTC)) < dt.timedelta(milliseconds=1)
+    # When it is due, the worker reloads the document (MongoDB gives an aware, truncated datetime)
+    await occurrences.fire(as_worker_gets_it(pending))
+    # Then it agrees on the due time and publishes the event, not dropping it as stale
+    [fired] = [event for event in queued(rclient, queue) if event.name == "tad_alarm"]
+    assert fired.entity_ref == EntityRef("TadAlarm", str(alarm.id))
+
+
+# --- deleted between scheduling and firing ---------------------------------------------
+
+
+@pytest.mark.mongo
+async def test_an_occurrence_of_a_document_deleted_behind_the_models_back_publishes_nothing(
+    models_env, rclient, queue, caplog
+):
+    # Given an alarm with its occurrence pending, deleted without the model (nothing cancelled)
+    alarm = await TadAlarm(rings_at=dt.datetime.now(UTC) + HOUR).create()
+    [pending] = await pending_for("tad_alarm")
+    await models_env.db[TadAlarm._collection].delete_one({"_id": alarm.id})
+    # When the occurrence comes due
+    with caplog.at_level(logging.INFO, logger="earnevents"):
+        await occurrences.fire(as_worker_gets_it(pending))
+    # Then nothing is published, and the log says why
+    assert "tad_alarm" not in names(rclient, queue)
+    assert f"tad_alarm for TadAlarm {alarm.id} not published: the document was deleted" in caplog.text
+
+
+# --- a write that fails ------------------------------------------------------------------
+
+
+@pytest.mark.mongo
+async def test_a_save_that_fails_publishes_and_schedules_nothing(models_env, rclient, queue):
+    # Given an order loaded, then deleted elsewhere
+    order = await TadOrder(note="calm").create()
+    await models_env.db[TadOrder._collection].delete_one({"_id": order.id})
+    before = names(rclient, queue)
+    # When it is saved urgent with a date
+    order.note = "urgent"
+    order.due = dt.datetime.now(UTC) + HOUR
+    with pytest.raises(ModelStateError):
+        await order.save()
+    # Then no immediate event was published and no occurrence scheduled
+    assert names(rclient, queue) == before
+    assert await earnevents.event_bus.count_scheduled() == 0
