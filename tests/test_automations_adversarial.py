@@ -14,7 +14,7 @@ import pytest
 from model_fixtures import queued
 
 import earnevents
-from earnevents import BaseModel, EntityRef, Event, EventConditionError, EventDefinition, ModelStateError
+from earnevents import BaseModel, EntityRef, Event, EventConditionError, EventDefinition, ModelStateError, message
 from earnevents.models import automations
 from earnevents.worker import occurrences
 
@@ -156,6 +156,33 @@ async def test_an_occurrence_of_a_document_deleted_behind_the_models_back_publis
     # Then nothing is published, and the log says why
     assert "tad_alarm" not in names(rclient, queue)
     assert f"tad_alarm for TadAlarm {alarm.id} not published: the document was deleted" in caplog.text
+
+
+# --- entity references ------------------------------------------------------------------
+
+
+@pytest.mark.mongo
+async def test_an_entity_reference_holding_the_objectid_itself_is_understood(models_env):
+    # Given an event published by hand whose metadata names the document by its ObjectId
+    alarm = await TadAlarm().create()
+    event = Event("tad_by_hand", {}, metadata={"entity": {"model": "TadAlarm", "id": alarm.id}})
+    # (as a handler receives it: ObjectIds travel as ObjectIds)
+    received = Event.from_wire(message.parse(message.build(event.to_wire(), queue="q", task_id="t"))[0])
+    # Then entity_ref gives its hex id, and entity() loads it
+    assert received.entity_ref == EntityRef("TadAlarm", str(alarm.id))
+    assert await received.entity() == alarm
+
+
+@pytest.mark.mongo
+@pytest.mark.parametrize("record_id", [123, "123", "reservation-7"], ids=["int", "digits", "name"])
+async def test_an_entity_id_that_is_no_objectid_is_a_clear_error_not_a_deleted_document(models_env, record_id):
+    # Given an event dispatched about a model with an id no document can have (the seed's int ids)
+    await earnevents.dispatch_model_event(earnevents.event_bus, TadAlarm, "rang", record_id)
+    event = Event("tad_alarm.rang", {}, metadata={"entity": {"model": "TadAlarm", "id": str(record_id)}})
+    # When a handler loads its entity
+    # Then it is told the id is no ObjectId, rather than getting None as for a deleted document
+    with pytest.raises(ValueError, match=r"TadAlarm documents have ObjectId ids"):
+        await event.entity()
 
 
 # --- a write that fails ------------------------------------------------------------------
