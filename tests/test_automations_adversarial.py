@@ -15,6 +15,7 @@ from model_fixtures import queued
 
 import earnevents
 from earnevents import BaseModel, EntityRef, Event, EventConditionError, EventDefinition, ModelStateError, message
+from earnevents.handlers import registry
 from earnevents.models import automations
 from earnevents.worker import occurrences
 
@@ -183,6 +184,23 @@ async def test_an_entity_id_that_is_no_objectid_is_a_clear_error_not_a_deleted_d
     # Then it is told the id is no ObjectId, rather than getting None as for a deleted document
     with pytest.raises(ValueError, match=r"TadAlarm documents have ObjectId ids"):
         await event.entity()
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def test_entity_type_star_is_every_model_as_the_seed_writes_it():
+    # Given handlers written the seed's way, with its default entity_type="*" spelled out
+    @earnevents.on_event(event_name="tad_star", entity_type="*")
+    def on_any(event: Event) -> None: ...
+
+    @earnevents.on_event_created("tad_star_due", entity_type="*")
+    def on_any_created(event: Event) -> None: ...
+
+    # Then they run for events of any sender, as without entity_type
+    assert [h.func for h in registry.resolve("tad_star", "TadAlarm")] == [on_any]
+    assert [h.func for h in registry.resolve("tad_star", None)] == [on_any]
+    assert [h.func for h in registry.resolve("tad_star_due:created", "TadOrder")] == [on_any_created]
 
 
 # --- a write that fails ------------------------------------------------------------------
