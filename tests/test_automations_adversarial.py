@@ -220,3 +220,14 @@ async def test_a_save_that_fails_publishes_and_schedules_nothing(models_env, rcl
     # Then no immediate event was published and no occurrence scheduled
     assert names(rclient, queue) == before
     assert await earnevents.event_bus.count_scheduled() == 0
+
+
+# --- the signature -------------------------------------------------------------------------
+
+
+def test_event_definition_takes_its_options_by_keyword_only():
+    # The EventDefinition(name, *, condition=None, date_field=None, offset=None):
+    # a positional condition or date field would be easy to mix up
+    with pytest.raises(TypeError, match="positional"):
+        EventDefinition("tad_positional", urgent)  # type: ignore[misc]
+    assert EventDefinition(name="tad_named", condition=urgent).condition is urgent

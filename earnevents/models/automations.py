@@ -41,7 +41,7 @@ import types
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pydantic
@@ -82,6 +82,7 @@ class EventDefinition:
     """
 
     name: str
+    _: KW_ONLY  # EventDefinition(name, *, condition=..., date_field=..., ...): the issue's signature
     condition: Condition | None = None
     date_field: str | None = None
     offset: dt.timedelta | None = None
