@@ -15,6 +15,8 @@ import pytest
 from conftest import stays, wait_for
 from model_fixtures import worker_env
 
+from earnevents.config import DEFAULTS
+
 pytest_plugins = ["model_fixtures"]
 pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 
@@ -33,9 +35,11 @@ def sent(rclient, reservation_id: str, what: str) -> list[dict]:
 def test_the_seeds_reservation_example_as_its_users_write_it(
     start_worker, redis_url, mongo_url, mongo_db, queue, rclient
 ):
-    # Given a worker running the application's automations
+    # Given a worker running the application's automations, with the default settings
+    # (the other tests poll the schedule faster: "within a second" is the default's promise)
     env = {"EARNEVENTS_REDIS_URI": redis_url, "EARNEVENTS_QUEUE": queue, **worker_env(mongo_url, mongo_db)}
-    start_worker(modules="seed_reservations", env=worker_env(mongo_url, mongo_db))
+    default = {"EARNEVENTS_SCHEDULER_INTERVAL": DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"]}
+    start_worker(modules="seed_reservations", env={**worker_env(mongo_url, mongo_db), **default})
     # When the application books a reservation checking in 3 s from now and confirms it,
     # and books another, confirmed, then cancels it
     app = subprocess.run(
