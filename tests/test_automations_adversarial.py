@@ -140,6 +140,54 @@ async def test_a_naive_date_is_taken_as_utc_by_the_writer_and_by_the_worker(mode
     assert fired.entity_ref == EntityRef("TadAlarm", str(alarm.id))
 
 
+# --- datetime.max as "never" ----------------------------------------------------------------
+
+
+class TadLease(BaseModel):
+    _events = (
+        EventDefinition("tad_lease_renewal", date_field="ends", offset=-30 * 24 * HOUR),
+        EventDefinition("tad_lease_archive", date_field="ends", offset=24 * HOUR),
+    )
+    ends: dt.datetime | None = None
+
+
+@pytest.mark.mongo
+async def test_datetime_max_as_never_with_a_positive_offset_schedules_nothing_and_the_write_goes_through(
+    models_env, queue
+):
+    # Given a lease that never ends (datetime.max, a common sentinel)
+    lease = await TadLease(ends=dt.datetime.max.replace(tzinfo=UTC)).create()
+    # Then the definition whose offset takes it past the year 9999 is never due: nothing scheduled,
+    # while the one before it is pending as any other
+    assert await pending_for("tad_lease_archive") == []
+    [renewal] = await pending_for("tad_lease_renewal")
+    expected = dt.datetime(9999, 12, 1, 23, 59, 59, 999_000, tzinfo=UTC) - dt.datetime(1970, 1, 1, tzinfo=UTC)
+    assert renewal.event.metadata["occurrence"]["due_ms"] == expected // dt.timedelta(milliseconds=1)
+    # And a later write and a rebuild agree
+    lease.ends = dt.datetime.now(UTC) + HOUR
+    await lease.save()
+    assert len(await pending_for("tad_lease_archive")) == 1
+    lease.ends = dt.datetime.max
+    await lease.save()
+    assert await pending_for("tad_lease_archive") == []
+    [report] = await automations.rebuild(models_env.redis, models_env.db, queue, [TadLease])
+    assert report.unreadable == 0
+    assert await pending_for("tad_lease_archive") == []
+
+
+@pytest.mark.mongo
+async def test_a_due_time_before_the_year_1_is_a_clear_error_and_the_other_definitions_are_kept(models_env, queue):
+    # Given a lease ending in the first days of the year 1 (a bad import), its renewal due 30 days before
+    # When it is created
+    with pytest.raises(ValueError, match=r"'tad_lease_renewal'\): ends 0001-01-05 .* is before the year 1"):
+        await TadLease(ends=dt.datetime(1, 1, 5, tzinfo=UTC)).create()
+    # Then the write stands and the other definition was maintained (due long ago: it catches up)
+    assert len(await pending_for("tad_lease_archive")) == 1
+    # And a rebuild counts the document as unreadable instead of failing as a whole
+    [report] = await automations.rebuild(models_env.redis, models_env.db, queue, [TadLease], since=10**12)
+    assert report.unreadable == 1
+
+
 # --- deleted between scheduling and firing ---------------------------------------------
 
 

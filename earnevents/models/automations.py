@@ -129,7 +129,9 @@ class EventDefinition:
             raise EventConditionError(f"the condition of {self.name!r} raised on {who}: {exc!r}") from exc
 
     def due_ms(self, instance: Any) -> int | None:
-        """The due time in unix milliseconds (date field plus offset); None when the field is unset."""
+        """The due time in unix milliseconds (date field plus offset); None when the field is
+        unset, or when a positive offset takes it past ``datetime.max`` (a date of
+        ``datetime.max`` meaning "never")."""
         value = getattr(instance, cast(str, self.date_field), None)
         if value is None or value is MISSING:
             return None
@@ -143,7 +145,15 @@ class EventDefinition:
         # (truncated) date, and a fraction of a millisecond in the offset must round alike
         value = value.replace(microsecond=value.microsecond // 1000 * 1000)
         if self.offset is not None:
-            value = value + self.offset
+            try:
+                value = value + self.offset
+            except OverflowError:
+                if self.offset > dt.timedelta(0):
+                    return None  # after the year 9999: never due
+                raise ValueError(
+                    f"EventDefinition({self.name!r}): {self.date_field} {value} plus the offset {self.offset} "
+                    "is before the year 1"
+                ) from None
         seconds = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
         return (seconds.days * 86_400 + seconds.seconds) * 1000 + seconds.microseconds // 1000
 
@@ -249,16 +259,17 @@ async def after_write(instance: BaseModel, before: Mapping[str, Any] | None) -> 
     """Publish the immediate events and maintain the scheduled ones after a create
     (``before`` None) or a save (``before``: the fields as stored until then).
 
-    A condition that raises on the written document (:class:`EventConditionError`) leaves
-    that definition as it was; the other definitions are still maintained, then the first
-    such error is raised (the write stands). One that raises on the state before the write
-    counts as not holding then (the data that made it raise may be what the write fixed).
+    A condition that raises on the written document (:class:`EventConditionError`), or any
+    other error maintaining one definition, leaves that definition as it was; the other
+    definitions are still maintained, then the first error is raised (the write stands).
+    A condition that raises on the state before the write counts as not holding then (the
+    data that made it raise may be what the write fixed).
     """
     declared = of(type(instance))
     if not declared:
         return
     previous = None if before is None else type(instance).model_construct(**before, id=instance.id)
-    errors: list[EventConditionError] = []
+    errors: list[Exception] = []
     for definition in declared.values():
         try:
             if definition.scheduled:
@@ -273,10 +284,10 @@ async def after_write(instance: BaseModel, before: Mapping[str, Any] | None) -> 
                     or not await _before(definition.holds(previous), False)
                 ):
                     await publish(instance, definition)
-        except EventConditionError as exc:
+        except Exception as exc:  # each definition on its own: one that fails leaves the others maintained
             errors.append(exc)
     for extra in errors[1:]:
-        log.error("%s", extra)
+        log.error("%s: %s", type(extra).__name__, extra)
     if errors:
         raise errors[0]
 
@@ -289,7 +300,7 @@ async def _before(result: Awaitable[Any], raised: Any) -> Any:
     """``result`` awaited; ``raised`` if the condition raised on the state before the write."""
     try:
         return await result
-    except EventConditionError as exc:
+    except (EventConditionError, ValueError, TypeError) as exc:
         log.info("%s (on the state before the write: taken as not holding then)", exc)
         return raised
 
@@ -484,7 +495,7 @@ async def rebuild(
                         skipped += 1
                         continue
                     found.append(_Found(instance, definition, due))
-            except (EventConditionError, TypeError) as exc:  # TypeError: a date field holding no datetime
+            except (EventConditionError, TypeError, ValueError) as exc:  # a date no due time can be made of
                 unreadable += 1
                 log.warning("rebuild: %s %s skipped: %s", model.__name__, doc.get("_id"), exc)
                 continue
