@@ -475,8 +475,8 @@ async def _rebuild(args: argparse.Namespace) -> int:
         unreadable += done.unreadable
     if unreadable:
         print(
-            f"error: {unreadable} document(s) could not be loaded by their model; their occurrences were "
-            "not recreated (the log names them)",
+            f"error: {unreadable} document(s) could not be loaded by their model (or a condition raised on "
+            "them); their occurrences were not recreated (the log names them)",
             file=sys.stderr,
         )
         return FAILURE

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bson import ObjectId
+
 from . import names
 
 Loadable = type[Any]
@@ -36,10 +38,12 @@ class EntityRef:
     @classmethod
     def from_metadata(cls, value: Any) -> EntityRef | None:
         """The reference in an event's ``metadata["entity"]``, or None when it holds none
-        (absent, or not a dict of two non-empty str)."""
+        (absent, or not a dict of two non-empty str; an ObjectId id is taken as its str)."""
         if not isinstance(value, Mapping):
             return None
         model, record_id = value.get("model"), value.get("id")
+        if isinstance(record_id, ObjectId):  # metadata written by hand with the document's id as it is
+            record_id = str(record_id)
         if not isinstance(model, str) or not isinstance(record_id, str) or not model or not record_id:
             return None
         return cls(model, record_id)
@@ -97,5 +101,15 @@ def models() -> list[Loadable]:
 
 
 async def load(ref: EntityRef) -> Any:
-    """The document ``ref`` names as its model instance, or None if it no longer exists."""
-    return await lookup(ref.model).get(ref.id)
+    """The document ``ref`` names as its model instance, or None if it no longer exists.
+
+    ValueError when its id is no ObjectId's 24 hex digits: models' documents have ObjectId
+    ids, so it could name none (an event dispatched with another kind of id), which is not
+    the same as a document deleted since."""
+    model = lookup(ref.model)
+    if not ObjectId.is_valid(ref.id):
+        raise ValueError(
+            f"the entity {ref.model} {ref.id!r} cannot be loaded: {ref.model} documents have ObjectId ids "
+            "(24 hex digits), and this id is none (was the event dispatched with another kind of id?)"
+        )
+    return await model.get(ref.id)

@@ -20,7 +20,8 @@ catches anything the library raises on purpose::
     ├── EventValidationError (ValueError) an event's data does not fit its defined schema
     ├── UndefinedEventError (ValueError)  strict mode: an event name nobody defined
     ├── EventDefinitionError (ValueError) define_event: one name defined twice, differently
-    └── ModelStateError (RuntimeError)    a model write that does not fit its stored state
+    ├── ModelStateError (RuntimeError)    a model write that does not fit its stored state
+    └── EventConditionError (RuntimeError) an EventDefinition's condition raised
 
 Bad event input (not an Event, empty name, unserializable data, negative delay)
 raises the built-in ``TypeError``/``ValueError`` at publish time, before anything
@@ -122,3 +123,12 @@ class UndefinedEventError(EarnEventsError, ValueError):
 class EventDefinitionError(EarnEventsError, ValueError):
     """Raised when ``define_event`` is given a name already defined with other contents
     (schema, description, codes or metadata)."""
+
+
+class EventConditionError(EarnEventsError, RuntimeError):
+    """Raised when the condition of a model's ``EventDefinition`` raises: the message names
+    the event, the model and the document; the condition's exception is its ``__cause__``.
+
+    After a write the write stands (as after an after-hook that raises) and the model's
+    other definitions were maintained; a worker firing the occurrence retries and then
+    records a failed job; a rebuild counts the document as unreadable and goes on."""

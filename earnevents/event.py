@@ -90,8 +90,9 @@ class Event:
         """Load the document this event is about as its model instance (a query each call).
 
         None if the document was deleted since. ValueError for an event about no
-        document (no ``entity_ref``); :class:`earnevents.entities.UnknownModelError` when
-        its model class is not imported in this process.
+        document (no ``entity_ref``) or whose entity id is no ObjectId (no document can
+        have it); :class:`earnevents.entities.UnknownModelError` when its model class is
+        not imported in this process.
         """
         ref = self.entity_ref
         if ref is None:

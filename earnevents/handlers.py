@@ -372,8 +372,15 @@ def on_event(
     ``entity_type`` (a model class, or its qualified name: the class name unless the
     class is nested) runs it only for that model's events: the same filter as
     ``@event_handler(..., sender=)``, model events being sent by their model class.
+    ``"*"`` (the seed's spelling of the default) is the same as None: every model.
     """
+    if entity_type == ANY_ENTITY:
+        entity_type = None
     return event_handler(event_name, retry_policy, timeout=timeout, sender=entity_type)
+
+
+ANY_ENTITY = "*"
+"""``entity_type`` for events of every model, as seed 003 writes the default (None does the same)."""
 
 
 def on_event_created(

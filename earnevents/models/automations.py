@@ -41,13 +41,14 @@ import types
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pydantic
 
 from .. import definitions, entities, keys, message, names, runtime, schedule
 from ..entities import EntityRef
+from ..errors import EventConditionError
 from ..event import Event
 from ..handlers import occurrence_event_name
 from ..logtext import get_logger
@@ -81,6 +82,7 @@ class EventDefinition:
     """
 
     name: str
+    _: KW_ONLY  # EventDefinition(name, *, condition=..., date_field=..., ...): the issue's signature
     condition: Condition | None = None
     date_field: str | None = None
     offset: dt.timedelta | None = None
@@ -113,16 +115,23 @@ class EventDefinition:
         return self.date_field is not None
 
     async def holds(self, instance: Any) -> bool:
-        """Whether the condition holds for ``instance`` (True without a condition)."""
+        """Whether the condition holds for ``instance`` (True without a condition);
+        :class:`~earnevents.errors.EventConditionError` if the condition raises."""
         if self.condition is None:
             return True
-        result = self.condition(instance)
-        if inspect.isawaitable(result):
-            result = await result
-        return bool(result)
+        try:
+            result = self.condition(instance)
+            if inspect.isawaitable(result):
+                result = await result
+            return bool(result)
+        except Exception as exc:
+            who = f"{type(instance).__name__} {getattr(instance, 'id', None)}"
+            raise EventConditionError(f"the condition of {self.name!r} raised on {who}: {exc!r}") from exc
 
     def due_ms(self, instance: Any) -> int | None:
-        """The due time in unix milliseconds (date field plus offset); None when the field is unset."""
+        """The due time in unix milliseconds (date field plus offset); None when the field is
+        unset, or when a positive offset takes it past ``datetime.max`` (a date of
+        ``datetime.max`` meaning "never")."""
         value = getattr(instance, cast(str, self.date_field), None)
         if value is None or value is MISSING:
             return None
@@ -136,7 +145,15 @@ class EventDefinition:
         # (truncated) date, and a fraction of a millisecond in the offset must round alike
         value = value.replace(microsecond=value.microsecond // 1000 * 1000)
         if self.offset is not None:
-            value = value + self.offset
+            try:
+                value = value + self.offset
+            except OverflowError:
+                if self.offset > dt.timedelta(0):
+                    return None  # after the year 9999: never due
+                raise ValueError(
+                    f"EventDefinition({self.name!r}): {self.date_field} {value} plus the offset {self.offset} "
+                    "is before the year 1"
+                ) from None
         seconds = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
         return (seconds.days * 86_400 + seconds.seconds) * 1000 + seconds.microseconds // 1000
 
@@ -240,20 +257,56 @@ def when(due_ms: int) -> dt.datetime:
 
 async def after_write(instance: BaseModel, before: Mapping[str, Any] | None) -> None:
     """Publish the immediate events and maintain the scheduled ones after a create
-    (``before`` None) or a save (``before``: the fields as stored until then)."""
+    (``before`` None) or a save (``before``: the fields as stored until then).
+
+    A condition that raises on the written document (:class:`EventConditionError`), or any
+    other error maintaining one definition, leaves that definition as it was; the other
+    definitions are still maintained, then the first error is raised (the write stands).
+    A condition that raises on the state before the write counts as not holding then (the
+    data that made it raise may be what the write fixed).
+    """
     declared = of(type(instance))
     if not declared:
         return
     previous = None if before is None else type(instance).model_construct(**before, id=instance.id)
+    errors: list[Exception] = []
     for definition in declared.values():
-        if definition.scheduled:
-            before_due = None if previous is None else await definition.due_if_holds(previous)
-            after_due = await definition.due_if_holds(instance)
-            if before_due != after_due:
-                await _reschedule(instance, definition, before_due, after_due)
-        elif await definition.holds(instance):
-            if definition.fire == "always" or previous is None or not await definition.holds(previous):
-                await publish(instance, definition)
+        try:
+            if definition.scheduled:
+                after_due = await definition.due_if_holds(instance)
+                before_due = None if previous is None else await _before(definition.due_if_holds(previous), _UNKNOWN)
+                if before_due is _UNKNOWN or before_due != after_due:
+                    await _reschedule(instance, definition, _known(before_due), after_due)
+            elif await definition.holds(instance):
+                if (
+                    definition.fire == "always"
+                    or previous is None
+                    or not await _before(definition.holds(previous), False)
+                ):
+                    await publish(instance, definition)
+        except Exception as exc:  # each definition on its own: one that fails leaves the others maintained
+            errors.append(exc)
+    for extra in errors[1:]:
+        log.error("%s: %s", type(extra).__name__, extra)
+    if errors:
+        raise errors[0]
+
+
+_UNKNOWN: Any = object()
+"""The result of a condition that raised on the state before a write."""
+
+
+async def _before(result: Awaitable[Any], raised: Any) -> Any:
+    """``result`` awaited; ``raised`` if the condition raised on the state before the write."""
+    try:
+        return await result
+    except (EventConditionError, ValueError, TypeError) as exc:
+        log.info("%s (on the state before the write: taken as not holding then)", exc)
+        return raised
+
+
+def _known(value: Any) -> Any:
+    return None if value is _UNKNOWN else value
 
 
 async def after_delete(instance: BaseModel) -> None:
@@ -378,7 +431,8 @@ class Rebuilt:
     skipped: int
     """Occurrences due before ``now - since``: not recreated."""
     unreadable: int
-    """Documents the model could not load (validation errors), logged and left out."""
+    """Documents the model could not load (validation errors) or whose condition raised
+    (or date field held no datetime), logged and left out."""
     moved: int = 0
     """Of ``scheduled``: occurrences that were pending at another time than their document's
     (made stale by a write that bypassed the model), moved to the document's time."""
@@ -431,14 +485,21 @@ async def rebuild(
                 unreadable += 1
                 log.warning("rebuild: %s %s cannot be loaded, skipped: %r", model.__name__, doc.get("_id"), exc)
                 continue
-            for definition in scheduled_defs:
-                due = await definition.due_if_holds(instance)
-                if due is None:
-                    continue
-                if due < threshold or (due < now and not definition.catch_up):
-                    skipped += 1
-                    continue
-                pending.append(_Found(instance, definition, due))
+            found: list[_Found] = []
+            try:
+                for definition in scheduled_defs:
+                    due = await definition.due_if_holds(instance)
+                    if due is None:
+                        continue
+                    if due < threshold or (due < now and not definition.catch_up):
+                        skipped += 1
+                        continue
+                    found.append(_Found(instance, definition, due))
+            except (EventConditionError, TypeError, ValueError) as exc:  # a date no due time can be made of
+                unreadable += 1
+                log.warning("rebuild: %s %s skipped: %s", model.__name__, doc.get("_id"), exc)
+                continue
+            pending += found
             if len(pending) >= batch:
                 scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
                 pending = []
@@ -505,7 +566,11 @@ async def _put(redis: Redis, db: Any, queue: str, found: list[_Found]) -> int:
             continue  # added, or pending at the document's due time
         model = type(item.instance)
         doc = await db[model._collection].find_one({"_id": item.instance.id})
-        due = None if doc is None else await item.definition.due_if_holds(model.from_document(doc))
+        try:
+            due = None if doc is None else await item.definition.due_if_holds(model.from_document(doc))
+        except Exception as exc:  # changed meanwhile into something it cannot read: the worker checks it when due
+            log.warning("rebuild: %s %s not moved: %s", model.__name__, item.instance.id, exc)
+            continue
         if (
             due is None
             or round(float(was) * 1000) == due
