@@ -134,3 +134,20 @@ async def test_signal_wakes_a_waiting_run_with_its_payload(models_env, cli_env, 
         return found if found.status == "completed" else None
 
     assert (await eventually(completed, 20, "the run to complete")).result == {"note": "hi"}
+
+
+async def test_run_ids_and_payloads_an_operator_gets_wrong_are_one_error_line_each(models_env, cli_env):
+    # A run id that names no run (empty, with a newline and a terminal escape in it): exit status 1, one line, escaped
+    for command, bad in ((("show",), ""), (("cancel", "--yes"), "a\nb\x1b[31m"), (("resume", "--yes"), "$ne")):
+        out = run(cli_env, "workflows", command[0], bad, *command[1:])
+        assert out.returncode == 1 and "no workflow run" in out.stderr, (command, out.stderr)
+        assert_one_error_line(out.stderr)
+        assert "\x1b" not in out.stderr
+    # A payload nested deeper than event data may: exit status 2, one line, nothing sent
+    deep = "1"
+    for _ in range(150):
+        deep = '{"x": ' + deep + "}"
+    out = run(cli_env, "workflows", "signal", "ops:ready", "--payload", deep)
+    assert out.returncode == 2 and "levels deep" in out.stderr, out.stderr
+    assert_one_error_line(out.stderr)
+    assert await models_env.db[keys.MONGO_WORKFLOW_SIGNALS].count_documents({}) == 0

@@ -1,0 +1,184 @@
+"""Workflow edge cases a serious user hits, and guarantees no other test exercises on their
+own (workflows: tests/workflow_edge_defs.py). Most run the worker's side in this process
+(``earnevents.worker.workflows.advance``, a sleeping run woken at once); the ones about a
+worker's process and its timeout use real `celery -A earnevents worker` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+
+import pytest
+import workflow_edge_defs  # noqa: F401  (declares the workflows in this process too)
+from model_fixtures import ended, status_is, worker_env
+
+from earnevents.event import Event
+from earnevents.workflows import RunNotFoundError, engine, runs
+from earnevents.workflows.engine import message_id
+
+pytest_plugins = ["model_fixtures"]
+pytestmark = [pytest.mark.mongo]
+
+
+async def step_through(run_id: str, moves: int = 20, seconds: float = 10):
+    """Move the run on in this process as a worker would (a sleeping run is woken at once)
+    until it waits or ends; each move must finish within ``seconds``."""
+    from earnevents.worker import workflows as worker_side
+
+    for _ in range(moves):
+        run = await engine.get_run(run_id)
+        if run.status not in ("running", "sleeping"):
+            return run
+        message = Event(
+            name=f"workflow:{run.workflow}",
+            data={"run": run.id, "version": run.version},
+            id=message_id(run.id, run.version),
+        )
+        await asyncio.wait_for(worker_side.advance(message), seconds)
+    raise AssertionError(f"run {run_id} still moving after {moves} moves")
+
+
+def whats(run) -> list[str]:
+    return [line["what"] for line in run.history]
+
+
+async def test_sleep_without_then_runs_the_step_again_and_default_retry_retries_it(models_env):
+    # Given a step that naps (no then), then fails twice; it has no Retry, its workflow a default_retry of 3 tries
+    run = await step_through(await engine.start("edge_again"))
+    # Then after the nap the same step ran again, and default_retry tried it until it worked
+    assert run.status == "completed", (run.error, whats(run))
+    assert run.result == {"visits": 4, "failures": 2}
+    sleeping = [line for line in run.history if line["what"] == "sleeping"]
+    assert len(sleeping) == 1 and sleeping[0]["then"] == "poll"
+    assert [line["error"] for line in run.history if line["what"] == "step failed"] == [
+        "RuntimeError: flaky 1",
+        "RuntimeError: flaky 2",
+    ]
+
+
+async def test_history_keeps_the_newest_lines_and_counts_the_dropped(models_env):
+    # Given a run with more history lines than a run keeps
+    run_id = await engine.start("edge_strict")
+    for n in range(runs.HISTORY_MAX + 49):
+        await runs.note(run_id, runs.line("note", n=n))
+    # Then it keeps the newest HISTORY_MAX, and counts the ones it dropped (the first, "started", among them)
+    run = await engine.get_run(run_id)
+    assert len(run.history) == runs.HISTORY_MAX and run.history_dropped == 50
+    assert run.history[0]["n"] == 49 and run.history[-1]["n"] == runs.HISTORY_MAX + 48
+    # And a transition keeps the cap too
+    assert await engine.cancel(run_id)
+    run = await engine.get_run(run_id)
+    assert len(run.history) == runs.HISTORY_MAX and run.history_dropped == 51 and whats(run)[-1] == "cancelled"
+
+
+async def test_a_payload_the_context_refuses_is_recorded_and_the_run_goes_on(models_env):
+    # Given a run waiting for edge:set, whose Context refuses a negative count
+    run_id = await engine.start("edge_strict")
+    assert (await step_through(run_id)).status == "waiting"
+    # When the signal's payload has a value the Context refuses (and a key it has not)
+    assert await engine.signal("edge:set", {"count": -1, "label": "x", "extra": {"deep": [1, 2]}}) == 1
+    # Then the run goes on with its Context as it was, and its history says what was ignored and why
+    run = await step_through(run_id)
+    assert run.status == "completed" and run.result == {"count": 0, "label": ""}
+    [woken] = [line for line in run.history if line["what"] == "woken"]
+    assert woken["ignored"]["keys"] == ["extra"]
+    assert "count" in woken["ignored"]["error"] and "greater than or equal to 0" in woken["ignored"]["error"]
+
+
+async def test_run_ids_that_are_no_run_get_typed_errors(models_env):
+    # A str that names no run: RunNotFoundError, whatever it holds
+    for bad in ("", "nosuchrun", "$where", "a\nb", "x" * 100_000):
+        with pytest.raises(RunNotFoundError):
+            await engine.get_run(bad)
+        with pytest.raises(RunNotFoundError):
+            await engine.cancel(bad)
+        with pytest.raises(RunNotFoundError):
+            await engine.resume(bad)
+    # Anything else (a query operator, a number, None): TypeError, nothing looked up
+    for bad in ({"$ne": None}, 123, None, b"abc"):
+        for call in (engine.get_run, engine.cancel, engine.resume):
+            with pytest.raises(TypeError, match="run_id must be a str"):
+                await call(bad)
+        if bad is not None:  # a signal without run_id goes to every run
+            with pytest.raises(TypeError, match="run_id must be a str"):
+                await engine.signal("edge:set", run_id=bad)
+
+
+def edge_worker(start_worker, mongo_url, mongo_db, **env):
+    return start_worker(modules="workflow_edge_defs", env={**worker_env(mongo_url, mongo_db), **env}, concurrency=2)
+
+
+@pytest.mark.worker
+@pytest.mark.worker
+async def test_a_signal_and_its_timeout_racing_many_times_end_each_wait_once(models_env):
+    from earnevents.worker import workflows as worker_side
+
+    # Given runs waiting for edge:go with a timeout, 60 times over
+    outcomes = []
+    for _ in range(60):
+        run_id = await engine.start("edge_race")
+        waiting = await step_through(run_id)
+        assert waiting.status == "waiting"
+        timeout_message = Event(
+            name="workflow:edge_race",
+            data={"run": run_id, "version": waiting.version},
+            id=message_id(run_id, waiting.version),
+        )
+
+        # When the signal and the timeout's message come at the same moment (one or the other a little first)
+        async def signal(delay: float, run_id: str):
+            await asyncio.sleep(delay)
+            return await engine.signal("edge:go", run_id=run_id)
+
+        async def time_out(delay: float, message: Event):
+            await asyncio.sleep(delay)
+            await worker_side.advance(message)
+
+        delays = [random.uniform(0, 0.004) for _ in range(2)]
+        woke, _ = await asyncio.gather(signal(delays[0], run_id), time_out(delays[1], timeout_message))
+        # Then exactly one moved the run on, one step further; the other left at most a history line
+        run = await engine.get_run(run_id)
+        what = whats(run)
+        assert ("woken" in what) != ("timed out" in what), what
+        assert run.version == waiting.version + 1 and run.status == "running"
+        assert run.step == ("woken" if "woken" in what else "late") and woke == ("woken" in what)
+        if woke:  # its timeout withdrawn (when the timeout wins, the scheduler took it: here the test delivered it)
+            assert not [e for e in await models_env.event_bus.get_scheduled() if e.event.data.get("run") == run_id]
+        run = await step_through(run_id)
+        assert run.status == "completed" and whats(run).count("completed") == 1
+        outcomes.append(run.result["how"])
+    print("outcomes:", {how: outcomes.count(how) for how in set(outcomes)})
+
+
+@pytest.mark.worker
+async def test_wait_for_event_is_woken_by_a_model_event_and_a_scheduled_model_event(
+    models_env, start_worker, mongo_url, mongo_db
+):
+    from automation_models import Reservation
+    from conftest import token
+
+    edge_worker(start_worker, mongo_url, mongo_db)
+    # Given a pending reservation checking in 3 s from now, and a run following it (and another following another)
+    checkin = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)
+    reservation = await Reservation(token=token(), checkin_at=checkin, status="pending").create()
+    other = await Reservation(token=token(), checkin_at=checkin, status="pending").create()
+    run_id = await engine.start("edge_stay", reservation_id=str(reservation.id))
+    bystander = await engine.start("edge_stay", reservation_id=str(other.id))
+    await status_is(run_id, "waiting")
+    await status_is(bystander, "waiting")
+    # When the reservation is confirmed (a model event), then its check-in comes (a scheduled model event)
+    reservation.status = "confirmed"
+    await reservation.save()
+    # Then the run woke on each, their data merged into its Context, and completed
+    run = await ended(run_id, 20)
+    assert run.status == "completed" and run.result == {"seen": ["confirmed:confirmed", "checkin_due"]}, whats(run)
+    assert [line["by"] for line in run.history if line["what"] == "woken"] == [
+        "event reservation_confirmed",
+        "event checkin_due",
+    ]
+    assert time.time() >= checkin.timestamp()
+    # And the run following the other reservation still waits for its confirmation
+    bystanding = await engine.get_run(bystander)
+    assert bystanding.status == "waiting" and bystanding.step == "await_confirmed"
