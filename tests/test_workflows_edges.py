@@ -14,6 +14,7 @@ import pytest
 import workflow_edge_defs  # noqa: F401  (declares the workflows in this process too)
 from model_fixtures import ended, status_is, worker_env
 
+from earnevents import EventTooLargeError, keys
 from earnevents.event import Event
 from earnevents.workflows import RunNotFoundError, engine, runs
 from earnevents.workflows.engine import message_id
@@ -104,6 +105,39 @@ async def test_run_ids_that_are_no_run_get_typed_errors(models_env):
         if bad is not None:  # a signal without run_id goes to every run
             with pytest.raises(TypeError, match="run_id must be a str"):
                 await engine.signal("edge:set", run_id=bad)
+
+
+async def test_signal_payloads_too_big_too_deep_or_not_data_are_refused_before_anything_is_kept(models_env):
+    run_id = await engine.start("edge_strict")
+    assert (await step_through(run_id)).status == "waiting"
+    signals = models_env.db[keys.MONGO_WORKFLOW_SIGNALS]
+    limit = models_env.settings.max_message_size
+    nested: dict = {}
+    inner = nested
+    for _ in range(150):
+        inner["x"] = {}
+        inner = inner["x"]
+    for payload, error, match in (
+        ({"label": "x" * limit}, EventTooLargeError, "payload"),
+        ({"label": nested}, TypeError, "levels deep"),
+        ({"label": object()}, TypeError, "payload"),
+        ({1: "one"}, TypeError, "payload"),
+    ):
+        with pytest.raises(error, match=match):
+            await engine.signal("edge:set", payload)
+    # Then nothing was kept for later waits, and the run still waits, its Context untouched
+    assert await signals.count_documents({}) == 0
+    run = await engine.get_run(run_id)
+    assert run.status == "waiting" and run.context == {"count": 0, "label": ""}
+    # And a big payload within the limit, nested as deep as event data may, goes through
+    deep: dict = {}
+    inner = deep
+    for _ in range(90):
+        inner["x"] = {}
+        inner = inner["x"]
+    assert await engine.signal("edge:set", {"label": "y" * (limit // 2), "extra": deep}) == 1
+    run = await step_through(run_id)
+    assert run.status == "completed" and len(run.result["label"]) == limit // 2
 
 
 def edge_worker(start_worker, mongo_url, mongo_db, **env):

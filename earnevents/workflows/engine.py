@@ -26,7 +26,7 @@ import redis
 from pymongo.errors import DuplicateKeyError
 
 from .. import keys, message, names, runtime, schedule
-from ..errors import EarnEventsError
+from ..errors import EarnEventsError, EventTooLargeError
 from ..event import Event, decode, encode
 from ..logtext import get_logger
 from . import runs
@@ -162,6 +162,19 @@ async def arrived_since(run: Run) -> dict[str, Any] | None:
         if _matches(waiting.get("match"), payload):
             return {"payload": payload, "by": f"{waiting.get('kind')} {waiting.get('name')}"}
     return None
+
+
+def check_payload(name: str, payload: Mapping[str, Any]) -> None:
+    """Refuse a signal's payload before anything is kept: values an event could not carry
+    (TypeError: too deep, a container holding itself, a type the codec lacks, a key that is
+    no str) and a payload larger than workers take a message (EventTooLargeError)."""
+    size = len(json.dumps(encode(dict(payload), "payload")))
+    limit = runtime.current().settings.max_message_size
+    if size > limit:
+        raise EventTooLargeError(
+            f"signal {name!r}: its payload is {size} bytes as JSON, over the limit of {limit} bytes "
+            "(max_message_size, as for an event's message); nothing was sent"
+        )
 
 
 def _matches(match: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
@@ -301,7 +314,9 @@ class Engine:
             raise TypeError(f"a signal's payload is a dict, got {type(payload).__name__}")
         if run_id is not None and not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str, got {type(run_id).__name__}")
-        return await deliver("signal", name, dict(payload or {}), run_id, uuid.uuid4().hex)
+        payload = dict(payload or {})
+        check_payload(name, payload)
+        return await deliver("signal", name, payload, run_id, uuid.uuid4().hex)
 
     async def get_run(self, run_id: str) -> Run:
         run = await runs.get(run_id)
