@@ -88,6 +88,15 @@ async def test_a_payload_the_context_refuses_is_recorded_and_the_run_goes_on(mod
     assert "count" in woken["ignored"]["error"] and "greater than or equal to 0" in woken["ignored"]["error"]
 
 
+async def test_a_result_no_event_could_carry_fails_the_step_saying_where(models_env):
+    # Given steps that complete with an object, or with data nested deeper than event data may
+    for how, error in (("object", "complete's result['when'] is a object"), ("deep", "levels deep")):
+        # Then the step fails (its traceback pointing at the complete() call), not the worker's job
+        run = await step_through(await engine.start("edge_bad_result", how=how))
+        assert run.status == "failed" and run.error.startswith("TypeError: ") and error in run.error, run.error
+        assert "in finish" in run.traceback
+
+
 async def test_run_ids_that_are_no_run_get_typed_errors(models_env):
     # A str that names no run: RunNotFoundError, whatever it holds
     for bad in ("", "nosuchrun", "$where", "a\nb", "x" * 100_000):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import names
+from ..event import encode
 
 StepRef = str | Callable[..., Any]
 """A step: its name, or the method itself (``self.finalize``)."""
@@ -155,7 +156,9 @@ wait = _WaitForSignal()
 
 
 def complete(**result: Any) -> Complete:
-    """End the run as ``completed`` with ``result`` (JSON-safe values)."""
+    """End the run as ``completed`` with ``result``: values an event could carry (JSON types,
+    datetime, Decimal, ...), else a TypeError here, in the step (its failure, retried as such)."""
+    encode(result, "complete's result")
     return Complete(result)
 
 
