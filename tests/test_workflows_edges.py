@@ -88,6 +88,20 @@ async def test_a_payload_the_context_refuses_is_recorded_and_the_run_goes_on(mod
     assert "count" in woken["ignored"]["error"] and "greater than or equal to 0" in woken["ignored"]["error"]
 
 
+async def test_a_stored_context_that_no_longer_validates_fails_the_run_saying_why(models_env):
+    # Given a running run whose stored Context a deploy made invalid (a field changed its type)
+    run_id = await engine.start("edge_strict")
+    await models_env.db[keys.MONGO_WORKFLOW_RUNS].update_one({"_id": run_id}, {"$set": {"context.count": "many"}})
+    # When a worker takes its step, the run fails naming the step and the field (not a job retried for minutes)
+    run = await step_through(run_id)
+    assert run.status == "failed" and run.step == "await_set"
+    assert "Context" in run.error and "count" in run.error and "await_set" in run.error
+    # And once the Context is fixed, it resumes
+    await models_env.db[keys.MONGO_WORKFLOW_RUNS].update_one({"_id": run_id}, {"$set": {"context.count": 2}})
+    await engine.resume(run_id)
+    assert (await step_through(run_id)).status == "waiting"
+
+
 async def test_a_result_no_event_could_carry_fails_the_step_saying_where(models_env):
     # Given steps that complete with an object, or with data nested deeper than event data may
     for how, error in (("object", "complete's result['when'] is a object"), ("deep", "levels deep")):

@@ -25,6 +25,8 @@ import time
 import traceback
 from typing import Any
 
+import pydantic
+
 from .. import keys
 from ..event import Event, encode
 from ..handlers import dotted_name, registry
@@ -130,7 +132,15 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
             {"_id": run.id, "version": run.version, "step_started_at": None}, {"$set": {"step_started_at": started}}
         )
         run = runs.Run(**{**run.__dict__, "step_started_at": started})
-    context = spec.context_class.model_validate(run.context)
+    try:
+        context = spec.context_class.model_validate(run.context)
+    except pydantic.ValidationError as exc:  # a deploy changed the Context: no retry would help
+        error = (
+            f"the run's stored Context no longer validates as {spec.cls.__name__}.Context, so step {step.name} "
+            f"cannot run; fix the Context (class or stored values), then engine.resume(run_id): {exc}"
+        )
+        await runs.transition(run, (RUNNING,), {"status": FAILED, "error": error}, runs.line("failed", error=error))
+        return
     token = enter(StepScope(run.id, spec.name, step.name, run.visit, context))
     try:
         result = await _call(step, spec.cls())
