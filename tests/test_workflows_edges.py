@@ -6,12 +6,13 @@ worker's process and its timeout use real `celery -A earnevents worker` subproce
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 import time
 
 import pytest
-import workflow_edge_defs  # noqa: F401  (declares the workflows in this process too)
+import workflow_edge_defs
 from model_fixtures import ended, status_is, worker_env
 
 from earnevents import EventTooLargeError, keys
@@ -163,11 +164,45 @@ async def test_signal_payloads_too_big_too_deep_or_not_data_are_refused_before_a
     assert run.status == "completed" and len(run.result["label"]) == limit // 2
 
 
+async def test_a_step_past_the_handler_timeout_fails_its_try_and_is_retried(models_env, monkeypatch):
+    # Given workers whose handler timeout is half a second, and steps that hang on their first try
+    workflow_edge_defs.RELEASE.clear()
+    monkeypatch.setattr(models_env, "settings", dataclasses.replace(models_env.settings, handler_timeout=0.5))
+    try:
+        for run_id in (
+            await engine.start("edge_hang", kind="async"),
+            await engine.start("edge_hang", kind="thread"),
+            await engine.start("edge_sync_hang"),
+        ):
+            # Then the hung try fails with HandlerTimeoutError, its Context changes kept, and the step's Retry
+            # runs it again
+            run = await step_through(run_id, seconds=5)
+            assert run.status == "completed" and run.result == {"tries": 2}, (run.error, whats(run))
+            [failed] = [line for line in run.history if line["what"] == "step failed"]
+            assert failed["error"] == "HandlerTimeoutError: step hang did not finish within 0.5s"
+    finally:
+        workflow_edge_defs.RELEASE.set()  # the abandoned threads end before the test's loop closes
+
+
 def edge_worker(start_worker, mongo_url, mongo_db, **env):
     return start_worker(modules="workflow_edge_defs", env={**worker_env(mongo_url, mongo_db), **env}, concurrency=2)
 
 
 @pytest.mark.worker
+async def test_with_a_real_worker_a_hung_step_times_out_and_its_retry_runs(
+    models_env, start_worker, mongo_url, mongo_db
+):
+    # Given a worker with a 1 s handler timeout, and a step that hangs on its first try
+    edge_worker(start_worker, mongo_url, mongo_db, EARNEVENTS_HANDLER_TIMEOUT="1")
+    hung = await engine.start("edge_hang", kind="async")
+    # Then the hung try fails as the step's failure (not the job's: its Context change is kept), and its retry
+    # completes the run
+    run = await ended(hung, 20)
+    assert run.status == "completed" and run.result == {"tries": 2}, (run.error, whats(run))
+    [failed] = [line for line in run.history if line["what"] == "step failed"]
+    assert failed["error"] == "HandlerTimeoutError: step hang did not finish within 1s"
+
+
 @pytest.mark.worker
 async def test_a_signal_and_its_timeout_racing_many_times_end_each_wait_once(models_env):
     from earnevents.worker import workflows as worker_side

@@ -23,11 +23,13 @@ import asyncio
 import inspect
 import time
 import traceback
+from collections.abc import Awaitable
 from typing import Any
 
 import pydantic
 
-from .. import keys
+from .. import keys, runtime
+from ..errors import HandlerTimeoutError
 from ..event import Event, encode
 from ..handlers import dotted_name, registry
 from ..logtext import get_logger
@@ -44,6 +46,11 @@ log = get_logger(__name__)
 POLICY = RetryPolicy(max_retries=10, interval_start=1.0, interval_step=2.0, interval_max=30.0)
 """Moving a run on fails only when MongoDB or Redis does (or the workflow is not imported):
 tried again for about four minutes before it is recorded as a failed job (``retry_job`` sends it again)."""
+
+ADVANCE_TIMEOUT = 10 * 365.25 * 86400.0
+"""The handler's own timeout, so that the worker's (``EARNEVENTS_HANDLER_TIMEOUT``) does not
+cancel :func:`advance` mid-way: it bounds each try of a step instead (:func:`_within`), which
+then fails as the step's failure (its Retry, then ``failed``) with its Context saved."""
 
 RETRY_MARK = {"kind": "retry"}
 """``waiting_for`` of a run sleeping until its step's next try (a wake-up that is no new visit)."""
@@ -141,9 +148,10 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
         )
         await runs.transition(run, (RUNNING,), {"status": FAILED, "error": error}, runs.line("failed", error=error))
         return
+    timeout = runtime.current().settings.handler_timeout
     token = enter(StepScope(run.id, spec.name, step.name, run.visit, context))
     try:
-        result = await _call(step, spec.cls())
+        result = await _within(_call(step, spec.cls()), timeout, step.name)
         saved = context.model_dump(mode="json")
     except Exception as exc:
         saved = _dump_or_keep(context, run.context)
@@ -152,6 +160,18 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
     finally:
         leave(token)
     await _apply(spec, run, step, result, saved)
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float | None, name: str) -> Any:
+    """The step's result; past the worker's handler timeout its try fails with
+    HandlerTimeoutError (retried by the step's Retry). A plain ``def`` step's thread cannot be
+    interrupted: it is abandoned and may still finish; its result is ignored."""
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise HandlerTimeoutError(f"step {name} did not finish within {timeout:g}s") from None
 
 
 async def _call(step: StepSpec, instance: Any) -> Any:
@@ -298,4 +318,4 @@ async def _end(run: Run, status: str, changes: dict[str, Any], entry: dict[str, 
 
 if dotted_name(advance) != keys.WORKFLOW_HANDLER:  # pragma: no cover - caught by any test run
     raise RuntimeError(f"keys.WORKFLOW_HANDLER must be {dotted_name(advance)}")
-registry.register_targeted(keys.WORKFLOW_HANDLER, advance, POLICY)
+registry.register_targeted(keys.WORKFLOW_HANDLER, advance, POLICY, timeout=ADVANCE_TIMEOUT)
