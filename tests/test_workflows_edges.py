@@ -204,6 +204,21 @@ async def test_with_a_real_worker_a_hung_step_times_out_and_its_retry_runs(
 
 
 @pytest.mark.worker
+async def test_a_step_that_ends_its_worker_process_fails_the_run_saying_so(
+    models_env, start_worker, mongo_url, mongo_db, tmp_path
+):
+    # Given a worker whose jobs may die in 2 deliveries, and a step that calls os._exit
+    edge_worker(start_worker, mongo_url, mongo_db, EARNEVENTS_MAX_DELIVERIES="2", EARNEVENTS_VISIBILITY_TIMEOUT="2")
+    marks = tmp_path / "exit.marks"
+    crashing = await engine.start("edge_exit", path=str(marks))
+    # Then the step is not run without end, nor left as a failed job with the run "running": the run fails
+    # saying why, and can be resumed once fixed
+    run = await ended(crashing, 30)
+    assert run.status == "failed" and "worker process died while running step crash" in run.error, run.error
+    assert marks.read_text().count("started") == 1
+    assert not await models_env.event_bus.get_failed_jobs()
+
+
 async def test_a_signal_and_its_timeout_racing_many_times_end_each_wait_once(models_env):
     from earnevents.worker import workflows as worker_side
 

@@ -29,6 +29,7 @@ from typing import Any
 import pydantic
 
 from .. import keys, runtime
+from ..context import current_job
 from ..errors import HandlerTimeoutError
 from ..event import Event, encode
 from ..handlers import dotted_name, registry
@@ -148,6 +149,8 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
         )
         await runs.transition(run, (RUNNING,), {"status": FAILED, "error": error}, runs.line("failed", error=error))
         return
+    if await _died_before(run, step):
+        return
     timeout = runtime.current().settings.handler_timeout
     token = enter(StepScope(run.id, spec.name, step.name, run.visit, context))
     try:
@@ -160,6 +163,30 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
     finally:
         leave(token)
     await _apply(spec, run, step, result, saved)
+
+
+async def _died_before(run: Run, step: StepSpec) -> bool:
+    """Whether the step's worker process died in each earlier delivery of this message as many
+    times as a job may (``max_deliveries``, less this delivery): then the run fails saying so
+    (True), rather than the step running until the message is recorded as a failed job with
+    the run left ``running``. A redelivery after one death is noted in the history."""
+    try:
+        deliveries = current_job().deliveries
+    except LookupError:  # not run by a worker (a test calling advance)
+        return False
+    if deliveries <= 1:
+        return False
+    died = deliveries - 1
+    if deliveries < max(2, runtime.current().settings.max_deliveries):
+        await runs.note(run.id, runs.line("step started again: its worker process died", step=step.name, died=died))
+        return False
+    error = (
+        f"the worker process died while running step {step.name}, each of the {died} time(s) it started "
+        "(killed, crashed, os._exit or out of memory); not run again: engine.resume(run_id) when fixed"
+    )
+    log.error("workflow run %s: %s", run.id, error)
+    await runs.transition(run, (RUNNING,), {"status": FAILED, "error": error}, runs.line("failed", error=error))
+    return True
 
 
 async def _within(awaitable: Awaitable[Any], timeout: float | None, name: str) -> Any:
