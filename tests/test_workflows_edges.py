@@ -289,3 +289,18 @@ async def test_wait_for_event_is_woken_by_a_model_event_and_a_scheduled_model_ev
     # And the run following the other reservation still waits for its confirmation
     bystanding = await engine.get_run(bystander)
     assert bystanding.status == "waiting" and bystanding.step == "await_confirmed"
+
+
+async def test_the_seeds_event_signal_wakes_the_runs_waiting_for_that_event(models_env):
+    # Given runs waiting for the edge_docs_uploaded event of their reservations (the seed's await_docs)
+    mine = await engine.start("edge_docs", reservation_id="r-1")
+    other = await engine.start("edge_docs", reservation_id="r-2")
+    for run_id in (mine, other):
+        assert (await step_through(run_id)).status == "waiting"
+    # When the seed's bridge signal is sent by hand: engine.signal("event:<name>", payload)
+    assert await engine.signal("event:edge_docs_uploaded", {"reservation_id": "r-1", "docs": "passport"}) == 1
+    # Then it wakes the run whose wait matches, as the event would, with the payload in its Context
+    run = await step_through(mine)
+    assert run.status == "completed" and run.result == {"docs": "passport"}
+    assert [line["by"] for line in run.history if line["what"] == "woken"] == ["event edge_docs_uploaded"]
+    assert (await engine.get_run(other)).status == "waiting"

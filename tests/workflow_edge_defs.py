@@ -216,3 +216,23 @@ class EdgeBadResult:
             inner["x"] = {}
             inner = inner["x"]
         return complete(deep=deep)
+
+
+@workflow("edge_docs")
+class EdgeDocs:
+    """The seed's ``await_docs``: waits for the ``edge_docs_uploaded`` event of its reservation."""
+
+    class Context(BaseModel):
+        reservation_id: str
+        docs: str | None = None
+
+    @classmethod
+    def create_context(cls, reservation_id: str):
+        return cls.Context(reservation_id=reservation_id)
+
+    @step(start=True)
+    def await_docs(self):
+        ctx = get_context()
+        if ctx.docs is not None:
+            return complete(docs=ctx.docs)
+        return wait_for_event("edge_docs_uploaded", match={"reservation_id": ctx.reservation_id})

@@ -35,6 +35,9 @@ from .runs import ACTIVE, CANCELLED, FAILED, RUNNING, SLEEPING, WAITING, Run
 
 log = get_logger(__name__)
 
+EVENT_SIGNAL = "event:"
+"""``engine.signal("event:<name>", payload)`` wakes ``wait_for_event("<name>")`` too (seed 003's bridge)."""
+
 SIGNAL_RETENTION = 86_400.0
 """Seconds a signal or event is kept for runs that start waiting for it after it came."""
 
@@ -308,7 +311,11 @@ class Engine:
     async def signal(self, name: str, payload: Mapping[str, Any] | None = None, run_id: str | None = None) -> int:
         """Send the signal ``name``: wakes every run waiting on ``wait(name)`` (only run
         ``run_id`` with it), its payload merged into their Context; kept a day for runs whose
-        step is running and will wait for it. Returns how many woke now."""
+        step is running and will wait for it. Returns how many woke now.
+
+        ``"event:<event name>"`` (seed 003's bridge signal) also wakes the runs waiting on
+        ``wait_for_event("<event name>")`` whose ``match`` the payload has, as that event would.
+        """
         names.check_event_name(name, "signal name")
         if payload is not None and not isinstance(payload, Mapping):
             raise TypeError(f"a signal's payload is a dict, got {type(payload).__name__}")
@@ -316,7 +323,10 @@ class Engine:
             raise TypeError(f"run_id must be a str, got {type(run_id).__name__}")
         payload = dict(payload or {})
         check_payload(name, payload)
-        return await deliver("signal", name, payload, run_id, uuid.uuid4().hex)
+        woken = await deliver("signal", name, payload, run_id, uuid.uuid4().hex)
+        if name.startswith(EVENT_SIGNAL) and len(name) > len(EVENT_SIGNAL):  # the seed's bridge signal, sent by hand
+            woken += await deliver("event", name[len(EVENT_SIGNAL) :], payload, run_id, uuid.uuid4().hex)
+        return woken
 
     async def get_run(self, run_id: str) -> Run:
         run = await runs.get(run_id)
