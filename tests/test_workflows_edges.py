@@ -304,3 +304,10 @@ async def test_the_seeds_event_signal_wakes_the_runs_waiting_for_that_event(mode
     assert run.status == "completed" and run.result == {"docs": "passport"}
     assert [line["by"] for line in run.history if line["what"] == "woken"] == ["event edge_docs_uploaded"]
     assert (await engine.get_run(other)).status == "waiting"
+
+
+async def test_create_context_may_be_async(models_env):
+    # Given a workflow whose create_context awaits (to load a document: await event.entity())
+    run = await step_through(await engine.start("edge_loaded", key="abc"))
+    # Then the run starts with the Context it returned
+    assert run.status == "completed" and run.result == {"name": "ABC"}

@@ -236,3 +236,21 @@ class EdgeDocs:
         if ctx.docs is not None:
             return complete(docs=ctx.docs)
         return wait_for_event("edge_docs_uploaded", match={"reservation_id": ctx.reservation_id})
+
+
+@workflow("edge_loaded")
+class EdgeLoaded:
+    """Its ``create_context`` is async: it loads what the Context needs (seed users read the
+    event's document there: ``await event.entity()``)."""
+
+    class Context(BaseModel):
+        name: str
+
+    @classmethod
+    async def create_context(cls, key: str):
+        await asyncio.sleep(0)  # a lookup
+        return cls.Context(name=key.upper())
+
+    @step(start=True)
+    def run(self):
+        return complete(name=get_context().name)

@@ -16,7 +16,8 @@
             return complete()
 
 Checked when the class is decorated: a nested pydantic ``Context``, a classmethod
-``create_context``, exactly one start step, and every step that a ``goto``,
+``create_context`` (``def`` or ``async def``: it may load what the Context needs, such as
+the event's document with ``await event.entity()``), exactly one start step, and every step that a ``goto``,
 ``sleep(then=)``, ``wait(..., then=/on_timeout=)`` in a step's source names with a
 literal (``"name"`` or ``self.name``) exists. Targets computed at run time are checked
 when the step returns them (the run fails, naming the step).

@@ -14,6 +14,7 @@ arrived since its step started, so nothing sent while the step ran is missed.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import time
 import uuid
@@ -273,6 +274,8 @@ class Engine:
         delivered twice) nothing new starts: that run's message is sent again if it is
         still at its first version (the first try may have died between the two)."""
         context = spec.cls.create_context(**kwargs)  # type: ignore[attr-defined]
+        if inspect.isawaitable(context):  # an async create_context (it loads the event's document)
+            context = await context
         if not isinstance(context, spec.context_class):
             raise TypeError(
                 f"{spec.cls.__name__}.create_context must return a {spec.context_class.__name__}, "
