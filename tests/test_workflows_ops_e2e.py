@@ -120,6 +120,8 @@ async def test_a_worker_killed_mid_step_runs_the_step_again_and_the_run_ends_onc
     assert len(tries) == 2 and tries[0] == tries[1]
     assert run.status == "completed" and run.result == {"touched": 1} and run.context["touched"] == 1
     assert whats(run).count("completed") == 1
+    [again] = [line for line in run.history if line["what"] == "step started again: its worker process died"]
+    assert again["step"] == "block" and again["died"] == 1
 
 
 async def test_a_step_gone_after_a_deploy_fails_naming_it_and_resumes_at_another(
