@@ -79,6 +79,8 @@ async def test_the_seeds_checkout_workflow_waits_falls_back_retries_and_fails(mo
     # Given a checkout waiting for the guest's documents (90 min: the seed's timeout)
     waiting = await checkout_run(bus, "r-docs")
     run = await status_is(waiting, "waiting")
+    # (offset_minutes=-120 on an event with no time known in advance: the run started at once, not sleeping)
+    assert run.history[0]["what"] == "started" and "wake_at" not in run.history[0]
     assert run.step == "await_docs" and run.waiting_for == {
         "kind": "event",
         "name": "guest_docs_uploaded",
