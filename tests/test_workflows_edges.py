@@ -311,3 +311,12 @@ async def test_create_context_may_be_async(models_env):
     run = await step_through(await engine.start("edge_loaded", key="abc"))
     # Then the run starts with the Context it returned
     assert run.status == "completed" and run.result == {"name": "ABC"}
+
+
+async def test_a_step_calling_sys_exit_fails_as_its_step_not_the_worker(models_env):
+    # Given steps that call sys.exit (on the worker's loop, or in a thread)
+    for kind, error in (("async", "SystemExit: 2"), ("thread", "SystemExit: bye")):
+        # Then that is the step's failure: the run fails with it and its traceback, the Context change kept
+        run = await step_through(await engine.start("edge_sys_exit", kind=kind))
+        assert run.status == "failed" and run.error == error and run.context["tries"] == 1, (run.error, whats(run))
+        assert "sys.exit" in run.traceback

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -254,3 +255,27 @@ class EdgeLoaded:
     @step(start=True)
     def run(self):
         return complete(name=get_context().name)
+
+
+@workflow("edge_sys_exit")
+class EdgeSysExit:
+    """Its step calls ``sys.exit`` (``def``: in its thread; ``async def``: on the worker's loop)."""
+
+    class Context(BaseModel):
+        kind: str
+        tries: int = 0
+
+    @classmethod
+    def create_context(cls, kind: str):
+        return cls.Context(kind=kind)
+
+    @step(start=True)
+    async def leave(self):
+        get_context().tries += 1
+        if get_context().kind == "async":
+            sys.exit(2)
+        return await asyncio.to_thread(_leave)
+
+
+def _leave() -> None:
+    sys.exit("bye")

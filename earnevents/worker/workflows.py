@@ -156,7 +156,7 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
     try:
         result = await _within(_call(step, spec.cls()), timeout, step.name)
         saved = context.model_dump(mode="json")
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a step is its failure: steps run on the loop's thread
         saved = _dump_or_keep(context, run.context)
         await _step_failed(spec, run, step, saved, exc)
         return
@@ -218,7 +218,9 @@ def _dump_or_keep(context: Any, before: dict[str, Any]) -> dict[str, Any]:
         return before
 
 
-async def _step_failed(spec: WorkflowSpec, run: Run, step: StepSpec, context: dict[str, Any], exc: Exception) -> None:
+async def _step_failed(
+    spec: WorkflowSpec, run: Run, step: StepSpec, context: dict[str, Any], exc: BaseException
+) -> None:
     policy = spec.retry_of(step.name)
     attempt = run.attempts + 1
     error = f"{type(exc).__name__}: {exc}"
