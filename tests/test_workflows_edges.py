@@ -320,3 +320,16 @@ async def test_a_step_calling_sys_exit_fails_as_its_step_not_the_worker(models_e
         run = await step_through(await engine.start("edge_sys_exit", kind=kind))
         assert run.status == "failed" and run.error == error and run.context["tries"] == 1, (run.error, whats(run))
         assert "sys.exit" in run.traceback
+
+
+async def test_a_step_leaving_a_context_too_large_to_save_fails_as_its_step(models_env, monkeypatch):
+    # Given a step that grows its Context past what a run may save (the limit made small here)
+    monkeypatch.setattr(runs, "CONTEXT_MAX_BYTES", 1_000)
+    run = await step_through(await engine.start("edge_big_context", chunk=2_000))
+    # Then each try is the step's failure, retried by its Retry, and the run ends failed saying
+    # why, with the Context saved before the step (not a run stuck in "running")
+    assert run.status == "failed" and run.error.startswith("ContextTooLargeError: step grow left a Context"), run.error
+    assert run.context == {"chunk": 2_000, "notes": []} and run.attempts == 2
+    # And a Context within the limit is saved as usual
+    ok = await step_through(await engine.start("edge_big_context", chunk=10))
+    assert ok.status == "completed" and ok.context["notes"] == ["x" * 10]

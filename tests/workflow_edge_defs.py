@@ -279,3 +279,22 @@ class EdgeSysExit:
 
 def _leave() -> None:
     sys.exit("bye")
+
+
+@workflow("edge_big_context")
+class EdgeBigContext:
+    """Its step appends ``chunk`` characters to the Context once per try, then completes."""
+
+    class Context(BaseModel):
+        chunk: int
+        notes: list[str] = []
+
+    @classmethod
+    def create_context(cls, chunk: int):
+        return cls.Context(chunk=chunk)
+
+    @step(start=True, retry=Retry(max_attempts=2, base_delay=timedelta(milliseconds=10)))
+    def grow(self):
+        ctx = get_context()
+        ctx.notes.append("x" * ctx.chunk)
+        return complete(notes=len(ctx.notes))

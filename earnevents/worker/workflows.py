@@ -156,8 +156,9 @@ async def _run_step(spec: WorkflowSpec, run: Run) -> None:
     try:
         result = await _within(_call(step, spec.cls()), timeout, step.name)
         saved = context.model_dump(mode="json")
+        runs.check_context_size(saved, step.name)
     except (Exception, SystemExit) as exc:  # sys.exit() in a step is its failure: steps run on the loop's thread
-        saved = _dump_or_keep(context, run.context)
+        saved = _dump_or_keep(context, run.context, step.name)
         await _step_failed(spec, run, step, saved, exc)
         return
     finally:
@@ -210,9 +211,10 @@ async def _call(step: StepSpec, instance: Any) -> Any:
     return result
 
 
-def _dump_or_keep(context: Any, before: dict[str, Any]) -> dict[str, Any]:
+def _dump_or_keep(context: Any, before: dict[str, Any], step: str) -> dict[str, Any]:
     try:
         dumped: dict[str, Any] = context.model_dump(mode="json")
+        runs.check_context_size(dumped, step)
         return dumped
     except Exception:  # the step left values the Context cannot save: keep what was saved before
         return before

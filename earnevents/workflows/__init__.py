@@ -14,7 +14,7 @@ from .commands import Retry, complete, fail, goto, sleep, wait, wait_for_event
 from .context import current_run_id, current_step_key, get_context
 from .definitions import event_workflow, step, workflow
 from .engine import RunNotFoundError, WorkflowError, engine
-from .runs import Run
+from .runs import ContextTooLargeError, Run
 
 __all__ = [
     "workflow",
@@ -34,4 +34,5 @@ __all__ = [
     "Run",
     "WorkflowError",
     "RunNotFoundError",
+    "ContextTooLargeError",
 ]

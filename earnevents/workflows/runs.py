@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from pymongo import ReturnDocument
 
 from .. import keys, runtime
+from ..errors import EarnEventsError
 
 RUNNING, SLEEPING, WAITING, COMPLETED, FAILED, CANCELLED = (
     "running",
@@ -35,6 +37,25 @@ ACTIVE = (RUNNING, SLEEPING, WAITING)
 
 HISTORY_MAX = 200
 """History lines a run keeps (the newest); ``history_dropped`` counts the others."""
+
+CONTEXT_MAX_BYTES = 8 * 1024 * 1024
+"""The largest Context (as BSON) a step may leave: half of MongoDB's 16 MiB document limit,
+leaving room for the run's history and a signal's payload merged into it."""
+
+
+class ContextTooLargeError(EarnEventsError, ValueError):
+    """A step left a Context larger than :data:`CONTEXT_MAX_BYTES`: it is the step's failure
+    (the Context saved before the step is kept), not a run no write can move on."""
+
+
+def check_context_size(context: Mapping[str, Any], step: str) -> None:
+    """ContextTooLargeError when ``context`` is over :data:`CONTEXT_MAX_BYTES` as BSON."""
+    size = len(bson.encode(context))
+    if size > CONTEXT_MAX_BYTES:
+        raise ContextTooLargeError(
+            f"step {step} left a Context of {size:,} bytes as BSON, over the {CONTEXT_MAX_BYTES:,} a run may "
+            "save (MongoDB's document limit is 16 MiB): keep large data elsewhere and its id in the Context"
+        )
 
 
 @dataclass(frozen=True)
