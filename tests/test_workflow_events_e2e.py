@@ -24,6 +24,9 @@ from earnevents.workflows import engine, step, wait_for_event, workflow
 pytest_plugins = ["model_fixtures"]
 pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 
+START_AT_RUN = {"kind": "start", "name": "checkin_due", "then": "run", "offset_minutes": -0.05}
+"""``waiting_for`` of a PreArrivalReminder run created before its start (3 s before check-in)."""
+
 
 @pytest.fixture
 def worker(start_worker, mongo_url, mongo_db):
@@ -100,9 +103,10 @@ async def test_a_reminder_before_check_in_follows_its_reservation(models_env, wo
     # When it is confirmed (checkin_due's occurrence is scheduled)
     reservation.status = "confirmed"
     await reservation.save()
-    # Then a run is created sleeping until 3 s before check-in
+    # Then a run is created waiting for its start, 3 s before check-in
     run = await one_run("PreArrivalReminder", "the reminder to be scheduled", rid)
-    assert run.status == "sleeping" and run.step == "run"
+    assert run.status == "waiting" and run.step == "run"
+    assert run.waiting_for == START_AT_RUN
     assert run.wake_at == pytest.approx(checkin.timestamp() - 3, abs=0.01)
     assert run.context == {"reservation_id": rid, "reminded_at": None}
     # When check-in moves, the same run moves
@@ -115,22 +119,24 @@ async def test_a_reminder_before_check_in_follows_its_reservation(models_env, wo
         rid,
         lambda r: r.wake_at == pytest.approx(later.timestamp() - 3, abs=0.01),
     )
-    assert moved.id == run.id and moved.status == "sleeping"
+    assert moved.id == run.id and moved.status == "waiting" and moved.waiting_for == START_AT_RUN
     # When the reservation is cancelled, so is the run, and its wake-up is withdrawn
     reservation.status = "cancelled"
     await reservation.save()
     cancelled = await status_is(run.id, "cancelled")
-    assert cancelled.history[-1]["what"] == "cancelled"
+    assert cancelled.history[-1]["what"] == "cancelled" and cancelled.waiting_for is None
     assert not [e for e in await models_env.event_bus.get_scheduled() if e.event.data.get("run") == run.id]
 
     # Given another reservation confirmed for a check-in 6 s from now
     checkin = soon(6)
     other = await Reservation(token=token(), checkin_at=checkin, status="confirmed").create()
     run = await one_run("PreArrivalReminder", "the second reminder", str(other.id))
-    assert run.status == "sleeping"
-    # Then the reminder runs 3 s before check-in (within a second)
+    assert run.status == "waiting" and run.waiting_for == START_AT_RUN
+    # Then the reminder starts 3 s before check-in (within a second): a start, not a wait's timeout
     done = await ended(run.id)
     assert done.status == "completed" and done.result == {"reservation_id": str(other.id)}
+    assert [line["by"] for line in done.history if line["what"] == "woke"] == ["its start time"]
+    assert not [line for line in done.history if "timed out" in line["what"]]
     assert checkin.timestamp() - 3 <= done.context["reminded_at"] < checkin.timestamp() - 2
     # And when checkin_due itself fires, nothing more starts
     await asyncio.sleep(max(0.0, checkin.timestamp() + 1.5 - time.time()))
@@ -195,12 +201,13 @@ async def test_a_positive_offset_starts_the_run_after_the_event(models_env, work
     # Given FeedbackRequest, 1.8 s after guest_checked_out
     event = Event(name="guest_checked_out", data={"guest": "ada"})
     await models_env.event_bus.publish(event)
-    # Then its run is created sleeping until the event's time plus the offset, and runs then
+    # Then its run is created waiting for its start at the event's time plus the offset, and starts then
     run = await one_run("FeedbackRequest", "the feedback run")
-    assert run.status == "sleeping"
+    assert run.status == "waiting"
+    assert run.waiting_for == {"kind": "start", "name": "guest_checked_out", "then": "ask", "offset_minutes": 0.03}
     assert run.wake_at == pytest.approx(event.timestamp.timestamp() + 1.8, abs=0.01)
     done = await ended(run.id)
-    assert done.status == "completed"
+    assert done.status == "completed" and done.error is None
     assert event.timestamp.timestamp() + 1.8 <= done.context["asked_at"] < event.timestamp.timestamp() + 2.8
 
 
@@ -247,7 +254,78 @@ async def test_announcements_handled_out_of_order_leave_the_latest_due_time(mode
     moved = announced("checkin_due:created", {"due_at": second, "previous_due_at": first}, 2)
     for event in (moved, stale_cancel, created, moved):
         await workflow_events.bridge(event)
-    # Then one run sleeps, until 3 s before the latest due time
+    # Then one run waits for its start, 3 s before the latest due time
     [run] = await runs_of("PreArrivalReminder", entity["id"])
-    assert run.status == "sleeping"
+    assert run.status == "waiting" and run.waiting_for == START_AT_RUN
     assert run.wake_at == pytest.approx(second.timestamp() - 3, abs=0.01)
+    assert run.waiting_for == START_AT_RUN
+
+    # When that occurrence is cancelled, then scheduled again at the same time (a status toggled back)
+    cancel = announced("checkin_due:cancelled", {"due_at": second, "reason": "condition"}, 3)
+    again = announced("checkin_due:created", {"due_at": second, "previous_due_at": None}, 4)
+    await workflow_events.bridge(cancel)
+    cancelled = await engine.get_run(run.id)
+    assert cancelled.status == "cancelled" and cancelled.waiting_for is None and cancelled.wake_at is None
+    await workflow_events.bridge(again)
+    # Then the same run waits for its start again, and its wake-up is back in the schedule
+    revived = await engine.get_run(run.id)
+    assert revived.status == "waiting" and revived.waiting_for == START_AT_RUN
+    assert revived.wake_at == pytest.approx(second.timestamp() - 3, abs=0.01)
+    assert [e for e in await models_env.event_bus.get_scheduled() if e.event.data.get("run") == run.id]
+
+
+async def test_no_signal_or_event_starts_a_run_waiting_for_its_start_and_cancel_withdraws_it(models_env):
+    from earnevents.worker import workflow_events
+    from earnevents.worker.workflows import advance
+
+    bus = models_env.event_bus
+
+    async def scheduled(run_id):
+        return [e.event for e in await bus.get_scheduled() if e.event.data.get("run") == run_id]
+
+    # Given DocsFollowUp's run, ten minutes after guest_docs_uploaded (the event CheckoutOpsWF
+    # waits for), handed to the bridge in this process as a worker would
+    first = Event(name="guest_docs_uploaded", data={"reservation_id": "r-7"})
+    await workflow_events.bridge(first)
+    run = await one_run("DocsFollowUp", "the follow-up run")
+    # Then it waits for its start, saying so, with its wake-up in the schedule
+    assert run.status == "waiting" and run.step == "follow_up"
+    start = {"kind": "start", "name": "guest_docs_uploaded", "then": "follow_up", "offset_minutes": 10}
+    assert run.waiting_for == start
+    assert run.wake_at == pytest.approx(first.timestamp.timestamp() + 600, abs=0.01)
+    assert [e.data["version"] for e in await scheduled(run.id)] == [run.version]
+    assert [r.id for r in await engine.find_runs(status="waiting")] == [run.id]
+    # When signals of the trigger's name are sent (also the seed's bridge signal, and to that run)
+    for name in ("guest_docs_uploaded", "event:guest_docs_uploaded"):
+        assert await engine.signal(name, {"reservation_id": "r-7"}) == 0
+        assert await engine.signal(name, {"reservation_id": "r-7"}, run_id=run.id) == 0
+    # And the event itself comes again (the bridge delivers it to waiting runs: it is awaited)
+    second = Event(name="guest_docs_uploaded", data={"reservation_id": "r-8"})
+    await workflow_events.bridge(second)
+    # Then the run did not move (no change at all), and the event started a run of its own
+    assert await engine.get_run(run.id) == run
+    [other] = [r for r in await runs_of("DocsFollowUp") if r.id != run.id]
+    assert other.status == "waiting" and other.context == {"reservation_id": "r-8"}
+    # And a stale message of the run (as a redelivery brings) does not start it either
+    stale = Event(name="workflow:DocsFollowUp", data={"run": run.id, "version": run.version - 1})
+    await advance(stale)
+    assert (await engine.get_run(run.id)).status == "waiting"
+
+    # When its wake-up comes, it starts its start step: no timeout
+    await advance(Event(name="workflow:DocsFollowUp", data={"run": run.id, "version": run.version}))
+    started = await engine.get_run(run.id)
+    assert started.status == "running" and started.step == "follow_up" and started.error is None
+    assert started.waiting_for is None and started.wake_at is None and started.visit == 1
+    assert started.history[-1]["what"] == "woke" and started.history[-1]["by"] == "its start time"
+
+    # When the other run is cancelled before its start
+    assert await engine.cancel(other.id)
+    # Then it is cancelled, its wake-up withdrawn; a second cancel finds nothing to cancel
+    cancelled = await engine.get_run(other.id)
+    assert cancelled.status == "cancelled" and cancelled.waiting_for is None and cancelled.wake_at is None
+    assert not await scheduled(other.id)
+    assert not await engine.cancel(other.id)
+    # And resumed, it runs its start step now
+    await engine.resume(other.id)
+    resumed = await engine.get_run(other.id)
+    assert resumed.status == "running" and resumed.step == "follow_up" and resumed.waiting_for is None

@@ -86,3 +86,20 @@ class FeedbackRequest:
     def ask(self):
         get_context().asked_at = time.time()
         return complete()
+
+
+@event_workflow(event_name="guest_docs_uploaded", offset_minutes=10)  # ten minutes after the documents
+class DocsFollowUp:
+    """Started by the event CheckoutOpsWF waits for: its run waits for its start, which no
+    guest_docs_uploaded event (nor a signal of that name) may bring forward."""
+
+    class Context(BaseModel):
+        reservation_id: str | None = None
+
+    @classmethod
+    def create_context(cls, event=None):
+        return cls.Context(reservation_id=event.data.get("reservation_id"))
+
+    @step(start=True)
+    def follow_up(self):
+        return complete(reservation_id=get_context().reservation_id)

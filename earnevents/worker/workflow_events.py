@@ -8,7 +8,8 @@ workflow needs (subscribed again whenever another workflow is declared):
   matched by ``match`` (and kept a day for runs whose step is still running);
 - the event an ``@event_workflow`` starts on, and, for a negative offset, that
   event's ``<name>:created`` / ``<name>:cancelled`` announcements (a model's
-  scheduled event): the run is started, created sleeping, moved or cancelled. A
+  scheduled event): the run is started, created ``waiting`` for its start (``wake_at``,
+  ``waiting_for`` kind ``"start"``: no signal or event wakes it), moved or cancelled. A
   negative-offset workflow has one pending run per document, as the model has one
   pending occurrence: announcements handled out of order leave the latest one's time.
 
@@ -37,7 +38,7 @@ from ..workflows import runs
 from ..workflows.definitions import EventTrigger, WorkflowSpec, on_declared
 from ..workflows.definitions import registry as workflows
 from ..workflows.engine import deliver, engine, schedule_run, withdraw_wake
-from ..workflows.runs import CANCELLED, SLEEPING
+from ..workflows.runs import CANCELLED, START, WAITING
 
 log = get_logger(__name__)
 
@@ -134,8 +135,8 @@ def _occurrence_run_id(spec: WorkflowSpec, trigger: EventTrigger, entity: dict[s
 
 
 async def _occurred(spec: WorkflowSpec, trigger: EventTrigger, event: Event) -> None:
-    """The trigger event itself: start the run (once per event id), at once or sleeping
-    until the event's time (a scheduled model event's ``due_at``, else its timestamp)
+    """The trigger event itself: start the run (once per event id), at once or waiting for
+    its start until the event's time (a scheduled model event's ``due_at``, else its timestamp)
     plus a positive offset. With a negative offset, a scheduled model event's run was
     created when its occurrence was scheduled: nothing more starts, unless none exists
     (the workflow was declared after that): then it starts now, late. Other events have no
@@ -158,7 +159,7 @@ async def _occurred(spec: WorkflowSpec, trigger: EventTrigger, event: Event) -> 
 
 async def _pending(spec: WorkflowSpec, entity: dict[str, str]) -> tuple[runs.Run, dict[str, Any]] | None:
     """The run created for the document's pending occurrence (a model keeps one per document
-    and definition), still asleep before its start; with its ``trigger`` (``due_ms``, and
+    and definition), still waiting for its start; with its ``trigger`` (``due_ms``, and
     ``announced_at``: the time of the announcement that put it there)."""
     doc = await runs.collection().find_one(
         {
@@ -166,7 +167,8 @@ async def _pending(spec: WorkflowSpec, entity: dict[str, str]) -> tuple[runs.Run
             "entity.model": entity["model"],
             "entity.id": entity["id"],
             "trigger": {"$ne": None},
-            "status": SLEEPING,
+            "status": WAITING,
+            "waiting_for.kind": START,  # not a run started late whose start step waits for a signal
             "visit": 0,
         }
     )
@@ -179,7 +181,7 @@ def _announced(trigger: dict[str, Any]) -> float:
 
 
 async def _scheduled(spec: WorkflowSpec, trigger: EventTrigger, event: Event) -> None:
-    """``<name>:created``: create the run sleeping until due + offset, or move the pending one.
+    """``<name>:created``: create the run waiting for its start at due + offset, or move the pending one.
 
     The announcements of one document come from its writes, in order of their time; one
     handled late (a retry, another worker that was slower) is older than what the pending
@@ -199,7 +201,7 @@ async def _scheduled(spec: WorkflowSpec, trigger: EventTrigger, event: Event) ->
             return  # this announcement again, or an older one
         moved = await runs.transition(
             run,
-            (SLEEPING,),
+            (WAITING,),
             {"wake_at": wake_at, "trigger": now},
             runs.line("moved", due_at=due_ms / 1000, wake_at=wake_at),
         )
@@ -217,7 +219,12 @@ async def _scheduled(spec: WorkflowSpec, trigger: EventTrigger, event: Event) ->
         revived = await runs.transition(
             runs.Run.from_doc(doc),
             (CANCELLED,),
-            {"status": SLEEPING, "wake_at": wake_at, "trigger": now},
+            {
+                "status": WAITING,
+                "wake_at": wake_at,
+                "waiting_for": runs.start_wait(trigger.event_name, spec.start, trigger.offset_minutes),
+                "trigger": now,
+            },
             runs.line("scheduled again", due_at=due_ms / 1000, wake_at=wake_at),
         )
         if revived is not None:
@@ -227,7 +234,7 @@ async def _scheduled(spec: WorkflowSpec, trigger: EventTrigger, event: Event) ->
 
 
 async def _unscheduled(spec: WorkflowSpec, event: Event) -> None:
-    """``<name>:cancelled``: cancel the run still asleep for that occurrence."""
+    """``<name>:cancelled``: cancel the run still waiting for that occurrence's start."""
     entity = _entity(event)
     due_ms = _due_ms(event.data.get("due_at"))
     if entity is None or due_ms is None:
@@ -239,8 +246,13 @@ async def _unscheduled(spec: WorkflowSpec, event: Event) -> None:
     run = pending[0]
     cancelled = await runs.transition(
         run,
-        (SLEEPING,),
-        {"status": CANCELLED, "wake_at": None, "trigger": {**pending[1], "cancelled": True, "announced_at": announced}},
+        (WAITING,),
+        {
+            "status": CANCELLED,
+            "wake_at": None,
+            "waiting_for": None,
+            "trigger": {**pending[1], "cancelled": True, "announced_at": announced},
+        },
         runs.line("cancelled", by=f"{event.name} ({event.data.get('reason')})"),
     )
     if cancelled is not None:

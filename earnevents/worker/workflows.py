@@ -8,6 +8,7 @@ deliver once; and a waiting run takes a signal or event sent while its step ran,
 case that worker died before it looked). For the current version it:
 
 - wakes a sleeping run (or a step's retry) at its time;
+- starts a run waiting for its start (an ``@event_workflow``'s offset) at its time;
 - times out a waiting run: on to ``on_timeout``, or failed;
 - runs the current step of a running run, saves its outcome and Context with one
   compare-and-set on the run's version, then sends the next message.
@@ -69,11 +70,13 @@ async def advance(event: Event) -> None:
     if run.version != version:
         if run.status in runs.ACTIVE:
             await schedule_run(run)
-        if run.status == WAITING:  # the worker that recorded the wait may have died before it looked
+        if run.status == WAITING and not runs.waits_to_start(run):  # its worker may have died before it looked
             await _take_early_arrival(run)
         return
     if run.status == SLEEPING:
         await _wake_up(run)
+    elif runs.waits_to_start(run):
+        await _start_due(run)
     elif run.status == WAITING:
         await _time_out(run)
     elif run.status == RUNNING:
@@ -94,6 +97,29 @@ async def _wake_up(run: Run) -> None:
     )
     if woken is not None:
         await schedule_run(woken)
+
+
+async def _start_due(run: Run) -> None:
+    """Its start time came: the run starts its start step (``then``): no timeout, nothing failed."""
+    target = (run.waiting_for or {}).get("then") or run.step
+    started = await runs.transition(
+        run,
+        (WAITING,),
+        {
+            "status": RUNNING,
+            "step": target,
+            "waiting_for": None,
+            "wake_at": None,
+            "attempts": 0,
+            "step_started_at": time.time(),
+        },
+        runs.line("woke", step=target, by="its start time"),
+        new_visit=True,
+    )
+    if started is None:
+        await runs.note(run.id, runs.line("start lost: the run had changed (cancelled?)", step=target))
+        return
+    await schedule_run(started)
 
 
 async def _time_out(run: Run) -> None:

@@ -4,7 +4,10 @@ Application code (after ``init()``) and steps (in workers) use the same ``engine
 Each run moves on through earnevents' queue: a message for the workflow handler of
 the workers (``keys.WORKFLOW_HANDLER``) names the run and the version it was sent for;
 sleeps and wait timeouts are such messages parked in the delay schedule (one per run,
-``keys.workflow_wake``). A sleeping or waiting run holds no worker.
+``keys.workflow_wake``). A sleeping or waiting run holds no worker. A run an
+``@event_workflow`` creates for a later start is ``waiting`` for it (``waiting_for``
+kind ``"start"``, :func:`runs.start_wait`) until ``wake_at``: then it starts; no signal
+or event wakes it.
 
 Signals and events a run may wait for are kept for a day in
 ``earnevents_workflow_signals``: a run that records a wait looks there for one that
@@ -157,6 +160,8 @@ async def arrived_since(run: Run) -> dict[str, Any] | None:
     """The payload of the first signal or event the run's wait is for that arrived since its
     step started (None if none did)."""
     waiting = run.waiting_for or {}
+    if waiting.get("kind") not in ("signal", "event"):  # a run waiting for its start takes none
+        return None
     since = run.step_started_at or run.updated_at
     cursor = _signals().find({"kind": waiting.get("kind"), "name": waiting.get("name"), "at": {"$gte": since}})
     async for doc in cursor.sort([("at", 1), ("_id", 1)]):
@@ -210,6 +215,8 @@ async def wake(run: Run, payload: Mapping[str, Any], by: str) -> bool:
     """Move a waiting run on to its wait's ``then`` step with ``payload`` merged into its
     Context; False if something else (its timeout, a cancel, another signal) came first."""
     waiting = run.waiting_for or {}
+    if waiting.get("kind") not in ("signal", "event"):  # a run waiting for its start: no signal or event starts it
+        return False
     spec = spec_of(run.workflow)
     context, ignored = merge(spec, run.context, payload)
     target = waiting.get("then") or run.step
@@ -283,15 +290,23 @@ class Engine:
             )
         env = runtime.current()
         run_id = run_id or runs.new_run_id()
+        waiting_for = None
+        if wake_at is not None:  # an @event_workflow's run for a later start: waiting for it
+            trigger_of = spec.trigger
+            waiting_for = runs.start_wait(
+                trigger_of.event_name if trigger_of is not None else spec.name,
+                spec.start,
+                trigger_of.offset_minutes if trigger_of is not None else 0,
+            )
         doc: dict[str, Any] = {
             "_id": run_id,
             "workflow": spec.name,
-            "status": RUNNING if wake_at is None else SLEEPING,
+            "status": RUNNING if wake_at is None else WAITING,
             "step": spec.start,
             "visit": 0,
             "context": context.model_dump(mode="json"),
             "attempts": 0,
-            "waiting_for": None,
+            "waiting_for": waiting_for,
             "wake_at": wake_at,
             "step_started_at": time.time() if wake_at is None else None,
             "entity": dict(entity) if entity else None,

@@ -35,6 +35,10 @@ STATUSES = (RUNNING, SLEEPING, WAITING, COMPLETED, FAILED, CANCELLED)
 FINAL = (COMPLETED, FAILED, CANCELLED)
 ACTIVE = (RUNNING, SLEEPING, WAITING)
 
+START = "start"
+"""``waiting_for["kind"]`` of a run an ``@event_workflow`` created for a later start: it is
+``waiting`` until ``wake_at``, then starts its start step (no signal or event wakes it)."""
+
 HISTORY_MAX = 200
 """History lines a run keeps (the newest); ``history_dropped`` counts the others."""
 
@@ -115,6 +119,17 @@ class Run:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, for the CLI's ``--json``."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def start_wait(event_name: str, start_step: str, offset_minutes: float) -> dict[str, Any]:
+    """``waiting_for`` of a run created to start later: the event it starts on (``name``, the
+    trigger's event, ``offset_minutes`` from its time) and the step it starts at (``then``)."""
+    return {"kind": START, "name": event_name, "then": start_step, "offset_minutes": offset_minutes}
+
+
+def waits_to_start(run: Run) -> bool:
+    """Whether ``run`` is waiting for its start (not for a signal or an event)."""
+    return run.status == WAITING and (run.waiting_for or {}).get("kind") == START
 
 
 def new_run_id() -> str:
@@ -213,7 +228,10 @@ async def find(
 
 
 async def waiting_for(kind: str, name: str, run_id: str | None = None) -> list[Run]:
-    """The runs waiting for the signal or event ``name`` (one run, with ``run_id``)."""
+    """The runs waiting for the signal or event ``name`` (one run, with ``run_id``); never a
+    run waiting for its start, whatever its trigger's name (its kind is :data:`START`)."""
+    if kind == START:
+        return []
     query: dict[str, Any] = {"status": WAITING, "waiting_for.kind": kind, "waiting_for.name": name}
     if run_id is not None:
         query["_id"] = run_id
