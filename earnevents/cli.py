@@ -119,7 +119,7 @@ from .redact import redact_uri
 from .schedule import ScheduledEvent
 from .workflows import engine as workflow_engine
 from .workflows.runs import STATUSES as RUN_STATUSES
-from .workflows.runs import Run
+from .workflows.runs import Run, waits_to_start
 
 USAGE = 2
 """Exit status for bad usage or configuration."""
@@ -1093,7 +1093,7 @@ def _time(at: float | None) -> str:
 def _run_line(run: Run) -> str:
     line = f"{escape(run.id)}  {_time(run.created_at)}  {escape(run.workflow)}  {run.status}  {escape(run.step)}"
     if run.wake_at is not None:
-        line += f"  wakes {_time(run.wake_at)}"
+        line += f"  {'starts' if waits_to_start(run) else 'wakes'} {_time(run.wake_at)}"
     if run.error:
         line += f"  {escape(run.error)}"
     return line
@@ -1108,7 +1108,7 @@ def _run_text(run: Run) -> list[str]:
         f"step       {escape(run.step)}",
         f"context    {escape(json.dumps(run.context, sort_keys=True))}",
         f"waiting    {'-' if not waiting else escape(json.dumps(waiting, sort_keys=True))}",
-        f"wake at    {_time(run.wake_at)}",
+        f"{'starts at' if waits_to_start(run) else 'wake at':<11}{_time(run.wake_at)}",
         f"attempts   {run.attempts}",
         f"created    {_time(run.created_at)}",
         f"updated    {_time(run.updated_at)}",

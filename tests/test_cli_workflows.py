@@ -77,6 +77,23 @@ async def test_list_and_show(models_env, cli_env):
     assert_one_error_line(out.stderr)
 
 
+async def test_a_run_waiting_for_its_start_is_listed_and_shown_with_when_it_starts(models_env):
+    import workflow_event_defs  # noqa: F401  (declares FeedbackRequest: 1.8 s after guest_checked_out)
+
+    from earnevents import Event, cli
+    from earnevents.worker import workflow_events
+
+    # Given FeedbackRequest's run, created by the bridge (no worker: it keeps waiting for its start)
+    await workflow_events.bridge(Event(name="guest_checked_out", data={"guest": "ada"}))
+    [run] = await engine.find_runs(workflow="FeedbackRequest")
+    starts = cli._time(run.wake_at)
+    # Then its list line and its text say when it starts, and what it waits for
+    assert cli._run_line(run).endswith(f"FeedbackRequest  waiting  ask  starts {starts}")
+    text = cli._run_text(run)
+    assert f"starts at  {starts}" in text and "status     waiting" in text
+    assert 'waiting    {"kind": "start", "name": "guest_checked_out", "offset_minutes": 0.03, "then": "ask"}' in text
+
+
 async def test_cancel_and_resume(models_env, cli_env):
     # Given a run (no worker: it stays running)
     run_id = await engine.start("ops_nap", seconds=1.0)

@@ -350,6 +350,29 @@ async def test_workflow_cancel_resume_and_signal(models_env):
         assert run.status == "running" and run.step == "done"
 
 
+async def test_a_run_waiting_for_its_start_says_when_it_starts_and_offers_no_signal(models_env):
+    import workflow_event_defs  # noqa: F401  (declares FeedbackRequest: 1.8 s after guest_checked_out)
+
+    from earnevents.worker import workflow_events
+
+    # Given FeedbackRequest's run, created by the bridge (no worker: it keeps waiting for its start)
+    await workflow_events.bridge(Event(name="guest_checked_out", data={"guest": "ada"}))
+    [run] = await engine.find_runs(workflow="FeedbackRequest")
+    starts = listing.when(run.wake_at)
+    async with client(create_app(token="")) as http:
+        # Listed among the waiting runs, with when it starts
+        listed = await http.get("/workflows?status=waiting")
+        assert rows(listed.text, "runs") == [run.id] and f"<td>starts {starts}</td>" in listed.text
+        # Its page says when it starts and at which step; it can be cancelled, not signalled
+        page = (await http.get(f"/workflows/{run.id}")).text
+        assert 'id="run-status">waiting<' in page and "<th>starts</th>" in page
+        assert f'id="run-wakes">{starts} (its start step, ask;' in page
+        assert 'id="cancel-run"' in page and 'id="signal-run"' not in page
+        done = await post(http, f"/workflows/{run.id}/cancel", f"/workflows/{run.id}")
+        assert done.status_code == 303 and (await engine.get_run(run.id)).status == "cancelled"
+        assert "<th>starts</th>" not in (await http.get(f"/workflows/{run.id}")).text
+
+
 async def test_resume_of_a_workflow_this_process_does_not_declare_says_so(models_env):
     run_id = await engine.start("ops_nap", seconds=1.0)
     await engine.cancel(run_id)

@@ -3,7 +3,9 @@
 - ``GET /workflows?workflow=&status=&model=&entity_id=&offset=``: runs, newest first (``engine.find_runs``);
   ``model`` and ``entity_id`` together: only the runs of that document.
 - ``GET /workflows/{run_id}``: a run's status, step, Context, wait, wake-up time, attempts,
-  result or error, entity and history (``engine.get_run``); 404 for an unknown id.
+  result or error, entity and history (``engine.get_run``); 404 for an unknown id. A run an
+  ``@event_workflow`` created for a later start says when it starts (no signal form: no
+  signal or event starts it).
 - ``POST /workflows/{run_id}/cancel``: ``engine.cancel`` (a run that had ended says so).
 - ``POST /workflows/{run_id}/resume`` (field ``at_step``, empty: the run's step):
   ``engine.resume`` of a failed or cancelled run.
@@ -30,7 +32,7 @@ from starlette.routing import Route
 from ... import names, runtime
 from ...workflows.definitions import registry
 from ...workflows.engine import RunNotFoundError, WorkflowError, engine
-from ...workflows.runs import ACTIVE, CANCELLED, FAILED, STATUSES, Run
+from ...workflows.runs import ACTIVE, CANCELLED, FAILED, STATUSES, Run, waits_to_start
 from .. import listing, security
 from ..listing import BadQuery, choice, offset, pager, problem, text, when
 from ..render import render, url
@@ -79,6 +81,7 @@ async def workflows(request: Request) -> Response:
             "filters": filters,
             "statuses": STATUSES,
             "when": when,
+            "waits_to_start": waits_to_start,
             "pager": pager(request, "workflows", filters, at, len(runs), more=len(found) > listing.PAGE_SIZE),
         },
         current="workflows",
@@ -142,6 +145,7 @@ async def workflow_run(request: Request) -> Response:
             "result_json": _json(run.result),
             "history": history,
             "active": run.status in ACTIVE,
+            "starts": waits_to_start(run),
             "resumable": run.status in (FAILED, CANCELLED),
             "signal_name": waiting.get("name") if waiting.get("kind") == "signal" else None,
             "when": when,
