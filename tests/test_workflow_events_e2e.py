@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from earnevents import Event
 from earnevents.definitions import registry as definitions
 from earnevents.handlers import registry as handlers
-from earnevents.workflows import engine, step, wait_for_event, workflow
+from earnevents.workflows import engine, recovery, step, wait_for_event, workflow
 
 pytest_plugins = ["model_fixtures"]
 pytestmark = [pytest.mark.mongo, pytest.mark.worker]
@@ -295,6 +295,11 @@ async def test_no_signal_or_event_starts_a_run_waiting_for_its_start_and_cancel_
     assert run.wake_at == pytest.approx(first.timestamp.timestamp() + 600, abs=0.01)
     assert [e.data["version"] for e in await scheduled(run.id)] == [run.version]
     assert [r.id for r in await engine.find_runs(status="waiting")] == [run.id]
+    # And when Redis loses its data, the rebuild from MongoDB puts its wake-up back (the same message)
+    await models_env.redis.flushall()
+    rebuilt = await recovery.reschedule(models_env.redis, models_env.db, run.queue)
+    assert rebuilt.wake_ups == 1 and rebuilt.running == 0
+    assert [e.data["version"] for e in await scheduled(run.id)] == [run.version]
     # When signals of the trigger's name are sent (also the seed's bridge signal, and to that run)
     for name in ("guest_docs_uploaded", "event:guest_docs_uploaded"):
         assert await engine.signal(name, {"reservation_id": "r-7"}) == 0

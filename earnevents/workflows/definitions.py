@@ -145,10 +145,12 @@ def event_workflow(
     """Declare a workflow started when ``event_name`` occurs, with ``create_context(event=...)``.
 
     ``offset_minutes`` > 0 starts it that long after the event's time (a scheduled model
-    event's ``due_at``, else the event's timestamp): the run is created ``sleeping`` until
-    then. < 0 starts it before: for a model's scheduled event (``EventDefinition`` with a
-    ``date_field``) the run is created ``sleeping`` when the occurrence is scheduled (its
-    ``<name>:created`` event, which ``create_context`` then receives: same entity, data
+    event's ``due_at``, else the event's timestamp): the run is created ``waiting`` for its
+    start until then (``wake_at``; ``waiting_for`` ``{"kind": "start", "name": event_name,
+    "then": <start step>, "offset_minutes": ...}``: no signal or event starts it earlier; at
+    ``wake_at`` it starts its start step). < 0 starts it before: for a model's scheduled
+    event (``EventDefinition`` with a ``date_field``) the run is created ``waiting`` so when
+    the occurrence is scheduled (its ``<name>:created`` event, which ``create_context`` then receives: same entity, data
     ``id``/``due_at``), moved when the occurrence moves, cancelled when it is cancelled; the
     event itself starts nothing more (a run is started then, late, only if none was
     created: the workflow was declared after the occurrence was scheduled). Any other
