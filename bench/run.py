@@ -8,6 +8,7 @@ best value of the round), both taken within each round. A side without the featu
 
     python -m bench.run [--quick] [--rounds N] [--only 1,4] [--sides earnevents,celery,dramatiq]
     python -m bench.run --only 4L     # the event log's cost: fig 4 with it on, as a ratio to off
+    python -m bench.run --only 4,4s   # a plain `def` handler (4s) beside the async one (4)
     python -m bench.run --only 9,10   # workflows (bench/workflow_figures.py), on the MongoDB stand-in
 """
 
@@ -78,6 +79,10 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
         n = size["n5"] if side == "earnevents" else size["n5"] // 10
         return figures.end_to_end(side, url, n, "io", "prefork", 2, per_message=PACK)
 
+    def fig4s(side: str, url: str) -> dict[str, float]:
+        # earnevents' plain `def` handler; Celery's and Dramatiq's noop are plain functions already.
+        return figures.end_to_end(side, url, size["n4"], "noop_sync" if side == "earnevents" else "noop")
+
     def fig5a(side: str, url: str) -> dict[str, float]:
         if side == "earnevents":  # one event per message: 2 processes x 100 threads sharing a loop
             return figures.end_to_end(side, url, size["n5a"], "io", "threads", size["io_threads"], processes=2)
@@ -119,6 +124,14 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
                 ("redis_bytes_per_job", "lower", "report"),
                 ("redis_keys_per_job", "lower", "report"),
             ),
+        ),
+        Figure(
+            "4s",
+            "end to end as fig 4, earnevents with a plain `def` handler (the same INCR on a blocking client; "
+            "the peers' tasks are plain functions already)",
+            fig4s,
+            (("rate", "higher", ">= 1.0x"),),
+            na={"arq": "runs coroutines only (a plain function would need a wrapper of its own)"},
         ),
         Figure(
             "4L",

@@ -31,6 +31,15 @@ MONGO_SERVER_SELECTION_MS = 10_000
 """Milliseconds a MongoDB operation waits for a reachable server before failing."""
 
 
+def redis_timeout(settings: Settings) -> float:
+    """Seconds one Redis command may take: never outlasting publish's budget (shorter with an
+    outbox to fall back to)."""
+    budget = settings.event.publish_timeout
+    if settings.outbox:
+        budget = min(budget, OUTBOX_REDIS_BUDGET)
+    return min(REDIS_SOCKET_TIMEOUT, budget)
+
+
 class Connections:
     """The process' clients for one :class:`~earnevents.config.Settings`."""
 
@@ -43,11 +52,7 @@ class Connections:
         """The Redis client for the running loop (bytes responses)."""
         loop = asyncio.get_running_loop()
         if self._redis is None or self._redis[0] is not loop:
-            # One command never outlasts publish's budget (shorter with an outbox to fall back to).
-            budget = self.settings.event.publish_timeout
-            if self.settings.outbox:
-                budget = min(budget, OUTBOX_REDIS_BUDGET)
-            timeout = min(REDIS_SOCKET_TIMEOUT, budget)
+            timeout = redis_timeout(self.settings)
             client = redisurl.async_client(
                 self.settings.redis_uri,
                 socket_connect_timeout=timeout,

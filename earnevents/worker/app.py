@@ -25,12 +25,15 @@ from celery import Celery, signals
 from celery.exceptions import Reject
 from pymongo import errors as mongo_errors
 from pymongo.errors import PyMongoError
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, stop_any, wait_exponential
 from tenacity.stop import stop_base
 
 from .. import keys, message, redisurl, runtime
 from ..config import Settings
+from ..connections import redis_timeout
 from ..errors import WorkerLostError
 from ..failures import FailedJob
 from ..failures.record import describe
@@ -252,7 +255,17 @@ class WorkerRuntime:
     def __init__(self, loop: LoopThread, env: runtime.Environment) -> None:
         self.loop = loop
         self.env = env
-        self.completions = Completions(env.connections.redis, env.settings.dedup_window)
+        # The bookkeeping of plain `def` handlers, from their task thread (see claim_blocking):
+        # a client like the loop's (connections.redis), blocking.
+        timeout = redis_timeout(env.settings)
+        self.blocking_redis = redisurl.sync_client(
+            env.settings.redis_uri,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # callers retry (claim, settle): see connections.redis
+            health_check_interval=30,
+        )
+        self.completions = Completions(env.connections.redis, env.settings.dedup_window, self.blocking_redis)
         self.max_deliveries = env.settings.max_deliveries
         eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
         metrics.configure(env.settings)
@@ -286,6 +299,10 @@ class WorkerRuntime:
                 entry[1].loop.run(runtime.close(), timeout=5)
             except Exception:  # best effort at exit
                 log.debug("closing earnevents connections failed", exc_info=True)
+            try:
+                current.blocking_redis.close()
+            except Exception:  # best effort at exit
+                log.debug("closing the blocking Redis client failed", exc_info=True)
             stop_process_loop()
 
     @staticmethod
@@ -301,6 +318,26 @@ class WorkerRuntime:
         pairs = [(job.event.id, handlers) for job, handlers in jobs]
         since = [job.event.timestamp.timestamp() for job, _ in jobs]
         return await self._claim_retrying(lambda: self.completions.claim(tag, pairs, since))
+
+    def claim_blocking(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]] | None:
+        """:meth:`claim` in the calling thread, one try; None if Redis failed (then :meth:`claim`)."""
+        tag = jobs[0][0].copy_id
+        pairs = [(job.event.id, handlers) for job, handlers in jobs]
+        since = [job.event.timestamp.timestamp() for job, _ in jobs]
+        try:
+            return self.completions.claim_blocking(tag, pairs, since)
+        except (RedisError, OSError):
+            log.debug("could not claim jobs from the task thread; claiming on the loop", exc_info=True)
+            return None
+
+    def completed_blocking(self, job: Job, handler: str) -> bool:
+        """:meth:`completed` in the calling thread; False if Redis failed (then settle records it)."""
+        try:
+            self.completions.mark_blocking(job.event.id, [handler], job.copy_id)
+        except (RedisError, OSError):
+            log.debug("could not record %s as completed yet", handler, exc_info=True)
+            return False
+        return True
 
     async def started(self, job: Job, handler: str, starts: int) -> None:
         await self._claim_retrying(lambda: self.completions.started(job.event.id, handler, job.copy_id, starts))

@@ -26,11 +26,12 @@ Completion (:meth:`Completions.mark`) and settling a failure
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 
 from .. import keys
 from ..groupcommit import GroupCommit
@@ -311,9 +312,17 @@ def recorded(client: redis.Redis, window: float, event_id: str, handler: str) ->
 
 
 class Completions:
-    """Claims, completion marks and releases of (event, handler) jobs in Redis."""
+    """Claims, completion marks and releases of (event, handler) jobs in Redis.
 
-    def __init__(self, client: Callable[[], aioredis.Redis], window: float) -> None:
+    The async methods run on the worker's loop. ``blocking``, a blocking client for the
+    same Redis, serves :meth:`claim_blocking` and :meth:`mark_blocking`: the same scripts,
+    called from a task thread running plain ``def`` handlers, which then need no hop to
+    the loop for their bookkeeping.
+    """
+
+    def __init__(
+        self, client: Callable[[], aioredis.Redis], window: float, blocking: redis.Redis | None = None
+    ) -> None:
         self._client = client
         self.window = window
         self._bucket = bucket_ms(window)
@@ -321,6 +330,8 @@ class Completions:
         self._claim: AsyncScript | None = None
         self._write_script: AsyncScript | None = None
         self._most: int | None = None
+        self._blocking = blocking
+        self._blocking_scripts: tuple[Script, Script] | None = None
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
         if self._claim is None or self._write_script is None:
@@ -328,6 +339,13 @@ class Completions:
             self._claim = AsyncScript(client, CLAIM)
             self._write_script = AsyncScript(client, WRITE)
         return self._claim, self._write_script
+
+    def _blocking_client(self) -> tuple[redis.Redis, Script, Script]:
+        if self._blocking is None:
+            raise RuntimeError("no blocking Redis client: use the async methods")
+        if self._blocking_scripts is None:
+            self._blocking_scripts = (Script(self._blocking, CLAIM), Script(self._blocking, WRITE))
+        return self._blocking, *self._blocking_scripts
 
     def _common(self, tag: str) -> list[str | bytes | int]:
         """ARGV shared by the scripts: copy id, claim TTL, key prefix, window, bucket length."""
@@ -344,12 +362,45 @@ class Completions:
         if self._most is None:
             try:
                 found = await self._client().config_get("set-max-intset-entries")
-                value = found.get("set-max-intset-entries")
-                self._most = SET_MAX_INTSET_ENTRIES if value is None else int(value)
+                self._most = self._limit_from(found)
             except redis.ResponseError as exc:  # an error reply; a connection error propagates
-                log.debug("CONFIG GET set-max-intset-entries refused (%s); assuming %d", exc, SET_MAX_INTSET_ENTRIES)
-                self._most = SET_MAX_INTSET_ENTRIES
+                self._most = self._refused(exc)
         return max(1, min(self._most, SET_MAX_INTSET_ENTRIES))
+
+    def _intset_limit_blocking(self) -> int:
+        """:meth:`_intset_limit` on the blocking client."""
+        if self._most is None:
+            client, _, _ = self._blocking_client()
+            try:
+                self._most = self._limit_from(client.config_get("set-max-intset-entries"))
+            except redis.ResponseError as exc:
+                self._most = self._refused(exc)
+        return max(1, min(self._most, SET_MAX_INTSET_ENTRIES))
+
+    @staticmethod
+    def _limit_from(found: Mapping[Any, Any]) -> int:
+        value = found.get("set-max-intset-entries")
+        return SET_MAX_INTSET_ENTRIES if value is None else int(value)
+
+    @staticmethod
+    def _refused(exc: redis.ResponseError) -> int:
+        log.debug("CONFIG GET set-max-intset-entries refused (%s); assuming %d", exc, SET_MAX_INTSET_ENTRIES)
+        return SET_MAX_INTSET_ENTRIES
+
+    def _claim_args(
+        self, tag: str, pairs: list[tuple[str, list[str]]], since: Sequence[float | None] | None
+    ) -> tuple[list[str], list[str | bytes | int]]:
+        """KEYS and ARGV of :data:`CLAIM` for these (event id, handlers) pairs."""
+        starts = list(since) if since is not None else [None] * len(pairs)
+        event_keys: list[str] = []
+        args = self._common(tag)
+        for (event_id, handlers), at in zip(pairs, starts, strict=True):
+            event_keys.append(keys.job_claims(event_id))
+            since_ms = -1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000))
+            args += [since_ms, shard_selector(event_id), len(handlers)]
+            for name in handlers:
+                args += [digest(name), job_record(event_id, name)[0]]
+        return event_keys, args
 
     async def claim(
         self,
@@ -369,17 +420,24 @@ class Completions:
         pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
         if not any(handlers for _, handlers in pairs):
             return [{} for _ in pairs]
-        starts = list(since) if since is not None else [None] * len(pairs)
-        event_keys: list[str] = []
-        args = self._common(tag)
-        for (event_id, handlers), at in zip(pairs, starts, strict=True):
-            event_keys.append(keys.job_claims(event_id))
-            since_ms = -1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000))
-            args += [since_ms, shard_selector(event_id), len(handlers)]
-            for name in handlers:
-                args += [digest(name), job_record(event_id, name)[0]]
+        event_keys, args = self._claim_args(tag, pairs, since)
         script, _ = self._scripts()
         results = iter(await script(keys=event_keys, args=args, client=self._client()))
+        return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
+
+    def claim_blocking(
+        self,
+        tag: str,
+        jobs: Sequence[tuple[str, Sequence[str]]],
+        since: Sequence[float | None] | None = None,
+    ) -> list[dict[str, int]]:
+        """:meth:`claim` on the blocking client, in the calling thread (the same script)."""
+        pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
+        if not any(handlers for _, handlers in pairs):
+            return [{} for _ in pairs]
+        event_keys, args = self._claim_args(tag, pairs, since)
+        client, script, _ = self._blocking_client()
+        results = iter(script(keys=event_keys, args=args, client=client))
         return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
 
     async def recorded(self, event_id: str, handler: str) -> bool:
@@ -398,6 +456,15 @@ class Completions:
         if items:
             await self._commit(items)
 
+    def mark_blocking(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
+        """:meth:`mark` on the blocking client, in the calling thread: one round trip of its own."""
+        items = [(event_id, name, tag, "d") for name in handlers]
+        if items:
+            client, _, script = self._blocking_client()
+            limit = self._intset_limit_blocking() if self.window > 0 else 1
+            event_keys, args = self._write_args(items, limit)
+            script(keys=event_keys, args=args, client=client)
+
     async def started(self, event_id: str, handler: str, tag: str, starts: int) -> None:
         """Record that the job starts for the ``starts``-th time (after a take-over)."""
         await self._commit([(event_id, handler, tag, str(starts))])
@@ -408,11 +475,18 @@ class Completions:
         if items:
             await self._commit(items)
 
-    async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
+    def _write_args(
+        self, items: list[tuple[str, str, str, str]], limit: int
+    ) -> tuple[list[str], list[str | bytes | int | float]]:
+        """KEYS and ARGV of :data:`WRITE` for these (event id, handler, copy id, op) items."""
         event_keys: list[str] = []
-        args = [*self._common(""), await self._intset_limit() if self.window > 0 else 1, FILL]
+        args: list[str | bytes | int | float] = [*self._common(""), limit, FILL]
         for event_id, handler, tag, op in items:
             event_keys.append(keys.job_claims(event_id))
             args += [digest(handler), tag, op, *job_record(event_id, handler)]
+        return event_keys, args
+
+    async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
+        event_keys, args = self._write_args(items, await self._intset_limit() if self.window > 0 else 1)
         _, script = self._scripts()
         await script(keys=event_keys, args=args, client=self._client())

@@ -220,6 +220,21 @@ async def _claim(books: Bookkeeper, pairs: list[tuple[Job, list[Handler]]]) -> l
     return [_claimed(job, handlers, s, books.max_deliveries) for (job, handlers), s in zip(pairs, states, strict=True)]
 
 
+def _claim_here(books: Bookkeeper, loop: Loop, pairs: list[tuple[Job, list[Handler]]]) -> list[Claimed]:
+    """:func:`_claim` from the calling thread: on the bookkeeper's blocking client where it has
+    one (:class:`~.jobs.BlockingBookkeeper`, no hop to the loop); on the loop where it has none
+    or it failed."""
+    blocking = getattr(books, "claim_blocking", None)
+    if blocking is not None:
+        states = blocking([(job, [h.name for h in handlers]) for job, handlers in pairs])
+        if states is not None:
+            return [
+                _claimed(job, handlers, s, books.max_deliveries)
+                for (job, handlers), s in zip(pairs, states, strict=True)
+            ]
+    return loop.run(_claim(books, pairs))
+
+
 async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
     """Run the claimed async handlers on the loop: fresh ones together, then the others one by one."""
     job = claimed.job
@@ -340,7 +355,11 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
     failed (:class:`WorkerLostError`) instead of run, and those taken over from a
     delivery that died run one at a time after the others (:class:`Claimed`). Async handlers
     run concurrently on ``loop`` while sync ones run here, in the calling (task)
-    thread, as plain calls; then ``books.settle`` runs on ``loop``.
+    thread, as plain calls; then ``books.settle`` runs on ``loop`` when an outcome needs it.
+    An event whose handlers are all async is handled in one hop to ``loop``; one with a
+    plain ``def`` handler is claimed and its sync handlers' completions recorded from this
+    thread when ``books`` can do that (:class:`~.jobs.BlockingBookkeeper`): no hop at all
+    for an event of sync handlers that succeed.
     """
     try:
         handlers = select_handlers(registry, job)
@@ -359,7 +378,7 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         return []
     if all(h.is_async for h in handlers):
         return loop.run(_handle_async(job, handlers, books))
-    [claimed] = loop.run(_claim(books, [(job, handlers)]))
+    [claimed] = _claim_here(books, loop, [(job, handlers)])
     outcomes = _run_claimed_here(claimed, loop, books)
     if _needs_settling(outcomes):
         loop.run(books.settle(claimed.job, outcomes))

@@ -138,6 +138,20 @@ class Bookkeeper(Protocol):
         """Remember unrecorded successes; end the failures' claims, schedule retries for or record them."""
 
 
+class BlockingBookkeeper(Protocol):
+    """What a :class:`Bookkeeper` may also offer: its claim and completion record from the
+    calling thread, blocking. A task thread running plain ``def`` handlers then claims,
+    runs and records without a hop to the loop (without it, each is a ``Loop.run``)."""
+
+    def claim_blocking(self, jobs: list[tuple[Job, list[str]]]) -> list[dict[str, int]] | None:
+        """:meth:`Bookkeeper.claim` in this thread, one try; None when the store failed (then
+        ``claim`` runs on the loop, with its retries). Anything else it raises propagates."""
+
+    def completed_blocking(self, job: Job, handler: str) -> bool:
+        """:meth:`Bookkeeper.completed` in this thread; False when the store failed (then
+        ``settle`` remembers it). Anything else it raises propagates."""
+
+
 def job_context(job: Job, handler: str) -> JobContext:
     """What ``earnevents.current_job()`` returns inside ``handler`` for this message."""
     return JobContext(

@@ -218,7 +218,16 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
     finally:
         tracing.leave(span)
         _current_job.reset(token)
-    return loop.run(_record(books, job, handler.name))
+    return record_here(books, loop, job, handler.name)
+
+
+def record_here(books: Bookkeeper, loop: Loop, job: Job, handler: str) -> Outcome:
+    """:func:`_record` from the calling thread: on the bookkeeper's blocking client where it
+    has one (:class:`~.jobs.BlockingBookkeeper`, no hop to the loop), else on the loop."""
+    completed = getattr(books, "completed_blocking", None)
+    if completed is None:
+        return loop.run(_record(books, job, handler))
+    return Outcome(handler, recorded=bool(completed(job, handler)))
 
 
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
