@@ -102,35 +102,17 @@ async def _wake_up(run: Run) -> None:
 async def _start_due(run: Run) -> None:
     """Its start time came: the run starts its start step (``then``): no timeout, nothing failed."""
     target = (run.waiting_for or {}).get("then") or run.step
-    started = await runs.transition(
+    await _leave_wait(
         run,
-        (WAITING,),
-        {
-            "status": RUNNING,
-            "step": target,
-            "waiting_for": None,
-            "wake_at": None,
-            "attempts": 0,
-            "step_started_at": time.time(),
-        },
+        target,
         runs.line("woke", step=target, by="its start time"),
-        new_visit=True,
+        runs.line("start lost: the run had changed (cancelled?)", step=target),
     )
-    if started is None:
-        await runs.note(run.id, runs.line("start lost: the run had changed (cancelled?)", step=target))
-        return
-    await schedule_run(started)
 
 
-async def _time_out(run: Run) -> None:
-    waiting = run.waiting_for or {}
-    what = f"{waiting.get('kind')} {waiting.get('name')}"
-    target = waiting.get("on_timeout")
-    if target is None:
-        changes: dict[str, Any] = {"status": FAILED, "error": f"timed out waiting for {what}", "wake_at": None}
-        if await runs.transition(run, (WAITING,), changes, runs.line("timed out", waiting_for=what)) is None:
-            await runs.note(run.id, runs.line("timeout lost: the run had moved on", waiting_for=what))
-        return
+async def _leave_wait(run: Run, target: str, entry: dict[str, Any], lost: dict[str, Any]) -> None:
+    """Move a waiting run on to step ``target`` (a new visit), unless something else moved it
+    first: then only the ``lost`` history line."""
     moved = await runs.transition(
         run,
         (WAITING,),
@@ -142,13 +124,30 @@ async def _time_out(run: Run) -> None:
             "attempts": 0,
             "step_started_at": time.time(),
         },
-        runs.line("timed out", waiting_for=what, step=target),
+        entry,
         new_visit=True,
     )
     if moved is None:
-        await runs.note(run.id, runs.line("timeout lost: the run had moved on", waiting_for=what))
+        await runs.note(run.id, lost)
         return
     await schedule_run(moved)
+
+
+async def _time_out(run: Run) -> None:
+    waiting = run.waiting_for or {}
+    what = f"{waiting.get('kind')} {waiting.get('name')}"
+    target = waiting.get("on_timeout")
+    if target is None:
+        changes: dict[str, Any] = {"status": FAILED, "error": f"timed out waiting for {what}", "wake_at": None}
+        if await runs.transition(run, (WAITING,), changes, runs.line("timed out", waiting_for=what)) is None:
+            await runs.note(run.id, runs.line("timeout lost: the run had moved on", waiting_for=what))
+        return
+    await _leave_wait(
+        run,
+        target,
+        runs.line("timed out", waiting_for=what, step=target),
+        runs.line("timeout lost: the run had moved on", waiting_for=what),
+    )
 
 
 async def _run_step(spec: WorkflowSpec, run: Run) -> None:
