@@ -96,9 +96,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
 import redis.exceptions as redis_errors
-from pymongo.errors import PyMongoError
 
-from . import bulk, discovery, runtime
+from . import bulk, discovery, mongoerrors, runtime
 from .bus import event_bus
 from .cliprogress import BatchProgress
 from .clitable import live_table, on_terminal, print_table
@@ -1330,7 +1329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), FAILURE)
     except (redis_errors.RedisError, OSError) as exc:
         return _fail(f"Redis: {type(exc).__name__}: {exc} (check EARNEVENTS_REDIS_URI or --redis-uri)", FAILURE)
-    except PyMongoError as exc:
+    except mongoerrors.base() as exc:  # PyMongo is imported only when a MongoDB is used
         return _fail(f"MongoDB: {type(exc).__name__}: {exc} (check EARNEVENTS_MONGO_URI or --mongo-uri)", FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", INTERRUPTED)

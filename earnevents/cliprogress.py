@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:  # rich is imported when a bar is drawn, not at every start of the command
+    from rich.progress import Progress, TaskID
 
 
 def bar_on_terminal() -> bool:
@@ -36,6 +37,9 @@ class BatchProgress:
 
     def __enter__(self) -> BatchProgress:
         if bar_on_terminal():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
             columns = (
                 TextColumn("{task.description}", markup=False),
                 BarColumn(),

@@ -9,11 +9,9 @@ made for it instead of failing with "attached to a different loop".
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -21,6 +19,10 @@ from . import redisurl
 from .config import Settings
 from .logtext import get_logger
 from .outbox import REDIS_BUDGET as OUTBOX_REDIS_BUDGET
+
+if TYPE_CHECKING:  # pymongo is imported with the first MongoDB client (a faster start without one)
+    from pymongo import AsyncMongoClient
+    from pymongo.asynchronous.database import AsyncDatabase
 
 log = get_logger(__name__)
 
@@ -76,6 +78,8 @@ class Connections:
             raise RuntimeError("no mongo_uri configured: pass mongo_uri to init() or set EARNEVENTS_MONGO_URI")
         loop = asyncio.get_running_loop()
         if self._mongo is None or self._mongo[0] is not loop:
+            from pymongo import AsyncMongoClient
+
             client: AsyncMongoClient[Any] = AsyncMongoClient(
                 self.settings.mongo_uri,
                 tz_aware=True,

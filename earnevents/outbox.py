@@ -22,14 +22,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Sequence
-from typing import Any
-
-from pymongo import ASCENDING
-from pymongo.asynchronous.database import AsyncDatabase
+from typing import TYPE_CHECKING, Any
 
 from .errors import OutboxFullError
 
+if TYPE_CHECKING:  # pymongo is imported only where a MongoDB is used (a faster start without one)
+    from pymongo.asynchronous.database import AsyncDatabase
+
 COLLECTION = "earnevents_outbox"
+
+ASCENDING = 1  # pymongo.ASCENDING
 
 ORDER_INDEX = [("queue", ASCENDING), ("ts", ASCENDING), ("i", ASCENDING)]
 ORDER = [("ts", ASCENDING), ("i", ASCENDING)]

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from pymongo.asynchronous.database import AsyncDatabase
+from typing import TYPE_CHECKING, Any
 
 from . import discovery
 from .bus import EventBus, event_bus
 from .config import EventConfig, Settings
 from .connections import Connections
 from .errors import ConfigError, NotInitializedError
-from .eventlog import EventLogStore, MongoEventLog, RedisEventLog
-from .failures import FailureStore, MongoFailureStore, RedisFailureStore
+from .eventlog import EventLogStore, RedisEventLog
+from .failures import FailureStore, RedisFailureStore
+
+if TYPE_CHECKING:  # pymongo is imported only where a MongoDB is used (a faster start without one)
+    from pymongo.asynchronous.database import AsyncDatabase
 
 
 class Environment:
@@ -28,6 +29,9 @@ class Environment:
     def __init__(self, settings: Settings, bus: EventBus) -> None:
         self.settings = settings
         self.connections = Connections(settings)
+        if self.connections.has_mongo:  # the MongoDB stores import pymongo: only when one is configured
+            from .eventlog.mongo_store import MongoEventLog
+            from .failures.mongo_store import MongoFailureStore
         self.failures: FailureStore = (
             MongoFailureStore(
                 self.connections.db,

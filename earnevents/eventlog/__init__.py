@@ -6,10 +6,14 @@ Publishers record events in the background (:mod:`.recorder`); workers record th
 handlers' outcomes from a writer thread of their own (``earnevents.worker.eventlog``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .base import EventLogStore
-from .mongo_store import MongoEventLog
 from .record import EVENT_STATUSES, HANDLER_STATUSES, EventRecord, HandlerRecord
 from .redis_store import RedisEventLog
+
+if TYPE_CHECKING:
+    from .mongo_store import MongoEventLog
 
 __all__ = [
     "EVENT_STATUSES",
@@ -20,3 +24,12 @@ __all__ = [
     "MongoEventLog",
     "RedisEventLog",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The MongoDB store imports pymongo: only where one is used (a faster start without MongoDB).
+    if name == "MongoEventLog":
+        from .mongo_store import MongoEventLog
+
+        return MongoEventLog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

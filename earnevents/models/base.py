@@ -26,12 +26,11 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 import pydantic
 from bson import ObjectId
 from pydantic import BeforeValidator, ConfigDict, PlainSerializer, PrivateAttr, WithJsonSchema
-from pymongo.asynchronous.collection import AsyncCollection
 
 from .. import entities, runtime
 from ..errors import ModelStateError, ModelValidationError
@@ -42,6 +41,9 @@ from .automations import EventDefinition
 from .events import ACTIONS, publish_automatic
 from .fields import MISSING, from_bson, object_id, to_bson, validation_error
 from .query import Query, SortSpec, sort_spec
+
+if TYPE_CHECKING:  # pymongo is imported only where a MongoDB is used (a faster start without one)
+    from pymongo.asynchronous.collection import AsyncCollection
 
 M = TypeVar("M", bound="BaseModel")
 

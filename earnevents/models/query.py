@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pymongo import ASCENDING, DESCENDING
-
 if TYPE_CHECKING:
     from .base import BaseModel
 
 M = TypeVar("M", bound="BaseModel")
+
+ASCENDING, DESCENDING = 1, -1  # pymongo's (imported only where a MongoDB is used)
 
 SortSpec = str | Sequence[str] | Sequence[tuple[str, int]] | Mapping[str, int] | None
 """``"name"``, ``"-name"`` (descending), a list of those, PyMongo's ``[("name", 1)]`` or ``{"name": 1}``."""

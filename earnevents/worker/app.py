@@ -23,15 +23,13 @@ import billiard.common
 import redis.exceptions as rex
 from celery import Celery, signals
 from celery.exceptions import Reject
-from pymongo import errors as mongo_errors
-from pymongo.errors import PyMongoError
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, stop_any, wait_exponential
 from tenacity.stop import stop_base
 
-from .. import keys, message, redisurl, runtime
+from .. import keys, message, mongoerrors, redisurl, runtime
 from ..config import Settings
 from ..connections import redis_timeout
 from ..errors import WorkerLostError
@@ -76,10 +74,12 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     rex.OutOfMemoryError,  # maxmemory reached: may clear once consumers catch up
     rex.ExecAbortError,  # a MULTI aborted by one of the above
     rex.NoPermissionError,  # an ACL an operator fixes
-    mongo_errors.ConnectionFailure,  # AutoReconnect, NetworkTimeout, NotPrimaryError, server selection
-    mongo_errors.ExecutionTimeout,
-    mongo_errors.WTimeoutError,
-    mongo_errors.WaitQueueTimeoutError,
+)
+_TRANSIENT_MONGO = (
+    "ConnectionFailure",  # AutoReconnect, NetworkTimeout, NotPrimaryError, server selection
+    "ExecutionTimeout",
+    "WTimeoutError",
+    "WaitQueueTimeoutError",
 )
 _MONGO_AUTH_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: configuration an operator fixes
 
@@ -93,8 +93,13 @@ def is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, _TRANSIENT):
         return True
+    mongo_errors = mongoerrors.loaded()  # None: PyMongo not imported, so exc is none of its errors
+    if mongo_errors is None:
+        return False
+    if isinstance(exc, tuple(getattr(mongo_errors, name) for name in _TRANSIENT_MONGO)):
+        return True
     if isinstance(exc, mongo_errors.OperationFailure) and not isinstance(exc, mongo_errors.WriteError):
-        return exc.code in _MONGO_AUTH_CODES or exc.has_error_label("RetryableWriteError")
+        return bool(exc.code in _MONGO_AUTH_CODES or exc.has_error_label("RetryableWriteError"))
     return False
 
 
@@ -227,7 +232,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         try:
             handle_message(jobs, registry, worker.loop, worker)
             eventlog_writer.flush()  # the log's changes of this message, written before its ack
-        except (SettleError, SettleFailed, RedisError, PyMongoError, OSError) as exc:
+        except (SettleError, SettleFailed, RedisError, mongoerrors.base(), OSError) as exc:
             # Our own bookkeeping failed (handler errors never get here): acknowledging
             # would lose the event, so hand the message back to be run again.
             log.warning("requeueing %s: %r", self.request.id, exc)

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import keys, redisurl
 from ..config import Settings
-from ..eventlog import mongo_store, redis_store
+from ..eventlog import redis_store
 from ..eventlog.record import FAILED, RETRYING, RUNNING, SUCCEEDED, Change, Completed, HandlerChange, Marked, error_text
 from ..logtext import get_logger
 from .jobs import Job, Outcome
@@ -57,6 +57,8 @@ def _writer_for(settings: Settings) -> Callable[[Sequence[Change]], None]:
     ttl = settings.event_log_ttl
     if settings.mongo_uri is not None:
         from pymongo import MongoClient
+
+        from ..eventlog import mongo_store
 
         timeouts: dict[str, Any] = {
             "serverSelectionTimeoutMS": int(CLIENT_TIMEOUT * 1000),

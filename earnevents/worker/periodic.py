@@ -18,8 +18,8 @@ from typing import Any
 
 import redis
 from celery import bootsteps
-from pymongo.errors import PyMongoError
 
+from .. import mongoerrors
 from ..logtext import get_logger
 
 log = get_logger(__name__)
@@ -93,7 +93,7 @@ class PeriodicThread:
             try:
                 with self._io:
                     self.tick()
-            except (redis.RedisError, PyMongoError) as exc:
+            except (redis.RedisError, mongoerrors.base()) as exc:
                 if not failing:
                     log.warning("%s cannot reach Redis/MongoDB (%r); retrying every %gs", self.what, exc, self.interval)
                 failing = True

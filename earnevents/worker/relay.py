@@ -14,8 +14,6 @@ import time
 import uuid
 from typing import Any
 
-from pymongo import MongoClient
-
 from .. import keys, message, outbox, redisurl, schedule
 from ..logtext import get_logger
 from . import appsettings
@@ -41,6 +39,8 @@ class Relay(PeriodicThread):
         self._redis = redisurl.sync_client(redis_uri, socket_timeout=5, socket_connect_timeout=5)
         self._add = self._redis.register_script(schedule.ADD_SCRIPT)
         self._release = self._redis.register_script(RELEASE_LOCK)
+        from pymongo import MongoClient  # only with a MongoDB configured (a faster start without one)
+
         self._mongo: MongoClient[Any] = MongoClient(mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000)
         self._col = self._mongo[database][outbox.COLLECTION]
 

@@ -15,8 +15,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from pymongo import AsyncMongoClient
-
 from .. import redisurl
 from .periodic import RELEASE_LOCK, PeriodicThread
 
@@ -58,6 +56,8 @@ class RestoreThread(PeriodicThread):
 
         async def run() -> T:
             redis = redisurl.async_client(self._redis_uri, socket_timeout=10, socket_connect_timeout=5)
+            from pymongo import AsyncMongoClient  # only with a MongoDB configured (a faster start without one)
+
             mongo: AsyncMongoClient[Any] = AsyncMongoClient(
                 self._mongo_uri, tz_aware=True, serverSelectionTimeoutMS=5000
             )

@@ -27,9 +27,8 @@ from typing import Any
 
 import pydantic
 import redis
-from pymongo.errors import DuplicateKeyError
 
-from .. import keys, message, names, runtime, schedule
+from .. import keys, message, mongoerrors, names, runtime, schedule
 from ..errors import EarnEventsError, EventTooLargeError
 from ..event import Event, decode, encode
 from ..logtext import get_logger
@@ -316,7 +315,7 @@ class Engine:
             doc["trigger"] = dict(trigger)
         try:
             await runs.insert(doc, runs.line("started", step=spec.start, wake_at=wake_at))
-        except DuplicateKeyError:
+        except mongoerrors.named("DuplicateKeyError"):
             existing = await runs.get(run_id)
             if existing is not None and existing.version == 0 and existing.status in ACTIVE:
                 await schedule_run(existing)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-from pymongo import ReturnDocument
 
 from .. import keys, runtime
 from ..errors import EarnEventsError
@@ -174,6 +173,8 @@ async def transition(
 ) -> Run | None:
     """Apply ``changes`` if the run is still at ``run.version`` in one of ``statuses``;
     the run after it, or None when another change came first."""
+    from pymongo import ReturnDocument  # workflows run on MongoDB: imported there, not at every start
+
     increments = {"version": 1, "history_count": 1}
     if new_visit:
         increments["visit"] = 1

@@ -1,0 +1,78 @@
+"""What starting earnevents imports (issue 15, target 5: worker start to first event, and the
+CLI's time per invocation): libraries a process does not use stay unimported.
+
+Without a MongoDB configured, ``import earnevents``, the worker's app and the CLI's commands do
+not import PyMongo; the CLI imports rich only to draw a table or a bar on a terminal; nothing
+here imports the dashboard's Starlette, Jinja2 or uvicorn. Each check runs in a fresh
+interpreter (``python -c``) and reads its ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from earnevents import mongoerrors
+
+NOT_AT_START = ("pymongo", "rich", "starlette", "jinja2", "uvicorn")
+
+
+def imported(code: str, **env: str) -> list[str]:
+    """Which of NOT_AT_START a fresh interpreter imported after running ``code``."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {NOT_AT_START!r} if m in sys.modules]))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "EARNEVENTS_MONGO_URI": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cli_code(*commands: tuple[str, ...]) -> str:
+    """Run the ``earnevents`` command once per ``commands`` entry (its output discarded), then go on."""
+    return (
+        "import contextlib, io, sys\n"
+        "from earnevents.cli import main\n"
+        f"for args in {[list(c) for c in commands]!r}:\n"
+        "    sys.argv = ['earnevents', *args]\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            code = main()\n"
+        "        except SystemExit as exc:\n"
+        "            code = exc.code\n"
+        "    assert code == 0, (args, code)"
+    )
+
+
+def test_importing_earnevents_and_the_worker_app_imports_no_pymongo_nor_the_dashboard():
+    assert imported("import earnevents") == []
+    assert imported("import earnevents; earnevents.app", EARNEVENTS_HANDLER_MODULES="") == []
+
+
+def test_the_cli_without_mongodb_nor_a_terminal_imports_no_pymongo_rich_nor_the_dashboard(redis_url, queue):
+    commands = [("--help",), ("failed", "list"), ("status",), ("scheduled", "list"), ("dead", "list")]
+    assert imported(cli_code(*commands), EARNEVENTS_REDIS_URI=redis_url, EARNEVENTS_QUEUE=queue) == []
+
+
+def test_pymongo_error_clauses_match_pymongo_errors_once_it_is_imported():
+    from pymongo import errors
+
+    assert mongoerrors.base() is errors.PyMongoError
+    assert mongoerrors.named("DuplicateKeyError") is errors.DuplicateKeyError
+    with pytest.raises(errors.AutoReconnect):  # not caught by the clause of another error
+        try:
+            raise errors.AutoReconnect("down")
+        except mongoerrors.named("DuplicateKeyError"):
+            pass
+    try:
+        raise errors.AutoReconnect("down")
+    except mongoerrors.base() as exc:
+        assert isinstance(exc, errors.AutoReconnect)
