@@ -193,6 +193,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         startup.prepare(settings)
 
     signals.import_modules.connect(prepare_worker, sender=app, weak=False)
+    signals.worker_before_create_process.connect(
+        startup.freeze_before_first_fork, weak=False, dispatch_uid="earnevents.freeze_before_first_fork"
+    )
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)

@@ -1,5 +1,6 @@
-"""What starting earnevents imports (issue 15, target 5: worker start to first event, and the
-CLI's time per invocation): libraries a process does not use stay unimported.
+"""What starting earnevents costs (issue 15, target 5: worker start to first event, and the
+CLI's time per invocation): libraries a process does not use stay unimported, and a worker's
+pool processes start from frozen objects (no full garbage collection over them at each fork).
 
 Without a MongoDB configured, ``import earnevents``, the worker's app and the CLI's commands do
 not import PyMongo; the CLI imports rich only to draw a table or a bar on a terminal; nothing
@@ -15,8 +16,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import token, wait_results
 
-from earnevents import mongoerrors
+import earnevents
+from earnevents import Event, event_bus, mongoerrors
 
 NOT_AT_START = ("pymongo", "rich", "starlette", "jinja2", "uvicorn")
 
@@ -76,3 +79,19 @@ def test_pymongo_error_clauses_match_pymongo_errors_once_it_is_imported():
         raise errors.AutoReconnect("down")
     except mongoerrors.base() as exc:
         assert isinstance(exc, errors.AutoReconnect)
+
+
+@pytest.mark.worker
+async def test_a_workers_pool_processes_start_from_frozen_objects_and_without_pymongo(
+    start_worker, redis_url, queue, rclient
+):
+    start_worker("startup_handlers", concurrency=1)
+    tok = token()
+    await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
+    try:
+        await event_bus.publish(Event("startup.probe", {"token": tok, "modules": list(NOT_AT_START)}))
+    finally:
+        await earnevents.close()
+    (seen,) = wait_results(rclient, tok, 1)
+    assert seen["frozen"] > 10_000  # the main process' modules, classes and app, frozen before the fork
+    assert seen["imported"] == []
