@@ -69,9 +69,9 @@ def celery_worker(redis_url: str, queue: str, pool: str = "prefork", concurrency
     return worker
 
 
-def wait_count(client: redis.Redis, key: str, n: int, timeout: float) -> float:
+def wait_count(client: redis.Redis, key: str, n: int, timeout: float, interval: float = 0.01) -> float:
     """Poll until the counter ``key`` reaches ``n``; returns the time it did."""
-    wait_for(lambda: int(client.get(key) or 0) >= n, timeout, f"{n} handled ({key})", interval=0.01)
+    wait_for(lambda: int(client.get(key) or 0) >= n, timeout, f"{n} handled ({key})", interval=interval)
     return time.perf_counter()
 
 
@@ -88,14 +88,14 @@ class PeerProcess(WorkerProcess):
         self.marker = marker
         self.count = count
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, interval: float = 0.05) -> None:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise GaveUp(f"{self.args[2]} worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             return self.log().count(self.marker) >= self.count
 
         try:
-            wait_for(ready, timeout, f"{self.count} {self.args[2]} worker process(es) to be ready", interval=0.05)
+            wait_for(ready, timeout, f"{self.count} {self.args[2]} worker process(es) to be ready", interval=interval)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
 

@@ -455,14 +455,16 @@ class WorkerProcess:
             fh.seek(self._offset)
             return fh.read().decode("utf-8", "replace")
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, interval: float = 0.1) -> None:
+        """Until the worker logs that it is ready (checked every ``interval`` seconds)."""
+
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise GaveUp(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             return " ready." in self.log()
 
         try:
-            wait_for(ready, timeout, "the celery worker to be ready", interval=0.1)
+            wait_for(ready, timeout, "the celery worker to be ready", interval=interval)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
 
