@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml
 # at once, each pytest process with its own private redis-server and nx-27017 (TEST_JOBS=0: one process).
 TEST_JOBS ?= 3
 
+# Every worker and CLI subprocess imports earnevents: compiled once here, not by each (where
+# PYTHONDONTWRITEBYTECODE is set, nothing would ever be cached).
+COMPILE = $(BIN)/python -m compileall -q -j 0 earnevents tests workers bench > /dev/null
+
 test: venv  ## the whole suite against real redis-server, nx-27017 and celery workers
+	$(COMPILE)
 	$(BIN)/python -m pytest -n $(TEST_JOBS)
 
 # The lowest versions pyproject.toml allows (.ci/lowest-constraints.txt), in a venv of their own.
@@ -37,6 +42,7 @@ $(LOWEST_STAMP): pyproject.toml .ci/lowest-constraints.txt .ci/lowest-dev.py
 
 test-lowest: venv $(LOWEST_STAMP)  ## the worker end-to-end tests on the lowest allowed versions
 	$(LOWEST)/bin/python -m pip check
+	$(COMPILE)
 	# nx-27017 needs a newer PyMongo: it runs from the main venv (last on PATH: the system redis-server wins).
 	# The one-minute default-settings timing test runs in `make test` only: it measures the visibility
 	# timeout's defaults, which the versions do not change (kombu's restore interval is checked by the
