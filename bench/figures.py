@@ -135,15 +135,26 @@ async def _celery_publish(redis_url: str, n: int, mode: str) -> Metrics:
 
 
 def publish(side: str, redis_url: str, n: int, mode: str) -> Metrics:
-    """``mode``: sequential, gather (100 at once) or batch (earnevents' publish_batch of 100)."""
+    """``mode``: sequential, gather (100 at once) or batch (earnevents' publish_batch of 100).
+
+    Also Redis CPU per event published (``redis_cpu_us_per_event``, bench/cost.py), over the
+    whole call: the 50 warm-up publishes count as events; the queue's removal afterwards
+    (and arq's job keys', which its worker would delete in time) is included."""
+    client = redis.Redis.from_url(redis_url)
+    idle = cost.redis_idle(client)
+    before = cost.redis_snapshot(client)
     if side == "dramatiq":
-        return peer_dramatiq.publish(redis_url, unique("pub-dramatiq"), n, mode)
-    if side == "arq":
-        metrics = arq("publish", redis_url, unique("pub-arq"), n, mode)
-        assert metrics is not None
-        return metrics
-    run = _ee_publish if side == "earnevents" else _celery_publish
-    return asyncio.run(run(redis_url, n, mode))
+        metrics = peer_dramatiq.publish(redis_url, unique("pub-dramatiq"), n, mode)
+    elif side == "arq":
+        got = arq("publish", redis_url, unique("pub-arq"), n, mode)
+        assert got is not None
+        metrics = got
+    else:
+        run = _ee_publish if side == "earnevents" else _celery_publish
+        metrics = asyncio.run(run(redis_url, n, mode))
+    after = cost.redis_snapshot(client)
+    client.close()
+    return {**metrics, **cost.redis_metrics(after - before, idle, n + WARMUP)}
 
 
 # --- 4-5: end to end --------------------------------------------------------------------

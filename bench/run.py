@@ -96,19 +96,23 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "1",
             "publish, sequential awaits vs apply_async (Dramatiq: send; arq: awaited enqueue_job)",
             lambda side, url: figures.publish(side, url, size["n1"], "sequential"),
-            (("rate", "higher", ">= 2x"), ("stall_ms", "lower", "earnevents <= 5 ms")),
+            (
+                ("rate", "higher", ">= 2x"),
+                ("stall_ms", "lower", "earnevents <= 5 ms"),
+                ("redis_cpu_us_per_event", "lower", "report"),
+            ),
         ),
         Figure(
             "2",
             "publish, gather of 100 vs run_in_executor (Dramatiq: send in executor; arq: gather of enqueue_job)",
             lambda side, url: figures.publish(side, url, size["n2"], "gather"),
-            (("rate", "higher", ">= 5x"),),
+            (("rate", "higher", ">= 5x"), ("redis_cpu_us_per_event", "lower", "report")),
         ),
         Figure(
             "3",
             "publish_batch of 100 vs apply_async",
             lambda side, url: figures.publish(side, url, size["n3"], "batch" if side == "earnevents" else "sequential"),
-            (("rate", "higher", ">= 10x"),),
+            (("rate", "higher", ">= 10x"), ("redis_cpu_us_per_event", "lower", "report")),
             na={
                 "dramatiq": "no batch publish (a group sends its messages one by one)",
                 "arq": "no batch publish (enqueue_job takes one job)",
@@ -415,11 +419,11 @@ TOP_COMMANDS = 8
 
 
 def redis_commands(rounds: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Figures 4 and 6: per side, the Redis commands that took most time per handled event
+    """Figures 1, 4 and 6: per side, the Redis commands that took most time per handled event
     (median over the rounds of ``INFO commandstats`` usec per event, calls per event beside it).
     A Lua script's time includes the commands it calls, which are listed again on their own."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for number in ("4", "6"):
+    for number in ("1", "4", "6"):
         if not rounds or number not in rounds[0]:
             continue
         for side in rounds[0][number]:
@@ -443,7 +447,7 @@ def redis_commands(rounds: list[dict[str, Any]]) -> dict[str, dict[str, list[dic
 
 def print_commands(commands: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     for number, by_side in commands.items():
-        print(f"\nfig {number}: Redis commands by time inside them per handled event (INFO commandstats, median)")
+        print(f"\nfig {number}: Redis commands by time inside them per event (INFO commandstats, median)")
         for side, per in by_side.items():
             listed = ", ".join(f"{c['command']} {c['us_per_event']:.2f} us ({c['calls_per_event']:.2f}x)" for c in per)
             print(f"  {LABELS[side]}: {listed}")
