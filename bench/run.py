@@ -154,7 +154,11 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "4b",
             f"end to end, trivial handler, prefork -c 2, {PACK} events per message",
             lambda side, url: figures.end_to_end(side, url, size["n4"], per_message=PACK),
-            (("rate", "higher", "report"),),
+            (
+                ("rate", "higher", "report"),
+                ("redis_cpu_us_per_event", "lower", "report"),
+                ("worker_cpu_us_per_event", "lower", "report"),
+            ),
             na={peer: f"{NO_PACKING}: see fig 4" for peer in ("dramatiq", "arq")},
         ),
         Figure(
