@@ -10,6 +10,8 @@ best value of the round), both taken within each round. A side without the featu
     python -m bench.run --only 4L     # the event log's cost: fig 4 with it on, as a ratio to off
     python -m bench.run --only 4,4s   # a plain `def` handler (4s) beside the async one (4)
     python -m bench.run --only 9,10   # workflows (bench/workflow_figures.py), on the MongoDB stand-in
+    python -m bench.run --only 4,6,6c,11  # what each side costs (bench/cost.py): Redis CPU per event,
+                                          # worker CPU and memory; 6c beside a busy core; 11 idle
 """
 
 from __future__ import annotations
