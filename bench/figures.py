@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import redis
@@ -24,7 +25,7 @@ import earnevents
 from earnevents import Event, event_bus
 from earnevents.testing import WorkerProcess
 
-from . import peer_dramatiq
+from . import cost, peer_dramatiq
 from .common import (
     ROOT,
     StallTicker,
@@ -135,15 +136,26 @@ async def _celery_publish(redis_url: str, n: int, mode: str) -> Metrics:
 
 
 def publish(side: str, redis_url: str, n: int, mode: str) -> Metrics:
-    """``mode``: sequential, gather (100 at once) or batch (earnevents' publish_batch of 100)."""
+    """``mode``: sequential, gather (100 at once) or batch (earnevents' publish_batch of 100).
+
+    Also Redis CPU per event published (``redis_cpu_us_per_event``, bench/cost.py), over the
+    whole call: the 50 warm-up publishes count as events; the queue's removal afterwards
+    (and arq's job keys', which its worker would delete in time) is included."""
+    client = redis.Redis.from_url(redis_url)
+    idle = cost.redis_idle(client)
+    before = cost.redis_snapshot(client)
     if side == "dramatiq":
-        return peer_dramatiq.publish(redis_url, unique("pub-dramatiq"), n, mode)
-    if side == "arq":
-        metrics = arq("publish", redis_url, unique("pub-arq"), n, mode)
-        assert metrics is not None
-        return metrics
-    run = _ee_publish if side == "earnevents" else _celery_publish
-    return asyncio.run(run(redis_url, n, mode))
+        metrics = peer_dramatiq.publish(redis_url, unique("pub-dramatiq"), n, mode)
+    elif side == "arq":
+        got = arq("publish", redis_url, unique("pub-arq"), n, mode)
+        assert got is not None
+        metrics = got
+    else:
+        run = _ee_publish if side == "earnevents" else _celery_publish
+        metrics = asyncio.run(run(redis_url, n, mode))
+    after = cost.redis_snapshot(client)
+    client.close()
+    return {**metrics, **cost.redis_metrics(after - before, idle, n + WARMUP)}
 
 
 # --- 4-5: end to end --------------------------------------------------------------------
@@ -209,15 +221,25 @@ def end_to_end(
     Also reports what stays in Redis per handled event once the workers are gone and
     the queue is empty (bytes held in keys and key count, before vs after): the cost
     of remembering completed jobs, which plain Celery (results ignored) does not pay.
+    And what handling costs (bench/cost.py), from the workers' ready to the last event
+    handled, per event handled in that window: Redis CPU (``redis_cpu_us_per_event``, with
+    ``cmd_us:NAME`` / ``cmd_calls:NAME`` per command) and the workers' CPU over their whole
+    process trees (``worker_cpu_us_per_event``); then the trees' memory, all events handled
+    and the workers still up (``worker_rss_mb``, ``worker_uss_mb``, ``worker_pss_mb``).
     """
     queue, key = unique(f"e2e-{side}"), unique("count")
     client = redis.Redis.from_url(redis_url)
+    idle = cost.redis_idle(client)
     mem_before, keys_before = key_memory(client), client.dbsize()
     _prepublish(side, redis_url, queue, name, key, n, per_message if side == "earnevents" else 1, event_log)
     if side == "earnevents":
         workers = [earnevents_worker(redis_url, queue, pool, concurrency, event_log) for _ in range(processes)]
     else:  # the peers' worker commands run their own processes (2) and ignore pool and concurrency
         workers = [worker_for(side, redis_url, queue, pool, concurrency) for _ in range(processes)]
+
+    def handled() -> int:
+        return int(client.get(key) or 0)
+
     try:
         t_start = time.perf_counter()
         for worker in workers:
@@ -225,20 +247,28 @@ def end_to_end(
         for worker in workers:
             worker.wait_ready(120, interval=0.01)
         t_ready = time.perf_counter()
-        t_first = wait_count(client, key, 1, timeout=120, interval=0.005)
-        t_done = wait_count(client, key, n, timeout=600)
+        at_ready, cpu0, redis0 = handled(), cost.tree_cpu(workers), cost.redis_snapshot(client)
+        t_first = wait_count(client, key, 1, timeout=120, interval=0.005)  # a few polls: the first comes soon
+        t_done = cost.wait_until(handled, n, 600, f"{n} handled ({key})")
+        redis1, cpu1 = cost.redis_snapshot(client), cost.tree_cpu(workers)
+        memory = cost.tree_memory(workers)
     finally:
         for worker in workers:
             worker.stop()
         client.delete(*queue_keys(side, queue), key)
     mem_after, keys_after = key_memory(client), client.dbsize()
     client.close()
+    in_window = max(1, n - at_ready)
     return {
         "rate": n / (t_done - t_ready),
         "startup_s": t_ready - t_start,
         "first_s": t_first - t_start,
         "redis_bytes_per_job": max(0.0, (mem_after - mem_before) / n),
         "redis_keys_per_job": max(0.0, (keys_after - keys_before) / n),
+        "worker_cpu_us_per_event": cost.cpu_between(cpu0, cpu1) / in_window * 1e6,
+        "handled_before_ready": at_ready,
+        **memory,
+        **cost.redis_metrics(redis1 - redis0, idle, in_window),
     }
 
 
@@ -250,47 +280,94 @@ def queue_keys(side: str, queue: str) -> list[str]:
 # --- 6: latency ---------------------------------------------------------------------------
 
 
-def latency(side: str, redis_url: str, rate: float, seconds: float) -> Metrics:
+def latency(side: str, redis_url: str, rate: float, seconds: float, busy: bool = False) -> Metrics:
+    """Publish ``rate`` latency events a second for ``seconds`` to a ready worker; the delay from
+    publish to handler start (p50, p95, p99), and what the run cost (bench/cost.py): the worker's
+    CPU seconds over its whole process tree (``worker_cpu_s``) and Redis CPU per event, publishing
+    included (``redis_cpu_us_per_event``), from the first publish to the last sample recorded.
+
+    ``busy``: a CPU-bound process pinned to core 0 competes for the cores all along (figure 6c).
+    """
     queue, key = unique(f"lat-{side}"), unique("lat")
     worker = worker_for(side, redis_url, queue)
     client = redis.Redis.from_url(redis_url)
+    idle = cost.redis_idle(client)
     total = int(rate * seconds)
+    with ExitStack() as stack:
+        if busy:
+            stack.enter_context(cost.busy_core(0))
+        try:
+            worker.start()
+
+            async def publish_paced() -> None:
+                if side == "earnevents":
+                    await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
+                    send: Any = None
+                else:
+                    app = celery_app(redis_url, queue)
+                    send = functools.partial(app.send_task, "plain.latency")
+                t0 = time.perf_counter()
+                for i in range(total):
+                    delay = t0 + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    body = payload(key, published_at=time.time())
+                    if send is None:
+                        await event_bus.publish(Event("bench.latency", body))
+                    else:
+                        send(args=[body])
+                if send is None:
+                    await earnevents.close()
+
+            cpu0, redis0 = cost.tree_cpu([worker]), cost.redis_snapshot(client)
+            if side == "dramatiq":
+                peer_dramatiq.publish_paced(redis_url, queue, key, rate, total)
+            elif side == "arq":
+                arq("paced", redis_url, queue, key, rate, total)
+            else:
+                asyncio.run(publish_paced())
+            cost.wait_until(lambda: int(client.llen(key)), total, 120, "every latency sample")
+            redis1, cpu1 = cost.redis_snapshot(client), cost.tree_cpu([worker])
+            samples = sorted(float(x) * 1000 for x in client.lrange(key, 0, -1))
+        finally:
+            worker.stop()
+            client.delete(*queue_keys(side, queue), key)
+            client.close()
+    q = statistics.quantiles(samples, n=100)
+    return {
+        "p50_ms": q[49],
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "worker_cpu_s": cost.cpu_between(cpu0, cpu1),
+        **cost.redis_metrics(redis1 - redis0, idle, total),
+    }
+
+
+# --- 11: an idle worker ---------------------------------------------------------------------------
+
+
+def idle(side: str, redis_url: str, seconds: float) -> Metrics:
+    """A worker left alone for ``seconds`` once ready (an empty queue): its CPU seconds over its
+    whole process tree, its memory at the end of the window, and the Redis CPU and commands its
+    polling costs per second (Redis' own idle share left out)."""
+    queue = unique(f"idle-{side}")
+    worker = worker_for(side, redis_url, queue)
+    client = redis.Redis.from_url(redis_url)
+    own = cost.redis_idle(client)
     try:
         worker.start()
-
-        async def publish_paced() -> None:
-            if side == "earnevents":
-                await earnevents.init(redis_uri=redis_url, event_config={"queue_name": queue})
-                send: Any = None
-            else:
-                app = celery_app(redis_url, queue)
-                send = functools.partial(app.send_task, "plain.latency")
-            t0 = time.perf_counter()
-            for i in range(total):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                body = payload(key, published_at=time.time())
-                if send is None:
-                    await event_bus.publish(Event("bench.latency", body))
-                else:
-                    send(args=[body])
-            if send is None:
-                await earnevents.close()
-
-        if side == "dramatiq":
-            peer_dramatiq.publish_paced(redis_url, queue, key, rate, total)
-        elif side == "arq":
-            arq("paced", redis_url, queue, key, rate, total)
-        else:
-            asyncio.run(publish_paced())
-        from earnevents.testing import wait_for
-
-        wait_for(lambda: client.llen(key) >= total, 120, "every latency sample", interval=0.05)
-        samples = sorted(float(x) * 1000 for x in client.lrange(key, 0, -1))
+        cpu0, redis0 = cost.tree_cpu([worker]), cost.redis_snapshot(client)
+        time.sleep(seconds)  # the measured window: nothing is published
+        redis1, cpu1 = cost.redis_snapshot(client), cost.tree_cpu([worker])
+        memory = cost.tree_memory([worker])
     finally:
         worker.stop()
-        client.delete(*queue_keys(side, queue), key)
+        client.delete(*queue_keys(side, queue))
         client.close()
-    q = statistics.quantiles(samples, n=100)
-    return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98]}
+    delta = redis1 - redis0
+    return {
+        "worker_idle_cpu_s": cost.cpu_between(cpu0, cpu1),
+        **memory,
+        "redis_idle_cpu_ms_per_s": max(0.0, delta.cpu_s / delta.seconds - own) * 1000,
+        "redis_idle_calls_per_s": sum(calls for calls, _ in delta.commands.values()) / delta.seconds,
+    }

@@ -10,6 +10,8 @@ best value of the round), both taken within each round. A side without the featu
     python -m bench.run --only 4L     # the event log's cost: fig 4 with it on, as a ratio to off
     python -m bench.run --only 4,4s   # a plain `def` handler (4s) beside the async one (4)
     python -m bench.run --only 9,10   # workflows (bench/workflow_figures.py), on the MongoDB stand-in
+    python -m bench.run --only 4,6,6c,11  # what each side costs (bench/cost.py): Redis CPU per event,
+                                          # worker CPU and memory; 6c beside a busy core; 11 idle
 """
 
 from __future__ import annotations
@@ -61,11 +63,11 @@ def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "n1": 300, "n2": 500, "n3": 2000, "n4": 2000, "n5": 3000, "n5a": 300, "lat_s": 3, "n7": 5000,
-            "io_threads": 100, "wf_n": 100, "wf_signals": 50, "wf_rate": 20,
+            "idle_s": 3, "io_threads": 100, "wf_n": 100, "wf_signals": 50, "wf_rate": 20,
         }  # fmt: skip
     return {
         "n1": 3000, "n2": 5000, "n3": 20000, "n4": 20000, "n5": 20000, "n5a": 2000, "lat_s": 20, "n7": 100_000,
-        "io_threads": 100, "wf_n": 1000, "wf_signals": 200, "wf_rate": 20,
+        "idle_s": 60, "io_threads": 100, "wf_n": 1000, "wf_signals": 200, "wf_rate": 20,
     }  # fmt: skip
 
 
@@ -97,19 +99,23 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "1",
             "publish, sequential awaits vs apply_async (Dramatiq: send; arq: awaited enqueue_job)",
             lambda side, url: figures.publish(side, url, size["n1"], "sequential"),
-            (("rate", "higher", ">= 2x"), ("stall_ms", "lower", "earnevents <= 5 ms")),
+            (
+                ("rate", "higher", ">= 2x"),
+                ("stall_ms", "lower", "earnevents <= 5 ms"),
+                ("redis_cpu_us_per_event", "lower", "report"),
+            ),
         ),
         Figure(
             "2",
             "publish, gather of 100 vs run_in_executor (Dramatiq: send in executor; arq: gather of enqueue_job)",
             lambda side, url: figures.publish(side, url, size["n2"], "gather"),
-            (("rate", "higher", ">= 5x"),),
+            (("rate", "higher", ">= 5x"), ("redis_cpu_us_per_event", "lower", "report")),
         ),
         Figure(
             "3",
             "publish_batch of 100 vs apply_async",
             lambda side, url: figures.publish(side, url, size["n3"], "batch" if side == "earnevents" else "sequential"),
-            (("rate", "higher", ">= 10x"),),
+            (("rate", "higher", ">= 10x"), ("redis_cpu_us_per_event", "lower", "report")),
             na={
                 "dramatiq": "no batch publish (a group sends its messages one by one)",
                 "arq": "no batch publish (enqueue_job takes one job)",
@@ -125,6 +131,11 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
                 ("first_s", "lower", "<= Celery"),
                 ("redis_bytes_per_job", "lower", "report"),
                 ("redis_keys_per_job", "lower", "report"),
+                ("redis_cpu_us_per_event", "lower", "<= Celery"),
+                ("worker_cpu_us_per_event", "lower", "report"),
+                ("worker_rss_mb", "lower", "<= Celery"),
+                ("worker_uss_mb", "lower", "report"),
+                ("worker_pss_mb", "lower", "report"),
             ),
         ),
         Figure(
@@ -147,7 +158,11 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "4b",
             f"end to end, trivial handler, prefork -c 2, {PACK} events per message",
             lambda side, url: figures.end_to_end(side, url, size["n4"], per_message=PACK),
-            (("rate", "higher", "report"),),
+            (
+                ("rate", "higher", "report"),
+                ("redis_cpu_us_per_event", "lower", "report"),
+                ("worker_cpu_us_per_event", "lower", "report"),
+            ),
             na={peer: f"{NO_PACKING}: see fig 4" for peer in ("dramatiq", "arq")},
         ),
         Figure(
@@ -167,7 +182,37 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             "6",
             "latency publish -> handler start at 200/s",
             lambda side, url: figures.latency(side, url, 200, size["lat_s"]),
-            (("p50_ms", "lower", "<= Celery"), ("p95_ms", "lower", "<= Celery"), ("p99_ms", "lower", "<= Celery")),
+            (
+                ("p50_ms", "lower", "<= Celery"),
+                ("p95_ms", "lower", "<= Celery"),
+                ("p99_ms", "lower", "<= Celery"),
+                ("worker_cpu_s", "lower", "<= Celery"),
+                ("redis_cpu_us_per_event", "lower", "report"),
+            ),
+        ),
+        Figure(
+            "6c",
+            "latency as fig 6 beside a CPU-bound process pinned to core 0",
+            lambda side, url: figures.latency(side, url, 200, size["lat_s"], busy=True),
+            (
+                ("p50_ms", "lower", "report"),
+                ("p95_ms", "lower", "report"),
+                ("p99_ms", "lower", "<= best peer"),
+                ("worker_cpu_s", "lower", "report"),
+            ),
+        ),
+        Figure(
+            "11",
+            f"idle worker for {size['idle_s']} s after it is ready (empty queue), as fig 4's workers",
+            lambda side, url: figures.idle(side, url, size["idle_s"]),
+            (
+                ("worker_idle_cpu_s", "lower", "<= Celery"),
+                ("worker_rss_mb", "lower", "<= Celery"),
+                ("worker_uss_mb", "lower", "report"),
+                ("worker_pss_mb", "lower", "report"),
+                ("redis_idle_cpu_ms_per_s", "lower", "report"),
+                ("redis_idle_calls_per_s", "lower", "report"),
+            ),
         ),
         Figure(
             "9",
@@ -277,8 +322,10 @@ def main() -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     Path(args.json).write_text(json.dumps({"env": env, **raw}, indent=1, default=str))
-    (RESULTS / "summary.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    commands = redis_commands(raw["rounds"])
+    (RESULTS / "summary.json").write_text(json.dumps({"env": env, "rows": rows, "redis_commands": commands}, indent=1))
     print_table(env, rows)
+    print_commands(commands)
     return 0
 
 
@@ -338,7 +385,7 @@ def table(raw: dict[str, Any], figs: list[Figure]) -> list[dict[str, Any]]:
                     "best_peer": Counter(best_sides).most_common(1)[0][0] if best_sides else None,
                     "ratio_best_peer": summarize(best_ratios) if best_ratios else None,
                     "target": target,
-                    "met": met(metric, target, ee, ratios) if ratios else None,
+                    "met": met(target, ee, ratios, best_ratios) if ratios else None,
                 }
             )
     for number in ("1", "4"):
@@ -381,12 +428,52 @@ def table(raw: dict[str, Any], figs: list[Figure]) -> list[dict[str, Any]]:
     return rows
 
 
-def met(metric: str, target: str, ee: list[float], ratios: list[float]) -> bool | None:
+TOP_COMMANDS = 8
+
+
+def redis_commands(rounds: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Figures 1, 4 and 6: per side, the Redis commands that took most time per handled event
+    (median over the rounds of ``INFO commandstats`` usec per event, calls per event beside it).
+    A Lua script's time includes the commands it calls, which are listed again on their own."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for number in ("1", "4", "6"):
+        if not rounds or number not in rounds[0]:
+            continue
+        for side in rounds[0][number]:
+            names = {k.split(":", 1)[1] for rnd in rounds for k in rnd[number][side] if k.startswith("cmd_us:")}
+            if not names:
+                continue
+            per = [
+                {
+                    "command": name,
+                    "us_per_event": statistics.median(rnd[number][side].get(f"cmd_us:{name}", 0.0) for rnd in rounds),
+                    "calls_per_event": statistics.median(
+                        rnd[number][side].get(f"cmd_calls:{name}", 0.0) for rnd in rounds
+                    ),
+                }
+                for name in names
+            ]
+            per.sort(key=lambda c: -c["us_per_event"])
+            out.setdefault(number, {})[side] = per[:TOP_COMMANDS]
+    return out
+
+
+def print_commands(commands: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    for number, by_side in commands.items():
+        print(f"\nfig {number}: Redis commands by time inside them per event (INFO commandstats, median)")
+        for side, per in by_side.items():
+            listed = ", ".join(f"{c['command']} {c['us_per_event']:.2f} us ({c['calls_per_event']:.2f}x)" for c in per)
+            print(f"  {LABELS[side]}: {listed}")
+
+
+def met(target: str, ee: list[float], ratios: list[float], best_ratios: list[float]) -> bool | None:
     median = statistics.median(ratios)
     if target.startswith(">="):
         return median >= float(target[3:].rstrip("x"))
     if target == "<= Celery":
         return median <= 1.0
+    if target == "<= best peer":
+        return statistics.median(best_ratios) <= 1.0 if best_ratios else None
     if target == "earnevents <= 5 ms":
         return statistics.median(ee) <= 5
     return None
