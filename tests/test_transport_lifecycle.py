@@ -535,3 +535,27 @@ def test_a_blocking_move_never_outlasts_half_the_alive_ttl(connect, rclient, que
     channel = send_next_fetch(conn)
     # Then Redis answers within a second: a move can only land while it is listed and alive
     assert channel.client.connection.can_read(timeout=TTL * 0.75)
+
+
+def test_the_fetch_script_is_sent_by_digest_and_loaded_again_when_redis_forgot_it(connect, rclient, queue):
+    # Given a consumer fetching with the script, one acknowledgement buffered for its next fetch
+    ids = publish(rclient, queue, 4)
+    rclient.config_resetstat()
+    conn = connect()
+    _, got = start_fast_fetching(conn, queue, prefetch=1)
+    got[0].ack()
+    # And Redis forgot its scripts (a restart, SCRIPT FLUSH)
+    rclient.script_flush()
+    # When the consumer goes on taking messages
+    deadline = time.monotonic() + 10
+    while len(got) < 4 and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=1)
+        if len(got) > 1:
+            got[-1].ack()
+    # Then every message came once, the buffered acknowledgement reached Redis with a later fetch,
+    # and no fetch sent the script's whole text (EVAL): each went by its digest (EVALSHA)
+    assert [m.headers["id"] for m in got] == ids
+    assert not rclient.hexists(f"{queue}:unacked", got[0].delivery_tag)
+    stats = rclient.info("commandstats")
+    assert "cmdstat_eval" not in stats and stats["cmdstat_evalsha"]["calls"] >= 3
