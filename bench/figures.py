@@ -17,6 +17,7 @@ import subprocess
 import time
 from typing import Any
 
+import psutil
 import redis
 from celery import Celery
 
@@ -222,7 +223,11 @@ def end_to_end(
         for worker in workers:
             worker.wait_ready(120)
         t_ready = time.perf_counter()
+        cpu_ready = tree_cpu(workers)
+        redis_ready = redis_cpu(client)
         t_done = wait_count(client, key, n, timeout=600)
+        cpu_done = tree_cpu(workers)
+        redis_done = redis_cpu(client)
     finally:
         for worker in workers:
             worker.stop()
@@ -234,7 +239,37 @@ def end_to_end(
         "startup_s": t_ready - t_start,
         "redis_bytes_per_job": max(0.0, (mem_after - mem_before) / n),
         "redis_keys_per_job": max(0.0, (keys_after - keys_before) / n),
+        # CPU seconds from ready to the last event handled, per event: firmer than the rate
+        # on a shared machine (the rate moves with what else runs, the work per event less).
+        "worker_cpu_us": (cpu_done - cpu_ready) / n * 1e6,
+        "redis_cpu_us": (redis_done - redis_ready) / n * 1e6,
     }
+
+
+def tree_cpu(workers: list[WorkerProcess]) -> float:
+    """CPU seconds (user + system) the workers' process trees used so far (psutil)."""
+    total = 0.0
+    for worker in workers:
+        if worker.proc is None:
+            continue
+        try:
+            root = psutil.Process(worker.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds redis-server used so far (``INFO cpu``)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def queue_keys(side: str, queue: str) -> list[str]:

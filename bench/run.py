@@ -120,6 +120,8 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             lambda side, url: figures.end_to_end(side, url, size["n4"]),
             (
                 ("rate", "higher", ">= 1.0x"),
+                ("worker_cpu_us", "lower", "report"),
+                ("redis_cpu_us", "lower", "report"),
                 ("startup_s", "lower", "report"),
                 ("redis_bytes_per_job", "lower", "report"),
                 ("redis_keys_per_job", "lower", "report"),
