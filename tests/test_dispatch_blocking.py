@@ -5,12 +5,14 @@ takes over where that side fails."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 from test_dispatch import FakeBooks, InlineLoop, job_for
 
 from earnevents import Event
+from earnevents.errors import HandlerTimeoutError
 from earnevents.handlers import HandlerRegistry
 from earnevents.worker.dispatch import handle
 from earnevents.worker.jobs import COMPLETED, Outcome
@@ -179,8 +181,105 @@ def test_beside_async_handlers_the_sync_ones_record_here_and_the_async_ones_on_t
     # When it is handled
     outcomes = handle(job_for(Event("e.x", {})), registry, loop, books)
 
-    # Then both ran and are recorded: the sync one from here, the async one on the loop (one hop)
+    # Then both ran and are recorded from here; the async one only ran on the loop (one hop)
     assert sorted(ran) == ["async", "sync"]
     assert all(o.error is None and o.recorded for o in outcomes) and len(outcomes) == 2
-    assert "completed here plain" in books.log and "completed here on_loop" not in books.log
+    assert "completed here plain" in books.log and "completed here on_loop" in books.log
     assert loop.hops == 1 and books.settled == []
+
+
+class LoopRecordingBooks(BlockingBooks):
+    """BlockingBooks that log a completion recorded on the loop (``completed``) too."""
+
+    async def completed(self, job, handler):
+        self.log.append(f"completed on loop {handler.rsplit('.', 1)[-1]}")
+        await super().completed(job, handler)
+
+    def completed_blocking(self, job, handler):
+        if "record" in self.store_down:
+            return False
+        self.log.append(f"completed here {handler.rsplit('.', 1)[-1]}")
+        wait(FakeBooks.completed(self, job, handler))
+        return True
+
+
+def test_an_async_handler_is_claimed_and_recorded_from_the_task_thread_and_only_awaited_on_the_loop(registry):
+    # Given an event whose only handler is async, in a prefork/solo task thread (the main thread)
+    books, loop = LoopRecordingBooks(), CountingLoop()
+    ran: list[str] = []
+
+    async def on_loop(e):
+        ran.append(e.id)
+
+    registry.register("e.x", on_loop)
+    event = Event("e.x", {})
+
+    # When it is handled
+    [outcome] = handle(job_for(event), registry, loop, books)
+
+    # Then it was claimed and recorded from this thread, and the one hop ran the coroutine only
+    assert ran == [event.id] and outcome.error is None and outcome.recorded
+    assert books.log == ["claim here", "claim", "completed here on_loop"]  # "claim": the fake's own state
+    assert loop.hops == 1 and books.settled == []
+    # and a redelivery skips it
+    assert handle(job_for(event, tag="other"), registry, loop, books) == [] and ran == [event.id]
+
+
+def test_when_recording_an_async_handler_here_fails_settle_remembers_the_success(registry):
+    books, loop = LoopRecordingBooks(store_down={"record"}), CountingLoop()
+
+    async def on_loop(e):
+        pass
+
+    registry.register("e.x", on_loop)
+
+    [outcome] = handle(job_for(Event("e.x", {})), registry, loop, books)
+
+    assert outcome.error is None and not outcome.recorded
+    assert books.settled == [[outcome]] and loop.hops == 2
+    assert "completed on loop on_loop" not in books.log  # the loop did not record it on its own
+
+
+def test_a_failing_async_handler_is_claimed_here_and_settled_on_the_loop(registry):
+    books, loop = LoopRecordingBooks(), CountingLoop()
+
+    async def broken(e):
+        raise KeyError("x")
+
+    registry.register("e.x", broken)
+
+    [outcome] = handle(job_for(Event("e.x", {})), registry, loop, books)
+
+    assert isinstance(outcome.error, KeyError)
+    assert books.log == ["claim here", "claim"] and books.settled == [[outcome]] and loop.hops == 2
+
+
+def test_an_async_handler_past_its_timeout_fails_on_the_loop_and_is_not_recorded(registry):
+    books, loop = LoopRecordingBooks(), CountingLoop()
+
+    async def slow(e):
+        await asyncio.sleep(5)
+
+    registry.register("e.x", slow, timeout=0.05)
+
+    [outcome] = handle(job_for(Event("e.x", {})), registry, loop, books)
+
+    assert isinstance(outcome.error, HandlerTimeoutError)
+    assert books.log == ["claim here", "claim"] and books.settled == [[outcome]]
+
+
+def test_in_one_of_many_task_threads_an_async_event_stays_on_the_loop(registry):
+    # Given a -P threads task thread (not the main thread): the loop's group commit serves them all
+    books, loop = LoopRecordingBooks(), CountingLoop()
+
+    async def on_loop(e):
+        pass
+
+    registry.register("e.x", on_loop)
+    result: list[Outcome] = []
+    thread = threading.Thread(target=lambda: result.extend(handle(job_for(Event("e.x", {})), registry, loop, books)))
+    thread.start()
+    thread.join(10)
+
+    [outcome] = result
+    assert outcome.recorded and books.log == ["claim", "completed on loop on_loop"] and loop.hops == 1

@@ -10,6 +10,7 @@ schedule) until its policy is spent, then recorded. How one handler try runs is
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,7 +28,7 @@ from . import metrics as metrics_hooks
 from . import stats as stats_hooks
 from . import tracing as tracing_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
-from .running import run_async, run_sync
+from .running import record_here, run_async, run_sync
 
 log = get_logger(__name__)
 
@@ -249,15 +250,19 @@ async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
 
 
 def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[Outcome]:
-    """:func:`_run_claimed` for a mix of sync (run in this thread) and async handlers."""
+    """:func:`_run_claimed` from the task thread, for any mix of sync handlers (run in this
+    thread) and async ones (awaited on the loop: the only hop). Where ``books`` records from
+    this thread (:class:`~.jobs.BlockingBookkeeper`), the async handlers' successes are
+    recorded here too, on its blocking client, once their coroutines are done."""
     job = claimed.job
+    here = _records_here(books)
     _started(job, [h.name for h in claimed.fresh])
     async_handlers = [h for h in claimed.fresh if h.is_async]
-    pending = loop.submit(run_async(async_handlers, job, books)) if async_handlers else None
+    pending = loop.submit(run_async(async_handlers, job, books, record=not here)) if async_handlers else None
     try:
         outcomes = [run_sync(h, job, loop, books) for h in claimed.fresh if not h.is_async]
         if pending is not None:
-            outcomes = pending.result() + outcomes
+            outcomes = _record_async_here(pending.result(), job, loop, books) + outcomes
     except BaseException:  # this thread was interrupted (a soft time limit, termination)
         if pending is not None:
             pending.cancel()  # the async handlers must not run on unseen
@@ -266,9 +271,35 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
     for h in claimed.again:
         loop.run(books.started(job, h.name, job.deliveries[h.name]))
         _started(job, [h.name])
-        outcomes += loop.run(run_async([h], job, books)) if h.is_async else [run_sync(h, job, loop, books)]
+        if h.is_async:
+            outcomes += _record_async_here(loop.run(run_async([h], job, books, record=not here)), job, loop, books)
+        else:
+            outcomes.append(run_sync(h, job, loop, books))
     _finished(job, outcomes)
     return outcomes
+
+
+def _records_here(books: Bookkeeper) -> bool:
+    """Whether ``books`` records completions from the calling thread (a blocking client)."""
+    return getattr(books, "completed_blocking", None) is not None
+
+
+def _one_task_thread() -> bool:
+    """Whether this is the process' only task thread (prefork and solo pools run tasks in the
+    main thread). With ``-P threads`` many task threads share the loop, whose group commit
+    then writes their completions together in fewer round trips: their all-async events
+    stay on the loop."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def _record_async_here(outcomes: list[Outcome], job: Job, loop: Loop, books: Bookkeeper) -> list[Outcome]:
+    """Record the async handlers' successes that the loop left unrecorded, from this thread."""
+    return [
+        replace(o, recorded=record_here(books, loop, job, o.handler).recorded)
+        if o.error is None and not o.recorded
+        else o
+        for o in outcomes
+    ]
 
 
 def _needs_settling(outcomes: list[Outcome]) -> bool:
@@ -356,10 +387,12 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
     delivery that died run one at a time after the others (:class:`Claimed`). Async handlers
     run concurrently on ``loop`` while sync ones run here, in the calling (task)
     thread, as plain calls; then ``books.settle`` runs on ``loop`` when an outcome needs it.
-    An event whose handlers are all async is handled in one hop to ``loop``; one with a
-    plain ``def`` handler is claimed and its sync handlers' completions recorded from this
-    thread when ``books`` can do that (:class:`~.jobs.BlockingBookkeeper`): no hop at all
-    for an event of sync handlers that succeed.
+    Where ``books`` can (:class:`~.jobs.BlockingBookkeeper`), the event is claimed and its
+    successes recorded from this thread, on a blocking client: no hop at all for an event
+    of sync handlers that succeed, and for async ones the only hop awaits their coroutines
+    (measured cheaper than claiming and recording on the loop's async client). In one of
+    many task threads (``-P threads``) an event whose handlers are all async is handled
+    on ``loop`` in one hop instead, where the group commit shares the round trips.
     """
     try:
         handlers = select_handlers(registry, job)
@@ -376,7 +409,7 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         )
         eventlog_hooks.no_handlers(job)
         return []
-    if all(h.is_async for h in handlers):
+    if all(h.is_async for h in handlers) and not (_one_task_thread() and _records_here(books)):
         return loop.run(_handle_async(job, handlers, books))
     [claimed] = _claim_here(books, loop, [(job, handlers)])
     outcomes = _run_claimed_here(claimed, loop, books)

@@ -230,7 +230,7 @@ def record_here(books: Bookkeeper, loop: Loop, job: Job, handler: str) -> Outcom
     return Outcome(handler, recorded=bool(completed(job, handler)))
 
 
-async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
+async def _run_one(handler: Handler, job: Job, books: Bookkeeper, record: bool = True) -> Outcome:
     timeout = _timeout_of(handler, job)
     token = _current_job.set(job_context(job, handler.name))
     span = tracing.enter(job, handler.name)
@@ -246,20 +246,24 @@ async def _run_one(handler: Handler, job: Job, books: Bookkeeper) -> Outcome:
     finally:
         tracing.leave(span)
         _current_job.reset(token)
-    return await _record(books, job, handler.name)
+    return await _record(books, job, handler.name) if record else Outcome(handler.name)
 
 
-async def run_async(handlers: list[Handler], job: Job, books: Bookkeeper) -> list[Outcome]:
-    """Run ``async def`` handlers concurrently; one failing does not cancel the others."""
+async def run_async(handlers: list[Handler], job: Job, books: Bookkeeper, record: bool = True) -> list[Outcome]:
+    """Run ``async def`` handlers concurrently; one failing does not cancel the others.
+
+    Each success is recorded as completed on the loop right away, unless ``record`` is
+    False: the caller then records it (:func:`record_here`) or leaves it to ``settle``.
+    """
     if len(handlers) == 1:  # the usual case: no task to create
         try:
-            return [await _run_one(handlers[0], job, books)]
+            return [await _run_one(handlers[0], job, books, record)]
         except asyncio.CancelledError as exc:  # the handler's own doing, unless we are cancelled
             cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
             if cancelling is not None and cancelling():
                 raise
             return [Outcome(handlers[0].name, exc)]
-    results = await asyncio.gather(*(_run_one(h, job, books) for h in handlers), return_exceptions=True)
+    results = await asyncio.gather(*(_run_one(h, job, books, record) for h in handlers), return_exceptions=True)
     return [
         r if isinstance(r, Outcome) else Outcome(h.name, r)  # BaseException such as CancelledError
         for h, r in zip(handlers, results, strict=True)
