@@ -166,7 +166,7 @@ def test_a_failing_sync_handler_is_claimed_here_and_settled_on_the_loop(registry
 
 def test_beside_async_handlers_the_sync_ones_record_here_and_the_async_ones_on_the_loop(registry):
     # Given an event with an async and a plain def handler
-    books, loop = BlockingBooks(), CountingLoop()
+    books, loop = LoopRecordingBooks(), CountingLoop()
     ran: list[str] = []
 
     async def on_loop(e):
@@ -181,11 +181,36 @@ def test_beside_async_handlers_the_sync_ones_record_here_and_the_async_ones_on_t
     # When it is handled
     outcomes = handle(job_for(Event("e.x", {})), registry, loop, books)
 
-    # Then both ran and are recorded from here; the async one only ran on the loop (one hop)
+    # Then both ran and are recorded: the sync one from here, the async one on the loop as it
+    # returned (not once the sync one is done too), in the one hop that ran it
     assert sorted(ran) == ["async", "sync"]
     assert all(o.error is None and o.recorded for o in outcomes) and len(outcomes) == 2
-    assert "completed here plain" in books.log and "completed here on_loop" in books.log
+    assert "completed here plain" in books.log and "completed on loop on_loop" in books.log
     assert loop.hops == 1 and books.settled == []
+
+
+def test_with_several_async_handlers_each_success_is_recorded_as_it_returns(registry):
+    # Given an event with two async handlers, the second still running when the first returns
+    books, loop = LoopRecordingBooks(), CountingLoop()
+    seen: list[bool] = []
+
+    async def quick(e):
+        pass
+
+    async def slow(e):
+        await asyncio.sleep(0.05)
+        seen.append(any(line.startswith("completed") and line.endswith(" quick") for line in books.log))
+
+    registry.register("e.x", quick)
+    registry.register("e.x", slow)
+
+    # When it is handled in a prefork/solo task thread
+    outcomes = handle(job_for(Event("e.x", {})), registry, loop, books)
+
+    # Then the first was recorded while the second still ran: a worker dying then would not
+    # run it again (recorded from here, it would wait for its sibling)
+    assert seen == [True]
+    assert all(o.error is None and o.recorded for o in outcomes) and len(outcomes) == 2
 
 
 class LoopRecordingBooks(BlockingBooks):

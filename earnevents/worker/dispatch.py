@@ -252,13 +252,16 @@ async def _run_claimed(claimed: Claimed, books: Bookkeeper) -> list[Outcome]:
 def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """:func:`_run_claimed` from the task thread, for any mix of sync handlers (run in this
     thread) and async ones (awaited on the loop: the only hop). Where ``books`` records from
-    this thread (:class:`~.jobs.BlockingBookkeeper`), the async handlers' successes are
-    recorded here too, on its blocking client, once their coroutines are done."""
+    this thread (:class:`~.jobs.BlockingBookkeeper`), an async handler run on its own is
+    recorded here too, on its blocking client, once its coroutine is done; beside others it
+    is recorded on the loop as it returns (here it would wait for its siblings, and a worker
+    dying meanwhile would run it again)."""
     job = claimed.job
     here = _records_here(books)
     _started(job, [h.name for h in claimed.fresh])
     async_handlers = [h for h in claimed.fresh if h.is_async]
-    pending = loop.submit(run_async(async_handlers, job, books, record=not here)) if async_handlers else None
+    alone = here and len(claimed.fresh) == 1
+    pending = loop.submit(run_async(async_handlers, job, books, record=not alone)) if async_handlers else None
     try:
         outcomes = [run_sync(h, job, loop, books) for h in claimed.fresh if not h.is_async]
         if pending is not None:
@@ -389,10 +392,11 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
     thread, as plain calls; then ``books.settle`` runs on ``loop`` when an outcome needs it.
     Where ``books`` can (:class:`~.jobs.BlockingBookkeeper`), the event is claimed and its
     successes recorded from this thread, on a blocking client: no hop at all for an event
-    of sync handlers that succeed, and for async ones the only hop awaits their coroutines
-    (measured cheaper than claiming and recording on the loop's async client). In one of
-    many task threads (``-P threads``) an event whose handlers are all async is handled
-    on ``loop`` in one hop instead, where the group commit shares the round trips.
+    of sync handlers that succeed, and for an event of one async handler the only hop
+    awaits its coroutine (measured cheaper than claiming and recording on the loop's async
+    client). An event of several async handlers is handled on ``loop`` in one hop, each
+    success recorded as it returns (not after its siblings); so is one of many task threads'
+    (``-P threads``), where the group commit shares the round trips.
     """
     try:
         handlers = select_handlers(registry, job)
@@ -409,7 +413,7 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         )
         eventlog_hooks.no_handlers(job)
         return []
-    if all(h.is_async for h in handlers) and not (_one_task_thread() and _records_here(books)):
+    if all(h.is_async for h in handlers) and not (len(handlers) == 1 and _one_task_thread() and _records_here(books)):
         return loop.run(_handle_async(job, handlers, books))
     [claimed] = _claim_here(books, loop, [(job, handlers)])
     outcomes = _run_claimed_here(claimed, loop, books)
