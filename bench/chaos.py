@@ -283,6 +283,8 @@ def main() -> int:
         def progress() -> tuple[int, bool]:
             done = client.hgetall(DONE)
             finished = len(done) >= len(expected) and (not must_fail or _marked_failed(server.url) >= must_fail)
+            # a poison item a killed worker took waits in its in-flight list until the sweep returns it
+            finished = finished and (not args.poison or _dead_count(server.url) >= args.poison)
             return len(done), finished
 
         wait_for_progress(progress, args.timeout, args.stall)
@@ -306,6 +308,8 @@ def main() -> int:
         )
         print(f"unexpected failed jobs:            {len(failed - must_fail)}")
         print(f"poison items dead-lettered:        {dead} of {args.poison} pushed")
+        if dead < args.poison:
+            print("  not dead-lettered, still:", poison_left(client))
         print(f"worker kills:                      {chaos.kills}; redis restarts: {int(chaos.redis_restarted)}")
         print(f"redis AOF writes postponed:        {postponed_aof_writes(server)}  (appendfsync {args.appendfsync})")
         if args.event_log:
@@ -342,6 +346,23 @@ def postponed_aof_writes(server: RedisServer) -> int:
     return text.count("Asynchronous AOF fsync is taking too long")
 
 
+def poison_left(client: redis.Redis) -> dict[str, int]:
+    """Where items that are not messages still are (queue, in-flight lists), for diagnosis."""
+    from earnevents import keys
+
+    places: dict[str, int] = {}
+    lists = [QUEUE, *(k.decode() for k in client.scan_iter(keys.inflight_list(QUEUE, "*")))]
+    for name in lists:
+        for item in client.lrange(name, 0, -1):
+            try:
+                poison = json.loads(item)["headers"]["id"] == "poison"
+            except Exception:  # not even a message's shape
+                poison = True
+            if poison:
+                places[name] = places.get(name, 0) + 1
+    return places
+
+
 def where_is(client: redis.Redis, event_id: str) -> str:
     """Where a lost event's message still is, if anywhere (for diagnosis)."""
     from earnevents import keys
@@ -364,6 +385,14 @@ def _marked_failed(redis_url: str) -> set[str]:
         return set()
     except redis.RedisError:
         return set()
+
+
+def _dead_count(redis_url: str) -> int:
+    """How many items were dead-lettered, or 0 while Redis is restarting."""
+    try:
+        return asyncio.run(_failures(redis_url))[1]
+    except (earnevents.EarnEventsError, redis.RedisError):
+        return 0
 
 
 async def _failures(redis_url: str) -> tuple[set[str], int]:
