@@ -108,7 +108,14 @@ def settle(chaos: Chaos, workers: list[WorkerProcess]) -> None:
 
 
 def mongo_workers(
-    name: str, modules: str, queue: str, database: str, redis_url: str, mongo_url: str, concurrency: int
+    name: str,
+    modules: str,
+    queue: str,
+    database: str,
+    redis_url: str,
+    mongo_url: str,
+    concurrency: int,
+    max_deliveries: int = 3,
 ) -> list[WorkerProcess]:
     """Two workers for a chaos run that needs MongoDB too (logs: ``.run/<name>-worker-<i>.log``)."""
     env = {
@@ -118,7 +125,7 @@ def mongo_workers(
         "EARNEVENTS_DATABASE": database,
         "EARNEVENTS_HANDLER_MODULES": modules,
         "EARNEVENTS_VISIBILITY_TIMEOUT": "5",
-        "EARNEVENTS_MAX_DELIVERIES": "3",
+        "EARNEVENTS_MAX_DELIVERIES": str(max_deliveries),
         "PYTHONPATH": str(ROOT),
     }
     logs = ROOT / ".run"

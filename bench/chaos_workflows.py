@@ -204,8 +204,18 @@ def main() -> int:
     mongo = MongoServer()
     server.start()
     mongo.start()
+    # The default EARNEVENTS_MAX_DELIVERIES (5): a step whose worker died in that many starts less
+    # one fails its run by design (a step that kills its process every time); with 3, two kills
+    # landing in one step's visit (3 runs in 500 at a kill every 3 s) would fail it.
     workers = mongo_workers(
-        "chaos-workflows", "bench.chaos_workflow_defs", QUEUE, DATABASE, server.url, mongo.url, args.concurrency
+        "chaos-workflows",
+        "bench.chaos_workflow_defs",
+        QUEUE,
+        DATABASE,
+        server.url,
+        mongo.url,
+        args.concurrency,
+        max_deliveries=5,
     )
     client = redis.Redis.from_url(server.url)
     try:
