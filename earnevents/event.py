@@ -22,7 +22,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from . import entities, names
+from . import entities, ids, names
 
 TAG = "__ee__"
 """Key marking a tagged (typed) value in the wire form."""
@@ -38,7 +38,7 @@ def _utcnow() -> dt.datetime:
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    return ids.uuid4_hex()
 
 
 @dataclass(frozen=True, slots=True)

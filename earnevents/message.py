@@ -8,12 +8,15 @@ without a synchronous broker connection. The worker side is plain Celery.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
 import uuid
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) string writer
 from typing import Any
 
+from . import ids
 from .keys import TASK_NAME
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
@@ -93,31 +96,81 @@ def _envelope(
     attempt: int,
     retry_policy: dict[str, Any] | None,
 ) -> str:
-    kwargs = {"handler": handler, "attempt": attempt, "retry_policy": retry_policy}
-    body = json.dumps([event_wires, kwargs, _EMBED], separators=(",", ":"))
+    # The text json.dumps(envelope, separators=(",", ":")) gives for the envelope that
+    # _envelope_fields describes, written into the queue's template (built once per queue).
+    body = _COMPACT.encode(
+        [event_wires, {"handler": handler, "attempt": attempt, "retry_policy": retry_policy}, _EMBED]
+    )
     first = event_wires[0]
     label = f"{first['name']} {first['id']}"
     if len(event_wires) > 1:
         label += f" and {len(event_wires) - 1} more"
-    envelope = {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        shadow = shadow_name([wire["name"] for wire in event_wires], handler)
+    else:
+        shadow = shadow_name([first["name"]], handler)
+    kwargsrepr = (
+        _FRESH_KWARGSREPR if handler is None and attempt == 0 else repr({"handler": handler, "attempt": attempt})
+    )
+    quoted_id = _quote(task_id)
+    parts = _template(queue)
+    return "".join(
+        (
+            parts[0],
+            base64.b64encode(body.encode("utf-8")).decode("ascii"),
+            parts[1],
+            quoted_id,
+            parts[2],
+            _quote(shadow),
+            parts[3],
+            str(attempt),
+            parts[4],
+            quoted_id,
+            parts[5],
+            _quote(f"[{label!r}]"),
+            parts[6],
+            _quote(kwargsrepr),
+            parts[7],
+            quoted_id,
+            parts[8],
+            ids.uuid4_str(),
+            parts[9],
+            ids.uuid4_hex(),
+            parts[10],
+        )
+    )
+
+
+def _envelope_fields(
+    queue: str,
+    body: str,
+    task_id: str,
+    shadow: str,
+    retries: Any,
+    argsrepr: str,
+    kwargsrepr: str,
+    delivery_tag: str,
+    copy_id: str,
+) -> dict[str, Any]:
+    """The Celery protocol-2 envelope (as kombu's Redis transport stores it); ``body`` base64."""
+    return {
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
             "lang": "py",
             "task": TASK_NAME,
             "id": task_id,
-            "shadow": shadow_name([wire["name"] for wire in event_wires], handler),
+            "shadow": shadow,
             "eta": None,
             "expires": None,
             "group": None,
             "group_index": None,
-            "retries": attempt,
+            "retries": retries,
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": f"[{label!r}]",
-            "kwargsrepr": repr({"handler": handler, "attempt": attempt}),
+            "argsrepr": argsrepr,
+            "kwargsrepr": kwargsrepr,
             "origin": _ORIGIN,
             "ignore_result": True,
             "replaced_task_nesting": 0,
@@ -130,13 +183,53 @@ def _envelope(
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": delivery_tag,
             # Kept as is when the message is given back to the queue (its delivery tag is
             # then replaced): the worker's claims on the message's jobs are owned by it.
-            COPY_ID: uuid.uuid4().hex,
+            COPY_ID: copy_id,
         },
     }
-    return json.dumps(envelope, separators=(",", ":"))
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""What ``json.dumps(..., separators=(",", ":"))`` uses, made once (json.dumps makes one per call)."""
+
+_FRESH_KWARGSREPR = repr({"handler": None, "attempt": 0})
+
+_HOLE = "\x00earnevents-hole-{}\x00"
+"""A placeholder value in :func:`_template`; JSON writes its NUL characters as ``\\u0000``."""
+
+_RAW_HOLES = frozenset({"body", "delivery_tag", "copy_id"})
+"""Holes whose values :func:`_envelope` writes without quoting (base64, hex, dashes): the
+template keeps their quotes."""
+
+_JOIN_ORDER: tuple[str, ...] = (
+    "body",
+    "task_id",
+    "shadow",
+    "retries",
+    "task_id",
+    "argsrepr",
+    "kwargsrepr",
+    "task_id",
+    "delivery_tag",
+    "copy_id",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _template(queue: str) -> tuple[str, ...]:
+    """The envelope text of ``queue`` cut where the per-message values go, in the order
+    :func:`_envelope` writes them (``_JOIN_ORDER``): one piece more than values."""
+    names = ("body", "task_id", "shadow", "retries", "argsrepr", "kwargsrepr", "delivery_tag", "copy_id")
+    text = json.dumps(_envelope_fields(queue, **{name: _HOLE.format(name) for name in names}), separators=(",", ":"))
+    for name in names:  # a control character marks each cut: JSON text has none of its own
+        hole = json.dumps(_HOLE.format(name))
+        text = text.replace(hole, f'"\x01{name}\x01"' if name in _RAW_HOLES else f"\x01{name}\x01")
+    pieces = text.split("\x01")
+    if tuple(pieces[1::2]) != _JOIN_ORDER:  # pragma: no cover - the envelope's fields changed
+        raise AssertionError(f"envelope template out of step: {pieces[1::2]}")
+    return tuple(pieces[0::2])
 
 
 _COPY_FIELD = f'"{COPY_ID}":"'
@@ -156,7 +249,7 @@ def new_copy(payload: str) -> str:
         return payload
     start += len(_COPY_FIELD)
     end = payload.index('"', start)
-    return payload[:start] + uuid.uuid4().hex + payload[end:]
+    return payload[:start] + ids.uuid4_hex() + payload[end:]
 
 
 def parse(payload: str | bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -173,7 +266,7 @@ def parse_packed(payload: str | bytes) -> tuple[list[dict[str, Any]], dict[str, 
 
 
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    return ids.uuid4_hex()
 
 
 def derived_id(kind: str, event_id: str, handler: str, attempt: int) -> str:
