@@ -273,7 +273,8 @@ class EventBus:
         redis_budget = min(timeout / 2, outbox.REDIS_BUDGET) if settings.outbox else timeout
 
         async def send_once(again: bool = False) -> None:
-            client = state.connections.redis()
+            # Every send here runs under a deadline of its own (_deadline, wait_for below).
+            client = state.connections.bounded_redis()
             if delay is not None or at is not None:  # idempotent: the schedule keeps one per id
                 script_keys, argv = schedule.add_args(queue, messages, delay=delay, at=at)
                 await client.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)

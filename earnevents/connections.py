@@ -48,25 +48,37 @@ class Connections:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._redis: tuple[asyncio.AbstractEventLoop, aioredis.Redis] | None = None
+        self._bounded: tuple[asyncio.AbstractEventLoop, aioredis.Redis] | None = None
         self._mongo: tuple[asyncio.AbstractEventLoop, AsyncMongoClient[Any]] | None = None
 
     def redis(self) -> aioredis.Redis:
         """The Redis client for the running loop (bytes responses)."""
         loop = asyncio.get_running_loop()
         if self._redis is None or self._redis[0] is not loop:
-            timeout = redis_timeout(self.settings)
-            client = redisurl.async_client(
-                self.settings.redis_uri,
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
-                # No retry inside redis-py: it would send a command again after a lost reply,
-                # and a publish pushed twice by it would be two identical copies. Callers
-                # retry (publish with a copy of its own: bus.enqueue), bounded by their budget.
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=30,
-            )
-            self._redis = (loop, client)
+            self._redis = (loop, self._new_redis(redis_timeout(self.settings)))
         return self._redis[1]
+
+    def bounded_redis(self) -> aioredis.Redis:
+        """A Redis client for commands the caller bounds itself (``asyncio.timeout``, as
+        ``bus.enqueue`` does): the same but for no per-command socket timeout, with which
+        redis-py runs each send as a task of its own under ``wait_for`` and each read under
+        a timer: a publish then costs about a third fewer event-loop iterations."""
+        loop = asyncio.get_running_loop()
+        if self._bounded is None or self._bounded[0] is not loop:
+            self._bounded = (loop, self._new_redis(None))
+        return self._bounded[1]
+
+    def _new_redis(self, socket_timeout: float | None) -> aioredis.Redis:
+        return redisurl.async_client(
+            self.settings.redis_uri,
+            socket_connect_timeout=redis_timeout(self.settings),
+            socket_timeout=socket_timeout,
+            # No retry inside redis-py: it would send a command again after a lost reply,
+            # and a publish pushed twice by it would be two identical copies. Callers
+            # retry (publish with a copy of its own: bus.enqueue), bounded by their budget.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
 
     @property
     def has_mongo(self) -> bool:
@@ -96,9 +108,10 @@ class Connections:
     async def aclose(self) -> None:
         """Close the clients that belong to the running loop; forget the others."""
         loop = asyncio.get_running_loop()
-        redis_entry, mongo_entry = self._redis, self._mongo
-        self._redis = self._mongo = None
-        if redis_entry is not None and redis_entry[0] is loop:
-            await redis_entry[1].aclose()
+        redis_entries, mongo_entry = (self._redis, self._bounded), self._mongo
+        self._redis = self._bounded = self._mongo = None
+        for redis_entry in redis_entries:
+            if redis_entry is not None and redis_entry[0] is loop:
+                await redis_entry[1].aclose()
         if mongo_entry is not None and mongo_entry[0] is loop:
             await mongo_entry[1].close()
