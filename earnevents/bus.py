@@ -282,7 +282,7 @@ class EventBus:
                 # LPUSH + the worker's BRPOP keep the batch in publish order. Pushed again after
                 # an attempt whose reply was lost (it may have landed), each message goes as a
                 # copy of its own, so that workers run its handlers once even if both copies run.
-                await client.lpush(queue, *(message.new_copy(p) if again else p for _, _, p in messages))
+                await _lpush(client, queue, [message.new_copy(p) if again else p for _, _, p in messages])
 
         started = time.monotonic()
         try:
@@ -657,6 +657,26 @@ else:  # pragma: no cover - Python 3.10
             raise asyncio.TimeoutError from exc
         finally:
             handle.cancel()
+
+
+async def _lpush(client: Any, queue: str, payloads: list[str]) -> None:
+    """``client.lpush(queue, *payloads)`` on a connection of the client's pool, without the
+    client's per-command layers (its retry wrapper, which has no retries here, observability
+    hooks, response callbacks): a publish's one command costs ~6 us less CPU. A connection
+    that failed (or was cut off) mid-command is closed before it goes back to the pool, as
+    the client does; a Redis error reply (the connection is fine) is raised as it is."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_command("LPUSH", queue, *payloads))
+        await conn.read_response()
+    except redis_errors.ResponseError:
+        raise
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
 
 
 def _with_sender(event: Event, sender: str | None) -> Event:
