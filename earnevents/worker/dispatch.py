@@ -28,7 +28,7 @@ from . import metrics as metrics_hooks
 from . import stats as stats_hooks
 from . import tracing as tracing_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
-from .running import record_here, run_async, run_sync
+from .running import record_here, records_here, run_async, run_sync
 
 log = get_logger(__name__)
 
@@ -257,7 +257,7 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
     is recorded on the loop as it returns (here it would wait for its siblings, and a worker
     dying meanwhile would run it again)."""
     job = claimed.job
-    here = _records_here(books)
+    here = records_here(books)
     _started(job, [h.name for h in claimed.fresh])
     async_handlers = [h for h in claimed.fresh if h.is_async]
     alone = here and len(claimed.fresh) == 1
@@ -280,11 +280,6 @@ def _run_claimed_here(claimed: Claimed, loop: Loop, books: Bookkeeper) -> list[O
             outcomes.append(run_sync(h, job, loop, books))
     _finished(job, outcomes)
     return outcomes
-
-
-def _records_here(books: Bookkeeper) -> bool:
-    """Whether ``books`` records completions from the calling thread (a blocking client)."""
-    return getattr(books, "completed_blocking", None) is not None
 
 
 def _one_task_thread() -> bool:
@@ -413,7 +408,7 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
         )
         eventlog_hooks.no_handlers(job)
         return []
-    if all(h.is_async for h in handlers) and not (len(handlers) == 1 and _one_task_thread() and _records_here(books)):
+    if all(h.is_async for h in handlers) and not (len(handlers) == 1 and _one_task_thread() and records_here(books)):
         return loop.run(_handle_async(job, handlers, books))
     [claimed] = _claim_here(books, loop, [(job, handlers)])
     outcomes = _run_claimed_here(claimed, loop, books)

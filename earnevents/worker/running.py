@@ -221,13 +221,18 @@ def run_sync(handler: Handler, job: Job, loop: Loop, books: Bookkeeper) -> Outco
     return record_here(books, loop, job, handler.name)
 
 
+def records_here(books: Bookkeeper) -> bool:
+    """Whether ``books`` records completions from the calling thread (a blocking client:
+    :class:`~.jobs.BlockingBookkeeper`)."""
+    return getattr(books, "completed_blocking", None) is not None
+
+
 def record_here(books: Bookkeeper, loop: Loop, job: Job, handler: str) -> Outcome:
     """:func:`_record` from the calling thread: on the bookkeeper's blocking client where it
-    has one (:class:`~.jobs.BlockingBookkeeper`, no hop to the loop), else on the loop."""
-    completed = getattr(books, "completed_blocking", None)
-    if completed is None:
+    has one (:func:`records_here`, no hop to the loop), else on the loop."""
+    if not records_here(books):
         return loop.run(_record(books, job, handler))
-    return Outcome(handler, recorded=bool(completed(job, handler)))
+    return Outcome(handler, recorded=bool(books.completed_blocking(job, handler)))  # type: ignore[attr-defined]
 
 
 async def _run_one(handler: Handler, job: Job, books: Bookkeeper, record: bool = True) -> Outcome:
