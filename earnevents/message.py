@@ -105,9 +105,7 @@ def _envelope(
     label = f"{first['name']} {first['id']}"
     if len(event_wires) > 1:
         label += f" and {len(event_wires) - 1} more"
-        shadow = shadow_name([wire["name"] for wire in event_wires], handler)
-    else:
-        shadow = shadow_name([first["name"]], handler)
+    shadow = shadow_name([wire["name"] for wire in event_wires], handler)
     kwargsrepr = (
         _FRESH_KWARGSREPR if handler is None and attempt == 0 else repr({"handler": handler, "attempt": attempt})
     )
