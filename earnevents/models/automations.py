@@ -486,20 +486,22 @@ async def rebuild(
                 log.warning("rebuild: %s %s cannot be loaded, skipped: %r", model.__name__, doc.get("_id"), exc)
                 continue
             found: list[_Found] = []
+            passed = 0  # occurrences of this document due too long ago
             try:
                 for definition in scheduled_defs:
                     due = await definition.due_if_holds(instance)
                     if due is None:
                         continue
                     if due < threshold or (due < now and not definition.catch_up):
-                        skipped += 1
+                        passed += 1
                         continue
                     found.append(_Found(instance, definition, due))
             except (EventConditionError, TypeError, ValueError) as exc:  # a date no due time can be made of
-                unreadable += 1
+                unreadable += 1  # the whole document: none of its occurrences counted as skipped
                 log.warning("rebuild: %s %s skipped: %s", model.__name__, doc.get("_id"), exc)
                 continue
             pending += found
+            skipped += passed
             if len(pending) >= batch:
                 scheduled, moved = scheduled + len(pending), moved + await _put(redis, db, queue, pending)
                 pending = []
