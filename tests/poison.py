@@ -51,6 +51,17 @@ def _bomb(queue: str) -> bytes:
     return _with(queue, change)
 
 
+def decoy_tag(queue: str) -> bytes:
+    """A valid message with one unescaped "delivery_tag" key, a decoy in its headers, and its
+    real one spelled with an escape (a JSON decoder reads it as the same key): what the fetch
+    script reads without decoding is not its tag."""
+    m = good(queue)
+    m["headers"]["delivery_tag"] = "decoy-" + m["properties"]["delivery_tag"]
+    text = json.dumps(m)
+    at = text.rindex('"delivery_tag"')
+    return (text[:at] + '"delivery\\u005ftag"' + text[at + len('"delivery_tag"') :]).encode()
+
+
 POISONS: dict[str, Callable[[str], bytes]] = {
     "not JSON": lambda q: b"\x00not json at all",
     "not UTF-8": lambda q: b'{"body": "\xff\xfe"}',

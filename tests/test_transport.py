@@ -20,8 +20,9 @@ def fetch(rclient, queue):
     rclient.delete(UNACKED, INDEX, INFLIGHT)
     script = rclient.register_script(FETCH)
 
-    def run(want: int, *acks: str) -> list[tuple[bytes, str]]:
-        reply = script(keys=[queue, UNACKED, INDEX, INFLIGHT], args=[want, MAX_SIZE, *acks])
+    def run(want: int, *acks: str, stamp: float | None = None) -> list[tuple[bytes, str]]:
+        now = time.time() if stamp is None else stamp
+        reply = script(keys=[queue, UNACKED, INDEX, INFLIGHT], args=[want, MAX_SIZE, repr(now), *acks])
         return [(item, tag.decode()) for item, tag in zip(reply[::2], reply[1::2], strict=True)]
 
     yield run
@@ -88,3 +89,36 @@ def test_a_message_is_recorded_under_the_queue_it_was_taken_from(rclient, queue,
     [(_, tag)] = fetch(1)
     _, exchange, routing_key = loads(rclient.hget(UNACKED, tag))
     assert (exchange, routing_key) == ("", queue)
+
+
+def test_stamps_the_records_with_the_time_it_is_given(rclient, queue, fetch):
+    # The consumer passes Redis' time as its RedisClock carries it (no TIME call per fetch)
+    [tag] = publish(rclient, queue, 1)
+    fetch(1, stamp=1234567890.25)
+    assert rclient.zscore(INDEX, tag) == 1234567890.25
+
+
+def test_reads_the_tag_of_messages_written_with_or_without_spaces(rclient, queue, fetch):
+    # earnevents writes compact JSON, kombu and Celery clients ", " and ": "
+    compact = json.loads(message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="a"))
+    spaced = json.loads(message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="b"))
+    rclient.lpush(queue, json.dumps(compact, separators=(",", ":")), json.dumps(spaced))
+    got = fetch(2)
+    assert [tag for _, tag in got] == [compact["properties"]["delivery_tag"], spaced["properties"]["delivery_tag"]]
+
+
+def test_an_item_naming_delivery_tag_twice_is_decoded_and_recorded_under_its_properties_tag(rclient, queue, fetch):
+    m = json.loads(message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="a"))
+    m["headers"]["delivery_tag"] = "a decoy"
+    rclient.lpush(queue, json.dumps(m))
+    [(_, tag)] = fetch(1)
+    assert tag == m["properties"]["delivery_tag"]
+    assert rclient.hkeys(UNACKED) == [tag.encode()]
+
+
+def test_a_tag_written_with_escapes_is_read_decoded(rclient, queue, fetch):
+    m = json.loads(message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="a"))
+    m["properties"]["delivery_tag"] = 'tag "quoted" \\ é'
+    rclient.lpush(queue, json.dumps(m))
+    [(_, tag)] = fetch(1)
+    assert tag == 'tag "quoted" \\ é'

@@ -12,7 +12,7 @@ from typing import Any
 import kombu
 import pytest
 from kombu.utils.json import loads
-from poison import MAX_SIZE, POISONS, foreign, good
+from poison import MAX_SIZE, POISONS, decoy_tag, foreign, good
 
 from earnevents import deadletters, keys
 from earnevents.worker.transport import Channel
@@ -261,3 +261,32 @@ def test_oversized_item_is_kept_truncated(connect, rclient, queue):
     assert entry.size == len(item) and entry.truncated
     assert len(entry.raw.encode()) == deadletters.RAW_MAX
     assert entry.reason == f"{len(item)} bytes, over the maximum message size of {MAX_SIZE} bytes"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_message_whose_only_plain_delivery_tag_key_is_a_decoy_is_recorded_under_its_own_tag(
+    connect, rclient, queue, mode
+):
+    # Given a valid message whose real delivery_tag key is spelled with an escape and whose
+    # headers carry a decoy "delivery_tag" (the key the fetch script reads without decoding)
+    # behind a good one (the first item of a queue is taken by BLMOVE, the next by FETCH)
+    item = decoy_tag(queue)
+    real, first = json.loads(item), good(queue)
+    tag, decoy = real["properties"]["delivery_tag"], real["headers"]["delivery_tag"]
+    push(rclient, queue, json.dumps(first).encode(), item)
+    # When a consumer takes them and has not acknowledged them yet
+    consuming = Consuming(connect(), [queue], mode, ack=False)
+    consuming.drain(rclient, [queue])
+    # Then it is delivered, recorded as unacknowledged under its own tag only (its restore
+    # record is the item), and neither dead-lettered nor left in the in-flight list
+    assert consuming.ids() == [first["headers"]["id"], real["headers"]["id"]]
+    assert unacked_tags(rclient, consuming.channel) == {tag.encode(), first["properties"]["delivery_tag"].encode()}
+    assert loads(rclient.hget(consuming.channel.unacked_key, tag))[0] == real
+    assert decoy.encode() not in unacked_tags(rclient, consuming.channel)
+    assert dead(rclient, queue) == []
+    assert rclient.llen(keys.inflight_list(queue, consuming.channel.consumer_id)) == 0
+    # And the acknowledgements forget them
+    for taken in consuming.got:
+        taken.ack()
+    consuming.channel._flush_acks()
+    assert not unacked_tags(rclient, consuming.channel)
