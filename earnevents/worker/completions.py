@@ -204,26 +204,23 @@ for k = 1, #KEYS do
     local result = 1
     if found[i] then
       result = 0
-    else
-      local state = redis.call('HGET', claims, digest)
-      if state then
-        local starts, holder = string.match(state, '^(%d+):(.*)$')
-        if holder == tag then
-          result = tonumber(starts) + 1
-        elseif holder then
-          result = -1
-        end
-      end
-    end
-    if result == 1 then
-      redis.call('HSET', claims, digest, '1:' .. tag)
+    elseif redis.call('HSETNX', claims, digest, '1:' .. tag) == 1 then
       claimed = true
+    else
+      local starts, holder = string.match(redis.call('HGET', claims, digest), '^(%d+):(.*)$')
+      if holder == tag then
+        result = tonumber(starts) + 1
+      elseif holder then
+        result = -1
+      else
+        redis.call('HSET', claims, digest, '1:' .. tag)
+        claimed = true
+      end
     end
     out[#out + 1] = result
   end
-  if claimed and redis.call('PTTL', claims) < ttl then
-    redis.call('PEXPIRE', claims, ttl)
-  end
+  -- Every claims hash gets its TTL from the claim that creates it, in the same script.
+  if claimed then redis.call('PEXPIRE', claims, ttl) end
 end
 return out
 """
