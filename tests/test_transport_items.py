@@ -290,3 +290,34 @@ def test_message_whose_only_plain_delivery_tag_key_is_a_decoy_is_recorded_under_
         taken.ack()
     consuming.channel._flush_acks()
     assert not unacked_tags(rclient, consuming.channel)
+
+
+def test_messages_coming_one_at_a_time_are_taken_by_blocking_moves_only(connect, rclient, queue):
+    # Given a consumer waiting on an empty queue, counting the fetch scripts it reads replies of
+    consuming = Consuming(connect(), [queue], "fetch", prefetch=10)
+    channel, fetches = consuming.channel, []
+    read_fetched = channel._read_fetched
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        fetches.append(1)
+        return read_fetched(*args, **kwargs)
+
+    channel._read_fetched = counted  # type: ignore[method-assign]
+    # When messages come one at a time, each taken before the next is published
+    sent = []
+    for i in range(5):
+        g = good(queue, {"i": i})
+        sent.append(g["headers"]["id"])
+        push(rclient, queue, json.dumps(g).encode())
+        consuming.drain(rclient, [queue])
+        assert consuming.ids() == sent
+    # Then no fetch script ran: the queue was empty each time a message was recorded, so the
+    # consumer blocked again at once instead of first trying a FETCH that would find nothing
+    assert fetches == []
+    # And once messages queue up behind the one it takes, the rest come by the fetch script
+    burst = [good(queue, {"burst": i}) for i in range(5)]
+    push(rclient, queue, *(json.dumps(g).encode() for g in burst))
+    consuming.drain(rclient, [queue])
+    assert consuming.ids() == sent + [g["headers"]["id"] for g in burst]
+    assert fetches
+    assert not unacked_tags(rclient, channel) - {m.delivery_tag.encode() for m in consuming.got}

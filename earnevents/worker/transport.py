@@ -163,7 +163,8 @@ class QoS(kombu_redis.QoS):
             pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
             pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
             pipe.lrem(inflight, 1, item)
-            pipe.execute()
+            pipe.llen(info["routing_key"])  # whether the next fetch may find more: see _read_moved
+            self.channel._left = int(pipe.execute()[-1])
         # What kombu's append does after its own writes: the in-memory bookkeeping.
         super(kombu_redis.QoS, self).append(message, delivery_tag)
 
@@ -240,6 +241,7 @@ class Channel(kombu_redis.Channel):
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reliable_queue: str | None = None
         self._taken: tuple[str, bytes | str] | None = None  # (in-flight list, item) until QoS.append
+        self._left: int | None = None  # the queue's length when QoS.append recorded a BLMOVE's message
         self._inflight_queues: frozenset[str] = frozenset()
         self._registered_at = float("-inf")  # time.monotonic() of the last registration
         self._sent: str | None = None  # the fetch command whose reply is awaited
@@ -548,9 +550,14 @@ class Channel(kombu_redis.Channel):
         if item is None:
             raise Empty()
         self._queue_cycle.rotate(queue)
+        self._left = None
         self._deliver_item(item, queue, inflight=keys.inflight_list(queue, self.consumer_id))
+        # FETCH next if the queue had more when this message was recorded (or if that is not
+        # known); else block again at once: a FETCH finding the queue empty would cost a round
+        # trip and a script per message when messages come one at a time.
+        more = self._left is None or self._left > 0
         with self._acks_lock:
-            self._fast = not self._fast_unavailable  # the queue had a message: try FETCH next
+            self._fast = more and not self._fast_unavailable
         return True
 
     def _do_restore_message(
