@@ -128,11 +128,13 @@ local metas = {{}}
 local function meta(b)
   local m = metas[b]
   if m == nil then
-    local v = redis.call('HMGET', prefix .. b, 'g', 'n0')
+    -- One read of the whole (small) hash: g, c and n<g> for each generation.
+    local v, h = redis.call('HGETALL', prefix .. b), {{}}
+    for i = 1, #v, 2 do h[v[i]] = v[i + 1] end
     m = false
-    if v[1] then
-      m = {{tonumber(v[2])}}
-      for g = 1, tonumber(v[1]) do m[g + 1] = tonumber(redis.call('HGET', prefix .. b, 'n' .. g)) end
+    if h.g then
+      m = {{}}
+      for g = 0, tonumber(h.g) do m[g + 1] = tonumber(h['n' .. g]) end
     end
     metas[b] = m
   end
