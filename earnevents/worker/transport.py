@@ -82,8 +82,9 @@ log = get_logger(__name__)
 # (every message kombu or earnevents writes): a quote inside a JSON string is escaped, so
 # that one occurrence followed by a colon is the only object key of that name, and its value
 # is taken only if it is a plain string (no escapes). Any other item is decoded as before.
-# The consumer checks every item in full anyway (items.check) and refuses, with its record,
-# one whose decoded tag is not the recorded one; decoding here only cost Redis ~20 us a message.
+# The consumer checks every item in full anyway (items.check); one whose decoded tag is not
+# the one recorded (a crafted item: a decoy key, the real one spelled with escapes) it records
+# again under its own (Channel._unrecord). Decoding here cost Redis ~20 us a message.
 FETCH = """
 for i = 4, #ARGV do
   redis.call('ZREM', KEYS[3], ARGV[i])
