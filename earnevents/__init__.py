@@ -9,6 +9,8 @@ Application code::
 
 Workers: ``celery -A earnevents worker`` (``earnevents.app`` is the Celery app; it
 is built on first access, so publishing processes never import the worker side).
+``earnevents.BaseModel`` is imported on first access too: it brings pydantic, which a process
+without models (or event schemas, or workflows) never needs (earnevents.lazy).
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ from .event import Event
 from .eventlog import EventRecord, HandlerRecord
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler, on_event, on_event_cancelled, on_event_created
-from .models import BaseModel, EventDefinition, dispatch_model_event
+from .models import EventDefinition, dispatch_model_event
 from .receivers import on
 from .retry import RetryPolicy
 from .runtime import Environment, close, init
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from .models import BaseModel
 
     app: Celery
     celery: Celery
@@ -130,4 +134,8 @@ def __getattr__(name: str) -> Any:
         from .worker import app
 
         return app
+    if name == "BaseModel":
+        from .models import BaseModel
+
+        return BaseModel
     raise AttributeError(f"module 'earnevents' has no attribute {name!r}")

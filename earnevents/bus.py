@@ -177,7 +177,7 @@ class EventBus:
             )
         settings = state.settings
         policy = settings.event.retry_policy
-        policy_dict = policy.model_dump() if policy is not None else None
+        policy_dict = policy.to_dict() if policy is not None else None
         for event in events:
             if not isinstance(event, Event):
                 raise TypeError(f"publish takes earnevents.Event objects, got {type(event).__name__}")
@@ -718,7 +718,7 @@ def _handler_message(wire: dict[str, Any], queue: str, handler: str, settings: S
         queue=queue,
         task_id=task_id,
         handler=handler,
-        retry_policy=policy.model_dump() if policy is not None else None,
+        retry_policy=policy.to_dict() if policy is not None else None,
     )
     return task_id, wire["name"], payload
 

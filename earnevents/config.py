@@ -15,8 +15,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from . import names, redisurl
 from .discovery import check_package_name
 from .errors import ConfigError
@@ -67,40 +65,53 @@ DEFAULT_RETRY_CAPS = RetryCaps(
 )
 
 
-class EventConfig(BaseModel):
-    """The ``event_config`` dict of ``init()``; every key is optional."""
+@dataclass(frozen=True, kw_only=True)
+class EventConfig:
+    """The ``event_config`` dict of ``init()``; every key is optional.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A frozen dataclass checked by hand (a ValueError or TypeError naming the key), not a
+    pydantic model: every process builds one, and pydantic is megabytes per worker process.
+    """
 
-    queue_name: str = Field(default=DEFAULTS["EARNEVENTS_QUEUE"], min_length=1)
+    queue_name: str = DEFAULTS["EARNEVENTS_QUEUE"]
     """Celery queue (on Redis, a list of this name) events are published to; see ``names.check_queue_name``."""
     retry_policy: RetryPolicy | None = None
-    """Policy carried by every message this process publishes; None: the worker's."""
-    publish_timeout: float = Field(default=float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"]), gt=0, allow_inf_nan=False)
+    """Policy carried by every message this process publishes; None: the worker's. A dict of its fields is taken too."""
+    publish_timeout: float = float(DEFAULTS["EARNEVENTS_PUBLISH_TIMEOUT"])
     """Seconds publish() keeps retrying an unreachable Redis before PublishError."""
     outbox: bool | None = None
     """Store events in MongoDB while Redis is unreachable. None: on when a mongo_uri is set."""
-    max_message_size: int = Field(default=int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"]), ge=MIN_MESSAGE_SIZE)
+    max_message_size: int = int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"])
     """Bytes: workers refuse larger queue items, so publish refuses such messages up front."""
-    event_log: bool = Field(default=False, strict=True)
+    event_log: bool = False
     """Record every published event and its handlers' outcomes (``event_bus.get_event``); workers
     record when their EARNEVENTS_EVENT_LOG is on."""
-    metrics: bool = Field(default=False, strict=True)
+    metrics: bool = False
     """Count published events in a Prometheus counter (``earnevents.metrics``); workers serving
     metrics (EARNEVENTS_METRICS_PORT) count the events their handlers publish regardless."""
     strict: bool = False
     """Refuse to publish event names no ``define_event`` defined (UndefinedEventError); workers
     refuse to start with a handler subscribed to one."""
 
-    @field_validator("queue_name")
-    @classmethod
-    def _queue(cls, value: str) -> str:
-        return names.check_queue_name(value, "queue_name")
-
-    @field_validator("retry_policy", mode="before")
-    @classmethod
-    def _policy(cls, value: Any) -> RetryPolicy | None:
-        return RetryPolicy.coerce(value)
+    def __post_init__(self) -> None:
+        if not isinstance(self.queue_name, str) or not self.queue_name:
+            raise ValueError(f"queue_name must be a non-empty string, got {self.queue_name!r}")
+        names.check_queue_name(self.queue_name, "queue_name")
+        object.__setattr__(self, "retry_policy", RetryPolicy.coerce(self.retry_policy))
+        timeout = self.publish_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+            raise ValueError(f"publish_timeout must be a finite number of seconds, got {timeout!r}")
+        if timeout <= 0:
+            raise ValueError(f"publish_timeout must be positive, got {timeout!r}")
+        object.__setattr__(self, "publish_timeout", float(timeout))
+        size = self.max_message_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_MESSAGE_SIZE:
+            raise ValueError(f"max_message_size must be a whole number of bytes >= {MIN_MESSAGE_SIZE}, got {size!r}")
+        if self.outbox is not None and not isinstance(self.outbox, bool):
+            raise ValueError(f"outbox must be true, false or None, got {self.outbox!r}")
+        for name in ("event_log", "metrics", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,7 @@ class Settings:
                 given["strict"] = _bool_env(env, "EARNEVENTS_STRICT")
             try:
                 event = EventConfig(**given)
-            except (ValidationError, TypeError, ValueError) as exc:
+            except (TypeError, ValueError) as exc:
                 raise ConfigError(f"invalid event_config: {exc}") from exc
 
         if handler_modules is None:

@@ -25,17 +25,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydantic
 from bson import ObjectId
-from pydantic_core import ErrorDetails, to_jsonable_python
 
 from . import event as codec
-from . import names
+from . import lazy, names
 from .errors import EventDefinitionError, EventValidationError, UndefinedEventError
 from .event import Event
 from .patterns import compile_pattern, is_pattern
+
+if TYPE_CHECKING:  # pydantic only where a schema is used (earnevents.lazy)
+    import pydantic
+    import pydantic_core
+    from pydantic_core import ErrorDetails
+else:
+    pydantic = lazy.module("pydantic")
+    pydantic_core = lazy.module("pydantic_core")
 
 _CODE_NAME = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
 
@@ -431,14 +437,17 @@ def _carryable(value: Any) -> Any:
     if isinstance(value, _CARRIED):
         return value
     if isinstance(value, Mapping):
-        return {k if isinstance(k, str) else str(to_jsonable_python(k)): _carryable(v) for k, v in value.items()}
+        return {
+            k if isinstance(k, str) else str(pydantic_core.to_jsonable_python(k)): _carryable(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_carryable(v) for v in value]
     if isinstance(value, tuple):
         return tuple(_carryable(v) for v in value)
     if isinstance(value, (set, frozenset)):
         return [_carryable(v) for v in value]
-    return to_jsonable_python(value)
+    return pydantic_core.to_jsonable_python(value)
 
 
 def _check_codes(name: str, codes: Any) -> Mapping[str, Mapping[str, Any]]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MAX_RETRIES = 100
 """The most ``max_retries`` a policy may have (a ValueError above it)."""
@@ -15,32 +14,39 @@ MAX_INTERVAL = 86400.0
 """The longest wait, in seconds, a policy may name (one day; a ValueError above it)."""
 
 
-class RetryPolicy(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
     """How often, and how far apart, a failing handler is tried again.
 
     ``max_retries`` retries follow the first try; retry ``n`` (1-based) waits
     ``min(interval_start + (n - 1) * interval_step, interval_max)`` seconds.
     The defaults are the ones earnevents' documentation starts from. Bounds:
     ``max_retries`` up to :data:`MAX_RETRIES`, intervals finite and up to
-    :data:`MAX_INTERVAL` seconds.
+    :data:`MAX_INTERVAL` seconds; anything else is a ValueError naming the field.
+
+    A frozen dataclass checked by hand, not a pydantic model: every worker and publisher
+    builds one, and pydantic's model machinery is megabytes per worker process (issue 15).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_retries: int = 3
+    interval_start: float = 0.0
+    interval_step: float = 0.2
+    interval_max: float = 0.5
 
-    max_retries: int = Field(default=3, ge=0, le=MAX_RETRIES)
-    interval_start: float = Field(default=0.0, ge=0, le=MAX_INTERVAL, allow_inf_nan=False)
-    interval_step: float = Field(default=0.2, ge=0, le=MAX_INTERVAL, allow_inf_nan=False)
-    interval_max: float = Field(default=0.5, ge=0, le=MAX_INTERVAL, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _max_not_below_start(self) -> RetryPolicy:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_retries", _bounded("max_retries", self.max_retries, MAX_RETRIES, whole=True))
+        for name in ("interval_start", "interval_step", "interval_max"):
+            object.__setattr__(self, name, _bounded(name, getattr(self, name), MAX_INTERVAL, whole=False))
         # Otherwise every wait would silently be cut to interval_max.
         if self.interval_max < self.interval_start:
             raise ValueError(
                 f"interval_max ({self.interval_max}) is below interval_start ({self.interval_start}); "
                 "raise interval_max too"
             )
-        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy's fields, as a message carries them (``RetryPolicy(**policy.to_dict())`` is equal)."""
+        return asdict(self)
 
     def delay_for(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
@@ -55,7 +61,7 @@ class RetryPolicy(BaseModel):
             raise TypeError(f"retry_policy must be a dict or RetryPolicy, got {type(value).__name__}")
         try:
             return cls(**value)
-        except ValidationError as exc:
+        except (TypeError, ValueError) as exc:  # an unknown key is a TypeError of the constructor
             raise ValueError(f"invalid retry_policy {dict(value)!r}: {exc}") from exc
 
     @classmethod
@@ -85,14 +91,12 @@ class RetryPolicy(BaseModel):
 
     def within(self, caps: RetryCaps) -> RetryPolicy:
         """This policy with at most ``caps.max_retries`` retries, each wait at least ``caps.min_interval`` s."""
-        capped = {
-            "max_retries": min(self.max_retries, caps.max_retries),
-            "interval_start": max(self.interval_start, caps.min_interval),
-            "interval_max": max(self.interval_max, caps.min_interval),
-        }
-        if all(getattr(self, key) == v for key, v in capped.items()):
+        retries = min(self.max_retries, caps.max_retries)
+        start = max(self.interval_start, caps.min_interval)
+        longest = max(self.interval_max, caps.min_interval)
+        if (retries, start, longest) == (self.max_retries, self.interval_start, self.interval_max):
             return self
-        return self.model_copy(update=capped)
+        return replace(self, max_retries=retries, interval_start=start, interval_max=longest)
 
 
 @dataclass(frozen=True)
@@ -123,3 +127,20 @@ def backoff(retry: int, interval_start: float, interval_step: float, interval_ma
     if retry < 1:
         raise ValueError("retry numbers start at 1")
     return min(interval_start + (retry - 1) * interval_step, interval_max)
+
+
+def _bounded(name: str, value: Any, most: float, *, whole: bool) -> Any:
+    """``value`` as an int (``whole``) or float from 0 to ``most``; a ValueError naming ``name`` otherwise.
+
+    Accepts what pydantic's lax mode did for these fields: ints, and floats (whole ones for an int).
+    """
+    kind = "a whole number" if whole else "a number of seconds"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if whole and value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not 0 <= value <= most:
+        raise ValueError(f"{name} must be from 0 to {most:g}, got {value!r}")
+    return int(value) if whole else float(value)

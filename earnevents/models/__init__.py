@@ -6,10 +6,14 @@
 - ``automations``: :class:`EventDefinition`: conditional and date-scheduled events a model declares
 - ``query``: what ``Model.find()`` returns
 - ``fields``: the MISSING marker, BSON conversions, validation messages
+
+``BaseModel`` (a pydantic model) is imported on first use: a worker whose handlers define no
+model never imports pydantic (earnevents.lazy).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .automations import EventDefinition
-from .base import BaseModel
 from .events import dispatch_model_event
 from .fields import MISSING
 from .hooks import (
@@ -25,6 +29,9 @@ from .hooks import (
     before_write,
 )
 from .query import Query
+
+if TYPE_CHECKING:
+    from .base import BaseModel
 
 __all__ = [
     "BaseModel",
@@ -43,3 +50,11 @@ __all__ = [
     "before_save",
     "after_save",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BaseModel":
+        from .base import BaseModel
+
+        return BaseModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

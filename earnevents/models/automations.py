@@ -44,9 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import pydantic
-
-from .. import definitions, entities, keys, message, names, runtime, schedule
+from .. import definitions, entities, keys, lazy, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..errors import EventConditionError
 from ..event import Event
@@ -54,6 +52,11 @@ from ..handlers import occurrence_event_name
 from ..logtext import get_logger
 from .events import model_data
 from .fields import MISSING
+
+if TYPE_CHECKING:
+    import pydantic
+else:
+    pydantic = lazy.module("pydantic")
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -212,11 +215,12 @@ def _is_datetime(annotation: Any) -> bool:
     if origin is typing.Union or origin is types.UnionType:
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         return bool(kinds) and all(_is_datetime(a) for a in kinds)
-    return isinstance(annotation, type) and issubclass(annotation, (dt.datetime, *_PYDANTIC_DATETIMES))
+    return isinstance(annotation, type) and issubclass(annotation, (dt.datetime, *_pydantic_datetimes()))
 
 
-_PYDANTIC_DATETIMES = (pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
-"""pydantic's constrained datetime types: classes of their own, whose fields hold datetimes."""
+def _pydantic_datetimes() -> tuple[type, ...]:
+    """pydantic's constrained datetime types: classes of their own, whose fields hold datetimes."""
+    return (pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
 
 
 def of(model: type) -> Mapping[str, EventDefinition]:

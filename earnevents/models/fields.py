@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import Decimal128, ObjectId
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from ..errors import ModelValidationError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 
 class _Missing:

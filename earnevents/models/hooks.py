@@ -15,12 +15,14 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import pydantic
-
-from .. import names
+from .. import lazy, names
 
 if TYPE_CHECKING:
+    import pydantic
+
     from .base import BaseModel
+else:
+    pydantic = lazy.module("pydantic")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

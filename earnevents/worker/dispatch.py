@@ -153,7 +153,7 @@ async def settle_failures(
             task_id=task_id,
             handler=outcome.handler,
             attempt=job.attempt + 1,
-            retry_policy=job.retry_policy.model_dump() if job.retry_policy is not None else None,
+            retry_policy=job.retry_policy.to_dict() if job.retry_policy is not None else None,
         )
         await bus.enqueue([(task_id, job.event.name, payload)], queue=job.queue, delay=delay)
         _settled(job, outcome, retrying=True)

@@ -25,11 +25,9 @@ import inspect
 import time
 import traceback
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydantic
-
-from .. import keys, runtime
+from .. import keys, lazy, runtime
 from ..context import current_job
 from ..errors import HandlerTimeoutError
 from ..event import Event, encode
@@ -42,6 +40,11 @@ from ..workflows.context import StepScope, enter, leave
 from ..workflows.definitions import StepSpec, WorkflowSpec
 from ..workflows.engine import arrived_since, schedule_run, spec_of, wake
 from ..workflows.runs import FAILED, RUNNING, SLEEPING, WAITING, Run
+
+if TYPE_CHECKING:
+    import pydantic
+else:
+    pydantic = lazy.module("pydantic")
 
 log = get_logger(__name__)
 

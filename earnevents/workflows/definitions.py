@@ -30,12 +30,15 @@ import inspect
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pydantic
-
-from .. import names
+from .. import lazy, names
 from .commands import Retry
+
+if TYPE_CHECKING:
+    import pydantic
+else:
+    pydantic = lazy.module("pydantic")
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])

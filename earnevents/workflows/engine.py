@@ -23,18 +23,22 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydantic
 import redis
 
-from .. import keys, message, mongoerrors, names, runtime, schedule
+from .. import keys, lazy, message, mongoerrors, names, runtime, schedule
 from ..errors import EarnEventsError, EventTooLargeError
 from ..event import Event, decode, encode
 from ..logtext import get_logger
 from . import runs
 from .definitions import WorkflowSpec, registry
 from .runs import ACTIVE, CANCELLED, FAILED, RUNNING, SLEEPING, WAITING, Run
+
+if TYPE_CHECKING:
+    import pydantic
+else:
+    pydantic = lazy.module("pydantic")
 
 log = get_logger(__name__)
 
