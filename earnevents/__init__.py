@@ -9,8 +9,8 @@ Application code::
 
 Workers: ``celery -A earnevents worker`` (``earnevents.app`` is the Celery app; it
 is built on first access, so publishing processes never import the worker side).
-``earnevents.BaseModel`` is imported on first access too: it brings pydantic, which a process
-without models (or event schemas, or workflows) never needs (earnevents.lazy).
+The models (``BaseModel``, ``EventDefinition``, ``dispatch_model_event``) are imported on first
+access too: they bring pydantic, which a process without models never needs (earnevents.lazy).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from .event import Event
 from .eventlog import EventRecord, HandlerRecord
 from .failures import FailedJob
 from .handlers import event_handler, model_event_handler, on_event, on_event_cancelled, on_event_created
-from .models import EventDefinition, dispatch_model_event
 from .receivers import on
 from .retry import RetryPolicy
 from .runtime import Environment, close, init
@@ -57,7 +56,7 @@ from .runtime import Environment, close, init
 if TYPE_CHECKING:
     from celery import Celery
 
-    from .models import BaseModel
+    from .models import BaseModel, EventDefinition, dispatch_model_event
 
     app: Celery
     celery: Celery
@@ -128,14 +127,18 @@ __all__ = [
 ]
 
 
+_MODELS = ("BaseModel", "EventDefinition", "dispatch_model_event")
+
+
 def __getattr__(name: str) -> Any:
     # `celery -A earnevents` looks up `earnevents.app`, then `earnevents.celery`.
     if name in ("app", "celery"):
         from .worker import app
 
         return app
-    if name == "BaseModel":
-        from .models import BaseModel
+    # The models bring pydantic: imported on first use (earnevents.lazy).
+    if name in _MODELS:
+        from . import models
 
-        return BaseModel
+        return getattr(models, name)
     raise AttributeError(f"module 'earnevents' has no attribute {name!r}")

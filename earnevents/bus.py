@@ -19,12 +19,11 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.exceptions as redis_errors
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import deadletters, definitions, keys, message, metrics, names, outbox, schedule, tracing
+from . import deadletters, definitions, keys, lazy, message, metrics, names, outbox, schedule, tracing
 from .config import Settings
 from .connections import Connections
 from .deadletters import DeadItem
@@ -47,6 +46,11 @@ from .groupcommit import GroupCommit
 from .logtext import get_logger
 from .redact import redact_uri
 from .schedule import ScheduledEvent
+
+if TYPE_CHECKING:
+    import tenacity
+else:
+    tenacity = lazy.module("tenacity")  # only when a publish is retried
 
 log = get_logger(__name__)
 
@@ -295,10 +299,10 @@ class EventBus:
             redis_error: BaseException = exc
         remaining = redis_budget - (time.monotonic() - started)
         if remaining > 0:
-            retrying = AsyncRetrying(
-                stop=stop_after_delay(remaining),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                retry=retry_if_exception_type(_TRANSIENT),
+            retrying = tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_delay(remaining),
+                wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+                retry=tenacity.retry_if_exception_type(_TRANSIENT),
                 reraise=True,
             )
             try:

@@ -27,8 +27,6 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bson import ObjectId
-
 from . import event as codec
 from . import lazy, names
 from .errors import EventDefinitionError, EventValidationError, UndefinedEventError
@@ -58,7 +56,6 @@ _CARRIED = (
     dt.timedelta,
     uuid.UUID,
     Decimal,
-    ObjectId,
     bytes,
 )
 
@@ -434,7 +431,7 @@ def _carryable(value: Any) -> Any:
     enums become their values, sets lists, anything else its JSON form (pydantic's)."""
     if isinstance(value, enum.Enum) and not isinstance(value, (str, int)):
         return _carryable(value.value)
-    if isinstance(value, _CARRIED):
+    if isinstance(value, (*_CARRIED, lazy.loaded_class("bson", "ObjectId"))):
         return value
     if isinstance(value, Mapping):
         return {

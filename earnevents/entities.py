@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bson import ObjectId
+from . import lazy, names
 
-from . import names
+if TYPE_CHECKING:
+    import bson
+else:
+    bson = lazy.module("bson")  # PyMongo's: imported when a document is loaded
 
 Loadable = type[Any]
 """A model class: registered by ``__name__``, loading a document with ``await cls.get(id)``."""
@@ -42,7 +45,9 @@ class EntityRef:
         if not isinstance(value, Mapping):
             return None
         model, record_id = value.get("model"), value.get("id")
-        if isinstance(record_id, ObjectId):  # metadata written by hand with the document's id as it is
+        if isinstance(
+            record_id, lazy.loaded_class("bson", "ObjectId")
+        ):  # metadata written by hand with the document's id as it is
             record_id = str(record_id)
         if not isinstance(model, str) or not isinstance(record_id, str) or not model or not record_id:
             return None
@@ -107,7 +112,7 @@ async def load(ref: EntityRef) -> Any:
     ids, so it could name none (an event dispatched with another kind of id), which is not
     the same as a document deleted since."""
     model = lookup(ref.model)
-    if not ObjectId.is_valid(ref.id):
+    if not bson.ObjectId.is_valid(ref.id):
         raise ValueError(
             f"the entity {ref.model} {ref.id!r} cannot be loaded: {ref.model} documents have ObjectId ids "
             "(24 hex digits), and this id is none (was the event dispatched with another kind of id?)"

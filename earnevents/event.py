@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from bson import ObjectId
-
-from . import entities, ids, names
+from . import entities, ids, lazy, names
 
 TAG = "__ee__"
 """Key marking a tagged (typed) value in the wire form."""
@@ -153,7 +151,6 @@ _ENCODERS: tuple[tuple[type, str, _Encoder], ...] = (
     (dt.timedelta, "timedelta", lambda v: [v.days, v.seconds, v.microseconds]),
     (uuid.UUID, "uuid", str),
     (Decimal, "decimal", str),
-    (ObjectId, "objectid", str),
     (bytes, "bytes", lambda v: base64.b64encode(v).decode("ascii")),
 )
 
@@ -164,7 +161,7 @@ _DECODERS: dict[str, _Decoder] = {
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "uuid": uuid.UUID,
     "decimal": Decimal,
-    "objectid": ObjectId,
+    "objectid": lambda v: _bson().ObjectId(v),
     "bytes": base64.b64decode,
     "tuple": lambda v: tuple(decode(x) for x in v),
     "dict": lambda v: {k: decode(x) for k, x in v.items()},
@@ -237,10 +234,19 @@ def _encode(value: Any, path: str, depth: int) -> Any:
     for typ, tag, to_json in _ENCODERS:
         if isinstance(value, typ):
             return {TAG: tag, "v": to_json(value)}
+    if isinstance(value, lazy.loaded_class("bson", "ObjectId")):  # no ObjectId before bson is imported
+        return {TAG: "objectid", "v": str(value)}
     raise TypeError(
         f"{path} is a {type(value).__name__}, which an event cannot carry; use JSON types, "
         "datetime, date, time, timedelta, UUID, Decimal, ObjectId, bytes or tuple"
     )
+
+
+def _bson() -> Any:
+    # bson (PyMongo's) only when an event carries an ObjectId: most workers never see one.
+    import bson
+
+    return bson
 
 
 def decode(value: Any) -> Any:

@@ -15,14 +15,20 @@ calls such a library only inside its functions names it here, once, at the top::
 ``except pydantic.ValidationError`` clause while an exception is handled (nothing but pydantic
 raises it, so the import happens only where pydantic ran already). Classes that subclass a
 library's class (``earnevents.models.BaseModel``) import it for real, in modules imported on
-first use (``earnevents.BaseModel`` is looked up lazily). tests/test_startup.py checks which
-libraries a worker and a publisher import.
+first use (``earnevents.BaseModel`` is looked up lazily). For ``isinstance`` checks,
+:func:`loaded_class` needs no import at all (bson's ObjectId in the event codec).
+tests/test_startup.py checks which libraries a worker and a publisher import.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
+
+
+class _NeverInstance:
+    """Stands in for a class of a module not imported yet: nothing is an instance of it."""
 
 
 class _Module:
@@ -43,3 +49,15 @@ class _Module:
 def module(name: str) -> Any:
     """A stand-in for the module ``name`` that imports it when one of its attributes is first read."""
     return _Module(name)
+
+
+def loaded_class(module_name: str, name: str) -> type:
+    """``module_name.name`` if this process imported that module, else a class nothing is an instance of.
+
+    For ``isinstance`` checks (``isinstance(value, lazy.loaded_class("bson", "ObjectId"))``): while a
+    module is not imported, no value can be an instance of its classes, so checking needs no import.
+    Look the class up at each check, never at import time: the module may be imported later.
+    """
+    loaded = sys.modules.get(module_name)
+    found = getattr(loaded, name, None) if loaded is not None else None
+    return found if isinstance(found, type) else _NeverInstance

@@ -19,8 +19,7 @@ from typing import Any
 
 from .event import Event
 
-try:
-    from opentelemetry import propagate as _propagate
+try:  # the API's trace module only; its propagators are imported once a span is there to carry
     from opentelemetry import trace as _trace
 except ImportError:  # the extra is not installed: tracing is off
     AVAILABLE = False
@@ -35,8 +34,10 @@ def current_headers() -> dict[str, str] | None:
     """The current trace context as propagation headers; None without OpenTelemetry or a valid current span."""
     if not AVAILABLE or not _trace.get_current_span().get_span_context().is_valid:
         return None
+    from opentelemetry import propagate
+
     headers: dict[str, str] = {}
-    _propagate.inject(headers)
+    propagate.inject(headers)
     return headers or None
 
 

@@ -119,3 +119,27 @@ def test_retry_caps_for_message_policies_default_and_come_from_the_environment()
 def test_a_bad_retry_cap_is_a_config_error_naming_it(var, raw):
     with pytest.raises(ConfigError, match=var):
         Settings.resolve(environ={var: raw})
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"queue_name": ""}, "queue_name"),
+        ({"event_log": "yes"}, "event_log"),
+        ({"metrics": 1}, "metrics"),
+        ({"max_message_size": 100}, "max_message_size"),
+        ({"publish_timeout": "soon"}, "publish_timeout"),
+        ({"outbox": "maybe"}, "outbox"),
+        ({"retry_policy": 3}, "retry_policy"),
+    ],
+)
+def test_a_bad_event_config_value_is_a_config_error_naming_its_key(given, match):
+    with pytest.raises(ConfigError, match=match):
+        Settings.resolve(event_config=given, environ={})
+
+
+def test_an_event_config_is_a_frozen_value():
+    event = Settings.resolve(event_config={"queue_name": "q", "retry_policy": {"max_retries": 1}}, environ={}).event
+    assert event.retry_policy == RetryPolicy(max_retries=1) and event.publish_timeout == 10.0
+    with pytest.raises(AttributeError):
+        event.queue_name = "other"  # type: ignore[misc]

@@ -100,3 +100,19 @@ def test_a_malformed_message_policy_is_still_refused(bad):
 def test_caps_outside_the_policy_bounds_are_refused(kwargs):
     with pytest.raises(ValueError):
         RetryCaps(**kwargs)
+
+
+def test_a_policy_is_a_frozen_value_whose_dict_builds_it_again():
+    # Given a policy from whole floats and ints, as JSON carries them
+    policy = RetryPolicy(max_retries=2.0, interval_start=1, interval_max=1)
+    # Then its fields have their types, its dict builds an equal policy, and it cannot change
+    assert isinstance(policy.max_retries, int) and isinstance(policy.interval_start, float)
+    assert RetryPolicy(**policy.to_dict()) == policy and hash(policy) == hash(RetryPolicy(**policy.to_dict()))
+    with pytest.raises(AttributeError):
+        policy.max_retries = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, "3", None])
+def test_a_policy_refuses_what_is_no_whole_number_of_retries(bad):
+    with pytest.raises(ValueError, match="max_retries"):
+        RetryPolicy(max_retries=bad)

@@ -4,8 +4,11 @@ pool processes start from frozen objects (no full garbage collection over them a
 
 Without a MongoDB configured, ``import earnevents``, the worker's app and the CLI's commands do
 not import PyMongo; the CLI imports rich only to draw a table or a bar on a terminal; nothing
-here imports the dashboard's Starlette, Jinja2 or uvicorn. Each check runs in a fresh
-interpreter (``python -c``) and reads its ``sys.modules``.
+here imports the dashboard's Starlette, Jinja2 or uvicorn. Nor does a worker (issue 15, target 9:
+its memory, three times over with two pool processes) carry what only some features use:
+pydantic (event schemas, models, workflow contexts), bson (ObjectIds), tenacity (retries after
+a failure), OpenTelemetry's propagators, the models and the workflows (MongoDB features).
+Each check runs in a fresh interpreter (``python -c``) and reads its ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,22 @@ from earnevents import Event, event_bus, mongoerrors
 
 NOT_AT_START = ("pymongo", "rich", "starlette", "jinja2", "uvicorn")
 
+FEATURES = (
+    "pydantic",
+    "bson",
+    "tenacity",
+    "opentelemetry.propagate",
+    "earnevents.models",
+    "earnevents.workflows",
+    "earnevents.worker.workflows",
+    "earnevents.worker.occurrences",
+)
+"""What a worker (or publisher) without schemas, models, workflows nor MongoDB leaves unimported."""
 
-def imported(code: str, **env: str) -> list[str]:
-    """Which of NOT_AT_START a fresh interpreter imported after running ``code``."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {NOT_AT_START!r} if m in sys.modules]))"
+
+def imported(code: str, modules: tuple[str, ...] = NOT_AT_START, **env: str) -> list[str]:
+    """Which of ``modules`` a fresh interpreter imported after running ``code``."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {modules!r} if m in sys.modules]))"
     done = subprocess.run(
         [sys.executable, "-c", probe],
         env={**os.environ, "EARNEVENTS_MONGO_URI": "", **env},
@@ -81,6 +96,38 @@ def test_pymongo_error_clauses_match_pymongo_errors_once_it_is_imported():
         assert isinstance(exc, errors.AutoReconnect)
 
 
+def test_a_worker_and_a_publisher_without_mongodb_import_none_of_the_feature_libraries():
+    assert imported("import earnevents", FEATURES) == []
+    assert imported("import earnevents; earnevents.app", FEATURES, EARNEVENTS_HANDLER_MODULES="") == []
+    publish = "import earnevents\nfrom earnevents import Event, event\nevent.encode(Event('a.b', {'n': 1}).to_wire())"
+    assert imported(publish, FEATURES) == []
+
+
+def test_a_worker_with_mongodb_configured_loads_workflows_and_model_automations():
+    code = (
+        "import earnevents\n"
+        "steps = {s.__name__ for s in earnevents.app.steps['worker']}\n"
+        "assert {'OccurrencesStep', 'WorkflowRebuildStep'} <= steps, steps\n"
+        "from earnevents.handlers import registry\n"
+        "from earnevents import keys\n"
+        "assert registry.get(keys.WORKFLOW_HANDLER) and registry.get(keys.OCCURRENCE_HANDLER)"
+    )
+    found = imported(code, FEATURES, EARNEVENTS_MONGO_URI="mongodb://127.0.0.1:9/", EARNEVENTS_HANDLER_MODULES="")
+    assert {"earnevents.workflows", "earnevents.worker.workflows", "earnevents.worker.occurrences"} <= set(found)
+
+
+def test_the_models_and_objectids_are_imported_on_first_use():
+    # earnevents.BaseModel and friends bring pydantic when first looked up
+    assert "pydantic" in imported("from earnevents import BaseModel, EventDefinition", FEATURES)
+    # an event carrying an ObjectId decodes to one: bson is imported then
+    code = (
+        "from earnevents.event import TAG, decode\n"
+        "value = decode({TAG: 'objectid', 'v': '65a1b2c3d4e5f60718293a4b'})\n"
+        "assert type(value).__name__ == 'ObjectId' and str(value) == '65a1b2c3d4e5f60718293a4b'"
+    )
+    assert "bson" in imported(code, FEATURES)
+
+
 @pytest.mark.worker
 async def test_a_workers_pool_processes_start_from_frozen_objects_and_without_pymongo(
     start_worker, redis_url, queue, rclient
@@ -89,7 +136,7 @@ async def test_a_workers_pool_processes_start_from_frozen_objects_and_without_py
     tok = token()
     await earnevents.init(redis_uri=redis_url, mongo_uri="", event_config={"queue_name": queue})
     try:
-        await event_bus.publish(Event("startup.probe", {"token": tok, "modules": list(NOT_AT_START)}))
+        await event_bus.publish(Event("startup.probe", {"token": tok, "modules": [*NOT_AT_START, *FEATURES]}))
     finally:
         await earnevents.close()
     (seen,) = wait_results(rclient, tok, 1)

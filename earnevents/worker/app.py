@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import billiard.common
 import redis.exceptions as rex
@@ -27,10 +27,8 @@ from celery.exceptions import Reject
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
-from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, stop_any, wait_exponential
-from tenacity.stop import stop_base
 
-from .. import keys, message, mongoerrors, redisurl, runtime
+from .. import keys, lazy, message, mongoerrors, redisurl, runtime
 from ..config import Settings
 from ..connections import redis_timeout
 from ..errors import WorkerLostError
@@ -39,10 +37,8 @@ from ..failures.record import describe
 from ..handlers import registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings, metrics, occurrences, startup, stats, workflow_rebuild
+from . import appsettings, metrics, startup, stats
 from . import eventlog as eventlog_writer
-from . import workflow_events as _workflow_events  # noqa: F401  (subscribes the workflow event bridge)
-from . import workflows as _workflows  # noqa: F401  (registers the workflow handler)
 from .completions import Completions
 from .dispatch import SettleFailed, handle_message, settle_failures
 from .jobs import Job, Outcome
@@ -51,6 +47,11 @@ from .loop import LoopThread, process_loop, stop_process_loop
 from .relay import RelayStep
 from .running import on_termination
 from .scheduler import SchedulerStep
+
+if TYPE_CHECKING:
+    import tenacity
+else:
+    tenacity = lazy.module("tenacity")  # retry machinery: only once bookkeeping failed
 
 log = get_logger(__name__)
 
@@ -105,17 +106,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, mongo_errors.OperationFailure) and not isinstance(exc, mongo_errors.WriteError):
         return bool(exc.code in _MONGO_AUTH_CODES or exc.has_error_label("RetryableWriteError"))
     return False
-
-
-class _StopWhenFinal(stop_base):
-    """Stop retrying after FINAL_TRIES tries when the last one failed with a non-transient error."""
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        if outcome is None or not outcome.failed:
-            return False
-        error = outcome.exception()
-        return error is not None and not is_transient(error) and retry_state.attempt_number >= FINAL_TRIES
 
 
 def _pool_process_terminating() -> bool:
@@ -214,9 +204,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.steps["worker"].add(SchedulerStep)
     app.steps["worker"].add(KeepAliveStep)
     app.steps["worker"].add(RelayStep)
-    app.steps["worker"].add(occurrences.OccurrencesStep)
-    app.steps["worker"].add(workflow_rebuild.WorkflowRebuildStep)
     app.steps["worker"].add(metrics.MetricsStep)
+    # Workflows and model automations keep their state in MongoDB: a worker without one
+    # does not import them (their handlers, the workflow event bridge, their threads).
+    if settings.mongo_uri:
+        from . import mongofeatures
+
+        for step in mongofeatures.STEPS:
+            app.steps["worker"].add(step)
 
     @app.task(name=TASK_NAME, bind=True)
     def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -329,10 +324,23 @@ class WorkerRuntime:
             stop_process_loop()
 
     @staticmethod
-    def _retrying() -> AsyncRetrying:
-        return AsyncRetrying(
-            stop=stop_any(stop_after_delay(SETTLE_TIMEOUT), _StopWhenFinal()),
-            wait=wait_exponential(multiplier=0.1, max=2),
+    def _retrying(tried: int = 0) -> tenacity.AsyncRetrying:
+        """Retries for SETTLE_TIMEOUT seconds, or until FINAL_TRIES tries in all (``tried`` of them
+        made before) when the last one failed with a non-transient error."""
+        out_of_time = tenacity.stop_after_delay(SETTLE_TIMEOUT)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            if out_of_time(state):
+                return True
+            outcome = state.outcome
+            if outcome is None or not outcome.failed:
+                return False
+            error = outcome.exception()
+            return error is not None and not is_transient(error) and tried + state.attempt_number >= FINAL_TRIES
+
+        return tenacity.AsyncRetrying(
+            stop=stop,
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2),
             reraise=True,
         )
 
@@ -393,20 +401,30 @@ class WorkerRuntime:
         failed = [o for o in outcomes if o.error is not None]
         lost = [o for o in failed if isinstance(o.error, WorkerLostError)]
         tag = job.copy_id
+
+        async def once() -> None:
+            await self.completions.mark(job.event.id, succeeded, tag)
+            # Claims end before a retry is scheduled, so the retry (a new message,
+            # a new tag) finds the job free however soon it is delivered. A job
+            # that died too often gets no retry: its claim (and delivery count)
+            # ends only once its record is stored.
+            await self.completions.release(job.event.id, [o.handler for o in failed if o not in lost], tag)
+            if failed:
+                await settle_failures(
+                    job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
+                )
+            await self.completions.release(job.event.id, [o.handler for o in lost], tag)
+
         try:
-            async for attempt in self._retrying():
-                with attempt:
-                    await self.completions.mark(job.event.id, succeeded, tag)
-                    # Claims end before a retry is scheduled, so the retry (a new message,
-                    # a new tag) finds the job free however soon it is delivered. A job
-                    # that died too often gets no retry: its claim (and delivery count)
-                    # ends only once its record is stored.
-                    await self.completions.release(job.event.id, [o.handler for o in failed if o not in lost], tag)
-                    if failed:
-                        await settle_failures(
-                            job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
-                        )
-                    await self.completions.release(job.event.id, [o.handler for o in lost], tag)
+            try:  # the usual case: one try, no retry machinery
+                await once()
+            except Exception as exc:
+                if not is_transient(exc) and FINAL_TRIES <= 1:
+                    raise
+                log.debug("settling event %s failed; retrying", job.event.id, exc_info=True)
+                async for attempt in self._retrying(tried=1):
+                    with attempt:
+                        await once()
         except Exception as exc:
             if is_transient(exc):
                 raise SettleError(f"could not schedule retries or record failures: {exc!r}") from exc

@@ -26,14 +26,17 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from .. import tracing
+from .. import lazy, tracing
 from ..failures.record import describe
 from .jobs import Job, Outcome
 
 if tracing.AVAILABLE:
     from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    # Propagators: only for an event that carries a trace context.
+    propagate = lazy.module("opentelemetry.propagate")
 
 SUCCEEDED = "succeeded"
 RETRYING = "retrying"
