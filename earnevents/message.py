@@ -63,7 +63,7 @@ def build_packed(
 
 def packed_id(event_ids: list[str]) -> str:
     """The id of the packed message for these events (the same for a re-send)."""
-    return uuid.uuid5(_NAMESPACE, "packed/" + "/".join(event_ids)).hex
+    return ids.uuid5_hex(_NAMESPACE, "packed/" + "/".join(event_ids))
 
 
 def shadow_name(event_names: list[str], handler: str | None = None) -> str:
@@ -273,4 +273,4 @@ def derived_id(kind: str, event_id: str, handler: str, attempt: int) -> str:
     Workers use it for retry messages and failed-job records, so settling one
     failure twice (after a Redis hiccup) schedules one retry and keeps one record.
     """
-    return uuid.uuid5(_NAMESPACE, f"{kind}/{event_id}/{handler}/{attempt}").hex
+    return ids.uuid5_hex(_NAMESPACE, f"{kind}/{event_id}/{handler}/{attempt}")

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from .. import definitions, entities, keys, lazy, message, names, runtime, schedule
+from .. import definitions, entities, ids, keys, lazy, message, names, runtime, schedule
 from ..entities import EntityRef
 from ..errors import EventConditionError
 from ..event import Event
@@ -244,12 +244,12 @@ def entity_of(instance: BaseModel) -> EntityRef:
 def occurrence_id(ref: EntityRef, definition: str, due_ms: int) -> str:
     """The id of the occurrence of ``definition`` for ``ref`` due at ``due_ms``: the same
     whenever it is scheduled, so the worker fires it once (its completion record)."""
-    return uuid.uuid5(_NAMESPACE, f"occurrence/{ref.model}/{ref.id}/{definition}/{due_ms}").hex
+    return ids.uuid5_hex(_NAMESPACE, f"occurrence/{ref.model}/{ref.id}/{definition}/{due_ms}")
 
 
 def occurred_id(occurrence: str) -> str:
     """The id of the event published when occurrence ``occurrence`` fires (the same if it fires twice)."""
-    return uuid.uuid5(_NAMESPACE, f"occurred/{occurrence}").hex
+    return ids.uuid5_hex(_NAMESPACE, f"occurred/{occurrence}")
 
 
 def when(due_ms: int) -> dt.datetime:

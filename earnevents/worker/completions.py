@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -310,6 +310,14 @@ def recorded(client: redis.Redis, window: float, event_id: str, handler: str) ->
     return bool(client.eval(CHECK, 0, *check_args(window, event_id, handler)))
 
 
+# The scripts, hashed once at import (in a worker's main process, before its pool processes
+# are forked): redis-py hashes a script when it wraps it, with OpenSSL's SHA-1, whose first
+# call would bring ~0.8 MiB of OpenSSL's code into each pool process (issue 15, target 9).
+# Callers always name the client (``client=``): the wrappers serve every client of a process.
+_ASYNC_SCRIPTS = (AsyncScript(cast(Any, None), CLAIM.encode()), AsyncScript(cast(Any, None), WRITE.encode()))
+_BLOCKING_SCRIPTS = (Script(cast(Any, None), CLAIM.encode()), Script(cast(Any, None), WRITE.encode()))
+
+
 class Completions:
     """Claims, completion marks and releases of (event, handler) jobs in Redis.
 
@@ -326,25 +334,16 @@ class Completions:
         self.window = window
         self._bucket = bucket_ms(window)
         self._commit = GroupCommit(self._write)
-        self._claim: AsyncScript | None = None
-        self._write_script: AsyncScript | None = None
         self._most: int | None = None
         self._blocking = blocking
-        self._blocking_scripts: tuple[Script, Script] | None = None
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
-        if self._claim is None or self._write_script is None:
-            client = self._client()
-            self._claim = AsyncScript(client, CLAIM)
-            self._write_script = AsyncScript(client, WRITE)
-        return self._claim, self._write_script
+        return _ASYNC_SCRIPTS
 
     def _blocking_client(self) -> tuple[redis.Redis, Script, Script]:
         if self._blocking is None:
             raise RuntimeError("no blocking Redis client: use the async methods")
-        if self._blocking_scripts is None:
-            self._blocking_scripts = (Script(self._blocking, CLAIM), Script(self._blocking, WRITE))
-        return self._blocking, *self._blocking_scripts
+        return self._blocking, *_BLOCKING_SCRIPTS
 
     def _common(self, tag: str) -> list[str | bytes | int]:
         """ARGV shared by the scripts: copy id, claim TTL, key prefix, window, bucket length."""

@@ -28,7 +28,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from .. import patterns
+from .. import ids, patterns
 from ..event import Event
 from ..handlers import dotted_name, occurrence_event_name
 from ..handlers import registry as handlers
@@ -126,7 +126,7 @@ def _entity(event: Event) -> dict[str, str] | None:
 
 
 def _id(*parts: str) -> str:
-    return uuid.uuid5(_NAMESPACE, "/".join(parts)).hex
+    return ids.uuid5_hex(_NAMESPACE, "/".join(parts))
 
 
 def _occurrence_run_id(spec: WorkflowSpec, trigger: EventTrigger, entity: dict[str, str], due_ms: int) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .. import keys, lazy, message, mongoerrors, names, runtime, schedule
+from .. import ids, keys, lazy, message, mongoerrors, names, runtime, schedule
 from ..errors import EarnEventsError, EventTooLargeError
 from ..event import Event, decode, encode
 from ..logtext import get_logger
@@ -74,7 +74,7 @@ def spec_of(name: str) -> WorkflowSpec:
 
 def message_id(run_id: str, version: int) -> str:
     """The id of the message that moves run ``run_id`` on from ``version`` (the same if sent twice)."""
-    return uuid.uuid5(_NAMESPACE, f"{run_id}/{version}").hex
+    return ids.uuid5_hex(_NAMESPACE, f"{run_id}/{version}")
 
 
 def _message(run: Run) -> tuple[str, str, str]:
