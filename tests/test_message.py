@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 from celery import Celery
 
-from earnevents import Event, message
+from earnevents import Event, ids, message
 from earnevents.keys import TASK_NAME
 
 
@@ -83,3 +84,11 @@ def test_shadow_is_cut_to_its_maximum_length():
     assert len(packed) <= message.SHADOW_MAX and packed.startswith("5 events: e") and packed.endswith(", ...")
     one = shadow_of(message.build(long_names[0], queue="q", task_id="t", handler="m." + "h" * 190))
     assert len(one) == message.SHADOW_MAX and one.endswith("...")
+
+
+def test_derived_ids_are_the_version_5_uuids_they_always_were():
+    # ids.uuid5_hex hashes with CPython's own SHA-1 (no OpenSSL in pool processes): same ids as uuid.uuid5
+    namespace = uuid.UUID("5d1c3c2e-7a52-4a38-9b1e-4b0f3c7e2a10")
+    for name in ("", "job/e1/app.handler/0", "failed/é/ü/3", "x" * 1000):
+        assert ids.uuid5_hex(namespace, name) == uuid.uuid5(namespace, name).hex
+    assert message.derived_id("retry", "e1", "h", 2) == uuid.uuid5(message._NAMESPACE, "retry/e1/h/2").hex
