@@ -41,6 +41,7 @@ DEFAULTS: dict[str, str] = {
     "EARNEVENTS_PUBLISH_TIMEOUT": "10",
     "EARNEVENTS_VISIBILITY_TIMEOUT": "40",
     "EARNEVENTS_SCHEDULER_INTERVAL": "0.2",
+    "EARNEVENTS_SCHEDULER_RECHECK": "10",
     "EARNEVENTS_DEDUP_WINDOW": "86400",
     "EARNEVENTS_MAX_MESSAGE_SIZE": "4194304",
     "EARNEVENTS_DEAD_LETTER_MAX": "10000",
@@ -127,6 +128,10 @@ class Settings:
     """Packages whose events/handlers/receivers submodules are imported (earnevents.discovery)."""
     visibility_timeout: float = float(DEFAULTS["EARNEVENTS_VISIBILITY_TIMEOUT"])
     scheduler_interval: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_INTERVAL"])
+    """Most seconds a due message waits in the delay schedule before a worker moves it to the queue."""
+    scheduler_recheck: float = float(DEFAULTS["EARNEVENTS_SCHEDULER_RECHECK"])
+    """Most seconds an idle worker's scheduler sleeps between two reads of the schedule (it is woken
+    for earlier due times; what it is not woken for, e.g. a publisher of an older version, waits this long at most)."""
     dedup_window: float = float(DEFAULTS["EARNEVENTS_DEDUP_WINDOW"])
     dead_letter_max: int = int(DEFAULTS["EARNEVENTS_DEAD_LETTER_MAX"])
     """How many refused queue items a worker keeps per queue (oldest dropped first)."""
@@ -257,6 +262,7 @@ class Settings:
             autodiscover=packages,
             visibility_timeout=_float_env(env, "EARNEVENTS_VISIBILITY_TIMEOUT"),
             scheduler_interval=_float_env(env, "EARNEVENTS_SCHEDULER_INTERVAL"),
+            scheduler_recheck=_float_env(env, "EARNEVENTS_SCHEDULER_RECHECK"),
             dedup_window=_float_env(env, "EARNEVENTS_DEDUP_WINDOW", allow_zero=True),
             dead_letter_max=_int_env(env, "EARNEVENTS_DEAD_LETTER_MAX", 1),
             handler_timeout=_timeout_env(env, "EARNEVENTS_HANDLER_TIMEOUT"),

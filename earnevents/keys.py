@@ -56,6 +56,13 @@ def scheduled_by_event(queue: str, event_name: str) -> str:
     return f"{PREFIX}:{queue}:scheduled:event:{event_name}"
 
 
+def scheduled_wake_channel(queue: str) -> str:
+    """Pub/sub channel (not a key) on which every script adding to :func:`scheduled_zset` announces
+    a due time earlier than any pending there (unix seconds as the message): it wakes the workers'
+    delay schedulers, which otherwise sleep until the earliest due time they know of."""
+    return f"{PREFIX}:{queue}:scheduled:wake"
+
+
 OCCURRENCE_HANDLER = "earnevents.worker.occurrences.fire"
 """The worker's handler that fires a model's scheduled event when it is due (after checking the
 document again). Models schedule occurrences for it by name only, as publishers name TASK_NAME."""
