@@ -409,6 +409,23 @@ def test_a_worker_with_a_clock_ahead_does_not_give_back_another_workers_fresh_me
     assert rclient.hexists(f"{queue}:unacked", tag) and rclient.llen(queue) == 0
 
 
+def test_a_sweep_with_nothing_past_the_timeout_takes_no_mutex(connect, rclient, queue):
+    # Given a message another worker took a second ago
+    tag = record_unacked(rclient, queue, age=1)
+    channel = connect(visibility_timeout=30).default_channel
+    channel.clock.now()  # its clock read once (TIME), as a running worker's is
+
+    def sets() -> int:
+        return int(rclient.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+
+    before = sets()
+    # When a worker sweeps
+    channel.qos.restore_visible(num=10, interval=1)
+    # Then it only looked (no SET of the sweep mutex), and the message stays with its worker
+    assert sets() == before
+    assert rclient.hexists(f"{queue}:unacked", tag) and rclient.llen(queue) == 0
+
+
 def test_a_worker_with_a_clock_behind_gives_back_a_dead_workers_message_in_time(connect, rclient, queue, skewed_clock):
     # Given a message taken 31 s ago by a worker that died, and a worker whose clock is an hour behind
     tag = record_unacked(rclient, queue, age=31)

@@ -186,6 +186,10 @@ class QoS(kombu_redis.QoS):
             return
         with self.channel.conn_or_acquire() as client:
             older_than = self.channel.clock.now() - self.visibility_timeout
+            # Nothing past the timeout (the usual case): no need to take the mutex (three more
+            # commands every sweep). One that ages past it right after this is found by the next sweep.
+            if not client.zcount(self.unacked_index_key, "-inf", older_than):
+                return
             try:
                 with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
                     limit = {"offset": start, "num": num} if num else {}  # kombu's unacked_restore_limit
