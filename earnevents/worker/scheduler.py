@@ -66,6 +66,8 @@ class Mover(PeriodicThread):
         self._offset = 0.0  # Redis' unix time minus our monotonic time, as of the last move
         self._ping_at = 0.0  # monotonic time of the next PING on the subscription
         self._pinged = False  # a PING is unanswered
+        self._woken_by_socket = False  # the last sleep ended on the subscription's socket
+        self._idle_wake = False  # ...and the tick after it read nothing there (see _sleep)
 
     def move_due(self) -> int:
         """Move every due message now; returns how many were moved. Plans the next move for
@@ -90,7 +92,8 @@ class Mover(PeriodicThread):
         """One round: (re)subscribe if needed, take notifications, move if it is time."""
         if self._pubsub is None:
             self._subscribe()
-        self._read_notifications()
+        read = self._read_notifications()
+        self._idle_wake = self._woken_by_socket and not read
         now = time.monotonic()
         if now >= self._ping_at:
             if self._pinged:
@@ -110,8 +113,10 @@ class Mover(PeriodicThread):
         pubsub.subscribe(*self._channels)
         self._pubsub, self._pinged, self._ping_at = pubsub, False, time.monotonic() + self.recheck
 
-    def _read_notifications(self) -> None:
+    def _read_notifications(self) -> int:
+        read = 0
         while (message := self._pubsub.get_message(timeout=0)) is not None:
+            read += 1
             kind = message["type"]
             if kind in ("subscribe", b"subscribe"):
                 # A (re)subscription, after redis-py reconnected too: notifications may
@@ -125,6 +130,7 @@ class Mover(PeriodicThread):
                 except ValueError:
                     continue
                 self._next_move = min(self._next_move, due)
+        return read
 
     def _drop_subscription(self) -> None:
         if self._pubsub is not None:
@@ -139,12 +145,16 @@ class Mover(PeriodicThread):
         watched = [self._wake_r]
         connection = getattr(self._pubsub, "connection", None)
         sock = getattr(connection, "_sock", None)
-        if sock is not None:
+        if sock is not None and not self._idle_wake:
             watched.append(sock)
+        elif sock is not None:  # readable, yet nothing to read (a partial reply): no busy loop
+            seconds = min(seconds, self.interval)
+        self._woken_by_socket = False
         try:
             ready, _, _ = select.select(watched, [], [], max(0.0, seconds))
             if self._wake_r in ready:
                 os.read(self._wake_r, 64)
+            self._woken_by_socket = bool(ready) and self._wake_r not in ready
         except (OSError, ValueError):  # closed under us (stop() gave up waiting): the loop ends or retries
             self._stop.wait(self.interval)
 
