@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from earnevents import keys, schedule
+import earnevents
+from earnevents import Event, keys, schedule
 from earnevents.testing import RedisServer, wait_for
 from earnevents.worker.scheduler import Mover
 
@@ -193,3 +195,21 @@ def test_an_idle_worker_sends_redis_few_commands(server, client, start_worker):
     # keep-alive and unacked sweep every 10 s, the scheduler every 10 s), not 5 schedule
     # reads a second (3 commands each)
     assert spent <= 60, spent
+
+
+async def test_a_worker_idle_on_a_long_recheck_delivers_a_delayed_event_on_time(server, client, start_worker, queue):
+    # Given an idle worker whose scheduler would next read the schedule 30 s from now
+    start_worker(env={"EARNEVENTS_REDIS_URI": server.url, "EARNEVENTS_SCHEDULER_RECHECK": str(RECHECK)})
+    wait_for(lambda: moves(client) >= 1 and subscriber(client), 20, "the worker's scheduler at work")
+    await earnevents.init(redis_uri=server.url, mongo_uri="", event_config={"queue_name": queue})
+    try:
+        # When an event is published with a 1.5 s delay
+        tok = uuid.uuid4().hex
+        published = time.time()
+        await earnevents.event_bus.publish(Event("t.record", {"token": tok}), delay=1.5)
+        # Then its handlers run 1.5 s later, within the interval (plus the handler's own time)
+        found = wait_for(lambda: client.lrange(f"results:{tok}", 0, -1), RECHECK / 2, "the handlers' records")
+    finally:
+        await earnevents.close()
+    ran = min(json.loads(raw)["at"] for raw in found)
+    assert 1.4 <= ran - published < 1.5 + INTERVAL + SLACK
