@@ -154,6 +154,27 @@ def test_close_with_a_blocking_move_in_flight_returns_its_message(connect, rclie
     assert_closed_by_kombu(conn, channel)
 
 
+def test_an_idle_consumer_blocks_for_the_idle_wait_and_closes_at_once(connect, rclient, queue):
+    # Given an idle consumer (empty queue) whose BLMOVE is in flight
+    conn = connect()
+    consume(conn, queue)
+    channel = send_next_fetch(conn)
+
+    def blocked() -> list[str]:
+        return [c["id"] for c in rclient.client_list() if c["cmd"] == "blmove" and "b" in c["flags"]]
+
+    wait_for(blocked, 5, "the BLMOVE blocking in Redis")
+    # Then it still blocks 1.5 s later (kombu's BRPOP: 1 s): one command per IDLE_WAIT while idle
+    time.sleep(1.5)
+    assert blocked()
+    # When the channel closes (a warm shutdown)
+    started = time.monotonic()
+    channel.close()
+    # Then it did not wait out the BLMOVE, and kombu's close steps ran
+    assert time.monotonic() - started < 1
+    assert_closed_by_kombu(conn, channel)
+
+
 def test_close_after_losing_a_blocking_move_reply_returns_the_message_at_once(connect, rclient, queue):
     # Given a consumer whose BLMOVE took a message, and whose connection then broke
     conn = connect()

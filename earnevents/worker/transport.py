@@ -68,6 +68,11 @@ from .clock import RedisClock
 
 log = get_logger(__name__)
 
+IDLE_WAIT = 5.0
+"""Seconds a consumer's BLMOVE blocks on an empty queue before it is sent again (kombu's BRPOP:
+1 s): an idle worker's fetch loop wakes, and sends Redis a command, once per IDLE_WAIT. A message
+pushed meanwhile ends it at once; a channel closing ends it with CLIENT UNBLOCK."""
+
 
 # KEYS: queue, unacked hash, unacked index, this consumer's in-flight list. ARGV: how many
 # to take, the maximum message size, the visibility stamp (Redis' time as the channel's
@@ -250,6 +255,7 @@ class Channel(kombu_redis.Channel):
         self._inflight_queues: frozenset[str] = frozenset()
         self._registered_at = float("-inf")  # time.monotonic() of the last registration
         self._sent: str | None = None  # the fetch command whose reply is awaited
+        self._blmove_client: tuple[Any, int] | None = None  # (socket, CLIENT ID) of the BLMOVE connection
         self.clock = RedisClock(self._redis_time)  # for visibility stamps (QoS)
         self._sync_client: Any = None
         self._fast = False  # True: the next fetch is FETCH (the queue had messages)
@@ -458,10 +464,11 @@ class Channel(kombu_redis.Channel):
         else:
             self._flush_acks()
             self._register_inflight(queue)
-            wait = self.brpop_timeout if timeout is None else timeout
+            wait = max(self.brpop_timeout or 0, IDLE_WAIT) if timeout is None else timeout
             # Never block past half the alive TTL (a long polling_interval would): the move must
             # land while this consumer is surely listed and alive, or the sweep could miss it.
             wait = min(wait or math.inf, self._alive_ttl() / 2)
+            self._learn_client_id(connection)
             connection.send_command("BLMOVE", queue, keys.inflight_list(queue, self.consumer_id), "RIGHT", "LEFT", wait)
             self._sent = "BLMOVE"
         self._in_poll = connection
@@ -594,12 +601,35 @@ class Channel(kombu_redis.Channel):
         finally:
             super().close()
 
+    def _learn_client_id(self, connection: Any) -> None:
+        """Remember the CLIENT ID of ``connection`` (once per socket), for :meth:`_unblock`."""
+        if connection._sock is None:
+            connection.connect()
+        if self._blmove_client is None or self._blmove_client[0] is not connection._sock:
+            connection.send_command("CLIENT", "ID")
+            self._blmove_client = (connection._sock, int(connection.read_response()))
+
+    def _unblock(self) -> None:
+        """End the BLMOVE in flight now (it replies nil, or what it took just before): a close
+        need not wait up to IDLE_WAIT for it. If Redis refuses (an ACL without CLIENT UNBLOCK),
+        the reply comes within IDLE_WAIT anyway."""
+        blocked, connection = self._blmove_client, self._in_poll
+        if blocked is None or getattr(connection, "_sock", None) is not blocked[0]:
+            return
+        try:
+            with self.conn_or_acquire() as client:
+                client.execute_command("CLIENT", "UNBLOCK", blocked[1])
+        except Exception:
+            log.debug("could not end the BLMOVE in flight at close; waiting for its reply", exc_info=True)
+
     def _finish_fetch(self) -> None:
         """Read the reply of the fetch in flight, if any: what it took reaches kombu as
         delivered (or, with no consumer left, rejected) messages, which its close restores."""
         if not self._in_poll:
             return
         try:
+            if self._sent == "BLMOVE":
+                self._unblock()
             self._brpop_read()
         except Empty:
             pass
