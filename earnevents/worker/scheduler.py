@@ -112,6 +112,7 @@ class Mover(PeriodicThread):
         pubsub = self._client.pubsub()
         pubsub.subscribe(*self._channels)
         self._pubsub, self._pinged, self._ping_at = pubsub, False, time.monotonic() + self.recheck
+        self._next_move = math.inf  # until Redis confirms the subscription (_read_notifications)
 
     def _read_notifications(self) -> int:
         read = 0
