@@ -35,9 +35,10 @@ MAX_DELAY = 10 * 365.25 * 86400
 # Lua shared by the scripts that add to the schedule: before they write, the earliest due time
 # pending (nil: none); after, a PUBLISH of the new due time on the wake channel when it comes
 # before that one, so that sleeping schedulers wake for it (and only then: a publisher adding
-# messages due later than the earliest wakes no one).
+# messages due later than the earliest wakes no one). pcall: a user whose ACL denies PUBLISH
+# still schedules; the workers then find the message at their next recheck.
 _HEAD = "local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]\n"
-_WAKE = "if not head or tonumber(due) < tonumber(head) then redis.call('PUBLISH', KEYS[4], tostring(due)) end\n"
+_WAKE = "if not head or tonumber(due) < tonumber(head) then redis.pcall('PUBLISH', KEYS[4], tostring(due)) end\n"
 
 # KEYS: zset, messages, names, wake channel. ARGV: name-index prefix, "rel"|"abs"|"abs-new",
 # seconds, then (id, name, message) triples. "abs-new" leaves an id that is pending already as it is.

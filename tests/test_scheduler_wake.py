@@ -213,3 +213,22 @@ async def test_a_worker_idle_on_a_long_recheck_delivers_a_delayed_event_on_time(
         await earnevents.close()
     ran = min(json.loads(raw)["at"] for raw in found)
     assert 1.4 <= ran - published < 1.5 + INTERVAL + SLACK
+
+
+def test_a_user_denied_pubsub_still_schedules_and_the_mover_polls_instead(server, client):
+    # Given a Redis user who may run every command on every key but use no pub/sub channel
+    client.execute_command("ACL", "SETUSER", "nochan", "on", ">pw", "~*", "+@all", "resetchannels")
+    url = server.url.replace("redis://", "redis://nochan:pw@", 1)
+    as_user = redis.Redis.from_url(url)
+    m = Mover(url, ["q"], INTERVAL, recheck=RECHECK)
+    m.start()
+    try:
+        # When that user schedules a message due in 1 s (its wake-up PUBLISH is refused)
+        due = redis_now(client) + 1
+        script_keys, argv = schedule.add_args("q", [("acl", "t.x", json.dumps({"id": "acl"}))], at=due)
+        as_user.eval(schedule.ADD_SCRIPT, len(script_keys), *script_keys, *argv)
+        # Then it is scheduled, and the mover (refused SUBSCRIBE) reads the schedule every interval
+        assert wait_queued(client, "acl", RECHECK / 2) - due < INTERVAL + SLACK
+    finally:
+        m.stop()
+        as_user.close()

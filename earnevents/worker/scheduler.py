@@ -66,6 +66,7 @@ class Mover(PeriodicThread):
         self._offset = 0.0  # Redis' unix time minus our monotonic time, as of the last move
         self._ping_at = 0.0  # monotonic time of the next PING on the subscription
         self._pinged = False  # a PING is unanswered
+        self._polling = False  # Redis refused SUBSCRIBE (an ACL): read the schedule every interval
         self._woken_by_socket = False  # the last sleep ended on the subscription's socket
         self._idle_wake = False  # ...and the tick after it read nothing there (see _sleep)
 
@@ -90,8 +91,13 @@ class Mover(PeriodicThread):
 
     def tick(self) -> None:
         """One round: (re)subscribe if needed, take notifications, move if it is time."""
+        if self._polling:
+            self.move_due()
+            return
         if self._pubsub is None:
             self._subscribe()
+            if self._polling:
+                return
         read = self._read_notifications()
         self._idle_wake = self._woken_by_socket and not read
         now = time.monotonic()
@@ -110,9 +116,29 @@ class Mover(PeriodicThread):
 
     def _subscribe(self) -> None:
         pubsub = self._client.pubsub()
-        pubsub.subscribe(*self._channels)
+        try:
+            pubsub.subscribe(*self._channels)
+            pubsub.ping()  # answered after the subscription's reply: a refused SUBSCRIBE shows first
+            deadline = time.monotonic() + 5
+            while True:
+                reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                if reply is None and time.monotonic() >= deadline:
+                    pubsub.close()
+                    raise SilentSubscriptionError("no answer to SUBSCRIBE in 5s")
+                if reply is not None and reply["type"] in ("pong", b"pong"):
+                    break
+        except redis.ResponseError as exc:  # e.g. NOPERM: no wake-ups, so poll as before
+            pubsub.close()
+            log.warning(
+                "%s cannot subscribe to its wake-up channel (%s); reading the schedule every %gs instead",
+                self.what,
+                exc,
+                self.interval,
+            )
+            self._polling = True
+            return
         self._pubsub, self._pinged, self._ping_at = pubsub, False, time.monotonic() + self.recheck
-        self._next_move = math.inf  # until Redis confirms the subscription (_read_notifications)
+        self._next_move = 0.0  # subscribed (confirmed above): read what may have been missed before
 
     def _read_notifications(self) -> int:
         read = 0

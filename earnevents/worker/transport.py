@@ -255,7 +255,7 @@ class Channel(kombu_redis.Channel):
         self._inflight_queues: frozenset[str] = frozenset()
         self._registered_at = float("-inf")  # time.monotonic() of the last registration
         self._sent: str | None = None  # the fetch command whose reply is awaited
-        self._blmove_client: tuple[Any, int] | None = None  # (socket, CLIENT ID) of the BLMOVE connection
+        self._blmove_client: tuple[Any, int | None] | None = None  # (socket, CLIENT ID) of the BLMOVE connection
         self.clock = RedisClock(self._redis_time)  # for visibility stamps (QoS)
         self._sync_client: Any = None
         self._fast = False  # True: the next fetch is FETCH (the queue had messages)
@@ -607,14 +607,18 @@ class Channel(kombu_redis.Channel):
             connection.connect()
         if self._blmove_client is None or self._blmove_client[0] is not connection._sock:
             connection.send_command("CLIENT", "ID")
-            self._blmove_client = (connection._sock, int(connection.read_response()))
+            try:
+                client_id = int(connection.read_response())
+            except redis.ResponseError:  # an ACL or a renamed command: closes wait for the reply
+                client_id = None
+            self._blmove_client = (connection._sock, client_id)
 
     def _unblock(self) -> None:
         """End the BLMOVE in flight now (it replies nil, or what it took just before): a close
         need not wait up to IDLE_WAIT for it. If Redis refuses (an ACL without CLIENT UNBLOCK),
         the reply comes within IDLE_WAIT anyway."""
         blocked, connection = self._blmove_client, self._in_poll
-        if blocked is None or getattr(connection, "_sock", None) is not blocked[0]:
+        if blocked is None or blocked[1] is None or getattr(connection, "_sock", None) is not blocked[0]:
             return
         try:
             with self.conn_or_acquire() as client:
