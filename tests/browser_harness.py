@@ -164,7 +164,7 @@ def wait_until(driver: WebDriver, condition: Callable[[WebDriver], T | None], wh
 
 def wait_for_text(driver: WebDriver, css: str, text: str, timeout: float = 5.0) -> str:
     """Wait until the element at ``css`` shows ``text`` (as a person reads it); return its text."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
 
     def shown(d: WebDriver) -> str | None:
@@ -172,6 +172,12 @@ def wait_for_text(driver: WebDriver, css: str, text: str, timeout: float = 5.0) 
             found: str = d.find_element(By.CSS_SELECTOR, css).text
         except (NoSuchElementException, StaleElementReferenceException):
             return None
+        except WebDriverException as exc:
+            # A page refreshing itself between the find and the read: newer ChromeDrivers say
+            # so in a generic error rather than as a stale element.
+            if "does not belong to the document" in str(exc):
+                return None
+            raise
         return found if text in found else None
 
     return wait_until(driver, shown, f"{css!r} showing {text!r}", timeout)
