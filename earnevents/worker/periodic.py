@@ -87,6 +87,13 @@ class PeriodicThread:
             self._thread.join(5)
         self.close()
 
+    def on_error(self) -> None:
+        """Called after a round raised (before it is logged): drop what may be broken."""
+
+    def pause(self, failing: bool) -> None:
+        """Wait before the next round (``failing``: the last one raised); one interval here."""
+        self._stop.wait(self.interval)
+
     def _loop(self) -> None:
         failing = False
         while not self._stop.is_set():
@@ -94,10 +101,12 @@ class PeriodicThread:
                 with self._io:
                     self.tick()
             except (redis.RedisError, mongoerrors.base()) as exc:
+                self.on_error()
                 if not failing:
                     log.warning("%s cannot reach Redis/MongoDB (%r); retrying every %gs", self.what, exc, self.interval)
                 failing = True
             except Exception as exc:  # a bug or an unforeseen reply: keep the thread alive
+                self.on_error()
                 if not failing:
                     log.exception("%s failed (%r); retrying every %gs", self.what, exc, self.interval)
                 failing = True
@@ -105,7 +114,9 @@ class PeriodicThread:
                 if failing:
                     log.info("%s works again", self.what)
                 failing = False
-            self._stop.wait(self.interval)
+            if self._stop.is_set():
+                break
+            self.pause(failing)
 
 
 class ThreadStep(bootsteps.StartStopStep):

@@ -185,35 +185,17 @@ class Mover(PeriodicThread):
         except (OSError, ValueError):  # closed under us (stop() gave up waiting): the loop ends or retries
             self._stop.wait(self.interval)
 
-    def _loop(self) -> None:
-        # PeriodicThread's loop, with a sleep that a notification ends. The wait itself holds
-        # no lock (a fork need not wait for it): the reads and writes, and any reconnect
-        # with its TLS handshake, happen in tick(), under the fork lock.
-        failing = False
-        while not self._stop.is_set():
-            try:
-                with self._io:
-                    self.tick()
-            except redis.RedisError as exc:
-                self._drop_subscription()
-                if not failing:
-                    log.warning("%s cannot reach Redis (%r); retrying every %gs", self.what, exc, self.interval)
-                failing = True
-            except Exception as exc:  # a bug or an unforeseen reply: keep the thread alive
-                self._drop_subscription()
-                if not failing:
-                    log.exception("%s failed (%r); retrying every %gs", self.what, exc, self.interval)
-                failing = True
-            else:
-                if failing:
-                    log.info("%s works again", self.what)
-                failing = False
-            if self._stop.is_set():
-                break
-            if failing:
-                self._sleep(self.interval)
-            else:
-                self._sleep(min(self._move_at(), self._ping_at) - time.monotonic())
+    def on_error(self) -> None:
+        self._drop_subscription()
+
+    def pause(self, failing: bool) -> None:
+        # A sleep that a notification ends. The wait itself holds no lock (a fork need not wait
+        # for it): the reads and writes, and any reconnect with its TLS handshake, happen in
+        # tick(), under the fork lock.
+        if failing:
+            self._sleep(self.interval)
+        else:
+            self._sleep(min(self._move_at(), self._ping_at) - time.monotonic())
 
     def stop(self) -> None:
         self._stop.set()
