@@ -18,9 +18,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import entities, ids, lazy, names
+
+if TYPE_CHECKING:
+    import bson
+else:
+    bson = lazy.module("bson")  # PyMongo's: imported when an event carries an ObjectId
 
 TAG = "__ee__"
 """Key marking a tagged (typed) value in the wire form."""
@@ -161,7 +166,7 @@ _DECODERS: dict[str, _Decoder] = {
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "uuid": uuid.UUID,
     "decimal": Decimal,
-    "objectid": lambda v: _bson().ObjectId(v),
+    "objectid": lambda v: bson.ObjectId(v),
     "bytes": base64.b64decode,
     "tuple": lambda v: tuple(decode(x) for x in v),
     "dict": lambda v: {k: decode(x) for k, x in v.items()},
@@ -240,13 +245,6 @@ def _encode(value: Any, path: str, depth: int) -> Any:
         f"{path} is a {type(value).__name__}, which an event cannot carry; use JSON types, "
         "datetime, date, time, timedelta, UUID, Decimal, ObjectId, bytes or tuple"
     )
-
-
-def _bson() -> Any:
-    # bson (PyMongo's) only when an event carries an ObjectId: most workers never see one.
-    import bson
-
-    return bson
 
 
 def decode(value: Any) -> Any:
