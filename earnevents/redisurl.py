@@ -29,6 +29,7 @@ from redis.sentinel import Sentinel
 
 from .errors import ConfigError
 from .redact import redact_uri
+from .sentinelconn import AsyncPrimaryConnection, PrimaryConnection
 
 SCHEMES = ("redis", "rediss", "unix", "sentinel")
 
@@ -181,7 +182,9 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
             **_credentials(target),
             **options,
         )
-        client: redis.Redis = sentinel.master_for(target.master_name)  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.master_name, connection_class=PrimaryConnection
+        )
         return client
     return redis.Redis.from_url(url, **_socket_options(target, options))
 
@@ -196,7 +199,7 @@ def async_client(url: str, **options: Any) -> aioredis.Redis:
             **_credentials(target),
             **options,
         )
-        client: aioredis.Redis = sentinel.master_for(target.master_name)
+        client: aioredis.Redis = sentinel.master_for(target.master_name, connection_class=AsyncPrimaryConnection)
         return client
     return aioredis.Redis.from_url(url, **_socket_options(target, options))
 

@@ -238,14 +238,18 @@ async def test_over_tls_pool_processes_replaced_after_every_task_handle_every_ev
 
 
 async def test_through_sentinel_publishers_and_workers_follow_a_failover(queue, start_worker):
-    # Given a primary, its replica, a sentinel watching them, and a worker through the sentinel
+    # Given a primary that refuses writes without a replica (min-replicas-to-write, as the
+    # README advises), its replica, a sentinel watching them, and a worker through the sentinel
     with (
         RedisServer() as primary,
         RedisServer(replica_of=primary) as replica,
         SentinelServer(primary) as sentinel,
     ):
         watcher = redis.Redis(port=sentinel.port, socket_timeout=5)
+        old, new = redis.Redis(port=primary.port, socket_timeout=5), redis.Redis(port=replica.port, socket_timeout=5)
         wait_for(lambda: watcher.sentinel_slaves(sentinel.master_name), 20, "the sentinel to see the replica")
+        old.config_set("min-replicas-to-write", 1)
+        wait_for(lambda: old.set("earnevents-test:writable", 1), 20, "the primary to count its replica as good")
         await earnevents.init(redis_uri=sentinel.url, mongo_uri="", event_config={"queue_name": queue})
         client = redisurl.sync_client(sentinel.url, socket_timeout=5)
         try:
@@ -253,18 +257,25 @@ async def test_through_sentinel_publishers_and_workers_follow_a_failover(queue, 
             before = token()
             await event_bus.publish(Event("t.record", {"token": before}))
             records(client, before, 2)
-            # When the sentinel fails over to the replica
+            # When the sentinel fails over to the replica (the old primary stays a primary
+            # until the sentinel demotes it, seconds later, and its demotion discards its data)
             watcher.sentinel_failover(sentinel.master_name)
             wait_for(
                 lambda: watcher.sentinel_get_master_addr_by_name(sentinel.master_name)[1] == replica.port,
                 20,
                 "the failover",
             )
-            # Then events published afterwards are handled on the new primary
-            after = token()
-            await event_bus.publish(Event("t.record", {"token": after}))
-            assert len(records(client, after, 2, timeout=30)) == 2
+            # Then events published afterwards reach the new primary, not the old one...
+            after = [token() for _ in range(3)]
+            for tok in after:
+                await event_bus.publish(Event("t.record", {"token": tok}))
+            # ...and the worker handles every one there
+            for tok in after:
+                assert len(records(new, tok, 2, timeout=45)) == 2
+            assert not any(old.exists(f"results:{tok}") for tok in after)
         finally:
             client.close()
             watcher.close()
+            old.close()
+            new.close()
             await earnevents.close()

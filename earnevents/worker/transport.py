@@ -63,6 +63,7 @@ from .. import deadletters, keys
 from ..config import DEFAULTS
 from ..logtext import get_logger
 from ..redisurl import UNIX_SOCKET_OPTION
+from ..sentinelconn import PrimaryConnection
 from . import consumers, items
 from .clock import RedisClock
 
@@ -715,6 +716,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
         *Channel.from_transport_options,
         *(o for o in kombu_redis.SentinelChannel.from_transport_options if o not in Channel.from_transport_options),
     )
+    connection_class = PrimaryConnection  # follows a failover on NOREPLICAS too (sentinelconn)
 
 
 class SentinelTransport(Transport):
