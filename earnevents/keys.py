@@ -101,9 +101,11 @@ MONGO_WORKFLOW_SIGNALS = "earnevents_workflow_signals"
 """Collection of recent signals and events runs may wait for (kept a day)."""
 
 
-def workflow_wake(run_id: str) -> str:
-    """The delay-schedule id of a run's one pending wake-up (a sleep's end, a wait's timeout, a retry)."""
-    return f"workflow-run:{run_id}"
+def workflow_wake(run_id: str, version: int) -> str:
+    """The delay-schedule id of the wake-up of run ``run_id`` at ``version`` (a sleep's end, a
+    wait's timeout, a retry). Each state has its own: a timeout scheduled late, after a signal had
+    already moved the run on, cannot replace the wake-up of the state the run is in now."""
+    return f"workflow-run:{run_id}:{version}"
 
 
 def workflows_rebuilt(queue: str) -> str:

@@ -78,11 +78,20 @@ async def status_is(run_id: str, *statuses: str, step: str | None = None, timeou
     """The workflow run once it is in one of ``statuses`` (and at ``step``, if given)."""
     from earnevents.workflows import engine
 
+    last: list[Any] = [None]
+
     async def check() -> Any:
-        run = await engine.get_run(run_id)
+        run = last[0] = await engine.get_run(run_id)
         return run if run.status in statuses and step in (None, run.step) else None
 
-    return await eventually(check, timeout, f"run {run_id} to be {'/'.join(statuses)} {step or ''}")
+    try:
+        return await eventually(check, timeout, f"run {run_id} to be {'/'.join(statuses)} {step or ''}")
+    except TimeoutError as exc:  # say where the run stopped: its state and history
+        run = last[0]
+        if run is None:
+            raise
+        seen = f"status={run.status} step={run.step} version={run.version} wake_at={run.wake_at}"
+        raise TimeoutError(f"{exc}; it is {seen}; history: {run.history}") from None
 
 
 async def ended(run_id: str, timeout: float = 20) -> Any:

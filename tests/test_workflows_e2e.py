@@ -151,3 +151,54 @@ async def test_a_signal_that_wakes_a_run_while_redis_is_down_still_sends_its_nex
     run = await engine.get_run(run_id)
     assert run.status == "running" and run.step == "done"
     assert message_id(run_id, run.version) in [event.id for event in queued(rclient, queue)]
+
+
+async def test_a_wait_timeout_scheduled_late_does_not_replace_the_retry_of_the_step_a_signal_woke(
+    models_env, monkeypatch
+):
+    from earnevents.event import Event
+    from earnevents.worker import workflows as worker_side
+    from earnevents.workflows.engine import message_id
+
+    async def advance(run_id):
+        run = await engine.get_run(run_id)
+        await worker_side.advance(
+            Event(name="workflow:ops_window", data={"run": run_id, "version": run.version}, id=message_id(run_id, 0))
+        )
+
+    # Given a run whose nap is over (its steps run in this process: no worker)
+    run_id = await engine.start("ops_window", token="race")
+    await advance(run_id)  # nap: sleeping
+    await advance(run_id)  # woke: pause_until_ops_window is running
+    real_schedule_run = worker_side.schedule_run
+    raced = []
+
+    # When its step records the wait, and before that step schedules the wait's timeout, the
+    # signal wakes the run and the next step fails its first try (another worker, faster):
+    # the step's retry is scheduled first, the stale timeout second (seen in CI)
+    async def late_timeout(run):
+        if run.status == "waiting" and not raced:
+            raced.append(run.version)
+            assert await engine.signal("ops:window_open", {"window": "9-17"}, run_id=run_id) == 1
+            await advance(run_id)  # notify: fails, its retry is due in 0.1 s
+            assert (await engine.get_run(run_id)).status == "sleeping"
+        await real_schedule_run(run)
+
+    monkeypatch.setattr(worker_side, "schedule_run", late_timeout)
+    await advance(run_id)
+    assert raced
+    # Then the retry is still in the schedule for the run as it is now, due in a moment (it was
+    # replaced by the timeout of the wait the signal had ended: the run slept 30 s, or a wait's
+    # whole timeout, before the stale timeout's message sent it on)
+    run = await engine.get_run(run_id)
+    assert run.status == "sleeping" and run.wake_at is not None and run.wake_at < time.time() + 5
+    pending = [
+        entry
+        for entry in await models_env.event_bus.get_scheduled()
+        if entry.event.data.get("run") == run_id and entry.event.data.get("version") == run.version
+    ]
+    assert pending, run.history
+    assert pending[0].due_at.timestamp() < time.time() + 5
+    # And the timeout of the wait the signal ended is not left pending
+    scheduled = await models_env.event_bus.get_scheduled()
+    assert not [entry for entry in scheduled if entry.event.data == {"run": run_id, "version": raced[0]}]

@@ -206,7 +206,8 @@ async def test_a_rebuild_during_which_redis_lost_its_data_again_is_not_marked(mo
     monkeypatch.setattr(recovery, "_send", send)
     assert (await recovery.reschedule(redis, models_env.db, queue)).marked
     assert await redis.exists(keys.workflows_rebuilt(queue))
-    assert await redis.zscore(keys.scheduled_zset(queue), keys.workflow_wake(run_id)) is not None
+    version = (await engine.get_run(run_id)).version
+    assert await redis.zscore(keys.scheduled_zset(queue), keys.workflow_wake(run_id, version)) is not None
 
 
 def tree_rss(pid: int) -> int:

@@ -159,7 +159,8 @@ async def test_runs_started_cancelled_and_resumed_and_signals_for_one_run(models
     # Given a run waiting for sem:go with a 30 s timeout
     cancelled = await engine.start("sem_patient", timeout=30.0)
     run = await status_is(cancelled, "waiting")
-    assert run.wake_at is not None and await scheduled_for(bus, cancelled)
+    assert run.wake_at is not None  # and, once its step has scheduled it, its timeout:
+    await eventually(lambda: scheduled_for(bus, cancelled), 10, "the wait's timeout in the schedule")
     # When it is cancelled: its timeout is withdrawn, and a later signal does not wake it
     assert await engine.cancel(cancelled)
     run = await engine.get_run(cancelled)

@@ -207,7 +207,7 @@ async def _scheduled(spec: WorkflowSpec, trigger: EventTrigger, event: Event) ->
         )
         if moved is None:
             raise RuntimeError(f"workflow run {run.id} changed while its wake-up was moved; trying again")
-        await withdraw_wake(moved)
+        await withdraw_wake(run)
         await schedule_run(moved)
         return
     run_id = _occurrence_run_id(spec, trigger, entity, due_ms)
@@ -256,7 +256,7 @@ async def _unscheduled(spec: WorkflowSpec, event: Event) -> None:
         runs.line("cancelled", by=f"{event.name} ({event.data.get('reason')})"),
     )
     if cancelled is not None:
-        await withdraw_wake(cancelled)
+        await withdraw_wake(run)
 
 
 on_declared(resubscribe)

@@ -38,7 +38,7 @@ from ..workflows import runs
 from ..workflows.commands import Command, Complete, Fail, Goto, Sleep, Wait
 from ..workflows.context import StepScope, enter, leave
 from ..workflows.definitions import StepSpec, WorkflowSpec
-from ..workflows.engine import arrived_since, schedule_run, spec_of, wake
+from ..workflows.engine import arrived_since, schedule_run, spec_of, wake, withdraw_wake
 from ..workflows.runs import FAILED, RUNNING, SLEEPING, WAITING, Run
 
 if TYPE_CHECKING:
@@ -358,7 +358,18 @@ async def _wait(run: Run, step: StepSpec, command: Wait, common: dict[str, Any])
         await runs.note(run.id, runs.line("step outcome discarded: the run had changed (cancelled?)", step=step.name))
         return
     await schedule_run(waited)  # its timeout, if any
+    if waited.wake_at is not None:
+        await _withdraw_if_moved_on(waited)
     await _take_early_arrival(waited)
+
+
+async def _withdraw_if_moved_on(waited: Run) -> None:
+    """Withdraw the timeout just scheduled if a signal or event woke the run before it was
+    (the wake-up withdrew nothing then): a stale timeout would stay listed as pending until it
+    came, and be dropped then. Whichever of the two looks last finds the timeout and withdraws it."""
+    now = await runs.get(waited.id)
+    if now is None or now.version != waited.version:
+        await withdraw_wake(waited)
 
 
 async def _take_early_arrival(run: Run) -> None:

@@ -3,11 +3,11 @@
 Application code (after ``init()``) and steps (in workers) use the same ``engine``.
 Each run moves on through earnevents' queue: a message for the workflow handler of
 the workers (``keys.WORKFLOW_HANDLER``) names the run and the version it was sent for;
-sleeps and wait timeouts are such messages parked in the delay schedule (one per run,
-``keys.workflow_wake``). A sleeping or waiting run holds no worker. A run an
-``@event_workflow`` creates for a later start is ``waiting`` for it (``waiting_for``
-kind ``"start"``, :func:`runs.start_wait`) until ``wake_at``: then it starts; no signal
-or event wakes it.
+sleeps and wait timeouts are such messages parked in the delay schedule (one per run
+state, ``keys.workflow_wake``; one left behind by a state the run has left is dropped as
+stale). A sleeping or waiting run holds no worker. A run an ``@event_workflow`` creates
+for a later start is ``waiting`` for it (``waiting_for`` kind ``"start"``,
+:func:`runs.start_wait`) until ``wake_at``: then it starts; no signal or event wakes it.
 
 Signals and events a run may wait for are kept for a day in
 ``earnevents_workflow_signals``: a run that records a wait looks there for one that
@@ -107,7 +107,7 @@ def outgoing(run: Run) -> Outgoing | None:
         return Outgoing(run.queue, _message(run))
     if run.status in (SLEEPING, WAITING) and run.wake_at is not None:
         _, name, payload = _message(run)
-        return Outgoing(run.queue, (keys.workflow_wake(run.id), name, payload), at=run.wake_at)
+        return Outgoing(run.queue, (keys.workflow_wake(run.id, run.version), name, payload), at=run.wake_at)
     return None
 
 
@@ -120,8 +120,9 @@ async def schedule_run(run: Run) -> None:
 
 
 async def withdraw_wake(run: Run) -> None:
-    """Cancel the run's pending wake-up (a woken run's timeout)."""
-    script_keys, argv = schedule.cancel_args(run.queue, keys.workflow_wake(run.id))
+    """Cancel the pending wake-up of ``run`` as it was before it moved on (a woken run's
+    timeout): pass the run read before the change, whose version the wake-up names."""
+    script_keys, argv = schedule.cancel_args(run.queue, keys.workflow_wake(run.id, run.version))
     await runtime.current().redis.eval(schedule.CANCEL_SCRIPT, len(script_keys), *script_keys, *argv)
 
 
@@ -244,7 +245,7 @@ async def wake(run: Run, payload: Mapping[str, Any], by: str) -> bool:
     await schedule_run(woken)  # first: the MongoDB outbox keeps it while Redis is down
     if run.wake_at is not None:  # its timeout: left in the schedule, it is dropped as stale when it comes
         try:
-            await withdraw_wake(woken)
+            await withdraw_wake(run)
         except redis.RedisError as exc:
             log.warning("run %s woken; its timeout was not withdrawn (%s): it will be dropped as stale", run.id, exc)
     return True
@@ -379,7 +380,7 @@ class Engine:
             )
             if done is not None:
                 try:  # left in the schedule, its wake-up is dropped as stale when it comes
-                    await withdraw_wake(done)
+                    await withdraw_wake(run)
                 except redis.RedisError as exc:
                     log.warning("run %s cancelled; its wake-up was not withdrawn (%s): it will be dropped", run_id, exc)
                 return True
