@@ -27,6 +27,8 @@ import traceback
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from .. import keys, lazy, runtime
 from ..context import current_job
 from ..errors import HandlerTimeoutError
@@ -369,7 +371,10 @@ async def _withdraw_if_moved_on(waited: Run) -> None:
     came, and be dropped then. Whichever of the two looks last finds the timeout and withdraws it."""
     now = await runs.get(waited.id)
     if now is None or now.version != waited.version:
-        await withdraw_wake(waited)
+        try:
+            await withdraw_wake(waited)
+        except redis.RedisError as exc:  # harmless left there: dropped as stale when it comes
+            log.warning("run %s: the timeout of a wait it left was not withdrawn (%s)", waited.id, exc)
 
 
 async def _take_early_arrival(run: Run) -> None:
