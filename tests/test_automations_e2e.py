@@ -21,8 +21,16 @@ pytestmark = [pytest.mark.mongo, pytest.mark.worker]
 
 
 @pytest.fixture
-def worker(start_worker, mongo_url, mongo_db):
-    return start_worker(modules="automation_handlers", env=worker_env(mongo_url, mongo_db))
+def worker(start_worker, mongo_url, mongo_db, queue, rclient):
+    started = start_worker(modules="automation_handlers", env=worker_env(mongo_url, mongo_db))
+    # Its start's rebuild of the schedule is done: one still running would move what a test
+    # changes behind the model's back before its occurrence comes due (seen on a loaded machine)
+    wait_for(
+        lambda: rclient.smembers(keys.occurrences_rebuilt(queue)) >= {b"Reservation", b"Visit"},
+        15,
+        "the worker's rebuild at start",
+    )
+    return started
 
 
 def utcnow() -> dt.datetime:
