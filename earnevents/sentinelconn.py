@@ -12,12 +12,17 @@ bookkeeping, the consumer's reconnect) goes on against the new primary.
 
 A NOREPLICAS from a primary that is still the primary (its replicas lag) reconnects to the
 same server: a retried transient error, as it should be.
+
+A subscription writes nothing, so no refusal tells it: :class:`FailoverWatch` listens to
+the sentinels' own announcement of a new primary instead.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import redis
 from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.exceptions import ConnectionError, ResponseError
 from redis.sentinel import SentinelManagedConnection
@@ -58,3 +63,76 @@ class AsyncPrimaryConnection(AsyncSentinelManagedConnection):
                 raise
             await self.disconnect()
             raise _lost(exc) from exc
+
+
+SWITCH_CHANNEL = "+switch-master"
+"""What sentinels publish when a failover named a new primary: ``<name> <old ip> <old port> <new ip> <new port>``."""
+
+WATCH_RETRY = 5.0
+"""Seconds between tries to subscribe again when no sentinel answered."""
+
+
+class FailoverWatch:
+    """The sentinels' word that the primary of a (blocking) client changed.
+
+    A subscription holds its connection and writes nothing, so nothing tells it that the
+    primary it listens on was replaced: the delay scheduler would listen to the old primary
+    for wake-ups published on the new one. This subscribes to one sentinel's
+    :data:`SWITCH_CHANNEL` (the next sentinel if one is down); :meth:`switched` says when
+    a failover of the client's primary was announced. For a client that does not go
+    through Sentinel it watches nothing.
+    """
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        self._manager: Any = getattr(pool, "sentinel_manager", None)
+        self._name = getattr(pool, "service_name", None)
+        self._pubsub: Any = None
+        self._retry_at = 0.0
+
+    def socket(self) -> Any:
+        """The subscription's socket (to wait on with select), or None."""
+        connection = getattr(self._pubsub, "connection", None)
+        return getattr(connection, "_sock", None)
+
+    def switched(self) -> bool:
+        """Whether a failover of the primary was announced since the last call; subscribes
+        first (again, after a sentinel was lost), so call it before each use of the primary."""
+        if self._manager is None:
+            return False
+        if self._pubsub is None and not self._subscribe():
+            return False
+        switched = False
+        try:
+            while (message := self._pubsub.get_message(timeout=0)) is not None:
+                data = message.get("data")
+                text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+                if message.get("type") in ("message", b"message") and text.split(" ")[0] == self._name:
+                    switched = True
+        except (redis.RedisError, OSError):  # that sentinel went away: the next call asks another
+            self.close()
+        return switched
+
+    def _subscribe(self) -> bool:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        for sentinel in self._manager.sentinels:
+            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(SWITCH_CHANNEL)
+            except (redis.RedisError, OSError):
+                pubsub.close()
+                continue
+            self._pubsub = pubsub
+            return True
+        self._retry_at = now + WATCH_RETRY
+        return False
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:  # closing a broken connection: nothing to hand back
+                pass
+            self._pubsub = None

@@ -335,6 +335,28 @@ class SentinelServer(_Server):
         finally:
             client.close()
 
+    def failover(self, to: RedisServer, timeout: float = 30) -> None:
+        """Fail over to the replica ``to`` (``SENTINEL FAILOVER``, asked again while the
+        sentinel has not yet judged that replica fit: NOGOODSLAVE), and wait until the
+        sentinel names it as the primary."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            wait_for(lambda: client.sentinel_failover(self.master_name), timeout, "the sentinel to start a failover")
+
+            def named() -> bool:
+                address: Any = client.sentinel_get_master_addr_by_name(self.master_name)
+                return bool(address) and int(address[1]) == to.port
+
+            wait_for(
+                named,
+                timeout,
+                f"the sentinel to name the replica on port {to.port} as the primary",
+            )
+        finally:
+            client.close()
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self._tmp.cleanup()

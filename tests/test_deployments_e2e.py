@@ -259,12 +259,7 @@ async def test_through_sentinel_publishers_and_workers_follow_a_failover(queue, 
             records(client, before, 2)
             # When the sentinel fails over to the replica (the old primary stays a primary
             # until the sentinel demotes it, seconds later, and its demotion discards its data)
-            watcher.sentinel_failover(sentinel.master_name)
-            wait_for(
-                lambda: watcher.sentinel_get_master_addr_by_name(sentinel.master_name)[1] == replica.port,
-                20,
-                "the failover",
-            )
+            sentinel.failover(to=replica)
             # Then events published afterwards reach the new primary, not the old one...
             after = [token() for _ in range(3)]
             for tok in after:

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from test_scheduler_wake import park, queued, redis_now
 
-from earnevents import redisurl
-from earnevents.testing import RedisServer, SentinelServer
+from earnevents import keys, redisurl
+from earnevents.testing import RedisServer, SentinelServer, wait_for
+from earnevents.worker.scheduler import Mover
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,3 +68,52 @@ def test_the_worker_transport_uses_them():
     from earnevents.worker.transport import SentinelChannel
 
     assert issubclass(SentinelChannel.connection_class, PrimaryConnection)
+
+
+def wake_subscribers(client: redis.Redis) -> int:
+    """Subscribers of the delay scheduler's wake-up channel for queue "q" on that server."""
+    return int(client.pubsub_numsub(keys.scheduled_wake_channel("q"))[0][1])
+
+
+def test_the_delay_scheduler_follows_a_failover_at_once():
+    # Given a primary, its replica, a sentinel, and a delay scheduler through the sentinel
+    # that reads the schedule by itself only once a minute (only a wake-up explains a timely move)
+    with (
+        RedisServer() as primary,
+        RedisServer(replica_of=primary) as replica,
+        SentinelServer(primary) as sentinel,
+    ):
+        watcher = redis.Redis(port=sentinel.port, socket_timeout=5)
+        old, new = redis.Redis(port=primary.port, socket_timeout=5), redis.Redis(port=replica.port, socket_timeout=5)
+        wait_for(lambda: watcher.sentinel_slaves(sentinel.master_name), 20, "the sentinel to see the replica")
+        mover = Mover(sentinel.url, ["q"], 0.1, recheck=60.0)
+        mover.start()
+        try:
+            wait_for(lambda: wake_subscribers(old), 10, "the scheduler's subscription on the primary")
+            # When the sentinel fails over to the replica
+            sentinel.failover(to=replica)
+            # Then the scheduler listens on the new primary at once (it stayed on the old one,
+            # which takes no more wake-ups, until its next read of the schedule)...
+            wait_for(lambda: wake_subscribers(new), 5, "the scheduler's subscription on the new primary")
+            # ...and moves what comes due there on time
+            park(new, "m1", at=redis_now(new) + 0.5)
+            wait_for(lambda: queued(new) == ["m1"], 5, "the message on the new primary's queue")
+        finally:
+            mover.stop()
+            for each in (watcher, old, new):
+                each.close()
+
+
+def test_without_sentinel_nothing_is_watched(refusing):
+    from earnevents.sentinelconn import FailoverWatch
+
+    with RedisServer() as server:
+        plain = redis.Redis.from_url(server.url)
+        watch = FailoverWatch(plain)
+        assert not watch.switched() and watch.socket() is None
+        plain.close()
+    through = redisurl.sync_client(refusing.url, socket_timeout=5)
+    watch = FailoverWatch(through)
+    assert not watch.switched() and watch.socket() is not None  # subscribed to a sentinel
+    watch.close()
+    through.close()

@@ -13,9 +13,11 @@ publisher costs each worker no more than one move per interval, and a due messag
 reaches the queue within ``interval`` of its time. A notification can only be missed
 while the subscription is down: it is taken again after any disconnect (redis-py's
 reconnect included), and every (re)subscription is followed by a move; a connection
-that went silent is noticed by a PING every ``recheck`` seconds. What adds to the
-schedule without a notification (a publisher of an earlier version during a rolling
-deploy, a hand-made ZADD) is moved ``recheck`` seconds late at most.
+that went silent is noticed by a PING every ``recheck`` seconds. Through Sentinel, the
+thread also listens to a sentinel's failover announcements (``sentinelconn.FailoverWatch``)
+and subscribes on the new primary at once. What adds to the schedule without a
+notification (a publisher of an earlier version during a rolling deploy, a hand-made
+ZADD) is moved ``recheck`` seconds late at most.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import redis
 
 from .. import keys, redisurl, schedule
 from ..logtext import get_logger
+from ..sentinelconn import FailoverWatch
 from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
@@ -59,6 +62,7 @@ class Mover(PeriodicThread):
         self._script = self._client.register_script(schedule.MOVE_DUE_SCRIPT)
         self._channels = [keys.scheduled_wake_channel(queue) for queue in queues]
         self._pubsub: Any = None  # redis.client.PubSub, subscribed to the wake channels
+        self._failover = FailoverWatch(self._client)  # Sentinel: a new primary means subscribing there
         self._wake_r, self._wake_w = os.pipe()  # stop() writes here to end a sleep at once
         os.set_blocking(self._wake_w, False)
         self._last_move = -math.inf  # monotonic time of the last move
@@ -91,6 +95,11 @@ class Mover(PeriodicThread):
 
     def tick(self) -> None:
         """One round: (re)subscribe if needed, take notifications, move if it is time."""
+        if self._failover.switched():
+            log.info("%s: Sentinel named a new primary; subscribing and reading the schedule there", self.what)
+            self._drop_subscription()
+            self._client.connection_pool.disconnect()  # the next command asks the sentinels
+            self._next_move = 0.0
         if self._polling:
             self.move_due()
             return
@@ -168,8 +177,12 @@ class Mover(PeriodicThread):
             self._pubsub = None
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until the subscription has something to read or :meth:`stop`."""
+        """Sleep ``seconds``, or until the subscription (or the sentinels' failover news) has
+        something to read, or :meth:`stop`."""
         watched = [self._wake_r]
+        failover = self._failover.socket()
+        if failover is not None:
+            watched.append(failover)
         connection = getattr(self._pubsub, "connection", None)
         sock = getattr(connection, "_sock", None)
         if sock is not None and not self._idle_wake:
@@ -181,7 +194,7 @@ class Mover(PeriodicThread):
             ready, _, _ = select.select(watched, [], [], max(0.0, seconds))
             if self._wake_r in ready:
                 os.read(self._wake_r, 64)
-            self._woken_by_socket = bool(ready) and self._wake_r not in ready
+            self._woken_by_socket = sock is not None and sock in ready and self._wake_r not in ready
         except (OSError, ValueError):  # closed under us (stop() gave up waiting): the loop ends or retries
             self._stop.wait(self.interval)
 
@@ -207,6 +220,7 @@ class Mover(PeriodicThread):
 
     def close(self) -> None:
         self._drop_subscription()
+        self._failover.close()
         self._client.close()
         for fd in (self._wake_r, self._wake_w):
             try:
