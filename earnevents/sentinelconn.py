@@ -68,8 +68,9 @@ class AsyncPrimaryConnection(AsyncSentinelManagedConnection):
 SWITCH_CHANNEL = "+switch-master"
 """What sentinels publish when a failover named a new primary: ``<name> <old ip> <old port> <new ip> <new port>``."""
 
-WATCH_RETRY = 5.0
-"""Seconds between tries to subscribe again when no sentinel answered."""
+WATCH_RETRY = 30.0
+"""Seconds between tries to subscribe again when no sentinel answered (a try may wait out
+each sentinel's connect timeout, and it holds up the delay scheduler meanwhile)."""
 
 
 class FailoverWatch:
