@@ -131,9 +131,15 @@ class FailoverWatch:
         return False
 
     def close(self) -> None:
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:  # closing a broken connection: nothing to hand back
-                pass
-            self._pubsub = None
+        close_quietly(self._pubsub)
+        self._pubsub = None
+
+
+def close_quietly(pubsub: Any) -> None:
+    """Close a subscription (None: nothing) whose connection may be broken already."""
+    if pubsub is None:
+        return
+    try:
+        pubsub.close()
+    except Exception:  # closing a broken connection: nothing to hand back
+        pass

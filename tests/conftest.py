@@ -7,6 +7,7 @@ Set EARNEVENTS_TEST_MONGO_URI to run every Mongo test against a real MongoDB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ import pytest
 import redis
 
 import earnevents
-from earnevents.testing import MongoServer, RedisServer, WorkerProcess, wait_for
+from earnevents.testing import MongoServer, RedisServer, SentinelServer, WorkerProcess, wait_for
 
 TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))
@@ -235,3 +236,34 @@ class LostReply:
 
     async def stop(self) -> None:
         self.server.close()
+
+
+class Failover:
+    """A primary, its replica and a sentinel watching them (see :func:`failover_setup`), with
+    clients straight to each server: ``old`` the primary, ``new`` the replica a failover promotes."""
+
+    def __init__(self, primary: RedisServer, replica: RedisServer, sentinel: SentinelServer) -> None:
+        self.primary, self.replica, self.sentinel = primary, replica, sentinel
+        self.old = redis.Redis(port=primary.port, socket_timeout=5)
+        self.new = redis.Redis(port=replica.port, socket_timeout=5)
+
+    def fail_over(self) -> None:
+        self.sentinel.failover(to=self.replica)
+
+
+@contextlib.contextmanager
+def failover_setup() -> Iterator[Failover]:
+    """Private servers for a Sentinel failover, the sentinel already watching the replica."""
+    with (
+        RedisServer() as primary,
+        RedisServer(replica_of=primary) as replica,
+        SentinelServer(primary) as sentinel,
+    ):
+        watcher = redis.Redis(port=sentinel.port, socket_timeout=5)
+        setup = Failover(primary, replica, sentinel)
+        try:
+            wait_for(lambda: watcher.sentinel_slaves(sentinel.master_name), 20, "the sentinel to see the replica")
+            yield setup
+        finally:
+            for client in (watcher, setup.old, setup.new):
+                client.close()

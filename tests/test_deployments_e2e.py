@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import token
+from conftest import failover_setup, token
 
 import earnevents
 from earnevents import Event, event_bus, redisurl
@@ -240,26 +240,20 @@ async def test_over_tls_pool_processes_replaced_after_every_task_handle_every_ev
 async def test_through_sentinel_publishers_and_workers_follow_a_failover(queue, start_worker):
     # Given a primary that refuses writes without a replica (min-replicas-to-write, as the
     # README advises), its replica, a sentinel watching them, and a worker through the sentinel
-    with (
-        RedisServer() as primary,
-        RedisServer(replica_of=primary) as replica,
-        SentinelServer(primary) as sentinel,
-    ):
-        watcher = redis.Redis(port=sentinel.port, socket_timeout=5)
-        old, new = redis.Redis(port=primary.port, socket_timeout=5), redis.Redis(port=replica.port, socket_timeout=5)
-        wait_for(lambda: watcher.sentinel_slaves(sentinel.master_name), 20, "the sentinel to see the replica")
+    with failover_setup() as servers:
+        old, new, url = servers.old, servers.new, servers.sentinel.url
         old.config_set("min-replicas-to-write", 1)
         wait_for(lambda: old.set("earnevents-test:writable", 1), 20, "the primary to count its replica as good")
-        await earnevents.init(redis_uri=sentinel.url, mongo_uri="", event_config={"queue_name": queue})
-        client = redisurl.sync_client(sentinel.url, socket_timeout=5)
+        await earnevents.init(redis_uri=url, mongo_uri="", event_config={"queue_name": queue})
+        client = redisurl.sync_client(url, socket_timeout=5)
         try:
-            start_worker(env={"EARNEVENTS_REDIS_URI": sentinel.url})
+            start_worker(env={"EARNEVENTS_REDIS_URI": url})
             before = token()
             await event_bus.publish(Event("t.record", {"token": before}))
             records(client, before, 2)
             # When the sentinel fails over to the replica (the old primary stays a primary
             # until the sentinel demotes it, seconds later, and its demotion discards its data)
-            sentinel.failover(to=replica)
+            servers.fail_over()
             # Then events published afterwards reach the new primary, not the old one...
             after = [token() for _ in range(3)]
             for tok in after:
@@ -270,7 +264,4 @@ async def test_through_sentinel_publishers_and_workers_follow_a_failover(queue, 
             assert not any(old.exists(f"results:{tok}") for tok in after)
         finally:
             client.close()
-            watcher.close()
-            old.close()
-            new.close()
             await earnevents.close()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from conftest import failover_setup
 from test_scheduler_wake import park, queued, redis_now
 
 from earnevents import keys, redisurl
@@ -78,30 +79,21 @@ def wake_subscribers(client: redis.Redis) -> int:
 def test_the_delay_scheduler_follows_a_failover_at_once():
     # Given a primary, its replica, a sentinel, and a delay scheduler through the sentinel
     # that reads the schedule by itself only once a minute (only a wake-up explains a timely move)
-    with (
-        RedisServer() as primary,
-        RedisServer(replica_of=primary) as replica,
-        SentinelServer(primary) as sentinel,
-    ):
-        watcher = redis.Redis(port=sentinel.port, socket_timeout=5)
-        old, new = redis.Redis(port=primary.port, socket_timeout=5), redis.Redis(port=replica.port, socket_timeout=5)
-        wait_for(lambda: watcher.sentinel_slaves(sentinel.master_name), 20, "the sentinel to see the replica")
-        mover = Mover(sentinel.url, ["q"], 0.1, recheck=60.0)
+    with failover_setup() as servers:
+        mover = Mover(servers.sentinel.url, ["q"], 0.1, recheck=60.0)
         mover.start()
         try:
-            wait_for(lambda: wake_subscribers(old), 10, "the scheduler's subscription on the primary")
+            wait_for(lambda: wake_subscribers(servers.old), 10, "the scheduler's subscription on the primary")
             # When the sentinel fails over to the replica
-            sentinel.failover(to=replica)
+            servers.fail_over()
             # Then the scheduler listens on the new primary at once (it stayed on the old one,
             # which takes no more wake-ups, until its next read of the schedule)...
-            wait_for(lambda: wake_subscribers(new), 5, "the scheduler's subscription on the new primary")
+            wait_for(lambda: wake_subscribers(servers.new), 5, "the scheduler's subscription on the new primary")
             # ...and moves what comes due there on time
-            park(new, "m1", at=redis_now(new) + 0.5)
-            wait_for(lambda: queued(new) == ["m1"], 5, "the message on the new primary's queue")
+            park(servers.new, "m1", at=redis_now(servers.new) + 0.5)
+            wait_for(lambda: queued(servers.new) == ["m1"], 5, "the message on the new primary's queue")
         finally:
             mover.stop()
-            for each in (watcher, old, new):
-                each.close()
 
 
 def test_without_sentinel_nothing_is_watched(refusing):

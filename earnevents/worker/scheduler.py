@@ -32,7 +32,7 @@ import redis
 
 from .. import keys, redisurl, schedule
 from ..logtext import get_logger
-from ..sentinelconn import FailoverWatch
+from ..sentinelconn import FailoverWatch, close_quietly
 from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
@@ -169,12 +169,8 @@ class Mover(PeriodicThread):
         return read
 
     def _drop_subscription(self) -> None:
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:  # closing a broken connection: nothing to hand back
-                pass
-            self._pubsub = None
+        close_quietly(self._pubsub)
+        self._pubsub = None
 
     def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or until the subscription (or the sentinels' failover news) has
