@@ -45,9 +45,8 @@ class EntityRef:
         if not isinstance(value, Mapping):
             return None
         model, record_id = value.get("model"), value.get("id")
-        if isinstance(
-            record_id, lazy.loaded_class("bson", "ObjectId")
-        ):  # metadata written by hand with the document's id as it is
+        # metadata written by hand with the document's id as it is
+        if isinstance(record_id, lazy.loaded_class("bson", "ObjectId")):
             record_id = str(record_id)
         if not isinstance(model, str) or not isinstance(record_id, str) or not model or not record_id:
             return None

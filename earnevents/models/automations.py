@@ -55,13 +55,11 @@ from .fields import MISSING
 
 if TYPE_CHECKING:
     import pydantic
-else:
-    pydantic = lazy.module("pydantic")
-
-if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .base import BaseModel
+else:
+    pydantic = lazy.module("pydantic")
 
 log = get_logger(__name__)
 

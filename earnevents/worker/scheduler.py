@@ -99,7 +99,6 @@ class Mover(PeriodicThread):
             log.info("%s: Sentinel named a new primary; subscribing and reading the schedule there", self.what)
             self._drop_subscription()
             self._client.connection_pool.disconnect()  # the next command asks the sentinels
-            self._next_move = 0.0
         if self._polling:
             self.move_due()
             return
