@@ -83,7 +83,7 @@ class EventBus:
         self._bound: _Bound | None = None
         # Group commit per (event loop, queue).
         self._committers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, GroupCommit[tuple[str, str, str]]]
+            asyncio.AbstractEventLoop, dict[str, GroupCommit[tuple[str, str, str], None]]
         ] = weakref.WeakKeyDictionary()
 
     # --- wiring (called by earnevents.runtime) ----------------------------------

@@ -196,6 +196,59 @@ async def test_one_claim_covers_every_event_of_a_packed_message_in_one_round_tri
     assert client.trips == 1
 
 
+async def test_claims_made_at_once_on_one_loop_share_a_script_and_each_gets_its_own_results(client):
+    # Given (as under -P threads) many messages claiming at once on one loop: fresh events,
+    # two copies of one event, and a redelivered message taking over its own claim
+    completions = Completions(lambda: client, window=60)
+    fresh = [event_id() for _ in range(8)]
+    twice, back = event_id(), event_id()
+    await completions.claim("died", [(back, ["a", "b"])])
+    client.trips = 0
+    calls = [completions.claim(f"tag-{i}", [(ev, ["a"])]) for i, ev in enumerate(fresh)]
+    calls += [completions.claim("copy-1", [(twice, ["a"])]), completions.claim("copy-2", [(twice, ["a"])])]
+    calls.append(completions.claim("died", [(back, ["a", "b"])]))
+    results = await asyncio.gather(*calls)
+    # Then the first is sent at once and the ten that came meanwhile in one more script
+    assert client.trips == 2
+    # And each message gets its own jobs' states
+    assert results[:8] == [[{"a": FRESH}]] * 8
+    assert sorted(r[0]["a"] for r in results[8:10]) == [HELD, FRESH]  # exactly one copy runs it
+    assert results[10] == [{"a": 2, "b": 2}]
+    for i, ev in enumerate(fresh):
+        assert await client.client.hget(keys.job_claims(ev), digest("a")) == f"1:tag-{i}".encode()
+
+
+async def test_a_failed_shared_claim_reaches_every_message_it_carried_and_a_retry_claims(redis_url):
+    # Given a client whose connection is cut while claims wait to share a script
+    real = aioredis.Redis.from_url(redis_url)
+    cut = {"on": False}
+
+    class Flaky(Counting):
+        async def evalsha(self, *args, **kwargs):
+            if cut["on"]:
+                raise redis.ConnectionError("cut")
+            return await super().evalsha(*args, **kwargs)
+
+    client = Flaky(real)
+    completions = Completions(lambda: client, window=60)
+    ev1, ev2 = event_id(), event_id()
+    try:
+        await completions.claim("warm", [(event_id(), ["a"])])  # scripts loaded
+        cut["on"] = True
+        results = await asyncio.gather(
+            completions.claim("tag-1", [(ev1, ["a"])]),
+            completions.claim("tag-2", [(ev2, ["a"])]),
+            return_exceptions=True,
+        )
+        assert [type(r) for r in results] == [redis.ConnectionError, redis.ConnectionError]
+        # When Redis is back, each message claims its jobs as fresh
+        cut["on"] = False
+        assert await completions.claim("tag-1", [(ev1, ["a"])]) == [{"a": FRESH}]
+        assert await completions.claim("tag-2", [(ev2, ["a"])]) == [{"a": FRESH}]
+    finally:
+        await real.aclose()
+
+
 async def test_claims_live_only_while_in_flight_and_completions_for_the_window(client):
     completions = Completions(lambda: client, window=60)
     ev = event_id()

@@ -29,6 +29,26 @@ async def test_a_lone_caller_sends_at_once_and_latecomers_share_the_next_send():
     assert sends == [[0], [1, 2, 3, 4]]
 
 
+async def test_each_caller_gets_the_results_of_its_own_items_from_a_shared_send():
+    sends: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def send(items: list[int], deadline: float) -> list[int]:
+        sends.append(items)
+        if len(sends) == 1:
+            await gate.wait()
+        return [item * 10 for item in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(send)
+    first = asyncio.create_task(commit([1]))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(commit(items)) for items in ([2, 3], [4], [5, 6, 7])]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(first, *others) == [[10], [20, 30], [40], [50, 60, 70]]
+    assert sends == [[1], [2, 3, 4, 5, 6, 7]]
+
+
 async def test_a_failed_send_reaches_exactly_the_callers_it_carried():
     async def send(items: list[int], deadline: float) -> None:
         await asyncio.sleep(0.01)
@@ -40,7 +60,7 @@ async def test_a_failed_send_reaches_exactly_the_callers_it_carried():
     await asyncio.sleep(0)
     late = [asyncio.create_task(commit([2])), asyncio.create_task(commit([3]))]
     results = await asyncio.gather(first, *late, return_exceptions=True)
-    assert results[0] is None
+    assert results[0] == []  # a send returning None gives its callers no results
     assert [type(r) for r in results[1:]] == [ConnectionError, ConnectionError]
 
 

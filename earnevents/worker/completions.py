@@ -179,25 +179,27 @@ end
 
 # Handlers are named by digest in the claims hash: shorter, and the values stored stay
 # small (Redis reuses a script's argument objects, with their allocation, for later
-# values). KEYS: per event, its claims hash. ARGV: the copy id, claim TTL (ms), the
+# values). KEYS: per event, its claims hash. ARGV: 1 unused, claim TTL (ms), the
 # completion key prefix, window (ms; 0: no completion is checked), bucket length (ms),
-# then per event: since when to look (ms, -1: the whole window), its shard selector, the
-# number of handlers, then per handler its digest and record member. Returns
-# one integer per handler: 0 completed, -1 held by another message, 1 claimed now (its
-# first start), n >= 2: this message's own claim taken over, n - 1 starts so far.
+# then per event: the copy id of its message, since when to look (ms, -1: the whole
+# window), its shard selector, the number of handlers, then per handler its digest and
+# record member. Events are claimed in order, so of two copies of one event in the same
+# call the first claims and the second finds its jobs held. Returns one integer per
+# handler: 0 completed, -1 held by another message, 1 claimed now (its first start),
+# n >= 2: this message's own claim taken over, n - 1 starts so far.
 CLAIM = (
     _DONE
     + """
-local tag, ttl = ARGV[1], tonumber(ARGV[2])
+local ttl = tonumber(ARGV[2])
 local out, a = {}, 6
 for k = 1, #KEYS do
   local claims = KEYS[k]
-  local since, sel, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local tag, since, sel, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local digests, members = {}, {}
   for i = 1, n do
-    digests[i], members[i] = ARGV[a + 1 + 2 * i], ARGV[a + 2 + 2 * i]
+    digests[i], members[i] = ARGV[a + 2 + 2 * i], ARGV[a + 3 + 2 * i]
   end
-  a = a + 3 + 2 * n
+  a = a + 4 + 2 * n
   local found = {}
   if window > 0 and n > 0 then found = done(members, sel, since) end
   local claimed = false
@@ -299,6 +301,13 @@ return 1
 )
 
 
+_ClaimItem = tuple[str, str, list[str], float | None]
+"""One event of a claim: the message's copy id, the event id, its handlers, its timestamp."""
+
+_WriteItem = tuple[str, str, str, str]
+"""One job of a write: event id, handler, copy id, op ('d', 'r' or a start count)."""
+
+
 def check_args(window: float, event_id: str, handler: str) -> list[str | int]:
     """ARGV of :data:`CHECK` for the job (``event_id``, ``handler``) and this dedup ``window``."""
     blen = bucket_ms(window)
@@ -333,7 +342,8 @@ class Completions:
         self._client = client
         self.window = window
         self._bucket = bucket_ms(window)
-        self._commit = GroupCommit(self._write)
+        self._commit: GroupCommit[_WriteItem, None] = GroupCommit(self._write)
+        self._claims: GroupCommit[_ClaimItem, dict[str, int]] = GroupCommit(self._claim_send)
         self._most: int | None = None
         self._blocking = blocking
 
@@ -385,20 +395,39 @@ class Completions:
         log.debug("CONFIG GET set-max-intset-entries refused (%s); assuming %d", exc, SET_MAX_INTSET_ENTRIES)
         return SET_MAX_INTSET_ENTRIES
 
-    def _claim_args(
-        self, tag: str, pairs: list[tuple[str, list[str]]], since: Sequence[float | None] | None
-    ) -> tuple[list[str], list[str | bytes | int]]:
-        """KEYS and ARGV of :data:`CLAIM` for these (event id, handlers) pairs."""
+    @staticmethod
+    def _claim_items(
+        tag: str, jobs: Sequence[tuple[str, Sequence[str]]], since: Sequence[float | None] | None
+    ) -> list[_ClaimItem]:
+        """One message's (event id, handlers) pairs as :data:`CLAIM` items (empty if it has no jobs)."""
+        pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
+        if not any(handlers for _, handlers in pairs):
+            return []
         starts = list(since) if since is not None else [None] * len(pairs)
+        return [(tag, event_id, handlers, at) for (event_id, handlers), at in zip(pairs, starts, strict=True)]
+
+    def _claim_args(self, items: Sequence[_ClaimItem]) -> tuple[list[str], list[str | bytes | int]]:
+        """KEYS and ARGV of :data:`CLAIM` for these items (of one message or several)."""
         event_keys: list[str] = []
-        args = self._common(tag)
-        for (event_id, handlers), at in zip(pairs, starts, strict=True):
+        args = self._common("")
+        for tag, event_id, handlers, at in items:
             event_keys.append(keys.job_claims(event_id))
             since_ms = -1 if at is None else max(0, int((at - CLOCK_SLACK) * 1000))
-            args += [since_ms, shard_selector(event_id), len(handlers)]
+            args += [tag, since_ms, shard_selector(event_id), len(handlers)]
             for name in handlers:
                 args += [digest(name), job_record(event_id, name)[0]]
         return event_keys, args
+
+    @staticmethod
+    def _claim_results(items: Sequence[_ClaimItem], flat: Iterable[Any]) -> list[dict[str, int]]:
+        """The script's one integer per handler, as one mapping per item."""
+        results = iter(flat)
+        return [{name: int(next(results)) for name in handlers} for _, _, handlers, _ in items]
+
+    async def _claim_send(self, items: list[_ClaimItem], _deadline: float) -> list[dict[str, int]]:
+        event_keys, args = self._claim_args(items)
+        script, _ = self._scripts()
+        return self._claim_results(items, await script(keys=event_keys, args=args, client=self._client()))
 
     async def claim(
         self,
@@ -408,20 +437,18 @@ class Completions:
     ) -> list[dict[str, int]]:
         """Claim the jobs of one message (copy id ``tag``): (event id, handlers) pairs.
 
-        One round trip for the whole message. For each pair, maps every handler to
-        :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for a take-over of this
-        message's own claim, the number its next start would be. Calling again (after
-        an error) counts nothing: at worst a fresh claim comes back as a take-over.
-        ``since`` gives each event's timestamp (unix seconds): completions are looked
-        for from it (less :data:`CLOCK_SLACK`) on; without it, in the whole window.
+        One script for the whole message, shared with the messages claiming at the same
+        time on this loop (a group commit: ``-P threads`` runs many at once). For each
+        pair, maps every handler to :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for
+        a take-over of this message's own claim, the number its next start would be.
+        Calling again (after an error) counts nothing: at worst a fresh claim comes back
+        as a take-over. ``since`` gives each event's timestamp (unix seconds): completions
+        are looked for from it (less :data:`CLOCK_SLACK`) on; without it, in the whole window.
         """
-        pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
-        if not any(handlers for _, handlers in pairs):
-            return [{} for _ in pairs]
-        event_keys, args = self._claim_args(tag, pairs, since)
-        script, _ = self._scripts()
-        results = iter(await script(keys=event_keys, args=args, client=self._client()))
-        return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
+        items = self._claim_items(tag, jobs, since)
+        if not items:
+            return [{} for _ in jobs]
+        return await self._claims(items)
 
     def claim_blocking(
         self,
@@ -430,13 +457,12 @@ class Completions:
         since: Sequence[float | None] | None = None,
     ) -> list[dict[str, int]]:
         """:meth:`claim` on the blocking client, in the calling thread (the same script)."""
-        pairs = [(event_id, list(handlers)) for event_id, handlers in jobs]
-        if not any(handlers for _, handlers in pairs):
-            return [{} for _ in pairs]
-        event_keys, args = self._claim_args(tag, pairs, since)
+        items = self._claim_items(tag, jobs, since)
+        if not items:
+            return [{} for _ in jobs]
+        event_keys, args = self._claim_args(items)
         client, script, _ = self._blocking_client()
-        results = iter(script(keys=event_keys, args=args, client=client))
-        return [{name: int(next(results)) for name in handlers} for _, handlers in pairs]
+        return self._claim_results(items, script(keys=event_keys, args=args, client=client))
 
     async def recorded(self, event_id: str, handler: str) -> bool:
         """Whether the job is recorded as completed within the window (for tests and tools)."""
@@ -473,9 +499,7 @@ class Completions:
         if items:
             await self._commit(items)
 
-    def _write_args(
-        self, items: list[tuple[str, str, str, str]], limit: int
-    ) -> tuple[list[str], list[str | bytes | int | float]]:
+    def _write_args(self, items: list[_WriteItem], limit: int) -> tuple[list[str], list[str | bytes | int | float]]:
         """KEYS and ARGV of :data:`WRITE` for these (event id, handler, copy id, op) items."""
         event_keys: list[str] = []
         args: list[str | bytes | int | float] = [*self._common(""), limit, FILL]
@@ -484,7 +508,7 @@ class Completions:
             args += [digest(handler), tag, op, *job_record(event_id, handler)]
         return event_keys, args
 
-    async def _write(self, items: list[tuple[str, str, str, str]], _deadline: float) -> None:
+    async def _write(self, items: list[_WriteItem], _deadline: float) -> None:
         event_keys, args = self._write_args(items, await self._intset_limit() if self.window > 0 else 1)
         _, script = self._scripts()
         await script(keys=event_keys, args=args, client=self._client())
