@@ -34,13 +34,13 @@ from ..connections import redis_timeout
 from ..errors import WorkerLostError
 from ..failures import FailedJob
 from ..failures.record import describe
-from ..handlers import registry
+from ..handlers import Handler, registry
 from ..keys import TASK_NAME
 from ..logtext import get_logger
-from . import appsettings, metrics, startup, stats
+from . import appsettings, metrics, startup, stats, strategy
 from . import eventlog as eventlog_writer
 from .completions import Completions
-from .dispatch import SettleFailed, handle_message, settle_failures
+from .dispatch import SettleFailed, all_async, handle_all_async, handle_message, settle_failures
 from .jobs import Job, Outcome
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
@@ -213,51 +213,88 @@ def create_app(settings: Settings | None = None) -> Celery:
         for step in mongofeatures.STEPS:
             app.steps["worker"].add(step)
 
-    @app.task(name=TASK_NAME, bind=True)
-    def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
-        queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
+    def queue_of(delivery_info: Any) -> str:
+        return (delivery_info or {}).get("routing_key") or settings.queue_name
+
+    def decode(args: tuple[Any, ...], kwargs: dict[str, Any], queue: str, properties: Any, task_id: str) -> list[Job]:
+        """The message's jobs (TypeError/ValueError/RecursionError: malformed, dropped)."""
         # The copy id owns the message's job claims: kept when the message is given back
         # (a worker lost, a visibility timeout), unlike the delivery tag. A message built
         # elsewhere has none: its task id then stands in, so a redelivery always takes over
         # its own claims (at worst two copies with one task id both run; nothing is skipped).
-        copy_id = (self.request.properties or {}).get(message.COPY_ID)
-        copy_id = copy_id if isinstance(copy_id, str) and copy_id else f"task:{self.request.id}"
+        copy_id = (properties or {}).get(message.COPY_ID)
+        copy_id = copy_id if isinstance(copy_id, str) and copy_id else f"task:{task_id}"
+        if not args:
+            raise ValueError("no event")
+        if len(args) > 1 and kwargs.get("handler") is not None:
+            raise ValueError("a retry message carries one event")
+        return [
+            Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps)
+            for event in args
+        ]
+
+    @app.task(name=TASK_NAME, bind=True, Strategy="earnevents.worker.strategy:strategy")
+    def dispatch(self: Any, *args: Any, **kwargs: Any) -> None:
+        request = self.request
+        queue = queue_of(request.delivery_info)
         try:
-            if not args:
-                raise ValueError("no event")
-            if len(args) > 1 and kwargs.get("handler") is not None:
-                raise ValueError("a retry message carries one event")
-            jobs = [
-                Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps)
-                for event in args
-            ]
+            jobs = decode(args, kwargs, queue, request.properties, request.id)
         except (TypeError, ValueError, RecursionError) as exc:  # it would fail the same way every time
-            log.error("dropping malformed message %s on %s: %s", self.request.id, queue, describe(exc))
+            log.error("dropping malformed message %s on %s: %s", request.id, queue, describe(exc))
             return
         except Exception as exc:
-            log.error("requeueing %s: could not decode it", self.request.id, exc_info=True)
+            log.error("requeueing %s: could not decode it", request.id, exc_info=True)
             raise Reject(describe(exc), requeue=True) from exc
         try:
             worker = WorkerRuntime.get()
         except Exception as exc:
-            log.error("requeueing %s: could not set up the worker's runtime: %r", self.request.id, exc)
+            log.error("requeueing %s: could not set up the worker's runtime: %r", request.id, exc)
             raise Reject(str(exc), requeue=True) from exc
         try:
             handle_message(jobs, registry, worker.loop, worker)
             eventlog_writer.flush()  # the log's changes of this message, written before its ack
-        except (SettleError, SettleFailed, RedisError, mongoerrors.base(), OSError) as exc:
-            # Our own bookkeeping failed (handler errors never get here): acknowledging
-            # would lose the event, so hand the message back to be run again.
-            log.warning("requeueing %s: %r", self.request.id, exc)
-            raise Reject(str(exc), requeue=True) from exc
         except Exception as exc:
-            # Anything else (Celery's SoftTimeLimitExceeded while async handlers ran, a bug):
             # Celery would acknowledge a task that raised, so hand the message back instead.
             # (SystemExit and KeyboardInterrupt end the pool process: Celery requeues those.)
-            log.error("requeueing %s after an unexpected error", self.request.id, exc_info=True)
+            _log_requeue(request.id, exc)
             raise Reject(describe(exc), requeue=True) from exc
 
+    def take(req: Any) -> Callable[[], Future[Any]] | None:
+        """Under ``-P threads``, a message whose handlers are all async runs on the loop
+        without a pool thread (``worker.strategy``); None: the task runs it."""
+        try:
+            jobs = decode(req.args, req.kwargs, queue_of(req.delivery_info), req.message.properties, req.id)
+            pairs = all_async(jobs, registry)
+            if pairs is None:
+                return None
+            worker = WorkerRuntime.get()
+        except Exception:  # the task drops, or hands back, and logs it
+            return None
+        return lambda: worker.loop.submit(_run_on_loop(req.id, pairs, worker))
+
+    strategy.take_with(TASK_NAME, take)
     return app
+
+
+def _log_requeue(task_id: str, exc: BaseException) -> None:
+    """Why a message goes back to its queue after a failure of our own (handler errors never get here)."""
+    if isinstance(exc, (SettleError, SettleFailed, RedisError, mongoerrors.base(), OSError)):
+        # Our own bookkeeping failed: acknowledging would lose the event.
+        log.warning("requeueing %s: %r", task_id, exc)
+    else:  # anything else (Celery's SoftTimeLimitExceeded while async handlers ran, a bug)
+        log.error("requeueing %s after an unexpected error", task_id, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+async def _run_on_loop(task_id: str, pairs: list[tuple[Job, list[Handler]]], worker: WorkerRuntime) -> None:
+    """The task's work for an all-async message, on the loop (``worker.strategy``): raises
+    (logged) where the task would hand the message back."""
+    try:
+        await handle_all_async(pairs, worker)
+        if eventlog_writer.active():  # the log's changes of this message, written before its ack
+            await asyncio.to_thread(eventlog_writer.flush)
+    except Exception as exc:
+        _log_requeue(task_id, exc)
+        raise
 
 
 class SettleError(Exception):

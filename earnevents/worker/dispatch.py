@@ -349,6 +349,30 @@ async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Book
     return [o for r in results if not isinstance(r, BaseException) for o in r]
 
 
+def all_async(jobs: list[Job], registry: HandlerRegistry) -> list[tuple[Job, list[Handler]]] | None:
+    """Each job with the handlers it runs, if every job has some and all are ``async def``;
+    else None (a sync handler, no handler, a retry naming an unknown one: :func:`handle_message`)."""
+    pairs: list[tuple[Job, list[Handler]]] = []
+    for job in jobs:
+        try:
+            handlers = select_handlers(registry, job)
+        except HandlerNotFoundError:
+            return None
+        if not handlers or not all(h.is_async for h in handlers):
+            return None
+        pairs.append((job, handlers))
+    return pairs
+
+
+async def handle_all_async(pairs: list[tuple[Job, list[Handler]]], books: Bookkeeper) -> list[Outcome]:
+    """A message whose events' handlers are all async (:func:`all_async`), wholly on the loop:
+    what :func:`handle_message` does with it, from the loop itself (``worker.strategy``)."""
+    if len(pairs) == 1:
+        [(job, handlers)] = pairs
+        return await _handle_async(job, handlers, books)
+    return await _handle_async_many(pairs, books)
+
+
 def handle_message(jobs: list[Job], registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -> list[Outcome]:
     """Run every job of a message: one event (see :func:`handle`), or a packed message.
 

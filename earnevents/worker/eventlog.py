@@ -365,6 +365,11 @@ def completed_before(job: Job, handlers: Iterable[str]) -> None:
         writer.put([Completed(job.event.id, job.queue, h, now, job.event) for h in handlers], hurry=True)
 
 
+def active() -> bool:
+    """Whether this process writes the event log (else :func:`flush` has nothing to wait for)."""
+    return _writer() is not None
+
+
 def flush() -> None:
     """Before a message is acknowledged: wait (briefly) until its changes are written."""
     writer = _writer()
