@@ -43,9 +43,10 @@ def statuses(record: EventRecord) -> dict[str, str]:
     return {name.rsplit(".", 1)[1]: h.status for name, h in record.handlers.items()}
 
 
-@pytest.mark.parametrize("store", ["redis", "mongo"])
+# threads: the all-async events run on the worker's loop without a pool thread (worker.strategy)
+@pytest.mark.parametrize(("store", "pool"), [("redis", "prefork"), ("mongo", "prefork"), ("redis", "threads")])
 async def test_statuses_retry_failure_retry_job_cancel_and_replay(
-    store, request, redis_url, queue, start_worker, rclient
+    store, pool, request, redis_url, queue, start_worker, rclient
 ):
     mongo: dict[str, str] = {"EARNEVENTS_MONGO_URI": ""}
     if store == "mongo":
@@ -53,7 +54,11 @@ async def test_statuses_retry_failure_retry_job_cancel_and_replay(
             "EARNEVENTS_MONGO_URI": request.getfixturevalue("mongo_url"),
             "EARNEVENTS_DATABASE": request.getfixturevalue("mongo_db"),
         }
-    start_worker(env={"EARNEVENTS_EVENT_LOG": "1", "EARNEVENTS_EVENT_LOG_TTL": TTL, **mongo})
+    start_worker(
+        env={"EARNEVENTS_EVENT_LOG": "1", "EARNEVENTS_EVENT_LOG_TTL": TTL, **mongo},
+        pool=pool,
+        concurrency=4 if pool == "threads" else 2,
+    )
     mp = pytest.MonkeyPatch()
     mp.setenv("EARNEVENTS_EVENT_LOG_TTL", TTL)
     env = await earnevents.init(
