@@ -8,7 +8,8 @@ LOWEST_STAMP := $(LOWEST)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 ARQ_VENV ?= .venv-arq
 ARQ_STAMP := $(ARQ_VENV)/.installed
-WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py
+WORKER_E2E := tests/test_worker_e2e.py tests/test_delivery_e2e.py tests/test_deployments_e2e.py tests/test_worker_modes_e2e.py \
+	tests/test_loop_handoff_e2e.py tests/test_strategy.py
 
 .PHONY: venv test test-fast test-lowest lint demo bench bench-quick bench-venvs bench-failed capacity chaos chaos-automations chaos-workflows clean
 
