@@ -40,11 +40,18 @@ async def test_by_default_a_worker_writes_no_line_per_handled_event_but_its_own_
     assert not RECEIVED.search(log) and not SUCCEEDED.search(log)
 
 
-async def test_earnevents_task_log_on_brings_back_celerys_lines_per_task(bus, start_worker, rclient):
-    worker = start_worker(concurrency=1, env={"EARNEVENTS_TASK_LOG": "1"})
+# t.sleepy's handlers are all async: under -P threads it runs on the loop (worker.strategy),
+# which writes the "succeeded in" line itself.
+@pytest.mark.parametrize(
+    ("pool", "name", "handler"), [("prefork", "t.record", "record_async"), ("threads", "t.sleepy", "sleepy")]
+)
+async def test_earnevents_task_log_on_brings_back_celerys_lines_per_task(
+    pool, name, handler, bus, start_worker, rclient
+):
+    worker = start_worker(pool=pool, concurrency=1, env={"EARNEVENTS_TASK_LOG": "1"})
     tok = token()
 
-    await bus.publish(Event("t.record", {"token": tok}))
-    wait_handled(rclient, tok, "record_async")
+    await bus.publish(Event(name, {"token": tok, "seconds": 0}))
+    wait_handled(rclient, tok, handler)
 
     wait_for(lambda: RECEIVED.search(worker.log()) and SUCCEEDED.search(worker.log()), 20, "Celery's task lines")

@@ -47,8 +47,9 @@ Taker = Callable[[Any], "Callable[[], Future[Any]] | None"]
 
 _takers: dict[str, Taker] = {}
 
-_trace_log = logging.getLogger("celery.app.trace")
-"""Celery's logger of the "succeeded in" line (see EARNEVENTS_TASK_LOG)."""
+TRACE_LOGGER = "celery.app.trace"
+"""Celery's logger of the pool's "succeeded in" line per task: this module writes that line
+(to its own logger) when Celery's is on (EARNEVENTS_TASK_LOG)."""
 
 
 def take_with(task_name: str, taker: Taker) -> None:
@@ -137,6 +138,6 @@ class _HandOff:
             req.reject(requeue=True)  # the run logged why (the loop closing: the worker stops)
             return
         runtime = time.monotonic() - began
-        if _trace_log.isEnabledFor(logging.INFO):
-            _trace_log.info("Task %s[%s] succeeded in %ss: None", req.name, req.id, round(runtime, 6))
+        if logging.getLogger(TRACE_LOGGER).isEnabledFor(logging.INFO):
+            log.info("Task %s[%s] succeeded in %ss on the loop", req.name, req.id, round(runtime, 6))
         req.on_success((False, None, runtime))
