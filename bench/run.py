@@ -92,6 +92,14 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
         # Celery prefork -c 2; Dramatiq 2 processes x 8 threads; arq 2 processes x 100 jobs
         return figures.end_to_end(side, url, size["n5a"], "io", "prefork", 2)
 
+    def fig4t(side: str, url: str) -> dict[str, float]:
+        # Two worker processes each: earnevents and Celery as 2 x `-P threads -c 100` (earnevents'
+        # all-async messages then run on each process' loop without a pool thread); Dramatiq
+        # and arq as in fig 4 (2 processes x 8 threads, 2 x max_jobs 100).
+        if side in ("earnevents", "celery"):
+            return figures.end_to_end(side, url, size["n4"], "noop", "threads", size["io_threads"], processes=2)
+        return figures.end_to_end(side, url, size["n4"])
+
     only_ee = {peer: "earnevents' own event log, on vs off" for peer in ("dramatiq", "arq")}
 
     return [
@@ -135,6 +143,20 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
                 ("worker_cpu_us_per_event", "lower", "report"),
                 ("worker_rss_mb", "lower", "<= Celery"),
                 ("worker_uss_mb", "lower", "report"),
+                ("worker_pss_mb", "lower", "report"),
+            ),
+        ),
+        Figure(
+            "4t",
+            "end to end, trivial handler, 2 worker processes: earnevents and Celery 2 x threads -c 100 "
+            "(Dramatiq 2 processes x 8 threads; arq 2 x max_jobs 100)",
+            fig4t,
+            (
+                ("rate", "higher", ">= best peer"),
+                ("first_s", "lower", "report"),
+                ("redis_cpu_us_per_event", "lower", "<= Celery"),
+                ("worker_cpu_us_per_event", "lower", "report"),
+                ("worker_rss_mb", "lower", "<= Celery"),
                 ("worker_pss_mb", "lower", "report"),
             ),
         ),
@@ -468,6 +490,8 @@ def print_commands(commands: dict[str, dict[str, list[dict[str, Any]]]]) -> None
 
 def met(target: str, ee: list[float], ratios: list[float], best_ratios: list[float]) -> bool | None:
     median = statistics.median(ratios)
+    if target == ">= best peer":
+        return statistics.median(best_ratios) >= 1.0 if best_ratios else None
     if target.startswith(">="):
         return median >= float(target[3:].rstrip("x"))
     if target == "<= Celery":

@@ -165,3 +165,32 @@ def test_replies_on_a_remote_control_reply_queue_get_the_envelope_checks_only():
     # Then it is accepted there, and refused as a task message on a task queue
     assert items.check(raw, "5f1c.reply.celery.pidbox", 1 << 20) == reply
     assert isinstance(items.check(raw, "events", 1 << 20), items.Refused)
+
+
+def test_kombus_message_takes_the_body_the_check_decoded_and_decodes_it_the_same_way():
+    from kombu.transport import virtual
+
+    from earnevents.worker.transport import CheckedMessage
+
+    # Given a message the check accepted (its body base64- and JSON-decoded once)
+    m = good(QUEUE, {"n": 1, "at": "2026-11-28"})
+    checked = items.check_decoded(json.dumps(m).encode(), QUEUE, MAX_SIZE)
+    assert isinstance(checked, items.Checked)
+
+    class Channel:  # what the transport's channel holds while it delivers that message
+        _checked = checked
+
+        def decode_body(self, body, encoding):
+            return base64.b64decode(body)
+
+    # When kombu builds its message from it, and from an equal payload it did not check
+    ours = CheckedMessage(checked.message, channel=Channel())
+    plain = virtual.Message(json.loads(json.dumps(checked.message)), channel=Channel())
+    # Then ours reuses the decoded body (no second decode), the same as kombu's own decoding
+    assert ours.decode() is checked.decoded
+    assert ours.decode() == plain.decode() and ours.body == plain.body
+    assert ours._raw is checked.message  # what kombu records and restores, untouched
+    assert ours.headers == plain.headers and ours.delivery_tag == plain.delivery_tag
+    # And a payload that is not the one being delivered is decoded as kombu decodes it
+    other = CheckedMessage(json.loads(json.dumps(checked.message)), channel=Channel())
+    assert other.decode() == plain.decode() and other.decode() is not checked.decoded

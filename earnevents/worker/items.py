@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kombu.utils.json import loads
+from kombu.utils.json import object_hook
 
 from ..keys import TASK_NAME
 from ..logtext import escape
@@ -45,6 +46,28 @@ _STR_HEADERS = ("shadow", "root_id", "parent_id", "group", "origin", "argsrepr",
 
 _DELAY_HEADERS = ("eta", "countdown")
 _EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+
+
+_DECODER = json.JSONDecoder(object_hook=object_hook)
+"""kombu's JSON decoding (its ``loads`` is ``json.loads`` with this object hook), built once:
+``json.loads`` with an object hook builds a new decoder on every call."""
+
+
+def loads(text: str) -> Any:
+    """kombu's ``loads`` of a str: what kombu and Celery make of the same text."""
+    return _DECODER.decode(text)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A queue item :func:`check_decoded` accepted."""
+
+    message: dict[str, Any]
+    """The parsed kombu message (as :func:`check` returns it)."""
+    body: bytes | None = None
+    """Its body, base64-decoded (None: a remote-control reply, whose body is not looked into)."""
+    decoded: Any = None
+    """The body's JSON, Celery's ``[args, kwargs, embed]``."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,13 @@ def check(item: bytes | str, queue: str, max_size: int) -> dict[str, Any] | Refu
     Items of a remote-control reply queue (:func:`is_control_queue`) get the envelope
     checks only: they are replies to ``celery control``, not earnevents tasks.
     """
+    checked = check_decoded(item, queue, max_size)
+    return checked if isinstance(checked, Refused) else checked.message
+
+
+def check_decoded(item: bytes | str, queue: str, max_size: int) -> Checked | Refused:
+    """:func:`check`, keeping the body it decoded (the transport hands it to kombu's message,
+    which then does not decode it again)."""
     data = item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
     if len(data) > max_size:
         return Refused(f"{len(data)} bytes, over the maximum message size of {max_size} bytes")
@@ -93,18 +123,19 @@ def check(item: bytes | str, queue: str, max_size: int) -> dict[str, Any] | Refu
     task_id = task_id if isinstance(task_id, str) and task_id else None
     if is_control_queue(queue):
         problem = envelope_problem(message)
-        return message if problem is None else Refused(problem, task_id)
+        return Checked(message) if problem is None else Refused(problem, task_id)
     problem = _envelope_problem(message)
-    if problem is None:
-        problem = _body_problem(message, queue)
     if problem is not None:
         return Refused(problem, task_id)
+    body = _body(message, queue)
+    if isinstance(body, str):
+        return Refused(body, task_id)
     properties = message["properties"]
     properties["delivery_info"] = {**properties["delivery_info"], "exchange": "", "routing_key": queue}
     headers = message["headers"]
     if isinstance(headers.get("shadow"), str):
         headers["shadow"] = shown_name(headers["shadow"])
-    return message
+    return Checked(message, *body)
 
 
 def shown_name(shadow: str) -> str:
@@ -217,8 +248,9 @@ def _timelimit_problem(timelimit: Any) -> str | None:
     return None
 
 
-def _body_problem(message: dict[str, Any], queue: str) -> str | None:
-    """Why the body is not the ``[args, kwargs, embed]`` of an earnevents dispatch, or None."""
+def _body(message: dict[str, Any], queue: str) -> tuple[bytes, list[Any]] | str:
+    """The body (raw, decoded) if it is the ``[args, kwargs, embed]`` of an earnevents
+    dispatch; else why not."""
     try:
         raw = base64.b64decode(message["body"], validate=True)
     except (binascii.Error, ValueError):
@@ -236,7 +268,8 @@ def _body_problem(message: dict[str, Any], queue: str) -> str | None:
         return "body is not Celery's [args, kwargs, embed]"
     if embed and any(embed.get(key) is not None for key in _EMBED_KEYS):
         return "body embeds callbacks, errbacks, a chain or a chord (earnevents messages carry none)"
-    return _arguments_problem(args, kwargs, queue)
+    problem = _arguments_problem(args, kwargs, queue)
+    return (raw, body) if problem is None else problem
 
 
 def _arguments_problem(args: list[Any], kwargs: Mapping[str, Any], queue: str) -> str | None:

@@ -57,6 +57,7 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 from kombu.utils.json import dumps
 
 from .. import deadletters, keys
@@ -231,10 +232,27 @@ class QoS(kombu_redis.QoS):
         super(kombu_redis.QoS, self).ack(delivery_tag)
 
 
+class CheckedMessage(kombu_virtual.Message):
+    """kombu's message, built from what :func:`.items.check_decoded` already decoded: the
+    body it base64-decoded and its JSON (``Message.decode()`` returns that, as Celery asks
+    for it), instead of decoding both again. Any other payload is built as kombu builds it."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        checked = getattr(channel, "_checked", None)
+        if checked is None or checked.message is not payload or checked.body is None:
+            super().__init__(payload, channel=channel, **kwargs)
+            return
+        super().__init__({**payload, "body": ""}, channel=channel, **kwargs)  # "": nothing to decode
+        self._raw = payload
+        self.body = checked.body
+        self._decoded_cache = checked.decoded
+
+
 class Channel(kombu_redis.Channel):
     """A Redis channel with reliable fetch for a single queue and malformed items dropped."""
 
     QoS = QoS
+    Message = CheckedMessage
 
     max_message_size = int(DEFAULTS["EARNEVENTS_MAX_MESSAGE_SIZE"])
     """Larger queue items are refused unparsed (transport option ``max_message_size``)."""
@@ -252,6 +270,7 @@ class Channel(kombu_redis.Channel):
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reliable_queue: str | None = None
         self._taken: tuple[str, bytes | str] | None = None  # (in-flight list, item) until QoS.append
+        self._checked: items.Checked | None = None  # the message being delivered (CheckedMessage)
         self._left: int | None = None  # the queue's length when QoS.append recorded a BLMOVE's message
         self._inflight_queues: frozenset[str] = frozenset()
         self._registered_at = float("-inf")  # time.monotonic() of the last registration
@@ -357,14 +376,16 @@ class Channel(kombu_redis.Channel):
         ``recorded``: the delivery tag FETCH recorded it under as unacknowledged;
         ``inflight``: the in-flight list BLMOVE put it in. True: delivered.
         """
-        checked = items.check(item, queue, int(self.max_message_size))
-        if isinstance(checked, items.Refused):
-            self._drop(item, queue, checked.reason, checked.task_id, recorded=recorded, inflight=inflight)
+        result = items.check_decoded(item, queue, int(self.max_message_size))
+        if isinstance(result, items.Refused):
+            self._drop(item, queue, result.reason, result.task_id, recorded=recorded, inflight=inflight)
             return False
+        checked = result.message
         tag = checked["properties"]["delivery_tag"]
         if recorded and recorded != tag:  # FETCH read another "delivery_tag" key (a crafted item)
             inflight, recorded = self._unrecord(item, queue, recorded), ""
         self._taken = _RECORDED if recorded else (inflight, item) if inflight is not None else None
+        self._checked = result
         try:
             self.connection._deliver_checked(checked, queue)
             return True
@@ -384,6 +405,7 @@ class Channel(kombu_redis.Channel):
             return False
         finally:
             self._taken = None
+            self._checked = None
 
     def _unrecord(self, item: bytes | str, queue: str, recorded: str) -> str:
         """Move an item FETCH recorded under a tag that is not its own to the in-flight list,
