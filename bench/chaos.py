@@ -239,6 +239,10 @@ def main() -> int:
     parser.add_argument("--exit-every", type=int, default=0, help="every K-th event: a handler calls os._exit")
     parser.add_argument("--hang-every", type=int, default=0, help="every K-th event: a handler never returns")
     parser.add_argument("--event-log", action="store_true", help="event log on (publisher and workers); report it")
+    parser.add_argument(
+        "--pool", default="prefork", help="the workers' pool: prefork (default) or threads (async messages on the loop)"
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="the workers' -c")
     add_appendfsync_option(parser)
     args = parser.parse_args()
     faults = bool(args.exit_every or args.hang_every)
@@ -258,7 +262,14 @@ def main() -> int:
     logs = ROOT / ".run"
     logs.mkdir(exist_ok=True)
     workers = [
-        WorkerProcess(env, concurrency=2, cwd=str(ROOT), log_path=str(logs / f"chaos-worker-{i}.log")) for i in range(2)
+        WorkerProcess(
+            env,
+            pool=args.pool,
+            concurrency=args.concurrency,
+            cwd=str(ROOT),
+            log_path=str(logs / f"chaos-worker-{i}.log"),
+        )
+        for i in range(2)
     ]
     client = redis.Redis.from_url(server.url)
     try:
@@ -307,7 +318,7 @@ def main() -> int:
         print(f"events published:                  {len(ids)}")
         print(f"(event, handler) jobs expected:    {len(expected)}")
         print(f"jobs completed:                    {len(completed & expected)}")
-        print(f"lost:                              {len(lost)}")
+        print(f"lost:                              {len(lost)}  ({len(lost - failed)} of them not a failed job either)")
         print(f"completed more than once:          {twice}")
         print(f"started more than once:            {restarted}  (killed mid-handler, then redelivered)")
         print(
