@@ -182,7 +182,10 @@ async def test_runs_started_cancelled_and_resumed_and_signals_for_one_run(models
     # And the resumed run runs its step again and waits (the signal sent while it was
     # cancelled does not count)
     run = await status_is(cancelled, "waiting")
-    assert whats(run)[-3:] == ["cancelled", "resumed", "waiting"] and run.context["note"] is None
+    # ("not woken" is a note, not a change: the late signal may have read the run as still
+    # waiting, as nx-27017 served it once under load, and then found it cancelled)
+    changes = [what for what in whats(run) if not what.startswith("not woken")]
+    assert changes[-3:] == ["cancelled", "resumed", "waiting"] and run.context["note"] is None
 
     # Given two runs waiting for sem:go without a timeout
     first = await engine.start("sem_patient")
