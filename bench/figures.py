@@ -280,16 +280,25 @@ def queue_keys(side: str, queue: str) -> list[str]:
 # --- 6: latency ---------------------------------------------------------------------------
 
 
-def latency(side: str, redis_url: str, rate: float, seconds: float, busy: bool = False) -> Metrics:
+def latency(
+    side: str,
+    redis_url: str,
+    rate: float,
+    seconds: float,
+    busy: bool = False,
+    pool: str = "prefork",
+    concurrency: int = 2,
+) -> Metrics:
     """Publish ``rate`` latency events a second for ``seconds`` to a ready worker; the delay from
     publish to handler start (p50, p95, p99), and what the run cost (bench/cost.py): the worker's
     CPU seconds over its whole process tree (``worker_cpu_s``) and Redis CPU per event, publishing
     included (``redis_cpu_us_per_event``), from the first publish to the last sample recorded.
 
     ``busy``: a CPU-bound process pinned to core 0 competes for the cores all along (figure 6c).
+    ``pool`` and ``concurrency``: earnevents' and Celery's worker (the peers' are as in ``worker_for``).
     """
     queue, key = unique(f"lat-{side}"), unique("lat")
-    worker = worker_for(side, redis_url, queue)
+    worker = worker_for(side, redis_url, queue, pool, concurrency)
     client = redis.Redis.from_url(redis_url)
     idle = cost.redis_idle(client)
     total = int(rate * seconds)

@@ -201,6 +201,19 @@ def build(size: dict[str, Any], servers: dict[str, str] | None = None) -> list[F
             (("rate", "higher", "report"),),
         ),
         Figure(
+            "6t",
+            "latency publish -> handler start at 200/s, earnevents and Celery -P threads -c 100 "
+            "(one process; peers as fig 6)",
+            lambda side, url: figures.latency(side, url, 200, size["lat_s"], pool="threads", concurrency=100),
+            (
+                ("p50_ms", "lower", "<= best peer"),
+                ("p95_ms", "lower", "<= best peer"),
+                ("p99_ms", "lower", "<= best peer"),
+                ("worker_cpu_s", "lower", "<= Celery"),
+                ("redis_cpu_us_per_event", "lower", "report"),
+            ),
+        ),
+        Figure(
             "6",
             "latency publish -> handler start at 200/s",
             lambda side, url: figures.latency(side, url, 200, size["lat_s"]),
