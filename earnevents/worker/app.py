@@ -44,6 +44,7 @@ from .dispatch import SettleFailed, all_async, handle_all_async, handle_message,
 from .jobs import Job, Outcome
 from .keepalive import KeepAliveStep
 from .loop import LoopThread, process_loop, stop_process_loop
+from .quarantine import Gate
 from .relay import RelayStep
 from .running import on_termination
 from .scheduler import SchedulerStep
@@ -322,6 +323,7 @@ class WorkerRuntime:
         )
         self.completions = Completions(env.connections.redis, env.settings.dedup_window, self.blocking_redis)
         self.max_deliveries = env.settings.max_deliveries
+        self.gate = Gate()  # messages back after this process died run alone on its loop
         eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
         metrics.configure(env.settings)
         self.stats: Future[None] | None = None  # the task writing this process' per-minute counts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from . import metrics as metrics_hooks
 from . import stats as stats_hooks
 from . import tracing as tracing_hooks
 from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
+from .quarantine import Gate
 from .running import record_here, records_here, run_async, run_sync
 
 log = get_logger(__name__)
@@ -304,10 +306,18 @@ def _needs_settling(outcomes: list[Outcome]) -> bool:
     return any(o.error is not None or not o.recorded for o in outcomes)
 
 
+def _gate(books: Bookkeeper, alone: bool) -> AbstractAsyncContextManager[None]:
+    """The loop's :class:`~.quarantine.Gate` where ``books`` has one: a message back after its
+    process died (its claims taken over, ``alone``) runs alone on the loop."""
+    gate: Gate | None = getattr(books, "gate", None)
+    return gate.enter(alone) if gate is not None else nullcontext()
+
+
 async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) -> list[Outcome]:
     """The whole job on the loop, for events whose handlers are all async: one thread hop."""
     [claimed] = await _claim(books, [(job, handlers)])
-    outcomes = await _run_claimed(claimed, books)
+    async with _gate(books, bool(claimed.again)):
+        outcomes = await _run_claimed(claimed, books)
     if _needs_settling(outcomes):
         await books.settle(claimed.job, outcomes)
     return outcomes
@@ -331,18 +341,20 @@ async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Book
             await books.settle(c.job, outcomes)
         return outcomes
 
-    if any(c.again for c in claimed):
-        # Back after its worker died: one event after the other, those cut short
-        # fewest times first, so only the job that kills the process counts again.
-        claimed.sort(key=lambda c: max((c.job.deliveries[h.name] for h in c.again), default=0))
-        results: list[list[Outcome] | BaseException] = []
-        for c in claimed:
-            try:
-                results.append(await one(c))
-            except Exception as exc:
-                results.append(exc)
-    else:
-        results = await asyncio.gather(*(one(c) for c in claimed), return_exceptions=True)
+    again = any(c.again for c in claimed)
+    async with _gate(books, again):
+        if again:
+            # Back after its worker died: one event after the other, those cut short
+            # fewest times first, so only the job that kills the process counts again.
+            claimed.sort(key=lambda c: max((c.job.deliveries[h.name] for h in c.again), default=0))
+            results: list[list[Outcome] | BaseException] = []
+            for c in claimed:
+                try:
+                    results.append(await one(c))
+                except Exception as exc:
+                    results.append(exc)
+        else:
+            results = await asyncio.gather(*(one(c) for c in claimed), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:  # every other job has finished and is settled: a redelivery skips those
         raise SettleFailed(errors)
