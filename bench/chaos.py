@@ -365,7 +365,7 @@ def postponed_aof_writes(server: RedisServer) -> int:
 
 
 def poison_left(client: redis.Redis) -> dict[str, int]:
-    """Where items that are not messages still are (queue, in-flight lists), for diagnosis."""
+    """Where items that are not messages still are (queue, in-flight lists, unacknowledged), for diagnosis."""
     from earnevents import keys
 
     places: dict[str, int] = {}
@@ -378,6 +378,14 @@ def poison_left(client: redis.Redis) -> dict[str, int]:
                 poison = True
             if poison:
                 places[name] = places.get(name, 0) + 1
+    for raw in client.hvals(keys.UNACKED):  # taken by a worker killed before it refused it
+        try:
+            message = json.loads(raw)[0]
+            poison = message["headers"]["id"] == "poison"
+        except Exception:
+            poison = True
+        if poison:
+            places[keys.UNACKED] = places.get(keys.UNACKED, 0) + 1
     return places
 
 
