@@ -235,19 +235,32 @@ _COPY_FIELD = f'"{COPY_ID}":"'
 envelope is JSON, so that sequence cannot stand inside one of its string values)."""
 
 
+_TAG_FIELD = '"delivery_tag":"'
+"""``"delivery_tag":"`` as :func:`_envelope` writes it (unique in the text, as :data:`_COPY_FIELD`)."""
+
+
 def new_copy(payload: str) -> str:
-    """``payload`` (from :func:`build`) as another copy: a new copy id, all else the same.
+    """``payload`` (from :func:`build`) as another copy: a new copy id and a new delivery tag,
+    all else the same.
 
     Pushing a message again after an attempt whose outcome is unknown (its reply was
     lost), or relaying it again, makes a second copy: with a copy id of its own the
-    worker's job claims run each handler once even when both copies run at once.
+    worker's job claims run each handler once even when both copies run at once. The
+    delivery tag names a message's unacknowledged record: two copies sharing one would
+    share that record, so acknowledging the copy skipped as held would erase the record
+    of the copy running its jobs, and a worker dying with that one would lose it.
     """
-    start = payload.find(_COPY_FIELD)
+    return _with_value(_with_value(payload, _COPY_FIELD, ids.uuid4_hex()), _TAG_FIELD, ids.uuid4_str())
+
+
+def _with_value(payload: str, field: str, value: str) -> str:
+    """``payload`` with the string value after ``field`` replaced (as it is if ``field`` is absent)."""
+    start = payload.find(field)
     if start < 0:
         return payload
-    start += len(_COPY_FIELD)
+    start += len(field)
     end = payload.index('"', start)
-    return payload[:start] + ids.uuid4_hex() + payload[end:]
+    return payload[:start] + value + payload[end:]
 
 
 def parse(payload: str | bytes) -> tuple[dict[str, Any], dict[str, Any]]:

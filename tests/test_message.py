@@ -57,6 +57,21 @@ def test_each_message_gets_its_own_copy_id_which_owns_its_claims_across_redelive
     assert len({p[message.COPY_ID] for p in built}) == 3
 
 
+def test_another_copy_gets_a_new_copy_id_and_a_new_delivery_tag_and_nothing_else_changes():
+    # A publish retried after a lost reply pushes another copy. A shared delivery tag would
+    # share one unacknowledged record: acknowledging the copy skipped as held would erase the
+    # record of the copy running the jobs, and a worker dying with that one would lose it
+    # (seen in `make chaos` with faults: four jobs of one event nowhere after a Redis restart).
+    payload = message.build(Event("a.b", {"k": 1}).to_wire(), queue="q", task_id="t")
+    first, second = json.loads(payload), json.loads(message.new_copy(payload))
+    assert second["properties"][message.COPY_ID] != first["properties"][message.COPY_ID]
+    assert second["properties"]["delivery_tag"] != first["properties"]["delivery_tag"]
+    uuid.UUID(second["properties"]["delivery_tag"])  # a delivery tag as every message has
+    for changed in (first, second):
+        del changed["properties"][message.COPY_ID], changed["properties"]["delivery_tag"]
+    assert second == first
+
+
 def test_derived_ids_are_stable_and_distinct_per_kind_and_attempt():
     assert message.derived_id("retry", "e", "h", 1) == message.derived_id("retry", "e", "h", 1)
     assert len({message.derived_id(k, "e", "h", a) for k in ("retry", "failed") for a in (1, 2)}) == 4
