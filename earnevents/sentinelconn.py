@@ -93,8 +93,7 @@ class FailoverWatch:
 
     def socket(self) -> Any:
         """The subscription's socket (to wait on with select), or None."""
-        connection = getattr(self._pubsub, "connection", None)
-        return getattr(connection, "_sock", None)
+        return subscription_socket(self._pubsub)
 
     def switched(self) -> bool:
         """Whether a failover of the primary was announced since the last call; subscribes
@@ -133,6 +132,12 @@ class FailoverWatch:
     def close(self) -> None:
         close_quietly(self._pubsub)
         self._pubsub = None
+
+
+def subscription_socket(pubsub: Any) -> Any:
+    """The socket of a subscription's connection (None: no subscription, or not connected)."""
+    connection = getattr(pubsub, "connection", None)
+    return getattr(connection, "_sock", None)
 
 
 def close_quietly(pubsub: Any) -> None:

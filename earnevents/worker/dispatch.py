@@ -361,16 +361,23 @@ async def _handle_async_many(pairs: list[tuple[Job, list[Handler]]], books: Book
     return [o for r in results if not isinstance(r, BaseException) for o in r]
 
 
+def _async_handlers(registry: HandlerRegistry, job: Job) -> list[Handler] | None:
+    """The handlers the job runs if it has some and all are ``async def``; else None (a sync
+    handler, no handler, a retry naming an unknown one: :func:`handle` runs it)."""
+    try:
+        handlers = select_handlers(registry, job)
+    except HandlerNotFoundError:
+        return None
+    return handlers if handlers and all(h.is_async for h in handlers) else None
+
+
 def all_async(jobs: list[Job], registry: HandlerRegistry) -> list[tuple[Job, list[Handler]]] | None:
     """Each job with the handlers it runs, if every job has some and all are ``async def``;
-    else None (a sync handler, no handler, a retry naming an unknown one: :func:`handle_message`)."""
+    else None (:func:`handle_message` runs the message)."""
     pairs: list[tuple[Job, list[Handler]]] = []
     for job in jobs:
-        try:
-            handlers = select_handlers(registry, job)
-        except HandlerNotFoundError:
-            return None
-        if not handlers or not all(h.is_async for h in handlers):
+        handlers = _async_handlers(registry, job)
+        if handlers is None:
             return None
         pairs.append((job, handlers))
     return pairs
@@ -396,15 +403,11 @@ def handle_message(jobs: list[Job], registry: HandlerRegistry, loop: Loop, books
     together: list[tuple[Job, list[Handler]]] = []
     apart: list[Job] = []
     for job in jobs:
-        try:
-            handlers = select_handlers(registry, job)
-        except HandlerNotFoundError:
+        handlers = _async_handlers(registry, job)
+        if handlers is None:
             apart.append(job)
-            continue
-        if handlers and all(h.is_async for h in handlers):
-            together.append((job, handlers))
         else:
-            apart.append(job)
+            together.append((job, handlers))
     outcomes = loop.run(_handle_async_many(together, books)) if together else []
     for job in apart:
         outcomes += handle(job, registry, loop, books)

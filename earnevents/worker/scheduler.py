@@ -32,7 +32,7 @@ import redis
 
 from .. import keys, redisurl, schedule
 from ..logtext import get_logger
-from ..sentinelconn import FailoverWatch, close_quietly
+from ..sentinelconn import FailoverWatch, close_quietly, subscription_socket
 from . import appsettings
 from .periodic import PeriodicThread, ThreadStep, consumed_queues
 
@@ -178,8 +178,7 @@ class Mover(PeriodicThread):
         failover = self._failover.socket()
         if failover is not None:
             watched.append(failover)
-        connection = getattr(self._pubsub, "connection", None)
-        sock = getattr(connection, "_sock", None)
+        sock = subscription_socket(self._pubsub)
         if sock is not None and not self._idle_wake:
             watched.append(sock)
         elif sock is not None:  # readable, yet nothing to read (a partial reply): no busy loop

@@ -124,8 +124,8 @@ class _HandOff:
         if start is None:
             self._to_pool(req)  # also what discards a revoked request
             return
-        req.on_accepted(os.getpid(), time.monotonic())
         began = time.monotonic()
+        req.on_accepted(os.getpid(), began)
         run = start()
         self._runs.add(run)
         run.add_done_callback(lambda done: self._finish(req, done, began))
