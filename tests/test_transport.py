@@ -122,3 +122,25 @@ def test_a_tag_written_with_escapes_is_read_decoded(rclient, queue, fetch):
     rclient.lpush(queue, json.dumps(m))
     [(_, tag)] = fetch(1)
     assert tag == 'tag "quoted" \\ é'
+
+
+def test_never_overwrites_a_record_an_item_with_the_same_tag_already_has(rclient, queue, fetch):
+    # Given a message recorded as unacknowledged (a worker holds it), and on the queue a copy of
+    # it and a crafted item whose only plain "delivery_tag" key (a decoy) names the same tag
+    [tag] = publish(rclient, queue, 1)
+    [(_, recorded)] = fetch(1)
+    held = rclient.hget(UNACKED, tag)
+    item = json.dumps(loads(held)[0])  # the record holds the item (and the queue's routing)
+    crafted = json.loads(message.build(Event("t.x", {}).to_wire(), queue=queue, task_id="c"))
+    crafted["headers"]["delivery_tag"] = tag
+    own = '"delivery_tag": "' + crafted["properties"]["delivery_tag"]
+    crafted_item = json.dumps(crafted).replace(own, own.replace("_", "\\u005f", 1))
+    assert json.loads(crafted_item) == crafted and crafted_item.count('"delivery_tag"') == 1
+    rclient.lpush(queue, item, crafted_item)
+    # When they are fetched
+    got = fetch(10)
+    # Then neither is recorded (the consumer records them under tags of their own): they wait in
+    # the in-flight list, and the holder's record is untouched
+    assert recorded == tag and [t for _, t in got] == ["", ""]
+    assert rclient.hget(UNACKED, tag) == held and rclient.hlen(UNACKED) == 1
+    assert sorted(rclient.lrange(INFLIGHT, 0, -1)) == sorted([item.encode(), crafted_item.encode()])

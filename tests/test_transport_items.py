@@ -321,3 +321,41 @@ def test_messages_coming_one_at_a_time_are_taken_by_blocking_moves_only(connect,
     assert consuming.ids() == sent + [g["headers"]["id"] for g in burst]
     assert fetches
     assert not unacked_tags(rclient, channel) - {m.delivery_tag.encode() for m in consuming.got}
+
+
+@pytest.mark.parametrize("mode", [*MODES, "several"])
+def test_items_sharing_a_delivery_tag_each_get_their_own_unacknowledged_record(connect, rclient, queue, mode):
+    # Given one message pushed three times (a foreign publisher's retry, or a hostile copy of a
+    # message that another consumer holds: the same delivery tag), whose tag is already
+    # recorded as unacknowledged by a consumer (of another queue) that has not acknowledged it
+    item = json.dumps(good(queue)).encode()
+    tag = tag_of(item)
+    queues = [queue, f"{queue}-other"] if mode == "several" else [queue]
+    held_queue = f"{queue}-held"
+    holder = Consuming(connect(), [held_queue], "move" if mode == "several" else mode, ack=False)
+    push(rclient, held_queue, item)
+    holder.drain(rclient, [held_queue])
+    held = rclient.hget(holder.channel.unacked_key, tag)
+    assert held is not None
+    # When another consumer takes two more copies and does not acknowledge them yet
+    push(rclient, queue, item, item)
+    consuming = Consuming(connect(), queues, "move" if mode == "several" else mode, ack=False)
+    consuming.drain(rclient, [queue])
+    # Then each copy is delivered under a delivery tag of its own, and each has a record of its
+    # own that restores it: the holder's record is untouched
+    tags = [m.delivery_tag for m in consuming.got]
+    assert len(consuming.got) == 2 and len({tag, *tags}) == 3
+    assert rclient.hget(holder.channel.unacked_key, tag) == held
+    for taken in consuming.got:
+        m, _, routing_key = loads(rclient.hget(consuming.channel.unacked_key, taken.delivery_tag))
+        assert m["headers"]["id"] == json.loads(item)["headers"]["id"] and routing_key == queue
+        assert m["properties"]["delivery_tag"] == taken.delivery_tag
+    assert rclient.llen(keys.inflight_list(queue, consuming.channel.consumer_id)) == 0
+    # And acknowledging one copy forgets only its own record
+    consuming.got[0].ack()
+    consuming.channel._flush_acks()
+    assert unacked_tags(rclient, consuming.channel) == {tag.encode(), tags[1].encode()}
+    holder.got[0].ack()
+    holder.channel._flush_acks()
+    assert unacked_tags(rclient, consuming.channel) == {tags[1].encode()}
+    assert dead(rclient, queue) == []

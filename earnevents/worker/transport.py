@@ -92,6 +92,11 @@ pushed meanwhile ends it at once; a channel closing ends it with CLIENT UNBLOCK.
 # The consumer checks every item in full anyway (items.check); one whose decoded tag is not
 # the one recorded (a crafted item: a decoy key, the real one spelled with escapes) it records
 # again under its own (Channel._unrecord). Decoding here cost Redis ~20 us a message.
+#
+# A tag that already has a record (the same item pushed twice, by a foreign publisher or an
+# attacker) is never overwritten: the item goes to the in-flight list with no tag, and QoS.append
+# records it under a new one (RECORD). Two items sharing a record would share its fate: the
+# first acknowledgement would erase the record of the other, lost if its worker then died.
 FETCH = """
 for i = 4, #ARGV do
   redis.call('ZREM', KEYS[3], ARGV[i])
@@ -127,8 +132,11 @@ for _, item in ipairs(items) do
   if #item <= limit then
     tag = tag_of(item)
     if tag ~= '' then
-      redis.call('HSET', KEYS[2], tag, '[' .. item .. tail)
-      redis.call('ZADD', KEYS[3], now, tag)
+      if redis.call('HSETNX', KEYS[2], tag, '[' .. item .. tail) == 1 then
+        redis.call('ZADD', KEYS[3], now, tag)
+      else
+        tag = ''
+      end
     end
   end
   if tag == '' then redis.call('LPUSH', KEYS[4], item) end
@@ -147,6 +155,19 @@ the fetch sent again."""
 FETCH_MAX = 64
 """At most this many messages per fetch (fewer when the prefetch limit is lower)."""
 
+# KEYS: unacked hash, unacked index[, in-flight list, queue]. ARGV: delivery tag, record, stamp[,
+# item]. Records a message as unacknowledged unless its tag already has a record (returns -1:
+# nothing written); with the in-flight list, also takes the item off it and returns the queue's
+# length (whether the next fetch may find more), else 0.
+RECORD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if #KEYS < 4 then return 0 end
+redis.call('LREM', KEYS[3], 1, ARGV[4])
+return redis.call('LLEN', KEYS[4])
+"""
+RECORD_SHA = hashlib.sha1(RECORD.encode()).hexdigest()
+
 _RECORDED = ("", b"")
 """``Channel._taken`` for a message the fetch script already recorded as unacknowledged."""
 
@@ -159,30 +180,38 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         taken, self.channel._taken = self.channel._taken, None
-        if taken is None:  # kombu's own fetch (several queues), or not recordable by FETCH
-            self._append_as_kombu(message, delivery_tag)
-            return
         if taken is _RECORDED:  # FETCH recorded it: only kombu's in-memory bookkeeping
             super(kombu_redis.QoS, self).append(message, delivery_tag)
             return
-        inflight, item = taken
+        # Not recorded yet: taken by BLMOVE (in the in-flight list), by kombu's own fetch (several
+        # queues, ``taken`` None), or left unrecorded by FETCH. One MULTI-like script records it,
+        # stamped on Redis' clock, and takes it off the in-flight list.
         info = message.delivery_info  # the consuming queue's (items.check set it), as FETCH records
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
-            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
-            pipe.lrem(inflight, 1, item)
-            pipe.llen(info["routing_key"])  # whether the next fetch may find more: see _read_moved
-            self.channel._left = int(pipe.execute()[-1])
+        script_keys = [self.unacked_key, self.unacked_index_key]
+        extra: list[Any] = []
+        if taken is not None:
+            inflight, item = taken
+            script_keys += [inflight, info["routing_key"]]
+            extra = [item]
+        while True:
+            record = dumps([message._raw, info["exchange"], info["routing_key"]])
+            left = self.channel._record(script_keys, [delivery_tag, record, self.channel.clock.now(), *extra])
+            if left >= 0:
+                break
+            # Its tag names another record (a copy of a message someone holds): a tag of its own,
+            # so that neither acknowledgement can erase the other's record.
+            delivery_tag = str(uuid.uuid4())
+            message.delivery_tag = message.properties["delivery_tag"] = delivery_tag
+            log.warning(
+                "message %r on queue %r shares its delivery tag with another unacknowledged one; "
+                "recorded under a new tag %r",
+                (message.headers or {}).get("id"),
+                info["routing_key"],
+                delivery_tag,
+            )
+        if taken is not None:
+            self.channel._left = left
         # What kombu's append does after its own writes: the in-memory bookkeeping.
-        super(kombu_redis.QoS, self).append(message, delivery_tag)
-
-    def _append_as_kombu(self, message: Any, delivery_tag: str) -> None:
-        """kombu's append (one MULTI recording the message), stamped on Redis' clock."""
-        info = message.delivery_info
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: self.channel.clock.now()})
-            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
-            pipe.execute()
         super(kombu_redis.QoS, self).append(message, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
@@ -361,6 +390,14 @@ class Channel(kombu_redis.Channel):
     def _single_queue(self) -> bool:
         """Whether the channel fetches with FETCH/BLMOVE (else kombu's BRPOP)."""
         return len(self.active_queues) == 1 and len(self.priority_steps) == 1 and not self.global_keyprefix
+
+    def _record(self, script_keys: list[str], args: list[Any]) -> int:
+        """Run :data:`RECORD` (by its digest; loaded first if Redis does not know it)."""
+        with self.conn_or_acquire() as client:
+            try:
+                return int(client.evalsha(RECORD_SHA, len(script_keys), *script_keys, *args))
+            except redis.exceptions.NoScriptError:
+                return int(client.eval(RECORD, len(script_keys), *script_keys, *args))
 
     def _forget_unacked(self, tags: list[str]) -> None:
         """Remove ``tags`` from kombu's unacknowledged records (what an ack does)."""
