@@ -19,6 +19,7 @@ from earnevents.worker.completions import (
     COMPLETED,
     FRESH,
     HELD,
+    SETTLED,
     Completions,
     bucket_ms,
     digest,
@@ -182,6 +183,50 @@ async def test_releasing_leaves_another_messages_claim_alone(client):
     await completions.claim("tag-1", [(ev, ["a"])])
     await completions.release(ev, ["a"], "tag-2")
     assert await completions.claim("tag-3", [(ev, ["a"])]) == [{"a": HELD}]
+
+
+async def test_a_job_settled_as_failed_is_skipped_by_its_own_message_only(client):
+    # A failure recorded (or its retry scheduled) and the message's acknowledgement lost: the
+    # same message back must not run the job again; a retry or `retry_job` (another copy) does.
+    completions = Completions(lambda: client, window=60)
+    ev = event_id()
+    await completions.claim("tag-1", [(ev, ["a", "b"])])
+    await completions.started(ev, "a", "tag-1", 3)
+    await completions.settled(ev, ["a"], "tag-1")  # a died too often: recorded as failed
+    assert await completions.claim("tag-1", [(ev, ["a", "b"])]) == [{"a": SETTLED, "b": 2}]
+    assert await completions.claim("retry-tag", [(ev, ["a"])]) == [{"a": FRESH}]
+    assert await completions.claim("tag-1", [(ev, ["a"])]) == [{"a": SETTLED}]  # still, beside the retry's claim
+    await completions.settled(ev, ["a"], "retry-tag")  # the retry failed too
+    assert await completions.claim("tag-1", [(ev, ["a"])]) == [{"a": SETTLED}]
+    assert await completions.claim("retry-tag", [(ev, ["a"])]) == [{"a": SETTLED}]
+    assert await completions.claim("retry-2", [(ev, ["a"])]) == [{"a": FRESH}]
+
+
+async def test_a_released_job_settled_afterwards_is_skipped_by_its_message_and_its_claims_expire(client):
+    # A retry is scheduled between the release and the settled mark: it may claim the job at once.
+    completions = Completions(lambda: client, window=60)
+    ev, other = event_id(), event_id()
+    await completions.claim("tag-1", [(ev, ["a", "b"]), (other, ["a"])])
+    await completions.release(ev, ["a", "b"], "tag-1")
+    await completions.release(other, ["a"], "tag-1")
+    await completions.claim("retry-tag", [(ev, ["b"])])
+    await completions.settled(ev, ["a", "b"], "tag-1")
+    await completions.settled(other, ["a"], "tag-1")  # its claims hash was gone: made anew
+    assert await completions.claim("tag-1", [(ev, ["a", "b"]), (other, ["a"])]) == [
+        {"a": SETTLED, "b": SETTLED},
+        {"a": SETTLED},
+    ]
+    assert await client.client.hget(keys.job_claims(ev), digest("b")) == b"1:retry-tag"  # untouched
+    assert await completions.claim("retry-tag", [(ev, ["b"])]) == [{"b": 2}]
+    assert 0 < await client.client.pttl(keys.job_claims(other)) <= CLAIM_TTL * 1000
+
+
+async def test_settling_leaves_another_messages_claim_alone(client):
+    completions = Completions(lambda: client, window=60)
+    ev = event_id()
+    await completions.claim("tag-1", [(ev, ["a"])])
+    await completions.settled(ev, ["a"], "tag-2")
+    assert await completions.claim("tag-1", [(ev, ["a"])]) == [{"a": 2}]
 
 
 async def test_one_claim_covers_every_event_of_a_packed_message_in_one_round_trip(client):

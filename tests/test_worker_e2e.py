@@ -382,3 +382,48 @@ async def test_a_sibling_cut_short_by_a_handler_that_kills_its_process_still_com
     done = [r for r in results(rclient, tok) if r["handler"] == "slow_beside_exits"]
     assert len(done) == 1 and done[0]["deliveries"] == 2
     assert len(await failed_jobs()) == 1
+
+
+async def _settled_message_back(publish, event: Event, start_worker, rclient, queue, env=None):
+    """Publish ``event`` with no worker running and keep its queue item; start a worker, wait
+    until its failure is settled and the message acknowledged; then push the very item again,
+    as a redelivery after an acknowledgement lost to a crash would bring it back."""
+    await publish(event)
+    [item] = rclient.lrange(queue, 0, -1)
+    worker = start_worker(env=env or {})
+    [job] = await wait_failed(timeout=30)
+    wait_for(lambda: drained(rclient, queue), 15, "the message acknowledged")
+    ran = len(results(rclient, event.data["token"]))
+    rclient.lpush(queue, item)
+    wait_for(
+        lambda: "settled it as failed before" in worker.log() or len(results(rclient, event.data["token"])) > ran,
+        15,
+        "the message back skipped or run",
+    )
+    wait_for(lambda: drained(rclient, queue), 15, "the message back acknowledged")
+    return job, worker
+
+
+async def test_a_message_back_after_its_job_was_recorded_lost_does_not_run_it_again(bus, start_worker, rclient, queue):
+    tok = token()
+    job, worker = await _settled_message_back(
+        bus.publish, Event("t.exits", {"token": tok}), start_worker, rclient, queue, {"EARNEVENTS_MAX_DELIVERIES": "2"}
+    )
+    assert job.error.startswith("WorkerLostError")
+    recs = results(rclient, tok)
+    assert [r["deliveries"] for r in recs if r["handler"] == "exits"] == [1, 2]  # not a third time
+    assert [r["handler"] for r in recs].count("exits_sibling") == 1
+    assert [j.id for j in await failed_jobs()] == [job.id] and worker.proc.poll() is None
+
+
+async def test_a_message_back_after_its_failure_was_retried_does_not_run_the_job_again(
+    fast_bus, start_worker, rclient, queue
+):
+    tok = token()
+    job, _ = await _settled_message_back(
+        fast_bus.publish, Event("t.always_fails", {"token": tok}), start_worker, rclient, queue
+    )
+    tries = [r["attempt"] for r in results(rclient, tok) if r["handler"] == "always_fails"]
+    assert tries == [1, 2, 3, 4]  # the retries ran; the message back ran nothing
+    assert [r["handler"] for r in results(rclient, tok)].count("steady_sibling") == 1
+    assert [j.id for j in await failed_jobs()] == [job.id]

@@ -446,13 +446,16 @@ class WorkerRuntime:
             # Claims end before a retry is scheduled, so the retry (a new message,
             # a new tag) finds the job free however soon it is delivered. A job
             # that died too often gets no retry: its claim (and delivery count)
-            # ends only once its record is stored.
+            # ends only once its record is stored. Once settled, every failed job is
+            # marked so for this message: should it come back (its acknowledgement
+            # lost), it skips them instead of running them beside their retry or after
+            # their failure was recorded.
             await self.completions.release(job.event.id, [o.handler for o in failed if o not in lost], tag)
             if failed:
                 await settle_failures(
                     job, failed, registry, env.event_bus, env.failures, env.settings.event.retry_policy
                 )
-            await self.completions.release(job.event.id, [o.handler for o in lost], tag)
+                await self.completions.settled(job.event.id, [o.handler for o in failed], tag)
 
         try:
             try:  # the usual case: one try, no retry machinery

@@ -20,7 +20,10 @@ is how a job whose worker died runs again. A take-over counts nothing by itself;
 worker records each start (:meth:`Completions.started`) right before running the
 job, so only the jobs that were running when a process died count that delivery.
 Completion (:meth:`Completions.mark`) and settling a failure
-(:meth:`Completions.release`) end the claim.
+(:meth:`Completions.release` before a retry is scheduled, :meth:`Completions.settled`
+once it is, or once the failure is recorded) end the claim. A settled job is also marked
+settled for that copy id: if that message comes back (its acknowledgement was lost), it
+skips the job rather than run it beside its retry or after its failure was recorded.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ COMPLETED = 0
 
 HELD = -1
 """Claim result: another copy of the message (another copy id) runs the job; skip it."""
+
+SETTLED = -2
+"""Claim result: this message settled the job as failed before (its retry scheduled or its
+failure recorded; the acknowledgement was then lost); skip it. Another copy (the retry,
+``retry_job``) claims it as usual."""
 
 FRESH = 1
 """Claim result: claimed now, and counted as the job's first start. A result above this
@@ -185,8 +193,9 @@ end
 # window), its shard selector, the number of handlers, then per handler its digest and
 # record member. Events are claimed in order, so of two copies of one event in the same
 # call the first claims and the second finds its jobs held. Returns one integer per
-# handler: 0 completed, -1 held by another message, 1 claimed now (its first start),
-# n >= 2: this message's own claim taken over, n - 1 starts so far.
+# handler: 0 completed, -1 held by another message, -2 settled as failed by this message
+# (see WRITE's 'f'), 1 claimed now (its first start), n >= 2: this message's own
+# claim taken over, n - 1 starts so far.
 CLAIM = (
     _DONE
     + """
@@ -202,12 +211,15 @@ for k = 1, #KEYS do
   a = a + 4 + 2 * n
   local found = {}
   if window > 0 and n > 0 then found = done(members, sel, since) end
+  local settled = n > 0 and redis.call('HEXISTS', claims, 'f') == 1
   local claimed = false
   for i = 1, n do
     local digest = digests[i]
     local result = 1
     if found[i] then
       result = 0
+    elseif settled and redis.call('HEXISTS', claims, 'f' .. digest .. tag) == 1 then
+      result = -2
     elseif redis.call('HSETNX', claims, digest, '1:' .. tag) == 1 then
       claimed = true
     else
@@ -240,13 +252,18 @@ return 0
 """
 )
 
-# KEYS: per item, the event's claims hash (may repeat). ARGV: 2 unused, the completion
-# key prefix, window (ms), bucket length (ms), the intset limit, the fill the shards are
-# sized for; then per item: handler digest, copy id, 'd' (completed), 'r' (release) or a
-# number (the job starts for that time), record member and shard selector. 'd' with a
-# window records the completion in the current bucket (a job completed twice, which the
-# claims make rare, is recorded twice: memory, not a miss); 'd' and 'r' end the claim, a
-# number updates it, if that copy id holds it.
+# KEYS: per item, the event's claims hash (may repeat). ARGV: 1 unused, the claim TTL
+# (ms), the completion key prefix, window (ms), bucket length (ms), the intset limit, the
+# fill the shards are sized for; then per item: handler digest, copy id, 'd' (completed),
+# 'r' (release), 'f' (settled as failed) or a number (the job starts for that time), record
+# member and shard selector. 'd' with a window records the completion in the current bucket
+# (a job completed twice, which the claims make rare, is recorded twice: memory, not a
+# miss); 'd', 'r' and 'f' end the claim, a number updates it, if that copy id holds it.
+# 'f' also marks the job settled for that copy id, in the same hash: a field 'f' .. digest
+# .. copy id (never 8 bytes long, as a claim's digest is), and the field 'f' saying the
+# event has such marks (one HEXISTS per event in CLAIM, the usual case). The same message
+# back skips the job; any other copy (its retry, `retry_job`) claims it as usual, and
+# leaves the mark alone.
 WRITE = (
     _DONE
     + """
@@ -288,6 +305,10 @@ for i = 1, #KEYS do
   a = a + 5
   if op == 'd' and window > 0 then record(member, sel) end
   local state = redis.call('HGET', KEYS[i], digest)
+  if op == 'f' then
+    redis.call('HSET', KEYS[i], 'f', 1, 'f' .. digest .. tag, 1)
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+  end
   if state and string.match(state, '^%d+:(.*)$') == tag then
     if tonumber(op) then
       redis.call('HSET', KEYS[i], digest, op .. ':' .. tag)
@@ -305,7 +326,7 @@ _ClaimItem = tuple[str, str, list[str], float | None]
 """One event of a claim: the message's copy id, the event id, its handlers, its timestamp."""
 
 _WriteItem = tuple[str, str, str, str]
-"""One job of a write: event id, handler, copy id, op ('d', 'r' or a start count)."""
+"""One job of a write: event id, handler, copy id, op ('d', 'r', 'f' or a start count)."""
 
 
 def check_args(window: float, event_id: str, handler: str) -> list[str | int]:
@@ -439,7 +460,8 @@ class Completions:
 
         One script for the whole message, shared with the messages claiming at the same
         time on this loop (a group commit: ``-P threads`` runs many at once). For each
-        pair, maps every handler to :data:`COMPLETED`, :data:`HELD`, :data:`FRESH` or, for
+        pair, maps every handler to :data:`COMPLETED`, :data:`HELD`, :data:`SETTLED`,
+        :data:`FRESH` or, for
         a take-over of this message's own claim, the number its next start would be.
         Calling again (after an error) counts nothing: at worst a fresh claim comes back
         as a take-over. ``since`` gives each event's timestamp (unix seconds): completions
@@ -496,6 +518,14 @@ class Completions:
     async def release(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
         """End the claims ``tag`` holds on these jobs, which did not complete (they failed)."""
         items = [(event_id, name, tag, "r") for name in handlers]
+        if items:
+            await self._commit(items)
+
+    async def settled(self, event_id: str, handlers: Iterable[str], tag: str) -> None:
+        """Mark these jobs settled as failed by the message ``tag`` (a retry scheduled, or the
+        failure recorded): that message, should it come back, skips them (:data:`SETTLED`).
+        Ends the claims ``tag`` holds on them; another message's claim is left alone."""
+        items = [(event_id, name, tag, "f") for name in handlers]
         if items:
             await self._commit(items)
 

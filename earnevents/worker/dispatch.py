@@ -28,7 +28,7 @@ from . import eventlog as eventlog_hooks
 from . import metrics as metrics_hooks
 from . import stats as stats_hooks
 from . import tracing as tracing_hooks
-from .jobs import COMPLETED, FRESH, Bookkeeper, Job, Loop, Outcome
+from .jobs import COMPLETED, FRESH, SETTLED, Bookkeeper, Job, Loop, Outcome
 from .quarantine import Gate
 from .running import record_here, records_here, run_async, run_sync
 
@@ -190,10 +190,13 @@ def _claimed(job: Job, handlers: list[Handler], states: Mapping[str, int], most:
     dead: list[Outcome] = []
     done: list[str] = []
     held: list[str] = []
+    settled: list[str] = []
     for h in handlers:
         n = states.get(h.name, COMPLETED)
         if n == COMPLETED:
             done.append(h.name)
+        elif n == SETTLED:
+            settled.append(h.name)
         elif n < 0:
             held.append(h.name)
         elif n > most:
@@ -207,6 +210,12 @@ def _claimed(job: Job, handlers: list[Handler], states: Mapping[str, int], most:
         eventlog_hooks.completed_before(job, done)
     if held:
         log.info("event %s: skipping %s, another copy of the message runs it", job.event.id, ", ".join(sorted(held)))
+    if settled:
+        log.info(
+            "event %s: skipping %s, this message settled it as failed before (retry scheduled or failure recorded)",
+            job.event.id,
+            ", ".join(sorted(settled)),
+        )
     if again:
         log.warning(
             "event %s: running %s again, one at a time: a worker died while running them",

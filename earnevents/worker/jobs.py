@@ -29,6 +29,10 @@ COMPLETED = 0
 HELD = -1
 """A claim result: another copy of the message runs the job right now; skip it."""
 
+SETTLED = -2
+"""A claim result: this message settled the job as failed before (retry scheduled or failure
+recorded; the message came back because its acknowledgement was lost); skip it."""
+
 FRESH = 1
 """A claim result: claimed now, counted as the job's first start. Above it: this
 message's own claim taken over (its worker died), the number the next start would be."""
@@ -124,7 +128,7 @@ class Bookkeeper(Protocol):
         """Atomically claim the jobs (event, handler) of one message before running any.
 
         One entry per job, mapping each handler to :data:`COMPLETED`, :data:`HELD`,
-        :data:`FRESH`, or (the same message back after its worker died) the number
+        :data:`SETTLED`, :data:`FRESH`, or (the same message back after its worker died) the number
         its next start would be: the claimed jobs run, the others are skipped.
         """
 
