@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -322,6 +322,12 @@ def _gate(books: Bookkeeper, alone: bool) -> AbstractAsyncContextManager[None]:
     return gate.enter(alone) if gate is not None else nullcontext()
 
 
+def _gate_here(books: Bookkeeper, alone: bool) -> AbstractContextManager[None]:
+    """:func:`_gate` from a pool thread (a message with sync handlers)."""
+    gate: Gate | None = getattr(books, "gate", None)
+    return gate.enter_here(alone) if gate is not None else nullcontext()
+
+
 async def _handle_async(job: Job, handlers: list[Handler], books: Bookkeeper) -> list[Outcome]:
     """The whole job on the loop, for events whose handlers are all async: one thread hop."""
     [claimed] = await _claim(books, [(job, handlers)])
@@ -459,7 +465,8 @@ def handle(job: Job, registry: HandlerRegistry, loop: Loop, books: Bookkeeper) -
     if all(h.is_async for h in handlers) and not (len(handlers) == 1 and _one_task_thread() and records_here(books)):
         return loop.run(_handle_async(job, handlers, books))
     [claimed] = _claim_here(books, loop, [(job, handlers)])
-    outcomes = _run_claimed_here(claimed, loop, books)
+    with _gate_here(books, bool(claimed.again)):
+        outcomes = _run_claimed_here(claimed, loop, books)
     if _needs_settling(outcomes):
         loop.run(books.settle(claimed.job, outcomes))
     return outcomes
