@@ -243,6 +243,7 @@ def main() -> int:
         "--pool", default="prefork", help="the workers' pool: prefork (default) or threads (async messages on the loop)"
     )
     parser.add_argument("--concurrency", type=int, default=2, help="the workers' -c")
+    parser.add_argument("--sync-faults", action="store_true", help="the crasher is a plain def, not async")
     add_appendfsync_option(parser)
     args = parser.parse_args()
     faults = bool(args.exit_every or args.hang_every)
@@ -258,6 +259,7 @@ def main() -> int:
         "EARNEVENTS_MAX_DELIVERIES": "3",
         "PYTHONPATH": str(ROOT),
         "EARNEVENTS_EVENT_LOG": "1" if args.event_log else "0",
+        "CHAOS_SYNC_FAULTS": "1" if args.sync_faults else "0",
     }
     logs = ROOT / ".run"
     logs.mkdir(exist_ok=True)

@@ -172,8 +172,16 @@ def sentinel_kwargs(retry: Any) -> dict[str, Any]:
     return {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT, "retry": retry}
 
 
+MAX_CONNECTIONS = 2**31
+"""Connections a client's pool may open: as many as its commands in flight need, as redis-py
+did before version 8. redis-py 8 caps a pool at 100 and fails the next command at once
+(``MaxConnectionsError``): a worker with ``-P threads -c 100``, whose handlers share the
+process' clients with its claims and completion records, runs more commands at once than that."""
+
+
 def sync_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client for ``url``; ``options`` are redis-py's (timeouts, retry...)."""
+    options.setdefault("max_connections", MAX_CONNECTIONS)
     target = parse(url)
     if target.scheme == "sentinel":
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -191,6 +199,7 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
 
 def async_client(url: str, **options: Any) -> aioredis.Redis:
     """An asyncio client for ``url``; ``options`` are redis-py's (timeouts, retry...)."""
+    options.setdefault("max_connections", MAX_CONNECTIONS)
     target = parse(url)
     if target.scheme == "sentinel":
         sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]

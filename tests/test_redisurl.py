@@ -119,3 +119,30 @@ def test_a_fork_waits_for_a_background_threads_redis_io_to_end():
     finally:
         release.set()
         busy.stop()
+
+
+async def test_the_async_client_runs_more_commands_at_once_than_redis_py_8s_default_pool_cap(redis_url):
+    # redis-py 8 caps a pool at 100 connections and fails the next command at once
+    # (MaxConnectionsError); a worker with -P threads -c 100 runs more at once than that.
+    import asyncio
+
+    from earnevents.redisurl import async_client
+
+    client = async_client(redis_url)
+    try:
+        replies = await asyncio.gather(*(client.blpop([f"never-{i}"], timeout=0.3) for i in range(150)))
+    finally:
+        await client.aclose()
+    assert replies == [None] * 150
+
+
+def test_the_blocking_client_runs_more_commands_at_once_than_redis_py_8s_default_pool_cap(redis_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from earnevents.redisurl import sync_client
+
+    client = sync_client(redis_url)
+    with ThreadPoolExecutor(150) as pool:
+        replies = list(pool.map(lambda i: client.blpop([f"never-{i}"], timeout=1), range(150)))
+    client.close()
+    assert replies == [None] * 150
