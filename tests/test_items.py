@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import kombu.message
 import pytest
@@ -194,3 +195,63 @@ def test_kombus_message_takes_the_body_the_check_decoded_and_decodes_it_the_same
     # And a payload that is not the one being delivered is decoded as kombu decodes it
     other = CheckedMessage(json.loads(json.dumps(checked.message)), channel=Channel())
     assert other.decode() == plain.decode() and other.decode() is not checked.decoded
+
+
+def test_the_check_keeps_the_events_it_decoded_for_kombus_message():
+    from kombu.transport import virtual
+
+    from earnevents.worker.transport import CheckedMessage
+
+    m = good(QUEUE, {"n": 1, "at": "2026-11-28"})
+    checked = items.check_decoded(json.dumps(m).encode(), QUEUE, MAX_SIZE)
+    assert isinstance(checked, items.Checked)
+    [event] = checked.events or ()
+    assert event == Event.from_wire(checked.decoded[0][0])
+
+    class Channel:
+        _checked = checked
+
+        def decode_body(self, body, encoding):
+            return base64.b64decode(body)
+
+    assert CheckedMessage(checked.message, channel=Channel()).events is checked.events
+    other = CheckedMessage(json.loads(json.dumps(checked.message)), channel=Channel())
+    assert other.events is None and not hasattr(virtual.Message, "events")
+
+
+def test_the_loop_hand_off_builds_its_jobs_from_the_events_the_check_decoded(monkeypatch):
+    import importlib
+
+    from earnevents.keys import TASK_NAME
+    from earnevents.worker import strategy
+
+    worker_app = importlib.import_module("earnevents.worker.app")  # the module (the package's `app` is Celery's)
+
+    m = good(QUEUE, {"n": 1})
+    checked = items.check_decoded(json.dumps(m).encode(), QUEUE, MAX_SIZE)
+    assert isinstance(checked, items.Checked)
+    args, kwargs, _ = checked.decoded
+
+    class Message:
+        properties = checked.message["properties"]
+
+        def __init__(self, events):
+            self.events = events
+
+    class Request:
+        id = "task-1"
+
+        def __init__(self, events):
+            self.args, self.kwargs, self.message = args, kwargs, Message(events)
+            self.delivery_info = {"routing_key": QUEUE}
+
+    decodes: list[Any] = []
+    from_wire = Event.from_wire.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Event, "from_wire", classmethod(lambda cls, w: decodes.append(w) or from_wire(cls, w)))
+    built: list[list[Any]] = []
+    monkeypatch.setattr(worker_app, "all_async", lambda jobs, registry: built.append(jobs))  # then the pool runs it
+    taker = strategy._takers[TASK_NAME]
+    assert taker(Request(checked.events)) is None
+    assert decodes == [] and built[-1][0].event is checked.events[0]  # type: ignore[index]
+    assert taker(Request(None)) is None  # a message the check did not see: decoded here
+    assert len(decodes) == 1 and built[-1][0].event == checked.events[0]  # type: ignore[index]

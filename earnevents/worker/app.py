@@ -51,6 +51,8 @@ from .scheduler import SchedulerStep
 
 if TYPE_CHECKING:
     import tenacity
+
+    from ..event import Event
 else:
     tenacity = lazy.module("tenacity")  # retry machinery: only once bookkeeping failed
 
@@ -217,8 +219,16 @@ def create_app(settings: Settings | None = None) -> Celery:
     def queue_of(delivery_info: Any) -> str:
         return (delivery_info or {}).get("routing_key") or settings.queue_name
 
-    def decode(args: tuple[Any, ...], kwargs: dict[str, Any], queue: str, properties: Any, task_id: str) -> list[Job]:
-        """The message's jobs (TypeError/ValueError/RecursionError: malformed, dropped)."""
+    def decode(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        queue: str,
+        properties: Any,
+        task_id: str,
+        events: tuple[Event, ...] | None = None,
+    ) -> list[Job]:
+        """The message's jobs (TypeError/ValueError/RecursionError: malformed, dropped).
+        ``events``: ``args`` as the item check decoded them (``CheckedMessage.events``)."""
         # The copy id owns the message's job claims: kept when the message is given back
         # (a worker lost, a visibility timeout), unlike the delivery tag. A message built
         # elsewhere has none: its task id then stands in, so a redelivery always takes over
@@ -229,9 +239,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             raise ValueError("no event")
         if len(args) > 1 and kwargs.get("handler") is not None:
             raise ValueError("a retry message carries one event")
+        known = events if events is not None and len(events) == len(args) else (None,) * len(args)
         return [
-            Job.from_message(event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps)
-            for event in args
+            Job.from_message(
+                event, kwargs, queue, registry, settings.handler_timeout, copy_id, settings.retry_caps, decoded
+            )
+            for event, decoded in zip(args, known, strict=True)
         ]
 
     @app.task(name=TASK_NAME, bind=True, Strategy="earnevents.worker.strategy:strategy")
@@ -264,7 +277,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         """Under ``-P threads``, a message whose handlers are all async runs on the loop
         without a pool thread (``worker.strategy``); None: the task runs it."""
         try:
-            jobs = decode(req.args, req.kwargs, queue_of(req.delivery_info), req.message.properties, req.id)
+            message = req.message
+            queue = queue_of(req.delivery_info)
+            jobs = decode(req.args, req.kwargs, queue, message.properties, req.id, getattr(message, "events", None))
             pairs = all_async(jobs, registry)
             if pairs is None:
                 return None

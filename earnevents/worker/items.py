@@ -31,6 +31,7 @@ from typing import Any
 
 from kombu.utils.json import object_hook
 
+from ..event import Event
 from ..keys import TASK_NAME
 from ..logtext import escape
 from ..message import SHADOW_MAX
@@ -68,6 +69,9 @@ class Checked:
     """Its body, base64-decoded (None: a remote-control reply, whose body is not looked into)."""
     decoded: Any = None
     """The body's JSON, Celery's ``[args, kwargs, embed]``."""
+    events: tuple[Event, ...] | None = None
+    """Its events (the task's ``args``) as the check decoded them: the loop hand-off builds its
+    jobs from these instead of decoding each event again (``worker.app``)."""
 
 
 @dataclass(frozen=True)
@@ -248,9 +252,9 @@ def _timelimit_problem(timelimit: Any) -> str | None:
     return None
 
 
-def _body(message: dict[str, Any], queue: str) -> tuple[bytes, list[Any]] | str:
-    """The body (raw, decoded) if it is the ``[args, kwargs, embed]`` of an earnevents
-    dispatch; else why not."""
+def _body(message: dict[str, Any], queue: str) -> tuple[bytes, list[Any], tuple[Event, ...]] | str:
+    """The body (raw, decoded, its events) if it is the ``[args, kwargs, embed]`` of an
+    earnevents dispatch; else why not."""
     try:
         raw = base64.b64decode(message["body"], validate=True)
     except (binascii.Error, ValueError):
@@ -268,21 +272,20 @@ def _body(message: dict[str, Any], queue: str) -> tuple[bytes, list[Any]] | str:
         return "body is not Celery's [args, kwargs, embed]"
     if embed and any(embed.get(key) is not None for key in _EMBED_KEYS):
         return "body embeds callbacks, errbacks, a chain or a chord (earnevents messages carry none)"
-    problem = _arguments_problem(args, kwargs, queue)
-    return (raw, body) if problem is None else problem
+    events = _arguments_events(args, kwargs, queue)
+    return (raw, body, events) if isinstance(events, tuple) else events
 
 
-def _arguments_problem(args: list[Any], kwargs: Mapping[str, Any], queue: str) -> str | None:
-    """The dispatch task's own checks of its arguments (see ``worker.app``), ahead of time."""
+def _arguments_events(args: list[Any], kwargs: Mapping[str, Any], queue: str) -> tuple[Event, ...] | str:
+    """The dispatch task's own checks of its arguments (see ``worker.app``), ahead of time:
+    the events they carry, or why they are malformed."""
     if not args:
         return "malformed task arguments: no event"
     if len(args) > 1 and kwargs.get("handler") is not None:
         return "malformed task arguments: a retry message carries one event"
     try:
-        for event in args:
-            Job.from_message(event, kwargs, queue)
+        return tuple(Job.from_message(event, kwargs, queue).event for event in args)
     except RecursionError:
         return "malformed task arguments: event data nested too deeply"
     except Exception as exc:  # anything the event codec or the retry policy refuses
         return f"malformed task arguments: {exc}"
-    return None

@@ -85,8 +85,12 @@ class Job:
         handler_timeout: float | None = None,
         copy_id: str = "",
         retry_caps: RetryCaps | None = None,
+        decoded: Event | None = None,
     ) -> Job:
         """Decode the task's arguments; ValueError/TypeError when they are malformed.
+
+        ``decoded``: ``event`` as :meth:`Event.from_wire` already decoded it (the consumer's
+        item check did), not decoded again.
 
         With ``registry``, a retry naming a handler none of whose names or patterns
         match the message's event is malformed too (it must not run on this event). The
@@ -102,7 +106,8 @@ class Job:
             raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")
         if not isinstance(event, Mapping):
             raise TypeError(f"event must be a dict, got {type(event).__name__}")
-        decoded = Event.from_wire(event)
+        if decoded is None:
+            decoded = Event.from_wire(event)
         if handler is not None and registry is not None:
             if registry.subscribed(handler, decoded.name) is False:
                 subscribed = ", ".join(repr(h.event_name) for h in registry.handlers() if h.name == handler)

@@ -264,7 +264,10 @@ class QoS(kombu_redis.QoS):
 class CheckedMessage(kombu_virtual.Message):
     """kombu's message, built from what :func:`.items.check_decoded` already decoded: the
     body it base64-decoded and its JSON (``Message.decode()`` returns that, as Celery asks
-    for it), instead of decoding both again. Any other payload is built as kombu builds it."""
+    for it), instead of decoding both again, and the events it carries (``events``). Any
+    other payload is built as kombu builds it (``events`` None)."""
+
+    events: tuple[Any, ...] | None = None
 
     def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
         checked = getattr(channel, "_checked", None)
@@ -275,6 +278,7 @@ class CheckedMessage(kombu_virtual.Message):
         self._raw = payload
         self.body = checked.body
         self._decoded_cache = checked.decoded
+        self.events = checked.events
 
 
 class Channel(kombu_redis.Channel):
