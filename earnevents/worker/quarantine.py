@@ -22,8 +22,11 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from functools import partial
+from typing import TypeVar
+
+W = TypeVar("W")
 
 ALONE_WAIT = 30.0
 """Seconds a message waits at most for the gate: alone, for the ones running; any other, for
@@ -46,17 +49,14 @@ class Gate:
     async def enter(self, alone: bool) -> AsyncIterator[None]:
         """Run the block alone (``alone``) or beside others, from the loop (never blocking it)."""
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + ALONE_WAIT
-        self._queue(alone)
-        try:
-            while True:
-                woken = loop.create_future()
-                if self._try_take(alone, deadline, partial(loop.call_soon_threadsafe, _done, woken)):
-                    break
-                await asyncio.wait([woken], timeout=max(0.0, deadline - time.monotonic()))
-        except BaseException:  # cancelled while waiting
-            self._unqueue(alone)
-            raise
+
+        def waiter() -> tuple[asyncio.Future[None], Callable[[], object]]:
+            woken: asyncio.Future[None] = loop.create_future()
+            return woken, partial(loop.call_soon_threadsafe, _done, woken)
+
+        with closing(self._waits(alone, waiter)) as waits:  # cancelled while waiting: closed
+            for woken, seconds in waits:
+                await asyncio.wait([woken], timeout=seconds)
         try:
             yield
         finally:
@@ -65,21 +65,37 @@ class Gate:
     @contextmanager
     def enter_here(self, alone: bool) -> Iterator[None]:
         """:meth:`enter` from a pool thread, which waits (bounded) if it must."""
-        deadline = time.monotonic() + ALONE_WAIT
-        self._queue(alone)
-        try:
-            while True:
-                woken = threading.Event()
-                if self._try_take(alone, deadline, woken.set):
-                    break
-                woken.wait(max(0.0, deadline - time.monotonic()))
-        except BaseException:  # this thread interrupted while waiting (a soft time limit)
-            self._unqueue(alone)
-            raise
+
+        def waiter() -> tuple[threading.Event, Callable[[], object]]:
+            woken = threading.Event()
+            return woken, woken.set
+
+        with closing(self._waits(alone, waiter)) as waits:  # interrupted (a soft time limit): closed
+            for woken, seconds in waits:
+                woken.wait(seconds)
         try:
             yield
         finally:
             self._leave(alone)
+
+    def _waits(self, alone: bool, waiter: Callable[[], tuple[W, Callable[[], object]]]) -> Iterator[tuple[W, float]]:
+        """Until this message may enter (or its wait ran out), yields something to wait on (made
+        by ``waiter`` with the function that wakes it) and how long at most. Closed before it
+        finished (the waiting caller cancelled or interrupted), it takes the message out of the
+        queue, so that the others no longer wait for it."""
+        deadline = time.monotonic() + ALONE_WAIT
+        self._queue(alone)
+        entered = False
+        try:
+            while True:
+                woken, wake = waiter()
+                if self._try_take(alone, deadline, wake):
+                    entered = True
+                    return
+                yield woken, max(0.0, deadline - time.monotonic())
+        finally:
+            if not entered:
+                self._unqueue(alone)
 
     def _queue(self, alone: bool) -> None:
         if alone:
