@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from functools import partial
 from typing import TypeVar
@@ -78,7 +78,9 @@ class Gate:
         finally:
             self._leave(alone)
 
-    def _waits(self, alone: bool, waiter: Callable[[], tuple[W, Callable[[], object]]]) -> Iterator[tuple[W, float]]:
+    def _waits(
+        self, alone: bool, waiter: Callable[[], tuple[W, Callable[[], object]]]
+    ) -> Generator[tuple[W, float], None, None]:
         """Until this message may enter (or its wait ran out), yields something to wait on (made
         by ``waiter`` with the function that wakes it) and how long at most. Closed before it
         finished (the waiting caller cancelled or interrupted), it takes the message out of the
