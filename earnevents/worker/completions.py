@@ -461,8 +461,8 @@ class Completions:
         One script for the whole message, shared with the messages claiming at the same
         time on this loop (a group commit: ``-P threads`` runs many at once). For each
         pair, maps every handler to :data:`COMPLETED`, :data:`HELD`, :data:`SETTLED`,
-        :data:`FRESH` or, for
-        a take-over of this message's own claim, the number its next start would be.
+        :data:`FRESH` or, for a take-over of this message's own claim, the number its next
+        start would be.
         Calling again (after an error) counts nothing: at worst a fresh claim comes back
         as a take-over. ``since`` gives each event's timestamp (unix seconds): completions
         are looked for from it (less :data:`CLOCK_SLACK`) on; without it, in the whole window.
