@@ -338,7 +338,7 @@ class WorkerRuntime:
         )
         self.completions = Completions(env.connections.redis, env.settings.dedup_window, self.blocking_redis)
         self.max_deliveries = env.settings.max_deliveries
-        self.gate = Gate()  # messages back after this process died run alone on its loop
+        self.gate = Gate()  # messages back after this process died run alone in it (loop and pool threads)
         eventlog_writer.configure(env.settings)  # its thread starts here: in this process, after fork
         metrics.configure(env.settings)
         self.stats: Future[None] | None = None  # the task writing this process' per-minute counts

@@ -316,8 +316,8 @@ def _needs_settling(outcomes: list[Outcome]) -> bool:
 
 
 def _gate(books: Bookkeeper, alone: bool) -> AbstractAsyncContextManager[None]:
-    """The loop's :class:`~.quarantine.Gate` where ``books`` has one: a message back after its
-    process died (its claims taken over, ``alone``) runs alone on the loop."""
+    """The process' :class:`~.quarantine.Gate` where ``books`` has one, entered from the loop: a
+    message back after its process died (its claims taken over, ``alone``) runs alone."""
     gate: Gate | None = getattr(books, "gate", None)
     return gate.enter(alone) if gate is not None else nullcontext()
 
